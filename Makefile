@@ -1,0 +1,32 @@
+# Two commands a new user needs: `make demo` (the main job on the embedded corpus) and `make test`.
+# Each creates .venv and installs what it needs. TORCH selects the torch requirement installed first:
+# the default takes the local CPU wheel on the dev/CI machines; GPU users pass e.g. TORCH='torch>=2.8'
+# (or install their CUDA build into .venv beforehand: an already installed torch>=2.8 is kept).
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+TORCH  ?= torch==2.13.0
+PYTEST_ARGS ?=
+
+.PHONY: demo test test-slow bench clean-venv
+
+$(VENV)/.installed: pyproject.toml Makefile
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -c "import torch, sys; from packaging.version import Version as V; sys.exit(V(torch.__version__.split('+')[0]) < V('2.8'))" 2>/dev/null \
+		|| $(PY) -m pip install -q "$(TORCH)"
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+demo: $(VENV)/.installed
+	$(PY) -m moe_lab.demo
+
+test: $(VENV)/.installed
+	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+
+test-slow: $(VENV)/.installed
+	$(PY) -m pytest -q -m slow $(PYTEST_ARGS)
+
+bench: $(VENV)/.installed
+	$(PY) -m moe_lab.bench moe
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,114 @@
+"""The Lightning DataModule: corpus -> tokenizer -> cached token splits -> (x, y) batches."""
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import lightning.pytorch as pl
+import torch
+from torch.utils.data import DataLoader
+
+from moe_lab.data.blocks import TokenBlocks
+from moe_lab.data.cache import SPLITS, TokenSplit, content_hash, load_or_tokenize
+from moe_lab.data.config import DataConfig, resolve_cache_dir, validate_data_config
+from moe_lab.data.corpora import load_corpus
+from moe_lab.data.tokenizers import Tokenizer, build_tokenizer
+
+
+@dataclass
+class PreparedData:
+    corpus_descriptor: str
+    tokenizer: Tokenizer
+    splits: dict[str, TokenSplit]  # "train", "val"
+    data_hash: str  # content hash of the raw text of both splits
+
+
+def prepare(cfg: DataConfig, cache_dir: Path) -> PreparedData:
+    """Load the corpus, build the tokenizer and the token cache; cheap when everything is cached.
+
+    The raw text is always read and hashed (seconds for Shakespeare) so a changed file can never be
+    served stale tokens; tokenising and BPE training happen only on a cache miss.
+    """
+    corpus = load_corpus(cfg, cache_dir / "hf")
+    docs = {"train": corpus.train, "val": corpus.val}
+    hashes = {name: content_hash(docs[name], cfg.doc_separator) for name in SPLITS}
+    tokenizer = build_tokenizer(cfg, corpus.train, hashes["train"], cache_dir)
+    splits = load_or_tokenize(cache_dir, corpus.descriptor, docs, hashes, tokenizer, cfg.doc_separator)
+    data_hash = hashlib.sha256(f"{hashes['train']}:{hashes['val']}".encode()).hexdigest()[:16]
+    return PreparedData(corpus.descriptor, tokenizer, splits, data_hash)
+
+
+class TextDataModule(pl.LightningDataModule):
+    """Next-token batches over a text corpus.
+
+    After `setup()`: `vocab_size`, `tokenizer`, `bytes_per_token` ({"train", "val"} -> float, for
+    bits per byte), `data_hash` (for run records), `train_dataloader()` / `val_dataloader()` giving
+    (x, y) LongTensors of shape [batch_size, block_size] with y = x shifted left by one token.
+    """
+
+    def __init__(self, cfg: DataConfig, seed: int = 0):
+        super().__init__()
+        validate_data_config(cfg)
+        self.cfg = cfg
+        self.seed = seed
+        self.cache_dir = resolve_cache_dir(cfg)
+        self._prepared: PreparedData | None = None
+        self.tokenizer: Tokenizer | None = None  # set by setup()
+
+    def prepare_data(self) -> None:
+        # Lightning calls this on one process per node: the one place that may tokenise or train BPE.
+        self._prepared = prepare(self.cfg, self.cache_dir)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.tokenizer is not None:
+            return
+        prepared = self._prepared or prepare(self.cfg, self.cache_dir)
+        self.tokenizer = prepared.tokenizer
+        self.vocab_size = prepared.tokenizer.vocab_size
+        self.data_hash = prepared.data_hash
+        self.corpus_descriptor = prepared.corpus_descriptor
+        self.token_splits = prepared.splits
+        self.bytes_per_token = {name: split.bytes_per_token for name, split in prepared.splits.items()}
+        self.train_blocks = TokenBlocks(prepared.splits["train"], self.cfg.block_size, "train")
+        self.val_blocks = TokenBlocks(prepared.splits["val"], self.cfg.block_size, "val")
+
+    def train_dataloader(self) -> DataLoader:
+        n_workers = self.cfg.num_workers
+        return DataLoader(
+            self.train_blocks,
+            batch_size=self.cfg.batch_size,
+            shuffle=True,
+            # Seeded here, not by global RNG state, so the order depends on the seed alone.
+            generator=torch.Generator().manual_seed(self.seed),
+            # Full batches keep the tokens per step fixed, unless that would leave no batch at all.
+            drop_last=len(self.train_blocks) >= self.cfg.batch_size,
+            num_workers=n_workers,
+            persistent_workers=n_workers > 0,
+        )
+
+    def val_dataloader(self) -> DataLoader:
+        n_workers = self.cfg.num_workers
+        return DataLoader(
+            self.val_blocks,
+            batch_size=self.cfg.batch_size,
+            shuffle=False,
+            num_workers=n_workers,
+            persistent_workers=n_workers > 0,
+        )
+
+    def save_tokenizer(self, run_dir: str | Path) -> None:
+        """Copy the tokenizer in use into a run directory (see tokenizers.load_saved_tokenizer)."""
+        if self.tokenizer is None:
+            raise RuntimeError("TextDataModule.save_tokenizer: call setup() first")
+        self.tokenizer.save(Path(run_dir))
+
+    def data_record(self) -> dict:
+        """What a run record needs to say which data a run saw."""
+        return {
+            "corpus": self.corpus_descriptor,
+            "tokenizer": self.tokenizer.descriptor,
+            "data_hash": self.data_hash,
+            "vocab_size": self.vocab_size,
+            "n_tokens": {name: split.n_tokens for name, split in self.token_splits.items()},
+            "bytes_per_token": self.bytes_per_token,
+        }

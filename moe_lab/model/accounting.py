@@ -1,0 +1,81 @@
+"""Parameter and FLOP counts per component, computed from the config alone.
+
+No model is built, so a sweep can size experts for iso-active-parameter comparisons before any
+tensor exists. The tests check every number against the module tree and against torch's FLOP counter.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from moe_lab.model.config import ModelConfig, expert_dims, moe_layer_indices
+from moe_lab.model.ffn import gated
+
+COMPONENTS = ("embedding", "attention", "dense_ffn", "experts", "shared_experts", "router", "norm", "lm_head")
+
+
+@dataclass
+class ModelCounts:
+    params: dict[str, int]  # component -> parameters stored
+    active_params: dict[str, float]  # component -> parameters used per token (routed: top_k / E of them)
+    flops_per_token: dict[str, float]  # component -> forward FLOPs per token (multiply-add = 2)
+
+    @property
+    def total_params(self) -> int:
+        return sum(self.params.values())
+
+    @property
+    def total_active_params(self) -> float:
+        return sum(self.active_params.values())
+
+    @property
+    def total_flops_per_token(self) -> float:
+        return sum(self.flops_per_token.values())
+
+    def as_dict(self) -> dict:
+        return {"params": self.params, "active_params": self.active_params,
+                "flops_per_token": self.flops_per_token, "total_params": self.total_params,
+                "total_active_params": self.total_active_params,
+                "total_flops_per_token": self.total_flops_per_token}
+
+
+def ffn_params(d_model: int, hidden: int, activation: str) -> int:
+    return d_model * hidden * (3 if gated(activation) else 2)
+
+
+def count_model(cfg: ModelConfig, seq_len: int | None = None) -> ModelCounts:
+    """Counts for `cfg`; FLOPs include attention over `seq_len` keys (default max_seq_len), counted
+    as dense SDPA kernels compute it (QK^T and AV over all keys; causal skipping not discounted)."""
+    D, L, V = cfg.d_model, cfg.n_layers, cfg.vocab_size
+    S = seq_len or cfg.max_seq_len
+    head_dim = D // cfg.n_heads
+    kv = (cfg.n_kv_heads or cfg.n_heads) * head_dim
+    n_moe = len(moe_layer_indices(cfg))
+    n_dense = L - n_moe
+    dims = expert_dims(cfg)
+
+    attention = L * (2 * D * D + 2 * D * kv)
+    dense_ffn = n_dense * ffn_params(D, cfg.d_ff, cfg.activation)
+    one_expert = ffn_params(D, dims.hidden, cfg.activation)
+    experts = n_moe * dims.n_experts * one_expert
+    shared = n_moe * ffn_params(D, dims.shared_hidden, cfg.activation)
+    router_mats = 2 if cfg.moe.router == "noisy_topk" else 1  # noisy gating has a noise projection
+    router = n_moe * router_mats * D * dims.n_experts
+    params = {
+        "embedding": V * D,
+        "attention": attention,
+        "dense_ffn": dense_ffn,
+        "experts": experts,
+        "shared_experts": shared,
+        "router": router,
+        "norm": (2 * L + 1) * D,
+        "lm_head": 0 if cfg.tie_embeddings else V * D,
+    }
+    active = {k: float(v) for k, v in params.items()}
+    active["experts"] = float(n_moe * dims.top_k * one_expert)
+    # Forward FLOPs: 2 per weight used in a matmul; the embedding lookup and norms do no matmul.
+    # The LM head is a matmul even when its weight is tied to the embedding.
+    flops = {k: 2.0 * active[k] for k in ("attention", "dense_ffn", "experts", "shared_experts", "router")}
+    flops["attention"] += L * 4.0 * S * D  # scores QK^T and the weighted sum AV
+    flops.update(embedding=0.0, norm=0.0, lm_head=2.0 * V * D)
+    return ModelCounts(params=params, active_params=active, flops_per_token=flops)

@@ -1,0 +1,191 @@
+"""Schema of the model section of an experiment config, and its validation.
+
+Plain dataclasses so OmegaConf can use them as a structured config (YAML fills them, `model.x=y`
+overrides them). Every rule about what a valid model is lives in `validate_model_config`, which runs
+before any tensor is built; the experiment-level schema in `moe_lab.config` embeds these classes.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from moe_lab.errors import ConfigError
+
+PLACEMENTS = ("all", "none", "every_n", "last_half", "first_k_dense", "list")
+ACTIVATIONS = ("swiglu", "gelu", "relu")
+NORMS = ("rmsnorm", "layernorm")
+AUX_LOSS_SCOPES = ("batch", "sequence")
+
+
+@dataclass
+class MoEConfig:
+    # Routed experts before the granularity split (DeepSeekMoE: each expert is cut into `granularity`
+    # narrower ones and top_k is multiplied by the same factor, so active compute is unchanged).
+    n_experts: int = 8
+    top_k: int = 2
+    granularity: int = 1
+    # Hidden width of one routed expert before the granularity split; 0 means the dense `d_ff`.
+    expert_hidden: int = 0
+    router: str = "topk"
+    # Renormalise the selected weights to sum to 1 (Mixtral, DeepSeek-V3) or keep the raw
+    # probabilities (Switch, GShard top-1).
+    renormalize: bool = True
+    # Switch Transformer's multiplicative input jitter, U(1-eps, 1+eps), training only; 0 disables.
+    router_jitter: float = 0.0
+    # Tokens an expert may take: ceil(factor * tokens * top_k / n_experts); 0 means dropless.
+    # Expert choice always has a capacity: 0 there means factor 1.0.
+    capacity_factor: float = 0.0
+    eval_capacity_factor: float = 0.0
+    # Always-on shared experts (DeepSeekMoE, Qwen-MoE); width 0 means the routed expert width.
+    n_shared_experts: int = 0
+    shared_expert_hidden: int = 0
+    # Loss coefficients (0 disables the term in the training loss; the value is still logged).
+    aux_loss_coef: float = 0.01
+    aux_loss_scope: str = "batch"
+    z_loss_coef: float = 0.001
+    # sigmoid_bias: the per-expert selection bias moves by this much per update (DeepSeek-V3 gamma).
+    bias_update_speed: float = 0.001
+    # Which transformer layers get an MoE FFN.
+    placement: str = "all"
+    every_n: int = 2
+    first_k_dense: int = 1
+    layers: list[int] = field(default_factory=list)
+
+
+@dataclass
+class ModelConfig:
+    vocab_size: int = 256
+    d_model: int = 256
+    n_layers: int = 4
+    n_heads: int = 4
+    # Grouped-query attention: number of key/value heads; 0 means n_heads (plain multi-head).
+    n_kv_heads: int = 0
+    d_ff: int = 1024
+    max_seq_len: int = 256
+    rope_theta: float = 10000.0
+    norm: str = "rmsnorm"
+    norm_eps: float = 1e-5
+    activation: str = "swiglu"
+    tie_embeddings: bool = True
+    dropout: float = 0.0
+    init_std: float = 0.02
+    moe: MoEConfig = field(default_factory=MoEConfig)
+
+
+@dataclass(frozen=True)
+class ExpertDims:
+    """Routed-expert sizes after the granularity split."""
+
+    n_experts: int
+    top_k: int
+    hidden: int
+    shared_hidden: int  # total width of all shared experts together (0 = none)
+
+
+def expert_dims(cfg: ModelConfig) -> ExpertDims:
+    moe = cfg.moe
+    base_hidden = moe.expert_hidden or cfg.d_ff
+    hidden = base_hidden // moe.granularity
+    shared_one = moe.shared_expert_hidden or hidden
+    return ExpertDims(
+        n_experts=moe.n_experts * moe.granularity,
+        top_k=moe.top_k * moe.granularity,
+        hidden=hidden,
+        shared_hidden=moe.n_shared_experts * shared_one,
+    )
+
+
+def moe_layer_indices(cfg: ModelConfig) -> list[int]:
+    """Indices of the layers whose FFN is an MoE layer."""
+    moe, n = cfg.moe, cfg.n_layers
+    if moe.placement == "none":
+        return []
+    if moe.placement == "all":
+        return list(range(n))
+    if moe.placement == "every_n":
+        # GShard / Switch interleaving: dense, MoE, dense, MoE, ... (every n-th layer is MoE).
+        return [i for i in range(n) if i % moe.every_n == moe.every_n - 1]
+    if moe.placement == "last_half":
+        return list(range(n // 2, n))
+    if moe.placement == "first_k_dense":
+        return list(range(moe.first_k_dense, n))
+    return sorted(moe.layers)
+
+
+def capacity(factor: float, n_tokens: int, top_k: int, n_experts: int) -> int:
+    """Per-expert token capacity, GShard/Switch: ceil(factor * tokens * k / E)."""
+    return max(1, math.ceil(factor * n_tokens * top_k / n_experts))
+
+
+def _one_of(key: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(key, f"unknown value {value!r}; expected one of {', '.join(choices)}")
+
+
+def _at_least(key: str, value: float, low: float) -> None:
+    if value < low:
+        raise ConfigError(key, f"must be >= {low}, got {value}")
+
+
+def validate_model_config(cfg: ModelConfig, prefix: str = "model") -> None:
+    """Raise ConfigError naming the offending key; runs before any tensor exists."""
+    k = lambda name: f"{prefix}.{name}"  # noqa: E731 - tiny key builder
+    for name in ("vocab_size", "d_model", "n_layers", "n_heads", "d_ff", "max_seq_len"):
+        _at_least(k(name), getattr(cfg, name), 1)
+    _at_least(k("n_kv_heads"), cfg.n_kv_heads, 0)
+    if cfg.d_model % cfg.n_heads:
+        raise ConfigError(k("d_model"), f"{cfg.d_model} is not divisible by {k('n_heads')}={cfg.n_heads}")
+    if (cfg.d_model // cfg.n_heads) % 2:
+        raise ConfigError(k("d_model"), f"head dim {cfg.d_model // cfg.n_heads} must be even for RoPE")
+    if cfg.n_kv_heads and cfg.n_heads % cfg.n_kv_heads:
+        raise ConfigError(k("n_kv_heads"), f"{k('n_heads')}={cfg.n_heads} is not a multiple of {cfg.n_kv_heads}")
+    if cfg.rope_theta <= 0:
+        raise ConfigError(k("rope_theta"), f"must be > 0, got {cfg.rope_theta}")
+    _one_of(k("norm"), cfg.norm, NORMS)
+    _one_of(k("activation"), cfg.activation, ACTIVATIONS)
+    if not 0.0 <= cfg.dropout < 1.0:
+        raise ConfigError(k("dropout"), f"must be in [0, 1), got {cfg.dropout}")
+    if cfg.init_std <= 0:
+        raise ConfigError(k("init_std"), f"must be > 0, got {cfg.init_std}")
+    _validate_moe(cfg, prefix)
+
+
+def _validate_moe(cfg: ModelConfig, prefix: str) -> None:
+    moe = cfg.moe
+    k = lambda name: f"{prefix}.moe.{name}"  # noqa: E731
+    _one_of(k("placement"), moe.placement, PLACEMENTS)
+    from moe_lab.model.routers import ROUTER_REGISTRY  # the registry is the list of valid routers
+
+    _one_of(k("router"), moe.router, tuple(ROUTER_REGISTRY))
+    _one_of(k("aux_loss_scope"), moe.aux_loss_scope, AUX_LOSS_SCOPES)
+    for name in ("router_jitter", "capacity_factor", "eval_capacity_factor", "aux_loss_coef",
+                 "z_loss_coef", "bias_update_speed", "n_shared_experts", "shared_expert_hidden",
+                 "expert_hidden", "n_experts"):
+        _at_least(k(name), getattr(moe, name), 0)
+    _at_least(k("granularity"), moe.granularity, 1)
+    if moe.router_jitter >= 1:
+        raise ConfigError(k("router_jitter"), f"must be < 1, got {moe.router_jitter}")
+    if moe.placement == "every_n":
+        _at_least(k("every_n"), moe.every_n, 1)
+    if moe.placement == "first_k_dense" and not 0 <= moe.first_k_dense < cfg.n_layers:
+        raise ConfigError(k("first_k_dense"),
+                          f"{moe.first_k_dense} must be in [0, {prefix}.n_layers={cfg.n_layers})")
+    if moe.placement == "list":
+        if not moe.layers:
+            raise ConfigError(k("layers"), "placement 'list' needs at least one layer index")
+        for i in moe.layers:
+            if not 0 <= i < cfg.n_layers:
+                raise ConfigError(k("layers"), f"layer index {i} is outside [0, {prefix}.n_layers={cfg.n_layers})")
+        if len(set(moe.layers)) != len(moe.layers):
+            raise ConfigError(k("layers"), f"duplicate layer index in {list(moe.layers)}")
+    if not moe_layer_indices(cfg):
+        return  # dense model: the remaining keys are unused
+    _at_least(k("n_experts"), moe.n_experts, 1)
+    _at_least(k("top_k"), moe.top_k, 1)
+    if moe.top_k > moe.n_experts:
+        raise ConfigError(k("top_k"), f"{moe.top_k} > {k('n_experts')}={moe.n_experts}")
+    base_hidden = moe.expert_hidden or cfg.d_ff
+    if base_hidden % moe.granularity:
+        raise ConfigError(k("granularity"),
+                          f"expert width {base_hidden} is not divisible by granularity {moe.granularity}")

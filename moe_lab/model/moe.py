@@ -1,0 +1,94 @@
+"""The MoE layer: router + routed experts (+ shared experts), router losses and routing statistics."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from moe_lab.model.config import ModelConfig, capacity, expert_dims
+from moe_lab.model.experts import DispatchResult, GroupedExperts
+from moe_lab.model.ffn import DenseFFN
+from moe_lab.model.losses import load_balancing_loss, router_z_loss
+from moe_lab.model.routers import ROUTER_REGISTRY, Routing
+
+
+@dataclass
+class RoutingStats:
+    """Per-layer routing statistics of one forward, all detached, no host sync needed to build them.
+
+    dropped_frac: for token-choice routers, the fraction of (token, slot) assignments dropped for
+    capacity; for expert choice, the fraction of tokens no expert picked.
+    """
+
+    expert_counts: torch.Tensor  # [E] assignments routed to each expert (before dropping)
+    dropped_frac: torch.Tensor  # scalar
+    entropy: torch.Tensor  # scalar, mean per-token entropy of the routing distribution (nats)
+    mean_topk_weight: torch.Tensor  # scalar, mean gate weight of the assignments
+    aux_loss: torch.Tensor  # scalar, this layer's load-balancing loss
+    z_loss: torch.Tensor  # scalar, this layer's router z-loss
+
+
+@dataclass
+class MoEOutput:
+    y: torch.Tensor  # [B, S, D]
+    aux_loss: torch.Tensor
+    z_loss: torch.Tensor
+    stats: RoutingStats
+
+
+class MoELayer(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        moe, dims = cfg.moe, expert_dims(cfg)
+        self.n_experts, self.top_k = dims.n_experts, dims.top_k
+        self.capacity_factor, self.eval_capacity_factor = moe.capacity_factor, moe.eval_capacity_factor
+        self.sequence_aux_loss = moe.aux_loss_scope == "sequence"
+        self.router = ROUTER_REGISTRY[moe.router](
+            cfg.d_model, dims.n_experts, dims.top_k, renormalize=moe.renormalize,
+            jitter=moe.router_jitter, bias_update_speed=moe.bias_update_speed,
+        )
+        self.experts = GroupedExperts(dims.n_experts, cfg.d_model, dims.hidden, cfg.activation)
+        # All shared experts together are one wide FFN: the same function as separate experts summed.
+        self.shared = DenseFFN(cfg.d_model, dims.shared_hidden, cfg.activation) if dims.shared_hidden else None
+
+    def capacity(self, n_tokens: int) -> int | None:
+        factor = self.capacity_factor if self.training else self.eval_capacity_factor
+        if factor == 0 and not isinstance(self.router, ROUTER_REGISTRY["expert_choice"]):
+            return None  # dropless
+        return capacity(factor or 1.0, n_tokens, self.top_k, self.n_experts)
+
+    def forward(self, x: torch.Tensor) -> MoEOutput:
+        B, S, D = x.shape
+        flat = x.reshape(B * S, D)
+        cap = self.capacity(B * S)
+        routing = self.router(flat, cap)
+        result = self.dispatch(flat, routing, None if routing.bounded else cap)
+        y = result.out.to(x.dtype)
+        if self.shared is not None:
+            y = y + self.shared(flat)
+        aux = load_balancing_loss(routing.probs, routing.expert_idx, routing.token_idx, self.n_experts,
+                                  seq_len=S if self.sequence_aux_loss else None)
+        z = router_z_loss(routing.logits)
+        stats = self.routing_stats(routing, result.expert_counts, result.n_dropped, aux, z)
+        return MoEOutput(y=y.view(B, S, D), aux_loss=aux, z_loss=z, stats=stats)
+
+    def dispatch(self, flat: torch.Tensor, routing: Routing, cap: int | None) -> DispatchResult:
+        return self.experts(flat, routing.token_idx, routing.expert_idx, routing.weight, cap)
+
+    @torch.no_grad()
+    def routing_stats(self, routing: Routing, counts: torch.Tensor, n_dropped: torch.Tensor,
+                      aux: torch.Tensor, z: torch.Tensor) -> RoutingStats:
+        p = routing.probs
+        entropy = -(p * p.clamp_min(1e-30).log()).sum(-1).mean()
+        n_tokens = p.shape[0]
+        if routing.bounded:
+            picked = torch.zeros(n_tokens, dtype=torch.bool, device=p.device)
+            picked[routing.token_idx] = True
+            dropped = 1.0 - picked.float().mean()
+        else:
+            dropped = n_dropped.float() / max(1, routing.expert_idx.numel())
+        return RoutingStats(expert_counts=counts.float(), dropped_frac=dropped, entropy=entropy,
+                            mean_topk_weight=routing.weight.mean(), aux_loss=aux.detach(),
+                            z_loss=z.detach())

@@ -1,0 +1,77 @@
+"""What every router returns, the router base class and the registry routers add themselves to."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+
+@dataclass
+class Routing:
+    """One router decision over T tokens, as a flat list of A (token, expert, weight) assignments.
+
+    Assignments are in priority order: when an expert is over capacity the later ones are dropped.
+    Token-choice routers list all first choices before all second choices (GShard's order), each in
+    token order; expert choice lists them expert by expert.
+    """
+
+    logits: torch.Tensor  # [T, E] fp32 router logits (z-loss)
+    probs: torch.Tensor  # [T, E] fp32 routing distribution (aux-loss P_i, entropy)
+    token_idx: torch.Tensor  # [A] int64
+    expert_idx: torch.Tensor  # [A] int64
+    weight: torch.Tensor  # [A] fp32 gate weight multiplying the expert output
+    # True when the router itself bounds tokens per expert (expert choice): no capacity dropping.
+    bounded: bool = False
+
+
+class Router(nn.Module):
+    """Maps token states [T, D] to a `Routing`. The logits are computed in fp32 whatever the autocast
+    dtype: Switch Transformer (sec. 2.4) found the router's softmax the unstable part in bf16."""
+
+    def __init__(self, d_model: int, n_experts: int, top_k: int, *, renormalize: bool = True,
+                 jitter: float = 0.0, bias_update_speed: float = 0.0):
+        super().__init__()
+        self.n_experts = n_experts
+        self.top_k = top_k
+        self.renormalize = renormalize
+        self.jitter = jitter
+        self.bias_update_speed = bias_update_speed
+        self.gate = nn.Linear(d_model, n_experts, bias=False)
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(x.device.type, enabled=False):
+            return nn.functional.linear(x.float(), self.gate.weight.float())
+
+    def forward(self, x: torch.Tensor, capacity: int | None) -> Routing:
+        raise NotImplementedError
+
+
+def token_choice(logits: torch.Tensor, probs: torch.Tensor, selection_scores: torch.Tensor,
+                 gate_scores: torch.Tensor, top_k: int, renormalize: bool) -> Routing:
+    """Each token picks its top-k experts by `selection_scores`; weights come from `gate_scores`."""
+    T = logits.shape[0]
+    _, idx = selection_scores.topk(top_k, dim=-1)  # [T, k]
+    weight = gate_scores.gather(-1, idx)  # [T, k]
+    if renormalize:
+        weight = weight / weight.sum(dim=-1, keepdim=True)
+    tokens = torch.arange(T, device=logits.device)
+    return Routing(
+        logits=logits,
+        probs=probs,
+        token_idx=tokens.repeat(top_k),  # slot-major: every token's 1st choice, then every 2nd ...
+        expert_idx=idx.t().reshape(-1),
+        weight=weight.t().reshape(-1),
+    )
+
+
+ROUTER_REGISTRY: dict[str, type[Router]] = {}
+
+
+def register_router(name: str):
+    def add(cls: type[Router]) -> type[Router]:
+        ROUTER_REGISTRY[name] = cls
+        return cls
+
+    return add

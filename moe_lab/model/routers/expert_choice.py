@@ -1,0 +1,30 @@
+"""Expert-choice routing (Zhou et al. 2022): each expert takes its top-C tokens.
+
+Causality caveat: an expert chooses among all tokens of the micro-batch, so whether an early token is
+picked depends on the scores of later tokens (and of other sequences). In a causal LM this leaks the
+future into the past during training and cannot be reproduced token by token at generation time.
+Results with this router are not comparable to causal token-choice routers as-is; the tests document
+the leak rather than hiding it.
+
+Capacity C = ceil(capacity_factor * T * top_k / E), with factor 1.0 when unset: on average each token
+is processed by top_k experts, the same active compute as top-k token choice.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from moe_lab.model.routers.base import Router, Routing, register_router
+
+
+@register_router("expert_choice")
+class ExpertChoiceRouter(Router):
+    def forward(self, x: torch.Tensor, capacity: int | None) -> Routing:
+        logits = self.logits(x)
+        probs = logits.softmax(dim=-1)  # [T, E], token-to-expert affinities (paper eq. 1)
+        T = logits.shape[0]
+        c = min(T, capacity or T)
+        weight, tokens = probs.t().topk(c, dim=-1)  # [E, C]
+        experts = torch.arange(self.n_experts, device=x.device).repeat_interleave(c)
+        return Routing(logits=logits, probs=probs, token_idx=tokens.reshape(-1), expert_idx=experts,
+                       weight=weight.reshape(-1), bounded=True)

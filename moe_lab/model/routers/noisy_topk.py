@@ -1,0 +1,34 @@
+"""Noisy top-k gating (Shazeer et al. 2017, eq. 3-5).
+
+H(x) = x W_g + N(0, 1) * softplus(x W_noise) during training; the top-k of H are kept and softmaxed.
+The noise projection starts at zero as in the paper, so noise grows only where it is learned.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from moe_lab.model.routers.base import Router, Routing, register_router, token_choice
+
+
+@register_router("noisy_topk")
+class NoisyTopKRouter(Router):
+    def __init__(self, d_model: int, n_experts: int, top_k: int, **kw):
+        super().__init__(d_model, n_experts, top_k, **kw)
+        self.noise = nn.Linear(d_model, n_experts, bias=False)
+        nn.init.zeros_(self.noise.weight)
+
+    def noise_std(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(x.device.type, enabled=False):
+            return F.softplus(F.linear(x.float(), self.noise.weight.float()))
+
+    def forward(self, x: torch.Tensor, capacity: int | None) -> Routing:
+        clean = self.logits(x)
+        noisy = clean
+        if self.training:
+            noisy = clean + torch.randn_like(clean) * self.noise_std(x)
+        probs = noisy.softmax(dim=-1)
+        # z-loss is taken on the clean logits: the noise is exploration, not something to penalise.
+        return token_choice(clean, probs, probs, probs, self.top_k, self.renormalize)

@@ -1,0 +1,35 @@
+"""Sigmoid gating with auxiliary-loss-free bias balancing (DeepSeek-V3 sec. 2.1.2; Wang et al. 2024).
+
+Affinities s = sigmoid(x W). A per-expert bias b is added only to choose the top-k experts; the gate
+weights use s alone. b is no parameter: after each optimiser step the trainer calls `update_bias`
+with the step's token counts and b moves by gamma * sign(mean load - load), so overloaded experts
+become less attractive without any gradient through the balancing.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from moe_lab.model.routers.base import Router, Routing, register_router, token_choice
+
+
+@register_router("sigmoid_bias")
+class SigmoidBiasRouter(Router):
+    def __init__(self, d_model: int, n_experts: int, top_k: int, **kw):
+        super().__init__(d_model, n_experts, top_k, **kw)
+        self.register_buffer("selection_bias", torch.zeros(n_experts))
+
+    def forward(self, x: torch.Tensor, capacity: int | None) -> Routing:
+        logits = self.logits(x)
+        scores = logits.sigmoid()
+        # The distribution the aux loss and entropy see: affinities normalised per token (DeepSeek-V3
+        # eq. 18, the complementary sequence-wise balance loss).
+        probs = scores / scores.sum(dim=-1, keepdim=True)
+        return token_choice(logits, probs, scores + self.selection_bias, scores, self.top_k,
+                            self.renormalize)
+
+    @torch.no_grad()
+    def update_bias(self, expert_counts: torch.Tensor) -> None:
+        """expert_counts: [E] tokens routed to each expert over the step (summed over ranks)."""
+        load = expert_counts.to(self.selection_bias)
+        self.selection_bias += self.bias_update_speed * torch.sign(load.mean() - load)

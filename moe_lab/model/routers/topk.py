@@ -1,0 +1,18 @@
+"""Softmax top-k token choice: Switch (k=1, raw probabilities), GShard / Mixtral (k=2, renormalised)."""
+
+from __future__ import annotations
+
+import torch
+
+from moe_lab.model.routers.base import Router, Routing, register_router, token_choice
+
+
+@register_router("topk")
+class TopKRouter(Router):
+    def forward(self, x: torch.Tensor, capacity: int | None) -> Routing:
+        if self.training and self.jitter > 0:
+            # Switch Transformer's multiplicative jitter on the router input (exploration).
+            x = x * torch.empty_like(x).uniform_(1.0 - self.jitter, 1.0 + self.jitter)
+        logits = self.logits(x)
+        probs = logits.softmax(dim=-1)
+        return token_choice(logits, probs, probs, probs, self.top_k, self.renormalize)

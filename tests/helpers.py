@@ -1,0 +1,28 @@
+"""Small builders shared by the model tests."""
+
+from __future__ import annotations
+
+import torch
+
+from moe_lab.model.config import ModelConfig, MoEConfig
+
+
+def tiny_config(**moe_overrides) -> ModelConfig:
+    model_keys = {k: moe_overrides.pop(k) for k in list(moe_overrides)
+                  if k in ModelConfig.__dataclass_fields__ and k != "moe"}
+    base = dict(vocab_size=64, d_model=32, n_layers=2, n_heads=4, d_ff=48, max_seq_len=32)
+    base.update(model_keys)
+    moe = dict(n_experts=4, top_k=2)
+    moe.update(moe_overrides)
+    return ModelConfig(**base, moe=MoEConfig(**moe))
+
+
+def randomise(module: torch.nn.Module, seed: int = 0, std: float = 0.3) -> None:
+    """Give every parameter (and the sigmoid-bias buffer) non-trivial values so routing is uneven."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(torch.randn(p.shape, generator=g, dtype=p.dtype) * std)
+        for name, b in module.named_buffers():
+            if name.endswith("selection_bias"):
+                b.copy_(torch.randn(b.shape, generator=g, dtype=b.dtype) * 0.1)

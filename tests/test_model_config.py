@@ -1,0 +1,48 @@
+"""Bad model configs raise one clear ConfigError naming the key, before any tensor is built."""
+
+import pytest
+import torch
+
+from moe_lab.errors import ConfigError
+from moe_lab.model.transformer import MoETransformer
+from tests.helpers import tiny_config
+
+BAD = [
+    (dict(top_k=5, n_experts=4), "model.moe.top_k", "model.moe.n_experts"),
+    (dict(d_model=30, n_heads=4), "model.d_model", "model.n_heads"),
+    (dict(router="hash"), "model.moe.router", "expert_choice"),
+    (dict(aux_loss_coef=-0.1), "model.moe.aux_loss_coef", ">= 0"),
+    (dict(z_loss_coef=-1.0), "model.moe.z_loss_coef", ">= 0"),
+    (dict(placement="list", layers=[0, 2]), "model.moe.layers", "n_layers"),
+    (dict(placement="list", layers=[]), "model.moe.layers", "at least one"),
+    (dict(placement="list", layers=[1, 1]), "model.moe.layers", "duplicate"),
+    (dict(placement="diagonal"), "model.moe.placement", "every_n"),
+    (dict(placement="first_k_dense", first_k_dense=2), "model.moe.first_k_dense", "n_layers"),
+    (dict(granularity=5), "model.moe.granularity", "divisible"),
+    (dict(n_kv_heads=3), "model.n_kv_heads", "model.n_heads"),
+    (dict(activation="tanh"), "model.activation", "swiglu"),
+    (dict(norm="batchnorm"), "model.norm", "rmsnorm"),
+    (dict(capacity_factor=-1.0), "model.moe.capacity_factor", ">= 0"),
+    (dict(aux_loss_scope="global"), "model.moe.aux_loss_scope", "sequence"),
+    (dict(router_jitter=1.5), "model.moe.router_jitter", "< 1"),
+    (dict(n_experts=0), "model.moe.n_experts", ">= 1"),
+]
+
+
+@pytest.mark.parametrize("overrides,key,mentions", BAD, ids=[b[1] + "-" + str(i) for i, b in enumerate(BAD)])
+def test_bad_config_names_the_key_before_building_tensors(overrides, key, mentions, monkeypatch):
+    def no_tensors(*a, **k):
+        raise AssertionError("a tensor was built before validation")
+
+    monkeypatch.setattr(torch.nn.Embedding, "__init__", no_tensors)
+    with pytest.raises(ConfigError) as err:
+        MoETransformer(tiny_config(**overrides))
+    message = str(err.value)
+    assert err.value.key == key
+    assert message.startswith(key) and mentions in message
+    assert "\n" not in message
+
+
+def test_dense_model_ignores_moe_only_keys():
+    model = MoETransformer(tiny_config(placement="none", top_k=9))  # top_k unused without experts
+    assert model.moe_layers == []
