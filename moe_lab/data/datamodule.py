@@ -9,6 +9,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from moe_lab.data.blocks import TokenBlocks
+from moe_lab.data.sampler import EpochBatchSampler, ResumableDataLoader
 from moe_lab.data.cache import SPLITS, TokenSplit, content_hash, load_or_tokenize
 from moe_lab.data.config import DataConfig, resolve_cache_dir, validate_data_config
 from moe_lab.data.corpora import load_corpus
@@ -74,17 +75,22 @@ class TextDataModule(pl.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         n_workers = self.cfg.num_workers
-        return DataLoader(
+        sampler = EpochBatchSampler(len(self.train_blocks), self.cfg.batch_size, self.seed)
+        return ResumableDataLoader(
             self.train_blocks,
-            batch_size=self.cfg.batch_size,
-            shuffle=True,
-            # Seeded here, not by global RNG state, so the order depends on the seed alone.
-            generator=torch.Generator().manual_seed(self.seed),
-            # Full batches keep the tokens per step fixed, unless that would leave no batch at all.
-            drop_last=len(self.train_blocks) >= self.cfg.batch_size,
+            batch_sampler=sampler,
+            position_fn=self._training_position,
             num_workers=n_workers,
             persistent_workers=n_workers > 0,
         )
+
+    def _training_position(self) -> tuple[int, int]:
+        """(epoch, batches of it already trained on), read from the trainer's progress counters."""
+        trainer = self.trainer
+        if trainer is None:
+            return 0, 0
+        loop = trainer.fit_loop.epoch_loop
+        return trainer.current_epoch, loop.batch_progress.current.processed
 
     def val_dataloader(self) -> DataLoader:
         n_workers = self.cfg.num_workers

@@ -1,0 +1,154 @@
+"""ExpertCollapseDetector: notice starved experts or a collapsed router early, and warn, stop or prune.
+
+Checked once per optimizer step, on the step's routing (micro-batches of gradient accumulation summed).
+The stats are already reduced across DDP ranks, so every rank reaches the same decision without a
+collective of its own; one host sync per step moves the per-layer counts to the CPU.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from lightning.pytorch import Callback
+from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
+
+from moe_lab.callbacks.expert_load import check_int, tensorboard_writers
+from moe_lab.callbacks.routing_metrics import (
+    RoutingAccumulator, load_fractions, normalised_entropy, routing_from_outputs, starved_experts,
+)
+from moe_lab.errors import ConfigError
+
+ACTIONS = ("warn", "stop", "prune")
+
+
+class ExpertCollapseDetector(Callback):
+    """Detects two kinds of collapse, each held for `patience_steps` consecutive optimizer steps:
+
+    - "starved_expert": an expert's load fraction is below `min_load_fraction` x uniform load (1/E);
+    - "low_entropy": a layer's normalised router entropy (mean per-token entropy / ln E) is below
+      `min_entropy_norm` (0 disables this check).
+
+    Steps before `check_from_step` (global_step counts completed optimizer steps, from 1) are ignored,
+    so warm-up routing noise cannot start a streak. Each (layer, expert, kind) fires once and appends to
+    `events` a dict {"step", "layer", "expert" (None for low_entropy), "kind", "load" | "entropy_norm"}
+    holding the value at the firing step. On firing: `rank_zero_warn`, a TensorBoard text entry
+    `moe/collapse`, and per `action`: "warn" nothing more; "stop" sets `trainer.should_stop`; "prune" also
+    sets `prune_reason` (the first event's description) for a sweep to mark the trial pruned.
+    `moe/collapse_events` (running count) is logged every step.
+    """
+
+    def __init__(self, min_load_fraction: float = 0.1, patience_steps: int = 100,
+                 min_entropy_norm: float = 0.0, action: str = "warn", check_from_step: int = 0):
+        if not 0.0 <= min_load_fraction <= 1.0:
+            raise ConfigError("min_load_fraction", f"expected a fraction of uniform load in [0, 1], "
+                                                   f"got {min_load_fraction!r}")
+        if not 0.0 <= min_entropy_norm <= 1.0:
+            raise ConfigError("min_entropy_norm", f"expected a value in [0, 1] (0 disables), "
+                                                  f"got {min_entropy_norm!r}")
+        if action not in ACTIONS:
+            raise ConfigError("action", f"expected one of {', '.join(ACTIONS)}, got {action!r}")
+        check_int("patience_steps", patience_steps, 1)
+        check_int("check_from_step", check_from_step, 0)
+        self.min_load_fraction = float(min_load_fraction)
+        self.patience_steps = patience_steps
+        self.min_entropy_norm = float(min_entropy_norm)
+        self.action = action
+        self.check_from_step = check_from_step
+        self.events: list[dict] = []
+        self.prune_reason: str | None = None
+        self._starved_run: dict[int, np.ndarray] = {}  # layer -> [E] consecutive starved steps
+        self._low_entropy_run: dict[int, int] = {}  # layer -> consecutive low-entropy steps
+        self._step = RoutingAccumulator()
+        self._steps_before_batch = 0
+
+    # ---- Lightning hooks ----
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self._steps_before_batch = trainer.global_step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self._step.add(routing_from_outputs(outputs))
+        if trainer.global_step == self._steps_before_batch or not self._step:
+            return  # a micro-batch of a gradient-accumulation step, or a dense model
+        totals, step = self._step.pop(), trainer.global_step
+        if step >= self.check_from_step:
+            new = []
+            for layer, t in totals.items():
+                new += self._check_load(step, layer, t.counts)
+                new += self._check_entropy(step, layer, normalised_entropy(t.entropy, t.n_experts))
+            for event in new:
+                self._fire(trainer, event)
+        pl_module.log("moe/collapse_events", float(len(self.events)))
+
+    # ---- checks: update streaks, return the events that reached patience now ----
+
+    def _check_load(self, step: int, layer: int, counts: np.ndarray) -> list[dict]:
+        starved = starved_experts(counts, self.min_load_fraction)
+        run = self._starved_run.get(layer, np.zeros(len(counts), dtype=np.int64))
+        run = np.where(starved, run + 1, 0)
+        self._starved_run[layer] = run
+        frac = load_fractions(counts)
+        return [{"step": step, "layer": layer, "expert": int(j), "kind": "starved_expert",
+                 "load": float(frac[j])}
+                for j in np.flatnonzero(run >= self.patience_steps)
+                if not self._fired(layer, int(j), "starved_expert")]
+
+    def _check_entropy(self, step: int, layer: int, entropy_norm: float) -> list[dict]:
+        if self.min_entropy_norm <= 0.0:
+            return []
+        low = entropy_norm < self.min_entropy_norm
+        run = (self._low_entropy_run.get(layer, 0) + 1) if low else 0
+        self._low_entropy_run[layer] = run
+        if run < self.patience_steps or self._fired(layer, None, "low_entropy"):
+            return []
+        return [{"step": step, "layer": layer, "expert": None, "kind": "low_entropy",
+                 "entropy_norm": float(entropy_norm)}]
+
+    def _fired(self, layer: int, expert: int | None, kind: str) -> bool:
+        return any((e["layer"], e["expert"], e["kind"]) == (layer, expert, kind) for e in self.events)
+
+    # ---- reacting ----
+
+    def describe(self, event: dict) -> str:
+        """One human-readable line, e.g. 'expert 3 of layer 1 below 10% of uniform load for 100 steps
+        (step 250)'."""
+        if event["kind"] == "starved_expert":
+            what = (f"expert {event['expert']} of layer {event['layer']} below "
+                    f"{self.min_load_fraction:.0%} of uniform load")
+        else:
+            what = f"router entropy of layer {event['layer']} below {self.min_entropy_norm:g} x ln(E)"
+        return f"{what} for {self.patience_steps} steps (step {event['step']})"
+
+    def _fire(self, trainer, event: dict) -> None:
+        self.events.append(event)
+        message = self.describe(event)
+        rank_zero_warn(f"expert collapse: {message}")
+        self._write_text(trainer, message, event["step"])
+        if self.action in ("stop", "prune"):
+            trainer.should_stop = True
+        if self.action == "prune" and self.prune_reason is None:
+            self.prune_reason = message
+
+    @staticmethod
+    @rank_zero_only
+    def _write_text(trainer, message: str, step: int) -> None:
+        for writer in tensorboard_writers(trainer):
+            writer.add_text("moe/collapse", message, global_step=step - 1)
+
+    # ---- checkpointing: a resumed run continues streaks and keeps its events ----
+
+    def state_dict(self) -> dict:
+        return {
+            "events": [dict(e) for e in self.events],
+            "prune_reason": self.prune_reason,
+            "starved_run": {layer: run.tolist() for layer, run in self._starved_run.items()},
+            "low_entropy_run": dict(self._low_entropy_run),
+            "pending": self._step.state_dict(),
+        }
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.events = [dict(e) for e in state_dict["events"]]
+        self.prune_reason = state_dict["prune_reason"]
+        self._starved_run = {int(k): np.asarray(v, dtype=np.int64)
+                             for k, v in state_dict["starved_run"].items()}
+        self._low_entropy_run = {int(k): int(v) for k, v in state_dict["low_entropy_run"].items()}
+        self._step.load_state_dict(state_dict["pending"])

@@ -1,0 +1,155 @@
+"""The LightningModule: LM loss + weighted router losses, AdamW with warmup + cosine, validation
+metrics (loss, perplexity, bits per byte), routing statistics reduced across ranks, text samples."""
+
+from __future__ import annotations
+
+import functools
+import math
+import time
+
+import lightning.pytorch as pl
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+from torchmetrics import MeanMetric
+
+from moe_lab.config import config_from_dict
+from moe_lab.model import MoETransformer, RoutingStats
+
+LN2 = math.log(2.0)
+
+
+def checkpoint_activations(blocks: nn.ModuleList) -> None:
+    """Make each block recompute its forward during the backward instead of storing activations.
+
+    The forward is replaced per instance, so parameter names and checkpoints are unchanged. Non-reentrant
+    checkpointing returns the MoE output's extra tensors (router losses, statistics) as usual, and it
+    restores the RNG state for the recomputation, so noisy routers route the same way twice.
+    """
+    for block in blocks:
+        block.forward = functools.partial(checkpoint, block.forward, use_reentrant=False)
+
+
+def warmup_cosine(step: int, warmup: int, total: int, min_ratio: float) -> float:
+    """LR multiplier: linear warmup to 1 over `warmup` steps, cosine decay to `min_ratio` at `total`."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+class MoELitModule(pl.LightningModule):
+    def __init__(self, config: dict, val_bytes_per_token: float = 1.0):
+        """config: the resolved experiment config as a plain dict (saved in every checkpoint, so a
+        checkpoint alone rebuilds the model); val_bytes_per_token converts nats/token to bits/byte."""
+        super().__init__()
+        # logger=False: hyperparameters go to TensorBoard once, at the end, with the final metrics.
+        self.save_hyperparameters({"config": config, "val_bytes_per_token": val_bytes_per_token}, logger=False)
+        self.cfg = config_from_dict(config)
+        self.model = MoETransformer(self.cfg.model)
+        self.val_bytes_per_token = val_bytes_per_token
+        self.tokenizer = None  # set by the caller for text samples; not part of the checkpoint
+        self.val_loss = MeanMetric()
+        self._step_counts: dict[int, torch.Tensor] = {}  # expert loads of the optimiser step so far
+        self._forward = self.model
+        if self.cfg.trainer.activation_checkpointing:
+            checkpoint_activations(self.model.blocks)
+        # Throughput of the training steps alone (validation and sampling excluded).
+        self.train_tokens = 0
+        self.train_seconds = 0.0
+        self._batch_start = 0.0
+        self.last_val: dict[str, float] = {}
+
+    def configure_model(self) -> None:
+        if self.cfg.trainer.compile and self._forward is self.model:
+            self._forward = torch.compile(self.model)
+
+    # ------------------------------------------------------------------ training
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        out = self._forward(x, y)
+        loss = out.lm_loss + self.model.router_loss(out)
+        routing = self._reduce_across_ranks(out.routing)
+        for layer, stats in routing.items():
+            self._step_counts[layer] = self._step_counts.get(layer, 0) + stats.expert_counts
+        self.log("train/loss", loss, prog_bar=False)
+        self.log("train/lm_loss", out.lm_loss, prog_bar=True)
+        self.log("train/aux_loss", out.aux_loss)
+        self.log("train/z_loss", out.z_loss)
+        return {"loss": loss, "routing": routing}
+
+    def _reduce_across_ranks(self, routing: dict[int, RoutingStats]) -> dict[int, RoutingStats]:
+        """Expert counts summed and scalar statistics averaged over ranks: every rank (and every
+        callback) sees the loads of the global batch. Two collectives per step, whatever the depth."""
+        if self.trainer.world_size == 1 or not routing:
+            return routing
+        layers = sorted(routing)
+        counts = torch.stack([routing[i].expert_counts for i in layers])
+        scalars = torch.stack([torch.stack([routing[i].dropped_frac.float(), routing[i].entropy,
+                                            routing[i].mean_topk_weight, routing[i].aux_loss,
+                                            routing[i].z_loss]) for i in layers])
+        counts = self.trainer.strategy.reduce(counts, reduce_op="sum")
+        scalars = self.trainer.strategy.reduce(scalars, reduce_op="mean")
+        return {i: RoutingStats(counts[j], *scalars[j].unbind()) for j, i in enumerate(layers)}
+
+    def optimizer_step(self, *args, **kwargs):
+        super().optimizer_step(*args, **kwargs)
+        # Loss-free balancing (DeepSeek-V3): bias moves after the optimiser step, from that step's
+        # global token counts; identical on every rank because the counts were all-reduced.
+        self.model.update_router_biases(self._step_counts)
+        self._step_counts = {}
+
+    def on_train_batch_start(self, batch, batch_idx):
+        self._batch_start = time.perf_counter()
+
+    def on_train_batch_end(self, outputs, batch, batch_idx):
+        elapsed = time.perf_counter() - self._batch_start
+        tokens = batch[0].numel() * self.trainer.world_size
+        self.train_tokens += tokens
+        self.train_seconds += elapsed
+        self.log("train/tokens_per_s", tokens / max(elapsed, 1e-9), prog_bar=True)
+
+    def configure_optimizers(self):
+        decay, no_decay = [], []
+        for name, p in self.model.named_parameters():
+            # Weight decay on matrices only: not on norms, biases or embeddings (nor a head tied to them).
+            (no_decay if p.ndim < 2 or name.startswith("embed.") else decay).append(p)
+        o = self.cfg.optim
+        optimizer = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps,
+        )
+        total = self.cfg.trainer.max_steps
+        schedule = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: warmup_cosine(step, o.warmup_steps, total, o.min_lr_ratio))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    # ------------------------------------------------------------------ validation
+    def validation_step(self, batch, batch_idx):
+        x, y = batch
+        out = self._forward(x, y)
+        self.val_loss.update(out.lm_loss, weight=x.numel())
+
+    def on_validation_epoch_end(self):
+        loss = self.val_loss.compute()  # synchronised over ranks by torchmetrics
+        self.val_loss.reset()
+        bpb = loss / LN2 / self.val_bytes_per_token
+        metrics = {"val/loss": loss, "val/ppl": torch.exp(loss), "val/bpb": bpb}
+        self.log_dict(metrics, sync_dist=False)
+        self.last_val = {k: float(v) for k, v in metrics.items()} | {"step": int(self.global_step)}
+        self._log_sample()
+
+    def _log_sample(self) -> None:
+        m = self.cfg.monitor
+        if self.tokenizer is None or m.sample_tokens == 0 or self.global_rank != 0 or self.logger is None:
+            return
+        experiment = getattr(self.logger, "experiment", None)
+        if not hasattr(experiment, "add_text"):
+            return
+        prompt = torch.tensor([self.tokenizer.encode(m.sample_prompt)], device=self.device)
+        # A generator of its own: sampling must not move the global RNG that training draws from.
+        generator = torch.Generator(device=self.device).manual_seed(self.cfg.seed + self.global_step)
+        ids = self.model.generate(prompt, m.sample_tokens, temperature=0.8, top_k=50, generator=generator)
+        text = self.tokenizer.decode(ids[0].tolist())
+        # TensorBoard renders Markdown: indent by four spaces so line breaks survive.
+        experiment.add_text("samples", "    " + text.replace("\n", "\n    "), self.global_step)

@@ -1,0 +1,38 @@
+"""The model summary table: parameters, active parameters and FLOPs per component, MoE placement."""
+
+from __future__ import annotations
+
+from moe_lab.model.accounting import count_model
+from moe_lab.model.config import ModelConfig, expert_dims, moe_layer_indices
+
+
+def _si(n: float) -> str:
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(n) >= scale:
+            return f"{n / scale:.2f}{unit}"
+    return f"{n:.0f}"
+
+
+def model_summary(cfg: ModelConfig, seq_len: int) -> str:
+    counts = count_model(cfg, seq_len)
+    moe_layers = moe_layer_indices(cfg)
+    lines = [f"{'component':<16}{'params':>10}{'active/token':>14}{'fwd FLOPs/token':>17}"]
+    for name, n in counts.params.items():
+        if n or counts.flops_per_token[name]:
+            lines.append(f"{name:<16}{_si(n):>10}{_si(counts.active_params[name]):>14}"
+                         f"{_si(counts.flops_per_token[name]):>17}")
+    lines.append(f"{'total':<16}{_si(counts.total_params):>10}{_si(counts.total_active_params):>14}"
+                 f"{_si(counts.total_flops_per_token):>17}")
+    placement = ", ".join(map(str, moe_layers)) if moe_layers else "none (dense)"
+    lines.append(f"MoE layers ({cfg.moe.placement}): {placement} of {cfg.n_layers}")
+    if moe_layers:
+        d = expert_dims(cfg)
+        shared = f", shared width {d.shared_hidden}" if d.shared_hidden else ""
+        lines.append(f"experts: {d.n_experts} x width {d.hidden}, top-{d.top_k}, router {cfg.moe.router}"
+                     f"{shared}, capacity {cfg.moe.capacity_factor or 'dropless'}")
+    return "\n".join(lines)
+
+
+def summary_record(cfg: ModelConfig, seq_len: int) -> dict:
+    counts = count_model(cfg, seq_len)
+    return {"moe_layers": moe_layer_indices(cfg), **counts.as_dict()}

@@ -1,0 +1,255 @@
+"""Train one experiment: `python -m moe_lab.train CONFIG [key.sub=value ...]`.
+
+Writes <output_dir>/<name>/<version>/ with TensorBoard events, config.yaml, env.json,
+model_summary.txt, the tokenizer, checkpoints/ (best.ckpt, last.ckpt) and metrics.json.
+`trainer.resume=auto` continues the latest run of the experiment from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.loggers import TensorBoardLogger
+
+from moe_lab.callbacks import ExpertCollapseDetector, ExpertLoadMonitor
+from moe_lab.config import ExperimentConfig, flatten, load_config, to_dict, to_yaml
+from moe_lab.data import TextDataModule
+from moe_lab.errors import MoELabError
+from moe_lab.lit import MoELitModule
+from moe_lab.records import environment_record, write_json_atomic, write_text_atomic
+from moe_lab.runtime import tune_cpu_allocator
+from moe_lab.summary import model_summary, summary_record
+
+CHECKPOINTS = "checkpoints"
+
+
+class NonFiniteLossError(MoELabError, FloatingPointError):
+    """Training produced a NaN or infinite loss."""
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    metrics: dict
+    callbacks: dict = field(default_factory=dict)  # name -> callback instance, for sweeps
+
+
+def _latest_last_checkpoint(experiment_dir: Path) -> Path | None:
+    found = sorted(experiment_dir.glob(f"*/{CHECKPOINTS}/last.ckpt"), key=lambda p: p.stat().st_mtime)
+    return found[-1] if found else None
+
+
+def resolve_resume(cfg: ExperimentConfig) -> tuple[str | None, Path | None]:
+    """(version to log into, checkpoint to resume from) for `trainer.resume` = "", "auto" or a path."""
+    experiment_dir = Path(cfg.output_dir) / cfg.name
+    if cfg.trainer.resume == "":
+        return cfg.version or None, None
+    ckpt = _latest_last_checkpoint(experiment_dir) if cfg.trainer.resume == "auto" else Path(cfg.trainer.resume)
+    if cfg.trainer.resume == "auto" and cfg.version:
+        candidate = experiment_dir / cfg.version / CHECKPOINTS / "last.ckpt"
+        ckpt = candidate if candidate.is_file() else None
+    if ckpt is None:
+        return cfg.version or None, None  # nothing to resume: a fresh run
+    # Keep logging into the run directory the checkpoint belongs to, when it is one of ours.
+    run_dir = ckpt.parent.parent
+    version = run_dir.name if run_dir.parent.resolve() == experiment_dir.resolve() else (cfg.version or None)
+    return version, ckpt
+
+
+class NonFiniteLossGuard(pl.Callback):
+    """Stops a run whose loss is NaN/inf instead of letting it train on garbage (a sweep records the
+    trial as failed with this message)."""
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+        if not torch.isfinite(loss).all():
+            raise NonFiniteLossError(f"non-finite training loss {loss.item()} at step {trainer.global_step}")
+
+
+def build_callbacks(cfg: ExperimentConfig, run_dir: Path) -> dict[str, pl.Callback]:
+    m = cfg.monitor
+    every = cfg.trainer.checkpoint_every_n_steps or cfg.trainer.val_every_n_steps
+    return {
+        "best_checkpoint": ModelCheckpoint(dirpath=run_dir / CHECKPOINTS, filename="best", monitor="val/loss",
+                                           mode="min", save_top_k=1, auto_insert_metric_name=False,
+                                           enable_version_counter=False),
+        "last_checkpoint": ModelCheckpoint(dirpath=run_dir / CHECKPOINTS, save_top_k=0, save_last=True,
+                                           every_n_train_steps=every),
+        "load_monitor": ExpertLoadMonitor(log_every_n_steps=m.log_every_n_steps,
+                                          heatmap_every_n_steps=m.heatmap_every_n_steps,
+                                          max_experts_logged=m.max_experts_logged),
+        "collapse_detector": ExpertCollapseDetector(min_load_fraction=m.collapse_min_load_fraction,
+                                                    patience_steps=m.collapse_patience_steps,
+                                                    min_entropy_norm=m.collapse_min_entropy_norm,
+                                                    action=m.collapse_action),
+        "lr_monitor": LearningRateMonitor(logging_interval="step"),
+        "nan_guard": NonFiniteLossGuard(),
+    }
+
+
+def _precision(value: str) -> str:
+    return {"32": "32-true"}.get(value, value)
+
+
+def _devices(value: str):
+    value = value.replace(" ", "")
+    if value == "auto":
+        return "auto"
+    parts = [int(p) for p in value.split(",") if p]
+    return parts[0] if len(parts) == 1 and "," not in value else parts
+
+
+def _write_config(run_dir: Path, cfg: ExperimentConfig) -> None:
+    """config.yaml is the first run's resolved config; a resume with other settings adds its own file
+    beside it rather than overwriting what the earlier part of the run used."""
+    text = to_yaml(cfg)
+    path = run_dir / "config.yaml"
+    if path.is_file() and path.read_text() != text:
+        n = len(list(run_dir.glob("config.resume*.yaml"))) + 1
+        path = run_dir / f"config.resume{n}.yaml"
+    if not path.is_file():
+        write_text_atomic(path, text)
+
+
+def _print(msg: str, quiet: bool) -> None:
+    if not quiet:
+        print(msg, flush=True)
+
+
+def run(cfg: ExperimentConfig, extra_callbacks: tuple[pl.Callback, ...] = (), quiet: bool = False) -> RunResult:
+    """Train `cfg` (already validated by load_config). Raises MoELabError for bad data input before
+    anything is written."""
+    tune_cpu_allocator()
+    if cfg.trainer.threads:
+        torch.set_num_threads(cfg.trainer.threads)
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    data = TextDataModule(cfg.data, seed=cfg.seed)
+    data.prepare_data()
+    data.setup("fit")
+    cfg.model.vocab_size = data.vocab_size  # resolved from the tokenizer, recorded in config.yaml
+    lit = MoELitModule(to_dict(cfg), val_bytes_per_token=data.bytes_per_token["val"])
+    lit.tokenizer = data.tokenizer
+    if cfg.model_init:
+        from moe_lab.checkpoint import load_pretrained
+
+        _, state = load_pretrained(cfg.model_init)
+        lit.model.load_state_dict(state, strict=True)
+
+    version, resume_ckpt = resolve_resume(cfg)
+    logger = TensorBoardLogger(save_dir=cfg.output_dir, name=cfg.name, version=version, default_hp_metric=False)
+    run_dir = Path(logger.log_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    _print(f"run directory: {run_dir}" + (f" (resuming {resume_ckpt})" if resume_ckpt else ""), quiet)
+    summary = model_summary(cfg.model, cfg.data.block_size)
+    _print(summary, quiet)
+    _write_config(run_dir, cfg)
+    write_text_atomic(run_dir / "model_summary.txt", summary + "\n")
+    write_json_atomic(run_dir / "env.json", environment_record(data=data.data_record(), seed=cfg.seed))
+    data.save_tokenizer(run_dir / "tokenizer")
+
+    callbacks = build_callbacks(cfg, run_dir)
+    t = cfg.trainer
+    trainer = pl.Trainer(
+        max_steps=t.max_steps, max_epochs=-1,
+        val_check_interval=t.val_every_n_steps, check_val_every_n_epoch=None,
+        limit_val_batches=t.val_batches or 1.0, num_sanity_val_steps=0,
+        accumulate_grad_batches=t.accumulate_grad_batches, precision=_precision(t.precision),
+        accelerator=t.accelerator, devices=_devices(t.devices), num_nodes=t.num_nodes, strategy=t.strategy,
+        deterministic=t.deterministic, gradient_clip_val=cfg.optim.grad_clip or None,
+        logger=logger, callbacks=[*callbacks.values(), *extra_callbacks],
+        enable_progress_bar=t.progress_bar and not quiet, log_every_n_steps=t.log_every_n_steps,
+        enable_model_summary=False, use_distributed_sampler=False, default_root_dir=run_dir,
+    )
+    start = time.perf_counter()
+    error = None
+    try:
+        trainer.fit(lit, datamodule=data, ckpt_path=resume_ckpt, weights_only=True)
+        if lit.last_val.get("step") != trainer.global_step and not trainer.interrupted:
+            trainer.validate(lit, datamodule=data, verbose=False)  # final metrics at the final step
+    except NonFiniteLossError as err:
+        error = str(err)
+    metrics = final_metrics(cfg, lit, trainer, callbacks, time.perf_counter() - start, error)
+    if trainer.is_global_zero:
+        write_json_atomic(run_dir / "metrics.json", metrics)
+        hparams = flatten(to_dict(cfg))
+        logger.log_hyperparams(hparams, metrics={f"final/{k}": v for k, v in metrics.items()
+                                                 if k in HPARAM_METRICS and v is not None})
+        logger.finalize("success" if error is None else "failed")
+    _print(f"run directory: {run_dir}", quiet)
+    if error is not None:
+        raise NonFiniteLossError(error)
+    return RunResult(run_dir=run_dir, metrics=metrics, callbacks=callbacks)
+
+
+HPARAM_METRICS = ("val_loss", "val_bpb", "val_ppl", "best_val_loss", "tokens_per_s", "final_load_cv",
+                  "collapse_events_count")
+
+
+def final_metrics(cfg, lit: MoELitModule, trainer: pl.Trainer, callbacks: dict, wall: float,
+                  error: str | None) -> dict:
+    summary = summary_record(cfg.model, cfg.data.block_size)
+    load = callbacks["load_monitor"].summary()
+    detector = callbacks["collapse_detector"]
+    best = callbacks["best_checkpoint"].best_model_score
+    status = "completed"
+    if error is not None:
+        status = "failed"
+    elif getattr(detector, "prune_reason", None):
+        status = "pruned"
+    elif trainer.global_step < cfg.trainer.max_steps:
+        status = "stopped"
+    return {
+        "status": status,
+        "error": error,
+        "steps": int(trainer.global_step),
+        "val_loss": lit.last_val.get("val/loss"),
+        "val_ppl": lit.last_val.get("val/ppl"),
+        "val_bpb": lit.last_val.get("val/bpb"),
+        "best_val_loss": float(best) if best is not None else None,
+        "train_tokens": lit.train_tokens,
+        "tokens_per_s": lit.train_tokens / lit.train_seconds if lit.train_seconds else None,
+        "wall_time_s": wall,
+        "total_params": summary["total_params"],
+        "active_params": summary["total_active_params"],
+        "flops_per_token": summary["total_flops_per_token"],
+        "moe_layers": summary["moe_layers"],
+        "final_load_cv": load.get("final_load_cv"),
+        "final_max_over_uniform": load.get("final_max_over_uniform"),
+        "final_dropped_frac": load.get("final_dropped_frac"),
+        "collapse_events": list(detector.events),
+        "collapse_events_count": len(detector.events),
+        "prune_reason": getattr(detector, "prune_reason", None),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m moe_lab.train", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("config", help="experiment YAML (see experiments/)")
+    parser.add_argument("overrides", nargs="*", help="key.sub=value overrides")
+    parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    args = parser.parse_args(argv)
+    try:
+        cfg = load_config(args.config, args.overrides)
+        if args.print_config:
+            print(to_yaml(cfg), end="")
+            return 0
+        run(cfg)
+    except MoELabError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2 if not isinstance(err, NonFiniteLossError) else 1
+    except KeyboardInterrupt:
+        print("interrupted: resume with trainer.resume=auto", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,161 @@
+"""End to end: the real training entry point on tiny settings (outputs, resume, determinism, DDP)."""
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from moe_lab.config import load_config
+from moe_lab.train import run
+
+REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::DeprecationWarning")
+
+
+@pytest.fixture(scope="session")
+def data_cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("data_cache")
+
+
+def tiny(out: Path, cache: Path, *extra: str) -> list[str]:
+    return [f"output_dir={out}", f"data.cache_dir={cache}", "name=tiny",
+            "model.d_model=32", "model.n_layers=2", "model.n_heads=2", "model.d_ff=64",
+            "model.max_seq_len=32", "model.moe.n_experts=4", "model.moe.top_k=2", "model.moe.expert_hidden=32",
+            "data.block_size=32", "data.batch_size=4", "trainer.max_steps=12", "trainer.val_every_n_steps=6",
+            "trainer.val_batches=2", "trainer.log_every_n_steps=1", "trainer.progress_bar=false",
+            "optim.warmup_steps=2", "monitor.log_every_n_steps=2", "monitor.heatmap_every_n_steps=6",
+            "monitor.sample_tokens=8", "trainer.threads=1", *extra]
+
+
+def scalars(run_dir: Path, tag: str) -> dict[int, float]:
+    values: dict[int, float] = {}
+    for events in sorted(run_dir.glob("events.out.tfevents.*")):
+        acc = EventAccumulator(str(events), size_guidance={"scalars": 0})
+        acc.Reload()
+        if tag in acc.Tags()["scalars"]:
+            values.update({e.step: e.value for e in acc.Scalars(tag)})
+    return values
+
+
+def test_short_run_writes_every_output(tmp_path, data_cache):
+    cfg = load_config(REPO / "experiments/shakespeare_moe.yaml", tiny(tmp_path, data_cache))
+    result = run(cfg, quiet=True)
+    d = result.run_dir
+    assert d == tmp_path / "tiny" / "version_0"
+    for name in ("config.yaml", "env.json", "metrics.json", "model_summary.txt", "hparams.yaml",
+                 "checkpoints/best.ckpt", "checkpoints/last.ckpt", "tokenizer/tokenizer_info.json"):
+        assert (d / name).is_file(), name
+    metrics = json.loads((d / "metrics.json").read_text())
+    assert metrics["status"] == "completed" and metrics["steps"] == 12
+    assert metrics["val_loss"] == pytest.approx(scalars(d, "val/loss")[11], rel=1e-6)
+    # bits per byte from the loss: byte tokenizer -> loss / ln 2
+    assert metrics["val_bpb"] == pytest.approx(metrics["val_loss"] / 0.6931471805599453, rel=1e-6)
+    assert metrics["active_params"] < metrics["total_params"]  # 2 of 4 experts per token
+    env = json.loads((d / "env.json").read_text())
+    assert env["packages"]["torch"] and env["data"]["data_hash"] and "commit" in env["git"]
+    assert "vocab_size: 256" in (d / "config.yaml").read_text()  # resolved from the tokenizer
+    # TensorBoard: per-expert scalars, layer summaries, histograms, heatmap, text sample and hparams.
+    tags = set()
+    for events in d.glob("events.out.tfevents.*"):
+        acc = EventAccumulator(str(events), size_guidance={"scalars": 0, "tensors": 0})
+        acc.Reload()
+        for kind, names in acc.Tags().items():
+            if isinstance(names, list):
+                tags |= set(names)
+        tags |= set(acc.summary_metadata)  # hparams and text summaries live here
+    for tag in ("train/lm_loss", "train/aux_loss", "train/z_loss", "val/loss", "val/bpb", "val/ppl",
+                "moe/layer0/expert3", "moe/layer1/load_cv", "moe/load_cv_mean", "moe/layer0/load",
+                "moe/load_heatmap", "_hparams_/session_start_info", "final/val_loss"):
+        assert tag in tags, tag
+    assert any(t.startswith("samples") for t in tags)
+
+
+def test_same_seed_twice_gives_identical_losses(tmp_path, data_cache):
+    losses = []
+    for i in range(2):
+        cfg = load_config(REPO / "experiments/shakespeare_moe.yaml",
+                          tiny(tmp_path / str(i), data_cache, "trainer.max_steps=6", "trainer.deterministic=true"))
+        losses.append(scalars(run(cfg, quiet=True).run_dir, "train/lm_loss"))
+    assert len(losses[0]) == 6 and losses[0] == losses[1]
+
+
+DIE_AT_STEP = textwrap.dedent("""
+    import os, sys
+    import lightning.pytorch as pl
+    from moe_lab.config import load_config
+    from moe_lab.train import run
+
+    class Die(pl.Callback):  # a hard kill: no cleanup, no final checkpoint
+        def on_train_batch_end(self, trainer, *args):
+            if trainer.global_step == 10:
+                os._exit(9)
+
+    run(load_config(sys.argv[1], sys.argv[2:]), extra_callbacks=(Die(),), quiet=True)
+""")
+
+
+def test_resume_after_a_kill_continues_at_the_right_step_with_identical_losses(tmp_path, data_cache):
+    config = str(REPO / "experiments/shakespeare_moe.yaml")
+    base = tiny(tmp_path / "a", data_cache, "trainer.checkpoint_every_n_steps=4", "trainer.deterministic=true")
+    reference = scalars(run(load_config(config, base), quiet=True).run_dir, "train/lm_loss")
+
+    killed = tiny(tmp_path / "b", data_cache, "trainer.checkpoint_every_n_steps=4", "trainer.deterministic=true")
+    proc = subprocess.run([sys.executable, "-c", DIE_AT_STEP, config, *killed], cwd=REPO, timeout=300)
+    assert proc.returncode == 9
+    run_dir = tmp_path / "b" / "tiny" / "version_0"
+    assert torch.load(run_dir / "checkpoints/last.ckpt", weights_only=True)["global_step"] == 8
+
+    resumed = run(load_config(config, killed + ["trainer.resume=auto"]), quiet=True)
+    assert resumed.run_dir == run_dir  # same run directory, TensorBoard curves continue
+    assert resumed.metrics["steps"] == 12
+    losses = scalars(run_dir, "train/lm_loss")
+    assert sorted(losses) == list(range(12))
+    assert losses == reference  # steps 9..12 replayed on the same data with the same LR schedule
+    lr = scalars(run_dir, "lr-AdamW/pg1")
+    assert lr == scalars(tmp_path / "a" / "tiny" / "version_0", "lr-AdamW/pg1")
+
+
+def test_nan_loss_fails_the_run_with_its_reason(tmp_path, data_cache):
+    cfg = load_config(REPO / "experiments/shakespeare_moe.yaml", tiny(tmp_path, data_cache, "optim.lr=1e30",
+                                                                       "optim.grad_clip=0", "trainer.max_steps=6"))
+    with pytest.raises(FloatingPointError, match="non-finite training loss"):
+        run(cfg, quiet=True)
+    metrics = json.loads((tmp_path / "tiny" / "version_0" / "metrics.json").read_text())
+    assert metrics["status"] == "failed" and "non-finite" in metrics["error"]
+
+
+def test_data_error_exits_2_and_writes_nothing(tmp_path, data_cache):
+    out = tmp_path / "runs"
+    proc = subprocess.run([sys.executable, "-m", "moe_lab.train", str(REPO / "experiments/shakespeare_moe.yaml"),
+                           *tiny(out, data_cache), "data.source=files", f"data.train_files=[{tmp_path}/none.txt]"],
+                          capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.startswith("error:") and "none.txt" in proc.stderr and "Traceback" not in proc.stderr
+    assert not out.exists()
+
+
+def test_ddp_two_cpu_processes_log_the_single_process_expert_loads(tmp_path, data_cache):
+    """2 gloo ranks x batch 2 see the same global batches as 1 process x batch 4 (the sampler shards
+    each global batch), and the logged loads are all-reduced: the first window must match exactly."""
+    config = str(REPO / "experiments/shakespeare_moe.yaml")
+    common = ["trainer.max_steps=4", "monitor.log_every_n_steps=1", "trainer.val_every_n_steps=4",
+              "model.moe.aux_loss_coef=0", "trainer.accelerator=cpu"]
+    single = tiny(tmp_path / "single", data_cache, *common, "data.batch_size=4", "trainer.devices=1")
+    ddp = tiny(tmp_path / "ddp", data_cache, *common, "data.batch_size=2", "trainer.devices=2",
+               "trainer.strategy=ddp")
+    for args in (single, ddp):
+        proc = subprocess.run([sys.executable, "-m", "moe_lab.train", config, *args], cwd=REPO,
+                              capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    tag = "moe/layer0/expert{}"
+    for expert in range(4):
+        a = scalars(tmp_path / "single" / "tiny" / "version_0", tag.format(expert))
+        b = scalars(tmp_path / "ddp" / "tiny" / "version_0", tag.format(expert))
+        assert a[0] == pytest.approx(b[0], abs=1e-6)  # step 1: same weights, same global batch
+        for step in a:  # later steps: DDP averages gradients, equal up to float rounding
+            assert a[step] == pytest.approx(b[step], abs=0.02)
