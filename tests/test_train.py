@@ -29,7 +29,7 @@ def tiny(out: Path, cache: Path, *extra: str) -> list[str]:
             "data.block_size=32", "data.batch_size=4", "trainer.max_steps=12", "trainer.val_every_n_steps=6",
             "trainer.val_batches=2", "trainer.log_every_n_steps=1", "trainer.progress_bar=false",
             "optim.warmup_steps=2", "monitor.log_every_n_steps=2", "monitor.heatmap_every_n_steps=6",
-            "monitor.sample_tokens=8", "trainer.threads=1", *extra]
+            "monitor.sample_tokens=8", *extra]
 
 
 def scalars(run_dir: Path, tag: str) -> dict[int, float]:

@@ -88,7 +88,9 @@ def test_model_without_moe_layers_equals_reference_dense_transformer():
     randomise(model, std=0.2)
     idx = torch.randint(0, 50, (2, 9))
     out = model(idx)
-    torch.testing.assert_close(out.logits, reference_dense_logits(model, idx), rtol=1e-9, atol=1e-9)
+    # float64: agreement to ~1e-9 (summation order varies with threads); a wrong RoPE pairing or norm
+    # placement differs by ~1e-1.
+    torch.testing.assert_close(out.logits, reference_dense_logits(model, idx), rtol=1e-7, atol=1e-8)
     assert out.routing == {} and out.aux_loss.item() == 0.0
 
 

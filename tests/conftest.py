@@ -1,0 +1,15 @@
+"""Test isolation for process-wide torch settings that a training run changes (Lightning's
+deterministic mode, thread count): each test starts from the settings the session started with."""
+
+import pytest
+import torch
+
+_THREADS = torch.get_num_threads()
+
+
+@pytest.fixture(autouse=True)
+def restore_torch_globals():
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    yield
+    torch.use_deterministic_algorithms(deterministic)
+    torch.set_num_threads(_THREADS)
