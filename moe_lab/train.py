@@ -223,10 +223,18 @@ def final_metrics(cfg, lit: MoELitModule, trainer: pl.Trainer, callbacks: dict, 
         "final_load_cv": load.get("final_load_cv"),
         "final_max_over_uniform": load.get("final_max_over_uniform"),
         "final_dropped_frac": load.get("final_dropped_frac"),
+        # The last training step's router losses (unweighted): how large the router logits ended up.
+        "final_aux_loss": _metric(trainer, "train/aux_loss"),
+        "final_z_loss": _metric(trainer, "train/z_loss"),
         "collapse_events": list(detector.events),
         "collapse_events_count": len(detector.events),
         "prune_reason": getattr(detector, "prune_reason", None),
     }
+
+
+def _metric(trainer: pl.Trainer, name: str) -> float | None:
+    value = trainer.callback_metrics.get(name)
+    return None if value is None else float(value)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -30,3 +30,56 @@ def expert_load_heatmap(load: np.ndarray, layers: list[int], title: str = "exper
     fig.colorbar(im, ax=ax, label="load / uniform load")
     fig.tight_layout()
     return fig
+
+
+def ema(values: list[float], weight: float) -> list[float]:
+    """TensorBoard's smoothing slider: an exponential moving average, debiased so the first points are
+    not pulled towards zero (Adam's bias correction, Kingma & Ba 2015, sec. 3). weight in [0, 1);
+    0 returns the values unchanged."""
+    smoothed, last, n = [], 0.0, 0
+    for value in values:
+        n += 1
+        last = weight * last + (1.0 - weight) * value
+        smoothed.append(last / (1.0 - weight**n))
+    return smoothed
+
+
+def curve_band(runs: list[dict[int, float]], smoothing: float = 0.0):
+    """Mean and min-max over seeds of one configuration's curves ({step: value} per seed).
+
+    Steps are the union over seeds; each is averaged over the seeds that logged it (a seed that stopped
+    early, e.g. pruned, leaves the later steps to the others). `smoothing` is applied per seed, before
+    the mean. Returns numpy arrays (steps, mean, low, high).
+    """
+    smoothed = []
+    for run in runs:
+        steps = sorted(run)
+        smoothed.append(dict(zip(steps, ema([run[s] for s in steps], smoothing))))
+    steps = sorted(set().union(*smoothed)) if smoothed else []
+    at_step = [[run[s] for run in smoothed if s in run] for s in steps]
+    return (np.asarray(steps, dtype=float), np.asarray([np.mean(v) for v in at_step]),
+            np.asarray([np.min(v) for v in at_step]), np.asarray([np.max(v) for v in at_step]))
+
+
+def curves_with_band(curves: dict[str, list[dict[int, float]]], ylabel: str, title: str = "",
+                     smoothing: float = 0.0):
+    """One line per configuration (label -> its seeds' {step: value} curves): the mean over seeds, with
+    a shaded min-max band where there are several seeds. Returns a matplotlib Figure (caller closes it)."""
+    fig, ax = plt.subplots(figsize=(8.0, 4.8))
+    colours = plt.get_cmap("tab10" if len(curves) <= 10 else "tab20")
+    for i, (label, runs) in enumerate(curves.items()):
+        steps, mean, low, high = curve_band(runs, smoothing)
+        if not len(steps):
+            continue
+        colour = colours(i % colours.N)
+        ax.plot(steps, mean, color=colour, lw=1.5, label=f"{label} ({len(runs)} seed{'s' * (len(runs) != 1)})")
+        if len(runs) > 1:
+            ax.fill_between(steps, low, high, color=colour, alpha=0.2, lw=0)
+    ax.set_xlabel("step")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title or ylabel)
+    ax.grid(alpha=0.3)
+    if curves:
+        ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
+    fig.tight_layout()
+    return fig

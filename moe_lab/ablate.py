@@ -1,0 +1,89 @@
+"""Paper ablations: `python -m moe_lab.ablate experiments/ablations/aux_loss.yaml [--workers N]`.
+
+An ablation is a grid sweep over named arms (each a set of overrides of one base experiment) with
+repeated seeds: it runs on the sweep machinery (storage, resume, workers) and then writes
+results.md / results.csv / results.tex and plots that say whether the paper's direction held.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from moe_lab.errors import ConfigError
+from moe_lab.sweep.config import OBJECTIVES, Param, Sweep, SweepConfig, _validate, check_sweep, read_structured
+
+CLAIM_METRICS = ("val_loss", "val_bpb", "val_ppl", "best_val_loss", "final_load_cv", "final_max_over_uniform",
+                 "final_dropped_frac", "final_z_loss", "final_aux_loss", "tokens_per_s", "collapse_events_count")
+
+
+@dataclass
+class ClaimConfig:
+    """A direction the paper reports, checked on the per-seed metrics of two arms:
+    `less_than`: mean(metric of arm) < mean(metric of other); `at_most`: mean(arm) <= mean(other) + tolerance.
+    """
+
+    metric: str = "val_loss"
+    arm: str = ""
+    less_than: str = ""
+    at_most: str = ""
+    tolerance: float = 0.0
+    note: str = ""
+
+
+@dataclass
+class AblationConfig(SweepConfig):
+    paper: str = ""  # the paper and the table / figure the ablation follows
+    claim: str = ""  # the finding under test, in words
+    arms: dict[str, list[str]] = field(default_factory=dict)
+    claims: list[ClaimConfig] = field(default_factory=list)
+    caveat: str = ""  # printed with the results (e.g. expert choice's causality leak)
+    output_dir: str = "ablations_out"
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    compute_matching: str = "active"
+    collapse_prunes: bool = False  # an ablation records collapse as a result; it does not prune
+
+
+def load_ablation(path: str | Path, overrides: list[str] = ()) -> Sweep:
+    path = Path(path)
+    cfg: AblationConfig = read_structured(path, AblationConfig(), overrides)
+    if cfg.sampler != "grid":
+        raise ConfigError("sampler", "an ablation runs every arm: only the grid sampler applies")
+    if cfg.space:
+        raise ConfigError("space", "an ablation defines arms, not a search space")
+    if len(cfg.arms) < 2:
+        raise ConfigError("arms", f"an ablation compares at least two arms, got {len(cfg.arms)}")
+    for name in cfg.arms:
+        if not name or any(c in name for c in "/ ,="):
+            raise ConfigError(f"arms.{name}", "arm names are non-empty, without '/', ' ', ',' or '='")
+    _validate(cfg, needs_space=False)
+    for i, claim in enumerate(cfg.claims):
+        where = f"claims[{i}]"
+        if claim.metric not in CLAIM_METRICS:
+            raise ConfigError(f"{where}.metric", f"unknown metric {claim.metric!r}; expected one of {', '.join(CLAIM_METRICS)}")
+        if bool(claim.less_than) == bool(claim.at_most):
+            raise ConfigError(where, "a claim needs exactly one of less_than or at_most")
+        for key in ("arm", "less_than", "at_most"):
+            value = getattr(claim, key)
+            if (value or key == "arm") and value not in cfg.arms:
+                raise ConfigError(f"{where}.{key}", f"no arm named {value!r}; arms are {', '.join(cfg.arms)}")
+    sweep = Sweep(cfg=cfg, path=path, params=[Param("arm", "categorical", choices=tuple(cfg.arms))],
+                  arms={name: list(ov) for name, ov in cfg.arms.items()})
+    check_sweep(sweep)
+    return sweep
+
+
+def main(argv: list[str] | None = None) -> int:
+    from moe_lab.sweep.__main__ import cli
+
+    def report(study_dir: Path) -> None:
+        from moe_lab.ablation_report import write_ablation_report
+
+        write_ablation_report(study_dir, echo=True)
+
+    return cli(argv, prog="python -m moe_lab.ablate", doc=__doc__, loader=load_ablation, reporter=report)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Optuna sweeps over experiment configs (`python -m moe_lab.sweep`)."""

@@ -1,0 +1,258 @@
+"""Sweep files: schema, search-space parsing and validation.
+
+A sweep names a base experiment, overrides, an objective, a sampler and pruner, a budget, the seeds
+each configuration is trained with, and a search space over dotted experiment keys:
+
+    space:
+      model.moe.top_k: [1, 2, 4]                            # categorical (shorthand)
+      optim.lr: {type: float, low: 1.0e-4, high: 1.0e-2, log: true}
+      model.moe.n_experts: {type: int, low: 4, high: 32, step: 4}
+"""
+
+from __future__ import annotations
+
+import difflib
+import itertools
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from moe_lab.config import ExperimentConfig, _explain, _read_yaml, _valid_keys, load_config
+from moe_lab.errors import ConfigError, MoELabError
+
+SAMPLERS = ("grid", "random", "tpe")
+PRUNERS = ("none", "median", "hyperband")
+DIRECTIONS = ("minimize", "maximize")
+MATCHING = ("none", "active", "total")
+# Objective metrics (keys of a run's metrics.json) and the logged curve pruning watches for each.
+OBJECTIVES = {"val_loss": "val/loss", "val_bpb": "val/bpb", "val_ppl": "val/ppl", "best_val_loss": "val/loss",
+              "tokens_per_s": None, "final_load_cv": None}
+
+
+@dataclass
+class ObjectiveConfig:
+    metric: str = "val_loss"
+    direction: str = "minimize"
+
+
+@dataclass
+class SweepConfig:
+    name: str = ""  # the Optuna study name; "" = the sweep file's stem
+    base: str = ""  # experiment YAML, relative to the sweep file
+    overrides: list[str] = field(default_factory=list)  # key.sub=value applied to the base for every trial
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    sampler: str = "grid"
+    sampler_seed: int = 0
+    pruner: str = "none"
+    pruner_warmup_steps: int = 0  # median pruner: no pruning before this step
+    n_trials: int = 0  # 0: the grid size (grid); required for random / tpe
+    timeout_s: float = 0.0  # time budget per invocation; 0: none. Running trials finish.
+    seeds: list[int] = field(default_factory=lambda: [0])  # each configuration is trained once per seed
+    output_dir: str = "sweeps_out"
+    # "" = sqlite:///<output_dir>/<name>/study.db; any Optuna RDB URL; or journal:<path> (file journal)
+    storage: str = ""
+    heartbeat_interval: int = 30  # seconds; RDB storages detect a killed worker's trial through it
+    grace_period: int = 90
+    max_retries: int = 3  # a trial whose worker died is retried this many times
+    compute_matching: str = "none"  # none | active | total: hold expert params fixed via expert_hidden
+    collapse_prunes: bool = True  # the expert-collapse detector prunes a trial (reason recorded)
+    space: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Param:
+    key: str
+    kind: str  # categorical | int | float
+    choices: tuple = ()
+    low: float = 0.0
+    high: float = 0.0
+    step: float | None = None
+    log: bool = False
+
+    def grid_values(self) -> list:
+        if self.kind == "categorical":
+            return list(self.choices)
+        if self.kind == "int" and not self.log:
+            return list(range(int(self.low), int(self.high) + 1, int(self.step or 1)))
+        raise ConfigError(f"space.{self.key}", "the grid sampler needs categorical values or an int range without log")
+
+
+@dataclass
+class Sweep:
+    """A validated sweep: the config, where it came from, and its parsed search space.
+
+    An ablation is a grid over one categorical parameter, "arm", whose values name sets of overrides
+    (`arms`); everything else (storage, workers, resume, seeds) is the sweep machinery."""
+
+    cfg: SweepConfig
+    path: Path
+    params: list[Param]
+    arms: dict[str, list[str]] | None = None
+
+    @property
+    def name(self) -> str:
+        return self.cfg.name or self.path.stem
+
+    @property
+    def study_dir(self) -> Path:
+        return Path(self.cfg.output_dir) / self.name
+
+    @property
+    def base_path(self) -> Path:
+        return (self.path.parent / self.cfg.base).resolve()
+
+    @property
+    def storage_url(self) -> str:
+        return self.cfg.storage or f"sqlite:///{(self.study_dir / 'study.db').resolve()}"
+
+    def grid(self) -> list[dict[str, Any]]:
+        keys = [p.key for p in self.params]
+        return [dict(zip(keys, values)) for values in itertools.product(*(p.grid_values() for p in self.params))]
+
+    def n_trials(self) -> int:
+        return self.cfg.n_trials or len(self.grid())
+
+    def experiment_overrides(self, params: dict[str, Any]) -> list[str]:
+        if self.arms is not None:
+            return list(self.cfg.overrides) + list(self.arms[params["arm"]])
+        return list(self.cfg.overrides) + [f"{k}={_yaml_value(v)}" for k, v in params.items()]
+
+
+def _yaml_value(value: Any) -> str:
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(_yaml_value(v) for v in value) + "]"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def _parse_param(key: str, spec: Any) -> Param:
+    where = f"space.{key}"
+    if isinstance(spec, (list, ListConfig)):
+        spec = {"type": "categorical", "choices": list(spec)}
+    if not isinstance(spec, (dict, DictConfig)):
+        raise ConfigError(where, f"expected a list of values or a mapping with 'type', got {spec!r}")
+    spec = dict(OmegaConf.to_container(spec) if isinstance(spec, DictConfig) else spec)
+    kind = spec.pop("type", None)
+    if kind == "categorical":
+        choices = spec.pop("choices", None)
+        if not isinstance(choices, list) or not choices:
+            raise ConfigError(where, "categorical needs a non-empty 'choices' list")
+        param = Param(key, "categorical", choices=tuple(_hashable(c) for c in choices))
+    elif kind in ("int", "float"):
+        try:
+            low, high = float(spec.pop("low")), float(spec.pop("high"))
+        except KeyError as missing:
+            raise ConfigError(where, f"{kind} needs 'low' and 'high' (missing {missing})") from None
+        step, log = spec.pop("step", None), bool(spec.pop("log", False))
+        if not low <= high:
+            raise ConfigError(where, f"low {low} > high {high}")
+        if log and low <= 0:
+            raise ConfigError(where, f"log scale needs low > 0, got {low}")
+        if log and step is not None:
+            raise ConfigError(where, "step and log cannot be combined")
+        if step is not None and float(step) <= 0:
+            raise ConfigError(where, f"step must be > 0, got {step}")
+        if kind == "int" and (low != int(low) or high != int(high)):
+            raise ConfigError(where, f"int range needs integer bounds, got {low}..{high}")
+        param = Param(key, kind, low=low, high=high, step=None if step is None else float(step), log=log)
+    else:
+        raise ConfigError(where, f"unknown type {kind!r}; expected categorical, int or float")
+    if spec:
+        raise ConfigError(f"{where}.{next(iter(spec))}", "unknown key; expected type, choices, low, high, step, log")
+    return param
+
+
+def _hashable(value: Any) -> Any:
+    return tuple(value) if isinstance(value, list) else value
+
+
+def read_structured(path: Path, schema: Any, overrides: list[str]) -> Any:
+    """A YAML file (with the files it extends) merged onto a dataclass schema, errors naming the key."""
+    merged = OmegaConf.structured(schema)
+    try:
+        merged = OmegaConf.merge(merged, _read_yaml(path), OmegaConf.from_dotlist(list(overrides)))
+        return OmegaConf.to_object(merged)
+    except OmegaConfBaseException as err:
+        raise _explain(err, schema) from None
+
+
+def load_sweep(path: str | Path, overrides: list[str] = ()) -> Sweep:
+    """Read and validate a sweep file; every configuration of a grid is validated as an experiment."""
+    path = Path(path)
+    cfg: SweepConfig = read_structured(path, SweepConfig(), overrides)
+    _validate(cfg)
+    params = [_parse_param(key, spec) for key, spec in cfg.space.items()]
+    valid = _valid_keys(ExperimentConfig())
+    for p in params:
+        if p.key not in valid:
+            close = difflib.get_close_matches(p.key, valid, n=1, cutoff=0.6)
+            hint = f"; did you mean {close[0]}?" if close else ""
+            raise ConfigError(f"space.{p.key}", f"not a key of the experiment schema{hint}")
+    sweep = Sweep(cfg=cfg, path=path, params=params)
+    check_sweep(sweep)
+    return sweep
+
+
+def check_sweep(sweep: Sweep) -> None:
+    if not sweep.base_path.is_file():
+        raise ConfigError("base", f"no such experiment file: {sweep.base_path}")
+    _check_configurations(sweep)
+
+
+def _validate(cfg: SweepConfig, needs_space: bool = True) -> None:
+    def one_of(key: str, value: str, choices: tuple) -> None:
+        if value not in choices:
+            raise ConfigError(key, f"unknown value {value!r}; expected one of {', '.join(choices)}")
+
+    if not cfg.base:
+        raise ConfigError("base", "a sweep needs a base experiment file")
+    if needs_space and not cfg.space:
+        raise ConfigError("space", "a sweep needs at least one parameter to search")
+    one_of("objective.metric", cfg.objective.metric, tuple(OBJECTIVES))
+    one_of("objective.direction", cfg.objective.direction, DIRECTIONS)
+    one_of("sampler", cfg.sampler, SAMPLERS)
+    one_of("pruner", cfg.pruner, PRUNERS)
+    one_of("compute_matching", cfg.compute_matching, MATCHING)
+    if cfg.sampler != "grid" and cfg.n_trials < 1:
+        raise ConfigError("n_trials", f"sampler {cfg.sampler!r} needs n_trials >= 1")
+    if cfg.n_trials < 0 or cfg.timeout_s < 0:
+        raise ConfigError("n_trials" if cfg.n_trials < 0 else "timeout_s", "must be >= 0")
+    if not cfg.seeds or len(set(cfg.seeds)) != len(cfg.seeds):
+        raise ConfigError("seeds", f"needs one or more distinct seeds, got {list(cfg.seeds)}")
+    if cfg.heartbeat_interval < 1 or cfg.grace_period <= cfg.heartbeat_interval:
+        raise ConfigError("grace_period", f"must exceed heartbeat_interval={cfg.heartbeat_interval}")
+    if cfg.max_retries < 0:
+        raise ConfigError("max_retries", f"must be >= 0, got {cfg.max_retries}")
+    if cfg.pruner != "none" and OBJECTIVES[cfg.objective.metric] is None:
+        raise ConfigError("pruner", f"objective {cfg.objective.metric} has no validation curve to prune on")
+
+
+def _check_configurations(sweep: Sweep) -> None:
+    """Every grid point (or, for other samplers, every categorical choice and range end) must be a
+    valid experiment: a sweep fails now, not at trial 37."""
+    if sweep.cfg.sampler == "grid":
+        candidates = sweep.grid()
+    else:
+        candidates = [{p.key: (v if p.kind == "categorical" else (int(v) if p.kind == "int" else v))}
+                      for p in sweep.params for v in (p.choices or (p.low, p.high))]
+    for params in candidates:
+        try:
+            load_config(sweep.base_path, sweep.experiment_overrides(params))
+        except MoELabError as err:
+            described = ", ".join(f"{k}={v}" for k, v in params.items())
+            where = f"arms.{params['arm']}" if sweep.arms is not None else f"space ({described})"
+            raise ConfigError(where, f"invalid experiment: {err}") from None
+
+
+def trial_label(params: dict[str, Any]) -> str:
+    """A short readable run name: {'model.moe.top_k': 2} -> 'top_k=2'."""
+    parts = []
+    for key, value in params.items():
+        if isinstance(value, float):
+            value = f"{value:.3g}"
+        parts.append(f"{key.rsplit('.', 1)[-1]}={_yaml_value(value)}")
+    return ",".join(parts).replace("/", "_").replace(" ", "")[:80] or "base"

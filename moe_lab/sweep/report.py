@@ -1,0 +1,527 @@
+"""The results report of a sweep study: a table, summary.md, trials.csv, Optuna plots, loss curves.
+
+Everything is read back from the study directory the sweep runner wrote (study_info.json, the Optuna
+storage, one run directory per trial and seed), so a report can be regenerated at any time, also while
+the sweep is still running:
+
+    <study_dir>/summary.md                 settings, results table, best configuration, state counts
+    <study_dir>/trials.csv                 one row per configuration, every number the table shows
+    <study_dir>/plots/*.html, *.png        Optuna's optimization history, importances, parallel
+                                           coordinate and slice plots (plotly and matplotlib)
+    <study_dir>/plots/val_loss_curves.png  val/loss per configuration: mean over seeds, min-max band
+    <study_dir>/plots/train_loss_curves.png
+
+A configuration is a `config_id`. A trial retried after its worker died shares the config_id of the
+trial it retries; the report shows the latest trial of each config_id and counts the others as retries.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import warnings
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from moe_lab.errors import MoELabError
+from moe_lab.records import write_text_atomic
+
+log = logging.getLogger(__name__)
+
+STUDY_INFO = "study_info.json"
+PLOTS = "plots"
+# Non-complete configurations go below the complete ones, in this order.
+STATE_ORDER = ("COMPLETE", "PRUNED", "RUNNING", "WAITING", "FAIL")
+TRAIN_SMOOTHING = 0.6  # EMA weight for train/lm_loss curves (TensorBoard's slider); val/loss is raw
+NOTE_WIDTH = 48  # prune reason / error characters shown in the tables (trials.csv has them whole)
+
+MATCHING_MEANS = {
+    "none": "no parameter count is held constant: each configuration keeps the base experiment's expert width",
+    "active": "active parameters per token are held constant: the expert width (expert_hidden) is resized "
+              "per configuration to match the base experiment",
+    "total": "total parameters are held constant: the expert width (expert_hidden) is resized per "
+             "configuration to match the base experiment",
+}
+
+
+class StudyError(MoELabError):
+    """A study directory (or the storage it names) cannot be read."""
+
+
+@dataclass
+class StudyInfo:
+    study_name: str
+    storage_url: str = ""
+    objective_metric: str = "objective"
+    direction: str = ""  # "" = the Optuna study's own direction
+    sampler: str = "?"
+    seeds: list[int] = field(default_factory=list)
+    compute_matching: str = "none"
+    base: str = ""
+
+
+@dataclass
+class ConfigRow:
+    """One configuration: the latest trial of its config_id, flattened from the trial's user attrs."""
+
+    trial: int
+    config_id: int | None
+    state: str
+    label: str
+    params: dict[str, Any]
+    objective_mean: float | None
+    objective_std: float | None
+    objective_values: list[float | None]
+    seeds: list[int]
+    run_dirs: list[str]
+    duration_s: float | None
+    active_params: int | None
+    total_params: int | None
+    expert_hidden: int | None
+    tokens_per_s: float | None
+    final_load_cv: float | None
+    collapse_events: int | None
+    prune_reason: str | None
+    error: str | None
+    retries: int = 0
+
+    @property
+    def n_seeds(self) -> int:
+        """Seeds that produced a finite objective value (those the mean is over)."""
+        if self.objective_values:
+            return sum(_finite(v) for v in self.objective_values)
+        return int(_finite(self.objective_mean))
+
+
+@dataclass
+class StudyData:
+    study_dir: Path
+    info: StudyInfo
+    study: optuna.Study
+    rows: list[ConfigRow]  # best first
+    param_keys: list[str]
+    trial_states: Counter  # state name -> number of Optuna trials (retries included)
+
+
+# ------------------------------------------------------------------------------------------ reading
+
+def load_study_info(study_dir: Path) -> StudyInfo:
+    path = Path(study_dir) / STUDY_INFO
+    if not Path(study_dir).is_dir():
+        raise StudyError(f"{study_dir}: no such directory")
+    if not path.is_file():
+        raise StudyError(f"{study_dir}: no {STUDY_INFO}; expected a sweep study directory")
+    try:
+        raw = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise StudyError(f"{path}: not readable JSON: {err}") from None
+    if not isinstance(raw, dict) or not isinstance(raw.get("study_name"), str):
+        raise StudyError(f"{path}: expected an object with a 'study_name' string")
+    known = {k: v for k, v in raw.items() if k in StudyInfo.__dataclass_fields__ and v is not None}
+    return StudyInfo(**known)
+
+
+def open_study(study_dir: Path, info: StudyInfo) -> optuna.Study:
+    """Load the study from the storage study_info.json names. A SQLite or journal file that is not
+    where it was written (the study directory was copied or moved) is looked for in the study directory."""
+    url = info.storage_url or f"sqlite:///{(study_dir / 'study.db').resolve()}"
+    if url.startswith("journal:"):
+        from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+        path = _local_file(Path(url[len("journal:"):]), study_dir, url)
+        storage: Any = JournalStorage(JournalFileBackend(str(path)))
+    elif url.startswith("sqlite:///"):
+        storage = f"sqlite:///{_local_file(Path(url[len('sqlite:///'):]), study_dir, url).resolve()}"
+    else:
+        storage = url
+    try:
+        return optuna.load_study(study_name=info.study_name, storage=storage)
+    except KeyError:
+        raise StudyError(f"{url}: no study named {info.study_name!r}") from None
+    except Exception as err:  # storage backends raise their own types (SQLAlchemy, redis, ...)
+        first_line = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise StudyError(f"{url}: cannot open the study storage: {first_line}") from None
+
+
+def _local_file(path: Path, study_dir: Path, url: str) -> Path:
+    if path.is_file():
+        return path
+    moved = study_dir / path.name
+    if moved.is_file():
+        return moved
+    raise StudyError(f"{url}: no such storage file (looked for {path} and {moved})")
+
+
+def load_study_data(study_dir: str | Path) -> StudyData:
+    study_dir = Path(study_dir)
+    info = load_study_info(study_dir)
+    study = open_study(study_dir, info)
+    trials = study.get_trials(deepcopy=False)
+    if not info.direction:
+        info.direction = study.direction.name.lower()
+    param_keys = list(dict.fromkeys(key for t in trials for key in t.params))
+    return StudyData(study_dir=study_dir, info=info, study=study, rows=config_rows(trials, info.direction),
+                     param_keys=param_keys, trial_states=Counter(t.state.name for t in trials))
+
+
+def config_rows(trials: list[FrozenTrial], direction: str) -> list[ConfigRow]:
+    """One row per config_id (its latest trial; earlier ones counted as retries), best first."""
+    groups: dict[tuple, list[FrozenTrial]] = {}
+    for trial in sorted(trials, key=lambda t: t.number):
+        config_id = trial.user_attrs.get("config_id")
+        key = ("config", config_id) if config_id is not None else ("trial", trial.number)
+        groups.setdefault(key, []).append(trial)
+    rows = [_row(group[-1], retries=len(group) - 1) for group in groups.values()]
+    return sort_rows(rows, direction)
+
+
+def _row(trial: FrozenTrial, retries: int) -> ConfigRow:
+    attrs = trial.user_attrs
+    mean = attrs.get("objective_mean")
+    if mean is None and trial.state == TrialState.COMPLETE:
+        mean = trial.value
+    duration = attrs.get("duration_s")
+    if duration is None and trial.duration is not None:
+        duration = trial.duration.total_seconds()
+    return ConfigRow(
+        trial=trial.number, config_id=attrs.get("config_id"), state=trial.state.name,
+        label=attrs.get("label") or _label(trial.params), params=dict(trial.params),
+        objective_mean=mean, objective_std=attrs.get("objective_std"),
+        objective_values=list(attrs.get("objective_values") or []), seeds=list(attrs.get("seeds") or []),
+        run_dirs=list(attrs.get("run_dirs") or []), duration_s=duration,
+        active_params=attrs.get("active_params"), total_params=attrs.get("total_params"),
+        expert_hidden=attrs.get("expert_hidden"), tokens_per_s=attrs.get("tokens_per_s"),
+        final_load_cv=attrs.get("final_load_cv"), collapse_events=attrs.get("collapse_events"),
+        prune_reason=attrs.get("prune_reason"), error=attrs.get("error"), retries=retries)
+
+
+def _label(params: dict[str, Any]) -> str:
+    # Imported here: moe_lab.sweep.config pulls in the experiment schema and the data stack (seconds),
+    # which a report needs only for trials the runner never labelled.
+    from moe_lab.sweep.config import trial_label
+
+    return trial_label(params)
+
+
+def sort_rows(rows: list[ConfigRow], direction: str) -> list[ConfigRow]:
+    """Complete configurations by objective (best first; a NaN or missing objective last among them),
+    then the others by state (STATE_ORDER) and trial number."""
+    sign = -1.0 if direction == "maximize" else 1.0
+
+    def key(row: ConfigRow) -> tuple:
+        rank = STATE_ORDER.index(row.state) if row.state in STATE_ORDER else len(STATE_ORDER)
+        if row.state == "COMPLETE" and _finite(row.objective_mean):
+            return rank, 0, sign * row.objective_mean, row.trial
+        return rank, 1, 0.0, row.trial
+
+    return sorted(rows, key=key)
+
+
+def best_row(rows: list[ConfigRow]) -> ConfigRow | None:
+    """The first complete row with a finite objective (rows come sorted, best first)."""
+    return next((r for r in rows if r.state == "COMPLETE" and _finite(r.objective_mean)), None)
+
+
+def _finite(x: Any) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x)
+
+
+# ------------------------------------------------------------------------------------------ tables
+
+COLUMNS = ("trial", "config", "objective (mean ± std, n seeds)", "state", "time", "active", "tok/s",
+           "load CV", "collapses", "retries", "prune reason / error")
+RIGHT_ALIGNED = {"trial", "objective (mean ± std, n seeds)", "time", "active", "tok/s", "load CV",
+                 "collapses", "retries"}
+
+
+def format_objective(row: ConfigRow) -> str:
+    """'2.3457 ± 0.0120 (n=2)'; 'n=1/2' when a seed gave no value; '-' without a value."""
+    if not _finite(row.objective_mean):
+        return "-" if row.objective_mean is None else str(row.objective_mean)
+    text = _number(row.objective_mean)
+    if row.objective_std is not None:
+        text += f" ± {_number(row.objective_std)}"
+    n = f"{row.n_seeds}/{len(row.seeds)}" if row.seeds and row.n_seeds != len(row.seeds) else f"{row.n_seeds}"
+    return f"{text} (n={n})"
+
+
+def table_cells(rows: list[ConfigRow]) -> list[list[str]]:
+    """The cells of the results table, shared by the terminal and the markdown versions."""
+    return [[str(r.trial), r.label, format_objective(r), r.state, _duration(r.duration_s), _si(r.active_params),
+             _si(r.tokens_per_s), _optional(r.final_load_cv, "{:.3f}"), _optional(r.collapse_events, "{}"),
+             str(r.retries) if r.retries else "", _note(r)] for r in rows]
+
+
+def format_table(rows: list[ConfigRow]) -> str:
+    """Plain aligned text, one line per configuration, best first."""
+    cells = table_cells(rows)
+    widths = [max([len(c)] + [len(line[i]) for line in cells]) for i, c in enumerate(COLUMNS)]
+
+    def line(values) -> str:
+        return "  ".join(v.rjust(w) if c in RIGHT_ALIGNED else v.ljust(w)
+                         for c, v, w in zip(COLUMNS, values, widths)).rstrip()
+
+    return "\n".join([line(COLUMNS), "  ".join("-" * w for w in widths)] + [line(c) for c in cells])
+
+
+def markdown_table(rows: list[ConfigRow]) -> str:
+    rule = ["---:" if c in RIGHT_ALIGNED else "---" for c in COLUMNS]
+    lines = [COLUMNS, rule] + [[v.replace("|", "\\|") for v in c] for c in table_cells(rows)]
+    return "\n".join("| " + " | ".join(line) + " |" for line in lines)
+
+
+def _number(x: float) -> str:
+    return f"{x:.4f}" if abs(x) < 1e3 else f"{x:.1f}"
+
+
+def _si(n: float | None) -> str:
+    if n is None:
+        return "-"
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(n) >= scale:
+            return f"{n / scale:.2f}{unit}"
+    return f"{n:.0f}"
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    minutes, s = divmod(round(seconds), 60)
+    return f"{minutes}m{s:02d}s" if minutes < 60 else f"{minutes // 60}h{minutes % 60:02d}m"
+
+
+def _optional(value: Any, fmt: str) -> str:
+    return "-" if value is None else fmt.format(value)
+
+
+def _note(row: ConfigRow) -> str:
+    text = " ".join(str(row.prune_reason or row.error or "").split())  # one line
+    return text if len(text) <= NOTE_WIDTH else text[:NOTE_WIDTH - 1] + "…"
+
+
+# ------------------------------------------------------------------------------------------ files
+
+CSV_COLUMNS = ("objective_mean", "objective_std", "n_seeds", "objective_values", "duration_s", "active_params",
+               "total_params", "tokens_per_s", "final_load_cv", "collapse_events", "prune_reason", "error",
+               "retries")
+
+
+def write_trials_csv(path: Path, rows: list[ConfigRow], param_keys: list[str]) -> None:
+    """One line per configuration, best first; empty cells for missing values, objective_values as a
+    JSON list (null for a seed without a value)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["trial", "config_id", "state", *param_keys, *CSV_COLUMNS])
+        for r in rows:
+            values = [r.objective_mean, r.objective_std, r.n_seeds, json.dumps(r.objective_values), r.duration_s,
+                      r.active_params, r.total_params, r.tokens_per_s, r.final_load_cv, r.collapse_events,
+                      r.prune_reason, r.error, r.retries]
+            writer.writerow([_csv(v) for v in (r.trial, r.config_id, r.state,
+                                               *(r.params.get(k) for k in param_keys), *values)])
+    tmp.replace(path)  # atomic, like moe_lab.records
+
+
+def _csv(value: Any) -> Any:
+    if value is None:
+        return ""
+    if isinstance(value, (list, tuple)):
+        return json.dumps(list(value))
+    return value
+
+
+def summary_markdown(data: StudyData, plots: dict[str, Path], skipped: dict[str, str]) -> str:
+    info, rows = data.info, data.rows
+    order = [s for s in STATE_ORDER if s in data.trial_states] + sorted(set(data.trial_states) - set(STATE_ORDER))
+    states = ", ".join(f"{s} {data.trial_states[s]}" for s in order)
+    retries = sum(r.retries for r in rows)
+    lines = [
+        f"# Sweep report: {info.study_name}",
+        "",
+        f"- objective: `{info.objective_metric}` ({info.direction}), mean ± std over seeds {info.seeds}",
+        f"- sampler: {info.sampler}; base experiment: `{info.base or '?'}`",
+        f"- compute matching: **{info.compute_matching}**: "
+        f"{MATCHING_MEANS.get(info.compute_matching, 'unknown mode')}",
+        *_held_constant(data),
+        f"- trials: {sum(data.trial_states.values())} ({states or 'none'}) in {len(rows)} configurations"
+        + (f", {retries} retried" if retries else ""),
+        "",
+        "## Best configuration",
+        "",
+        _best_text(best_row(rows), info),
+        "",
+        "## Results",
+        "",
+        markdown_table(rows) if rows else "No trials yet.",
+        "",
+        "## Plots",
+        "",
+    ]
+    by_plot: dict[str, list[Path]] = {}
+    for path in plots.values():
+        if path.suffix in (".html", ".png"):  # not plotly.min.js
+            by_plot.setdefault(path.stem, []).append(path)
+    for name, files in by_plot.items():
+        links = ", ".join(f"[{p.suffix[1:]}]({p.relative_to(data.study_dir).as_posix()})" for p in files)
+        lines.append(f"- {name.replace('_', ' ')}: {links}")
+    lines += [f"- {name.replace('_', ' ')}: skipped ({why})" for name, why in skipped.items()]
+    if "train_loss_curves" in plots and TRAIN_SMOOTHING:
+        lines += ["", f"Train-loss curves are smoothed per seed with an EMA of weight {TRAIN_SMOOTHING} "
+                      "(TensorBoard's smoothing) before the mean; validation curves are raw."]
+    return "\n".join(lines) + "\n"
+
+
+def _held_constant(data: StudyData) -> list[str]:
+    """What the data says is constant: searched keys with one value, and the parameter counts."""
+    lines = []
+    values = {k: {json.dumps(r.params.get(k), default=str) for r in data.rows if k in r.params}
+              for k in data.param_keys}
+    searched = [f"`{k}` ({len(v)} values)" for k, v in values.items() if len(v) > 1]
+    constant = [f"`{k}={json.loads(next(iter(v)))}`" for k, v in values.items() if len(v) == 1]
+    if searched:
+        lines.append(f"- searched: {', '.join(searched)}")
+    if constant:
+        lines.append(f"- constant over the trials so far: {', '.join(constant)}")
+    complete = [r for r in data.rows if r.state == "COMPLETE"]
+    observed = []
+    for name in ("active_params", "total_params", "expert_hidden"):
+        seen = [getattr(r, name) for r in complete if getattr(r, name) is not None]
+        if seen:
+            low, high = _si(min(seen)), _si(max(seen))
+            observed.append(f"{name} {low}" if low == high else f"{name} {low}–{high}")
+    if observed:
+        lines.append(f"- observed over complete configurations: {', '.join(observed)}")
+    return lines
+
+
+def _best_text(row: ConfigRow | None, info: StudyInfo) -> str:
+    if row is None:
+        return "No complete configuration yet."
+    params = ", ".join(f"`{k}={v}`" for k, v in row.params.items()) or "base"
+    runs = ", ".join(f"`{d}`" for d in row.run_dirs) or "-"
+    return (f"**{row.label}** (trial {row.trial}, config {row.config_id}; {params}): "
+            f"{info.objective_metric} {format_objective(row)}; active params {_si(row.active_params)}, "
+            f"total params {_si(row.total_params)}, {_si(row.tokens_per_s)} tokens/s, "
+            f"final load CV {_optional(row.final_load_cv, '{:.3f}')}. Runs: {runs}.")
+
+
+# ------------------------------------------------------------------------------------------ plots
+
+def _optuna_plots() -> dict[str, tuple]:
+    from optuna.visualization import matplotlib as mpl_vis
+
+    vis = optuna.visualization
+    return {name: (getattr(vis, f"plot_{name}"), getattr(mpl_vis, f"plot_{name}"))
+            for name in ("optimization_history", "param_importances", "parallel_coordinate", "slice")}
+
+
+def _cannot_plot(name: str, study: optuna.Study) -> str | None:
+    """Why Optuna cannot draw `name` for this study (checked up front: Optuna would warn and draw an
+    empty figure, or raise), or None."""
+    complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if _finite(t.value)]
+    if not complete:
+        return "no complete trial yet"
+    if name in ("parallel_coordinate", "slice", "param_importances") and not any(t.params for t in complete):
+        return "the complete trials have no parameters"
+    if name == "param_importances":
+        varying = [k for k in {k for t in complete for k in t.params}
+                   if len({json.dumps(t.params.get(k), default=str) for t in complete}) > 1]
+        if len(complete) < 2 or not varying:
+            return "needs >= 2 complete trials whose parameters differ"
+    return None
+
+
+def write_optuna_plots(study: optuna.Study, plots_dir: Path, target_name: str) -> tuple[dict[str, Path], dict]:
+    """Each plot as HTML (plotly; plotly.min.js written once beside them, so they open offline) and
+    PNG (Optuna's matplotlib backend). Returns ({key: path}, {plot: why it was skipped})."""
+    import matplotlib
+    import matplotlib.pyplot as plt
+
+    written, skipped = {}, {}
+    plots_dir.mkdir(parents=True, exist_ok=True)
+    for name, (plotly_fn, mpl_fn) in _optuna_plots().items():
+        reason = _cannot_plot(name, study)
+        if reason is None:
+            try:
+                html = plots_dir / f"{name}.html"
+                plotly_fn(study, target_name=target_name).write_html(str(html), include_plotlyjs="directory")
+                written[f"{name}_html"] = html
+                # Optuna's matplotlib backend is experimental and sets the global ggplot style: both
+                # are contained here, as is matplotlib's notice that a single trial spans no range.
+                with warnings.catch_warnings(), matplotlib.rc_context():
+                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                    warnings.filterwarnings("ignore", "Attempting to set identical", UserWarning)
+                    axes = mpl_fn(study, target_name=target_name)
+                    fig = (axes if hasattr(axes, "figure") else axes.flat[0]).figure
+                    png = plots_dir / f"{name}.png"
+                    fig.savefig(png, dpi=110, bbox_inches="tight")
+                    plt.close(fig)
+                written[f"{name}_png"] = png
+            except Exception as err:  # a plot the study's data cannot make must not cost the report
+                reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        if reason is not None:
+            skipped[name] = reason
+            log.warning("note: skipped the %s plot: %s", name.replace("_", " "), reason)
+    if (plots_dir / "plotly.min.js").is_file() and written:
+        written["plotly_js"] = plots_dir / "plotly.min.js"
+    return written, skipped
+
+
+def study_curves(data: StudyData, tag: str) -> dict[str, list[dict[int, float]]]:
+    """{'#<trial> <label>': one {step: value} curve per seed} for the configurations that logged `tag`,
+    best first; a seed without the tag (failed before logging) is left out."""
+    from moe_lab.tb_logs import read_scalars
+
+    curves = {}
+    for row in data.rows:
+        runs = [read_scalars(data.study_dir / d, tag) for d in row.run_dirs]
+        runs = [r for r in runs if r]
+        if runs:
+            curves[f"#{row.trial} {row.label}"] = runs
+    return curves
+
+
+def write_curve_plots(data: StudyData, plots_dir: Path) -> tuple[dict[str, Path], dict]:
+    from moe_lab.viz import curves_with_band, plt
+
+    written, skipped = {}, {}
+    for key, tag, ylabel, smoothing in (("val_loss_curves", "val/loss", "validation loss", 0.0),
+                                        ("train_loss_curves", "train/lm_loss", "train LM loss", TRAIN_SMOOTHING)):
+        curves = study_curves(data, tag)
+        if not curves:
+            skipped[key] = f"no run directory has logged {tag}"
+            log.warning("note: skipped the %s plot: %s", key.replace("_", " "), skipped[key])
+            continue
+        title = f"{data.info.study_name}: {tag}, mean over seeds, min-max band"
+        fig = curves_with_band(curves, ylabel, title + (f", EMA {smoothing}" if smoothing else ""), smoothing)
+        path = plots_dir / f"{key}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=110, bbox_inches="tight")
+        plt.close(fig)
+        written[key] = path
+    return written, skipped
+
+
+def write_study_report(study_dir: str | Path, data: StudyData | None = None) -> dict[str, Path]:
+    """Write summary.md, trials.csv and plots/ into the study directory; return {what: path}.
+    `data` (from load_study_data) saves reading the study twice."""
+    data = data or load_study_data(study_dir)
+    plots_dir = data.study_dir / PLOTS
+    target = f"{data.info.objective_metric} (mean over seeds)"
+    optuna_plots, skipped = write_optuna_plots(data.study, plots_dir, target)
+    curve_plots, skipped_curves = write_curve_plots(data, plots_dir)
+    plots = {**optuna_plots, **curve_plots}
+    paths = {"summary": data.study_dir / "summary.md", "trials_csv": data.study_dir / "trials.csv"}
+    write_trials_csv(paths["trials_csv"], data.rows, data.param_keys)
+    write_text_atomic(paths["summary"], summary_markdown(data, plots, {**skipped, **skipped_curves}))
+    return {**paths, **plots}

@@ -1,0 +1,53 @@
+"""Scalar curves read back from the TensorBoard event files of a run directory.
+
+A run directory can hold several `events.out.tfevents.*` files: Lightning opens a new one each time a
+run is resumed into the same directory, and the resumed run logs again the steps after its checkpoint.
+`read_scalars` merges them in the order they were written, so a later file's value for a step replaces
+an earlier one: the curve is the one the finished run actually followed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+from tensorboard.util import tensor_util
+
+EVENTS_GLOB = "events.out.tfevents.*"
+
+
+def event_files(run_dir: str | Path) -> list[Path]:
+    """The event files directly in `run_dir`, oldest first (by the creation time in their name)."""
+    return sorted(Path(run_dir).glob(EVENTS_GLOB), key=_written_order)
+
+
+def _written_order(path: Path) -> tuple:
+    # The writers name a file events.out.tfevents.<unix seconds>.<host>.<pid>.<n>. Files of one second
+    # are ordered by the wall time of their first record (the file-version event), then by name.
+    parts = path.name.split(".")
+    seconds = int(parts[3]) if len(parts) > 3 and parts[3].isdigit() else 0
+    first = next(iter(EventFileLoader(str(path)).Load()), None)
+    return seconds, first.wall_time if first is not None else 0.0, path.name
+
+
+def read_scalars(run_dir: str | Path, tag: str) -> dict[int, float]:
+    """{step: value} of scalar `tag` over all event files of `run_dir`, later files winning.
+
+    A directory without event files (a run that failed before logging) gives {}. A file still being
+    written is read up to its last complete record.
+    """
+    curve: dict[int, float] = {}
+    for path in event_files(run_dir):
+        for event in EventFileLoader(str(path)).Load():
+            for value in event.summary.value:
+                if value.tag == tag:
+                    curve[int(event.step)] = _scalar(value)
+    return dict(sorted(curve.items()))
+
+
+def _scalar(value) -> float:
+    # EventFileLoader migrates the legacy `simple_value` (what SummaryWriter.add_scalar writes) to a
+    # rank-0 tensor; keep the legacy field as a fallback for files read by other loaders.
+    if value.HasField("tensor"):
+        return float(tensor_util.make_ndarray(value.tensor).item())
+    return float(value.simple_value)

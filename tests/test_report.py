@@ -1,0 +1,251 @@
+"""Sweep reports, checked against a hand-built study: a real Optuna SQLite study whose trials carry the
+user attributes the sweep runner records, and run directories with real TensorBoard event files."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.distributions import CategoricalDistribution, FloatDistribution
+from optuna.trial import TrialState, create_trial
+from torch.utils.tensorboard import SummaryWriter
+
+from moe_lab.report import main
+from moe_lab.sweep.report import format_table, load_study_data, sort_rows, study_curves, write_study_report
+from moe_lab.tb_logs import read_scalars
+from moe_lab.viz import curve_band, ema
+
+ROOT = Path(__file__).resolve().parents[1]
+DISTRIBUTIONS = {"model.moe.top_k": CategoricalDistribution([1, 2, 4]),
+                 "optim.lr": FloatDistribution(1e-4, 1e-2, log=True)}
+STEPS = [10, 20, 30]
+# Per trial: state, params, user attrs (besides run_dirs, label, config_id), val/loss per seed (float32-exact).
+LONG_ERROR = "RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB; " + "x" * 80
+TRIALS = [
+    (TrialState.COMPLETE, 0, {"model.moe.top_k": 1, "optim.lr": 1e-3}, [2.5, 2.75], None, None),
+    (TrialState.FAIL, 1, {"model.moe.top_k": 2, "optim.lr": 3e-3}, [], None, "worker died"),  # retried: #4
+    (TrialState.PRUNED, 2, {"model.moe.top_k": 4, "optim.lr": 1e-4}, [3.25], "pruned by the median pruner at step 20",
+     None),
+    (TrialState.FAIL, 3, {"model.moe.top_k": 2, "optim.lr": 1e-2}, [], None, LONG_ERROR),
+    (TrialState.COMPLETE, 1, {"model.moe.top_k": 2, "optim.lr": 3e-3}, [2.0, 2.25], None, None),
+    (TrialState.COMPLETE, 4, {"model.moe.top_k": 1, "optim.lr": 1e-2}, [2.375, None], None, None),
+]
+EXPECTED_ORDER = [4, 5, 0, 2, 3]  # best first: 2.125, 2.375, 2.625, then PRUNED, then FAIL
+
+
+def label(params) -> str:
+    return f"top_k={params['model.moe.top_k']},lr={params['optim.lr']:.3g}"
+
+
+def seed_curve(objective: float, seed: int, steps=STEPS) -> dict[int, float]:
+    """A val/loss curve ending at the seed's objective value; seed 1 sits a little higher."""
+    return {s: objective + 0.25 * (len(steps) - 1 - i) + 0.125 * seed for i, s in enumerate(steps)}
+
+
+def write_events(run_dir: Path, tag: str, curve: dict[int, float]) -> None:
+    with SummaryWriter(log_dir=str(run_dir)) as writer:
+        for step, value in curve.items():
+            writer.add_scalar(tag, value, step)
+
+
+def trial_attrs(number: int, config_id: int, params: dict, values: list, prune_reason, error) -> dict:
+    finite = [v for v in values if v is not None]
+    seeds = list(range(len(values)))
+    attrs = {"config_id": config_id, "label": label(params), "seeds": seeds,
+             "run_dirs": [f"trials/t{config_id:03d}-{label(params)}/seed{s}" for s in seeds],
+             "objective_values": values, "prune_reason": prune_reason, "error": error,
+             "duration_s": 30.0 + 45.0 * number}
+    if finite:
+        attrs.update(objective_mean=statistics.fmean(finite),
+                     objective_std=statistics.stdev(finite) if len(finite) > 1 else 0.0,
+                     active_params=1_200_000 + 1000 * number, total_params=3_400_000 * params["model.moe.top_k"],
+                     expert_hidden=64 * params["model.moe.top_k"], tokens_per_s=10_000.0 + number,
+                     final_load_cv=0.1 * (number + 1), collapse_events=number % 2)
+    return attrs
+
+
+def make_study(study_dir: Path, trials, storage_url: str | None = None) -> list[dict]:
+    study_dir.mkdir(parents=True)
+    db = f"sqlite:///{study_dir / 'study.db'}"
+    study = optuna.create_study(study_name="demo", storage=db, direction="minimize")
+    all_attrs = []
+    for number, (state, config_id, params, values, prune_reason, error) in enumerate(trials):
+        attrs = trial_attrs(number, config_id, params, values, prune_reason, error)
+        value = attrs["objective_mean"] if state == TrialState.COMPLETE else None
+        study.add_trial(create_trial(state=state, value=value, params=params, distributions=DISTRIBUTIONS,
+                                     user_attrs=attrs))
+        for seed, (run_dir, v) in enumerate(zip(attrs["run_dirs"], values)):
+            if v is not None:
+                write_events(study_dir / run_dir, "val/loss", seed_curve(v, seed))
+                write_events(study_dir / run_dir, "train/lm_loss", seed_curve(v + 0.5, seed))
+        all_attrs.append(attrs)
+    info = {"study_name": "demo", "storage_url": storage_url or db, "objective_metric": "val_loss",
+            "direction": "minimize", "sampler": "grid", "seeds": [0, 1], "compute_matching": "active",
+            "base": "experiments/tiny.yaml"}
+    (study_dir / "study_info.json").write_text(json.dumps(info))
+    return all_attrs
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study_dir = tmp_path_factory.mktemp("sweeps") / "demo"
+    attrs = make_study(study_dir, TRIALS)
+    paths = write_study_report(study_dir)
+    return study_dir, attrs, paths
+
+
+def test_table_one_row_per_config_best_first(study):
+    study_dir, attrs, _ = study
+    rows = load_study_data(study_dir).rows
+    assert [r.trial for r in rows] == EXPECTED_ORDER
+    assert [r.retries for r in rows] == [1, 0, 0, 0, 0]  # trial 1 is retried by trial 4: one row
+
+    lines = format_table(rows).splitlines()
+    assert lines[0].split()[:3] == ["trial", "config", "objective"]
+    body = lines[2:]
+    assert [int(line.split()[0]) for line in body] == EXPECTED_ORDER
+    best = attrs[4]
+    assert f"{best['objective_mean']:.4f} ± {best['objective_std']:.4f} (n=2)" in body[0]
+    assert "2.1250 ± 0.1768 (n=2)" in body[0]  # (2.0 + 2.25) / 2, stdev sqrt(2) * 0.125
+    assert "2.3750 ± 0.0000 (n=1/2)" in body[1]  # seed 1 gave no value
+    assert body[0].split()[1] == "top_k=2,lr=0.003" and "COMPLETE" in body[0]
+    assert "3m30s" in body[0] and "1.20M" in body[0] and "10.00k" in body[0]  # duration 30 + 45 * 4 s
+    assert "PRUNED" in body[3] and "pruned by the median pruner at step 20" in body[3]
+    assert "FAIL" in body[4] and LONG_ERROR[:40] in body[4] and LONG_ERROR not in body[4]  # truncated
+    assert {line.index(r.state) for line, r in zip(body, rows)} == {lines[0].index("state")}  # aligned
+
+
+def test_maximize_puts_the_highest_objective_first(study):
+    rows = sort_rows(load_study_data(study[0]).rows, "maximize")
+    assert [r.trial for r in rows] == [0, 5, 4, 2, 3]  # non-complete stay at the bottom
+
+
+def test_trials_csv_reads_back_the_attrs(study):
+    study_dir, attrs, paths = study
+    with paths["trials_csv"].open(newline="") as f:
+        reader = csv.DictReader(f)
+        header, rows = reader.fieldnames, list(reader)
+    assert header[:5] == ["trial", "config_id", "state", "model.moe.top_k", "optim.lr"]
+    assert header[5:] == ["objective_mean", "objective_std", "n_seeds", "objective_values", "duration_s",
+                          "active_params", "total_params", "tokens_per_s", "final_load_cv", "collapse_events",
+                          "prune_reason", "error", "retries"]
+    assert [int(r["trial"]) for r in rows] == EXPECTED_ORDER
+    for row in rows:
+        number = int(row["trial"])
+        a, (state, _, params, *_) = attrs[number], TRIALS[number]
+        assert row["state"] == state.name and int(row["config_id"]) == a["config_id"]
+        assert int(row["model.moe.top_k"]) == params["model.moe.top_k"]
+        assert float(row["optim.lr"]) == params["optim.lr"]
+        assert json.loads(row["objective_values"]) == a["objective_values"]
+        assert float(row["duration_s"]) == a["duration_s"]
+        assert row["error"] == (a["error"] or "") and row["prune_reason"] == (a["prune_reason"] or "")
+        for key in ("objective_mean", "objective_std", "tokens_per_s", "final_load_cv"):
+            assert (float(row[key]) if row[key] else None) == a.get(key)
+        for key in ("active_params", "total_params", "collapse_events"):
+            assert (int(row[key]) if row[key] else None) == a.get(key)
+    assert [int(r["retries"]) for r in rows] == [1, 0, 0, 0, 0]
+    assert [int(r["n_seeds"]) for r in rows] == [2, 1, 2, 1, 0]
+
+
+def test_summary_names_the_best_configuration(study):
+    study_dir, _, paths = study
+    text = paths["summary"].read_text()
+    assert text.startswith("# Sweep report: demo")
+    best = text.split("## Best configuration")[1].split("##")[0]
+    assert "**top_k=2,lr=0.003**" in best and "trial 4" in best and "2.1250 ± 0.1768 (n=2)" in best
+    assert "compute matching: **active**" in text and "active parameters per token are held constant" in text
+    assert "COMPLETE 3, PRUNED 1, FAIL 2" in text and "1 retried" in text
+    assert text.count("\n| ") == 2 + len(EXPECTED_ORDER)  # header, rule, one line per configuration
+    assert "[png](plots/val_loss_curves.png)" in text
+
+
+def test_plots_written(study):
+    study_dir, _, paths = study
+    plots = study_dir / "plots"
+    for name in ("optimization_history", "param_importances", "parallel_coordinate", "slice"):
+        assert (plots / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        html = (plots / f"{name}.html").read_text()
+        assert "<html>" in html and 'src="plotly.min.js"' in html
+        assert paths[f"{name}_html"] == plots / f"{name}.html"
+    assert (plots / "plotly.min.js").stat().st_size > 1_000_000  # written once, so the pages open offline
+    for name in ("val_loss_curves", "train_loss_curves"):
+        assert paths[name].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_curves_are_the_mean_over_seeds(study):
+    study_dir, attrs, _ = study
+    curves = study_curves(load_study_data(study_dir), "val/loss")
+    assert list(curves) == ["#4 top_k=2,lr=0.003", "#5 top_k=1,lr=0.01", "#0 top_k=1,lr=0.001",
+                            "#2 top_k=4,lr=0.0001"]  # the failed configurations logged nothing
+    steps, mean, low, high = curve_band(curves["#4 top_k=2,lr=0.003"])
+    seed0, seed1 = seed_curve(2.0, 0), seed_curve(2.25, 1)
+    assert steps.tolist() == STEPS
+    assert mean.tolist() == [(seed0[s] + seed1[s]) / 2 for s in STEPS]
+    assert low.tolist() == [seed0[s] for s in STEPS] and high.tolist() == [seed1[s] for s in STEPS]
+
+
+def test_curve_band_uneven_seeds_and_smoothing():
+    # A seed that stopped at step 2 leaves step 3 to the other. EMA 0.5 of [4, 2, 0] by hand: the running
+    # average is 2, 2, 1; debiased by 1 - 0.5^n = 0.5, 0.75, 0.875 it gives 4, 8/3, 8/7.
+    a, b = {1: 2.0, 2: 4.0}, {1: 4.0, 2: 2.0, 3: 0.0}
+    steps, mean, low, high = curve_band([a, b])
+    assert steps.tolist() == [1, 2, 3] and mean.tolist() == [3.0, 3.0, 0.0] and high.tolist() == [4.0, 4.0, 0.0]
+    assert ema([4.0, 2.0, 0.0], 0.5) == pytest.approx([4.0, 8 / 3, 8 / 7])
+    assert ema([4.0, 2.0, 0.0], 0.0) == [4.0, 2.0, 0.0]
+
+
+def test_read_scalars_merges_files_later_winning(tmp_path):
+    write_events(tmp_path, "val/loss", {0: 5.0, 1: 4.0, 2: 3.0})
+    write_events(tmp_path, "val/loss", {2: 9.0, 3: 8.0})  # a resumed run logs step 2 again
+    write_events(tmp_path, "train/lm_loss", {0: 1.0})
+    assert len(list(tmp_path.glob("events.out.tfevents.*"))) == 3
+    assert read_scalars(tmp_path, "val/loss") == {0: 5.0, 1: 4.0, 2: 9.0, 3: 8.0}
+    assert read_scalars(tmp_path, "moe/load_cv_mean") == {}
+    assert read_scalars(tmp_path / "missing", "val/loss") == {}
+
+
+def test_too_few_trials_skips_plots_and_finds_a_moved_db(tmp_path, caplog):
+    # One complete trial: no importances. The storage URL points where the study used to live.
+    study_dir = tmp_path / "small"
+    make_study(study_dir, TRIALS[:1], storage_url=f"sqlite:///{tmp_path / 'gone' / 'study.db'}")
+    with caplog.at_level(logging.WARNING):
+        paths = write_study_report(study_dir)
+    assert "param_importances_png" not in paths and "optimization_history_png" in paths
+    assert any("param importances" in r.getMessage() and "2 complete trials" in r.getMessage()
+               for r in caplog.records)
+    assert "param importances: skipped" in paths["summary"].read_text()
+
+
+def test_cli_prints_table_and_paths(study, capsys):
+    study_dir, _, _ = study
+    assert main([str(study_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "top_k=2,lr=0.003" in out and str(study_dir / "trials.csv") in out
+
+
+@pytest.mark.parametrize("make", ["missing", "no_info"])
+def test_cli_bad_directory_exits_2(tmp_path, make):
+    target = tmp_path / "nothing"
+    if make == "no_info":
+        target.mkdir()
+    proc = subprocess.run([sys.executable, "-m", "moe_lab.report", str(target)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert proc.stderr.startswith(f"error: {target}: ") and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_unknown_study_name_is_one_line_error(tmp_path, capsys):
+    make_study(tmp_path / "s", TRIALS[:1])
+    info = json.loads((tmp_path / "s" / "study_info.json").read_text())
+    (tmp_path / "s" / "study_info.json").write_text(json.dumps({**info, "study_name": "other"}))
+    assert main([str(tmp_path / "s")]) == 2
+    assert "no study named 'other'" in capsys.readouterr().err

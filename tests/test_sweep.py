@@ -1,0 +1,197 @@
+"""Sweeps end to end on a tiny experiment: grid coverage, kill + resume, concurrent workers, failures,
+pruning (validation curve and expert collapse), compute matching, bad sweep files."""
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from moe_lab.config import load_config
+from moe_lab.errors import ConfigError
+from moe_lab.model.accounting import count_model
+from moe_lab.sweep.config import load_sweep
+from moe_lab.sweep.runner import run_worker
+
+REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::DeprecationWarning",
+                                        "ignore::optuna.exceptions.ExperimentalWarning")
+
+TINY = """
+name: tiny
+model: {{d_model: 32, n_layers: 2, n_heads: 2, d_ff: 64, max_seq_len: 32,
+        moe: {{n_experts: 4, top_k: 2, expert_hidden: 32}}}}
+data: {{block_size: 32, batch_size: 4, cache_dir: {cache}}}
+optim: {{warmup_steps: 1}}
+trainer: {{max_steps: {steps}, val_every_n_steps: 2, val_batches: 1, log_every_n_steps: 1,
+          progress_bar: false}}
+monitor: {{log_every_n_steps: 2, heatmap_every_n_steps: 0, sample_tokens: 0}}
+"""
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("cache")
+
+
+def write_sweep(tmp_path: Path, cache: Path, body: str, steps: int = 4) -> Path:
+    (tmp_path / "tiny.yaml").write_text(TINY.format(cache=cache, steps=steps))
+    path = tmp_path / "sweep.yaml"
+    path.write_text(f"base: tiny.yaml\noutput_dir: {tmp_path / 'out'}\nheartbeat_interval: 1\n"
+                    f"grace_period: 2\n" + body)
+    return path
+
+
+def trials(sweep_path: Path) -> list[optuna.trial.FrozenTrial]:
+    sweep = load_sweep(sweep_path)
+    return optuna.load_study(study_name=sweep.name, storage=sweep.storage_url).get_trials()
+
+
+def by_state(ts, state):
+    return [t for t in ts if t.state == state]
+
+
+GRID = "sampler: grid\nspace:\n  model.moe.top_k: [1, 2]\n  model.moe.n_experts: [4, 8]\n"
+
+
+def test_grid_runs_every_point_exactly_once(tmp_path, cache):
+    path = write_sweep(tmp_path, cache, GRID)
+    assert run_worker(load_sweep(path), log=lambda m: None) == 4
+    ts = trials(path)
+    done = by_state(ts, TrialState.COMPLETE)
+    assert len(ts) == len(done) == 4
+    assert sorted((t.params["model.moe.top_k"], t.params["model.moe.n_experts"]) for t in done) == \
+        [(1, 4), (1, 8), (2, 4), (2, 8)]
+    for t in done:  # objective = the run's final val_loss, read back from its metrics.json
+        run_dir = tmp_path / "out" / "sweep" / t.user_attrs["run_dirs"][0]
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+        assert t.value == pytest.approx(metrics["val_loss"])
+        assert json.loads((run_dir.parent / "seed0" / "metrics.json").read_text())["steps"] == 4
+    # Running the same sweep again resumes: nothing left, nothing rerun.
+    assert run_worker(load_sweep(path), log=lambda m: None) == 0
+    assert len(trials(path)) == 4
+
+
+def sweep_cmd(path: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "moe_lab.sweep", str(path), *extra]
+
+
+def test_sigkill_mid_trial_then_rerun_completes_without_loss_or_duplicates(tmp_path, cache):
+    path = write_sweep(tmp_path, cache, "sampler: grid\nspace:\n  model.moe.top_k: [1, 2, 3]\n", steps=40)
+    proc = subprocess.Popen(sweep_cmd(path), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True)
+    trial_dirs = tmp_path / "out" / "sweep" / "trials"
+    deadline = time.time() + 240
+    # Kill while the second configuration is training (its run directory has a checkpoint).
+    while not list(trial_dirs.glob("t001-*/seed0/checkpoints/last.ckpt")):
+        assert proc.poll() is None and time.time() < deadline, proc.stdout.read()
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert by_state(trials(path), TrialState.RUNNING)  # left behind by the dead worker
+    time.sleep(3)  # past the grace period: the next worker finds it stale
+    rerun = subprocess.run(sweep_cmd(path), cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    ts = trials(path)
+    done = by_state(ts, TrialState.COMPLETE)
+    assert sorted(t.params["model.moe.top_k"] for t in done) == [1, 2, 3]  # none lost, none twice
+    assert [t.user_attrs["config_id"] for t in by_state(ts, TrialState.FAIL)] == [1]  # the killed one
+    assert not by_state(ts, TrialState.RUNNING) and not by_state(ts, TrialState.WAITING)
+    assert sorted(p.name for p in trial_dirs.iterdir()) == ["t000-top_k=1", "t001-top_k=2", "t002-top_k=3"]
+    resumed = json.loads((trial_dirs / "t001-top_k=2" / "seed0" / "metrics.json").read_text())
+    assert resumed["steps"] == 40 and resumed["status"] == "completed"
+
+
+def test_two_concurrent_workers_never_run_the_same_grid_point(tmp_path, cache):
+    path = write_sweep(tmp_path, cache, GRID)
+    load_sweep(path)
+    procs = [subprocess.Popen(sweep_cmd(path, "--worker-only"), cwd=REPO, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True) for _ in range(2)]
+    logs = [p.communicate(timeout=600)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), logs
+    ts = trials(path)
+    assert len(ts) == 4 and len(by_state(ts, TrialState.COMPLETE)) == 4
+    assert len({t.user_attrs["config_id"] for t in ts}) == 4
+    ran = [set(re.findall(r"trial (\d+) val_loss", log)) for log in logs]
+    assert len(ran[0] | ran[1]) == 4 and not (ran[0] & ran[1])
+
+
+def test_nan_trial_fails_with_its_reason_and_the_sweep_goes_on(tmp_path, cache):
+    body = "sampler: grid\noverrides: [optim.grad_clip=0]\nspace:\n  optim.lr: [1.0e+30, 0.003]\n"
+    path = write_sweep(tmp_path, cache, body)
+    run_worker(load_sweep(path), log=lambda m: None)
+    failed, done = by_state(trials(path), TrialState.FAIL), by_state(trials(path), TrialState.COMPLETE)
+    assert [t.params["optim.lr"] for t in failed] == [1e30]
+    assert "non-finite training loss" in failed[0].user_attrs["error"]
+    assert [t.params["optim.lr"] for t in done] == [0.003]
+
+
+def test_median_pruner_stops_a_hopeless_trial(tmp_path, cache):
+    body = ("sampler: grid\npruner: median\nspace:\n  optim.lr: [0.01, 1.0e-7]\n")
+    path = write_sweep(tmp_path, cache, body, steps=12)
+    run_worker(load_sweep(path), log=lambda m: None)
+    pruned = by_state(trials(path), TrialState.PRUNED)
+    assert [t.params["optim.lr"] for t in pruned] == [1e-7]
+    assert "median pruner" in pruned[0].user_attrs["prune_reason"]
+    run_dir = tmp_path / "out" / "sweep" / pruned[0].user_attrs["run_dirs"][0]
+    assert json.loads((run_dir / "metrics.json").read_text())["steps"] < 12
+
+
+def test_collapse_detector_prunes_with_its_reason(tmp_path, cache):
+    body = ("sampler: grid\noverrides: [monitor.collapse_min_load_fraction=0.99, "
+            "monitor.collapse_patience_steps=2]\nspace:\n  model.moe.aux_loss_coef: [0.0]\n")
+    path = write_sweep(tmp_path, cache, body, steps=12)
+    run_worker(load_sweep(path), log=lambda m: None)
+    (t,) = trials(path)
+    assert t.state == TrialState.PRUNED
+    assert "below 99% of uniform load" in t.user_attrs["prune_reason"]
+
+
+def test_compute_matching_holds_active_params(tmp_path, cache):
+    body = "sampler: grid\ncompute_matching: active\nspace:\n  model.moe.top_k: [1, 4]\n"
+    sweep = load_sweep(write_sweep(tmp_path, cache, body))
+    from moe_lab.sweep.runner import Objective
+
+    objective = Objective(sweep)
+    base = count_model(objective.base.model).total_active_params
+    for k, width in ((1, 64), (4, 16)):  # base: top-2 x width 32
+        cfg, matched = objective.experiment({"model.moe.top_k": k}, tmp_path / "x", 0)
+        assert cfg.model.moe.expert_hidden == matched.expert_hidden == width
+        assert count_model(cfg.model).total_active_params == base
+
+
+@pytest.mark.parametrize("body,key", [
+    ("space:\n  model.moe.topk: [1, 2]\n", "space.model.moe.topk"),
+    ("samplr: grid\nspace:\n  model.moe.top_k: [1]\n", "samplr"),
+    ("space:\n  optim.lr: {type: float, low: 0.1, high: 0.01}\n", "space.optim.lr"),
+    ("space:\n  optim.lr: {type: float, low: 0.0, high: 0.1, log: true}\n", "space.optim.lr"),
+    ("space:\n  optim.lr: {type: float, low: 0.001, high: 0.1}\n", "space.optim.lr"),  # grid of a range
+    ("sampler: tpe\nspace:\n  model.moe.top_k: [1]\n", "n_trials"),
+    ("space:\n  model.moe.top_k: [1, 9]\n", "space (model.moe.top_k=9)"),
+    ("space: {}\n", "space"),
+    ("pruner: sometimes\nspace:\n  model.moe.top_k: [1]\n", "pruner"),
+])
+def test_bad_sweep_files_name_the_key(tmp_path, cache, body, key):
+    path = write_sweep(tmp_path, cache, body)
+    with pytest.raises(ConfigError) as err:
+        load_sweep(path)
+    assert str(err.value).startswith(key) and "\n" not in str(err.value)
+
+
+def test_cli_bad_sweep_exits_2_without_traceback(tmp_path, cache):
+    path = write_sweep(tmp_path, cache, "space:\n  model.moe.topk: [1, 2]\n")
+    proc = subprocess.run(sweep_cmd(path), cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stderr.startswith("error: space.model.moe.topk:")
+    assert "Traceback" not in proc.stderr and not (tmp_path / "out").exists()
+
+
+def test_shipped_sweeps_are_valid():
+    for path in sorted((REPO / "sweeps").glob("*.yaml")):
+        load_sweep(path)
