@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 TORCH  ?= torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-slow bench clean-venv
+.PHONY: demo test test-slow bench quick-demo clean-venv
 
 $(VENV)/.installed: pyproject.toml Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -16,7 +16,12 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $@
 
+# The main job: the top-k sweep on embedded Shakespeare (about 8 minutes on 2 cores), then its report.
 demo: $(VENV)/.installed
+	$(PY) -m moe_lab.sweep sweeps/topk.yaml
+
+# A one-minute look at the model alone (no Lightning, no sweep).
+quick-demo: $(VENV)/.installed
 	$(PY) -m moe_lab.demo
 
 test: $(VENV)/.installed

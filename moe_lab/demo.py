@@ -15,18 +15,9 @@ import torch
 
 from moe_lab.data import DataConfig, TextDataModule
 from moe_lab.errors import MoELabError
-from moe_lab.model import ModelConfig, MoEConfig, MoETransformer, count_model
+from moe_lab.model import ModelConfig, MoEConfig, MoETransformer
 from moe_lab.runtime import tune_cpu_allocator
-
-
-def print_accounting(cfg: ModelConfig, seq_len: int) -> None:
-    counts = count_model(cfg, seq_len)
-    print(f"{'component':<16}{'params':>12}{'active':>12}{'fwd FLOPs/token':>18}")
-    for name in counts.params:
-        print(f"{name:<16}{counts.params[name]:>12,}{counts.active_params[name]:>12,.0f}"
-              f"{counts.flops_per_token[name]:>18,.0f}")
-    print(f"{'total':<16}{counts.total_params:>12,}{counts.total_active_params:>12,.0f}"
-          f"{counts.total_flops_per_token:>18,.0f}")
+from moe_lab.summary import model_summary
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -47,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     model = MoETransformer(model_cfg)
-    print_accounting(model_cfg, data_cfg.block_size)
+    print(model_summary(model_cfg, data_cfg.block_size))
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
     start, batches = time.perf_counter(), iter(data.train_dataloader())
     for step in range(1, args.steps + 1):

@@ -1,0 +1,140 @@
+"""Ablations end to end: a tiny two-arm two-seed ablation, resume skipping finished runs,
+bit-for-bit determinism across fresh processes, and bad ablation files."""
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from moe_lab.ablate import load_ablation
+from moe_lab.errors import ConfigError
+from moe_lab.sweep.runner import Objective, claim_trial, heartbeat, open_study, run_worker
+from moe_lab.tb_logs import read_scalars
+
+REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::DeprecationWarning",
+                                        "ignore::optuna.exceptions.ExperimentalWarning")
+
+TINY = """
+name: tiny
+model: {{d_model: 32, n_layers: 2, n_heads: 2, d_ff: 64, max_seq_len: 32,
+        moe: {{n_experts: 4, top_k: 2, expert_hidden: 32}}}}
+data: {{block_size: 32, batch_size: 4, cache_dir: {cache}}}
+optim: {{warmup_steps: 1}}
+trainer: {{max_steps: 4, val_every_n_steps: 2, val_batches: 1, log_every_n_steps: 1, progress_bar: false,
+          deterministic: true}}
+monitor: {{log_every_n_steps: 2, heatmap_every_n_steps: 0, sample_tokens: 0}}
+"""
+
+ABLATION = """
+paper: "Test paper, Table 1"
+claim: "top-2 beats top-1"
+base: tiny.yaml
+output_dir: {out}
+seeds: [0, 1]
+heartbeat_interval: 1
+grace_period: 2
+arms:
+  top1: [model.moe.top_k=1]
+  top2: [model.moe.top_k=2]
+claims:
+  - {{metric: val_loss, arm: top2, less_than: top1}}
+"""
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("cache")
+
+
+def write(tmp_path: Path, cache: Path, extra: str = "") -> Path:
+    (tmp_path / "tiny.yaml").write_text(TINY.format(cache=cache))
+    path = tmp_path / "abl.yaml"
+    path.write_text(ABLATION.format(out=tmp_path / "out") + extra)
+    return path
+
+
+def test_two_arm_two_seed_ablation_end_to_end(tmp_path, cache):
+    path = write(tmp_path, cache)
+    proc = subprocess.run([sys.executable, "-m", "moe_lab.ablate", str(path)], cwd=REPO, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    study = tmp_path / "out" / "abl"
+    runs = sorted(str(p.relative_to(study)) for p in study.glob("trials/*/seed*/metrics.json"))
+    assert runs == ["trials/t000-arm=top1/seed0/metrics.json", "trials/t000-arm=top1/seed1/metrics.json",
+                    "trials/t001-arm=top2/seed0/metrics.json", "trials/t001-arm=top2/seed1/metrics.json"]
+    for name in ("results.md", "results.csv", "results.tex", "plots/val_curves.png", "plots/load_balance.png"):
+        assert (study / name).is_file(), name
+    md = (study / "results.md").read_text()
+    assert "Test paper, Table 1" in md and "top2" in md and "top1" in md
+    assert json.loads((study / "study_info.json").read_text())["kind"] == "ablation"
+
+
+def test_resume_skips_finished_runs(tmp_path, cache):
+    """A worker dies after the first seed of a trial; the rerun keeps that seed and trains the rest."""
+    sweep = load_ablation(write(tmp_path, cache))
+    study = open_study(sweep)
+    trial = claim_trial(study, sweep, None)  # arm top1
+    objective = Objective(sweep)
+    trial_dir = sweep.study_dir / "trials" / "t000-arm=top1"
+    with heartbeat(study, trial):  # as a live worker does; leaving it is the worker's death
+        objective.run_seed(trial, dict(trial.params), trial_dir, 0, report=False)
+    finished = trial_dir / "seed0" / "metrics.json"
+    stamp = finished.stat().st_mtime_ns
+    # ... and the worker dies here: the trial stays RUNNING with no heartbeat.
+    time.sleep(3)
+    assert run_worker(sweep, log=lambda m: None) == 2  # the retried top1 trial and top2
+    ts = optuna.load_study(study_name=sweep.name, storage=sweep.storage_url).get_trials()
+    assert sorted(t.params["arm"] for t in ts if t.state == TrialState.COMPLETE) == ["top1", "top2"]
+    assert finished.stat().st_mtime_ns == stamp  # seed 0 was not trained again
+    assert (trial_dir / "seed1" / "metrics.json").is_file()
+
+
+def test_same_arm_and_seed_in_fresh_processes_give_identical_metrics(tmp_path, cache):
+    (tmp_path / "tiny.yaml").write_text(TINY.format(cache=cache))
+    outputs = []
+    for i in range(2):
+        out = tmp_path / f"run{i}"
+        proc = subprocess.run([sys.executable, "-m", "moe_lab.train", str(tmp_path / "tiny.yaml"),
+                               f"output_dir={out}", "seed=3"], cwd=REPO, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        run_dir = out / "tiny" / "version_0"
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+        outputs.append((metrics["val_loss"], metrics["final_load_cv"], read_scalars(run_dir, "train/lm_loss"),
+                        read_scalars(run_dir, "moe/layer0/expert1")))
+    assert outputs[0] == outputs[1]
+    assert len(outputs[0][2]) == 4
+
+
+@pytest.mark.parametrize("extra,key", [
+    ("sampler: tpe\n", "sampler"),
+    ("  - {metric: val_loss, arm: top3, less_than: top1}\n", "claims[1].arm"),
+    ("  - {metric: accuracy, arm: top2, less_than: top1}\n", "claims[1].metric"),
+    ("  - {metric: val_loss, arm: top2}\n", "claims[1]"),
+])
+def test_bad_ablation_files_name_the_key(tmp_path, cache, extra, key):
+    path = write(tmp_path, cache, extra)
+    with pytest.raises(ConfigError) as err:
+        load_ablation(path)
+    assert str(err.value).startswith(key)
+
+
+def test_arm_with_an_invalid_experiment_is_named(tmp_path, cache):
+    path = write(tmp_path, cache)
+    path.write_text(path.read_text().replace("top2: [model.moe.top_k=2]", "top9: [model.moe.top_k=9]")
+                    .replace("arm: top2", "arm: top9"))
+    with pytest.raises(ConfigError) as err:
+        load_ablation(path)
+    assert str(err.value).startswith("arms.top9: invalid experiment: model.moe.top_k")
+
+
+def test_shipped_ablations_are_valid():
+    files = sorted((REPO / "experiments" / "ablations").glob("*.yaml"))
+    assert len(files) == 8
+    for path in files:
+        load_ablation(path)
