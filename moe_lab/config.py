@@ -175,14 +175,32 @@ def _parse_override(item: str) -> DictConfig:
         raise ConfigError(key, " ".join(str(err).split("\n")[0].split())) from None
 
 
+PRETRAINED_MODEL_FILE = "moe_lab_model.yaml"  # written by moe_lab.checkpoint.save_pretrained
+
+
+def _pretrained_model_section(model_init: str) -> DictConfig:
+    """The model section stored with a pretrained directory: a fine-tune starts from the architecture
+    it was trained with, and the experiment's own model keys change only what they name."""
+    path = Path(model_init) / PRETRAINED_MODEL_FILE
+    if not path.is_file():
+        raise ConfigError("model_init", f"no {PRETRAINED_MODEL_FILE} in {model_init}")
+    return OmegaConf.create({"model": OmegaConf.load(path)})
+
+
 def load_config(path: str | Path | None, overrides: list[str] = ()) -> ExperimentConfig:
-    """Schema defaults <- YAML (with its bases) <- overrides, then validated."""
+    """Schema defaults <- (pretrained model section) <- YAML (with its bases) <- overrides, validated."""
     schema = ExperimentConfig()
+    layers = [_read_yaml(Path(path))] if path is not None else []
+    layers += [_parse_override(item) for item in overrides]
+    model_init = next((str(layer.model_init) for layer in reversed(layers) if "model_init" in layer), "")
     merged = OmegaConf.structured(schema)
+    if model_init:
+        merged = _merge(merged, _pretrained_model_section(model_init), schema, key_hint="model_init")
     if path is not None:
-        merged = _merge(merged, _read_yaml(Path(path)), schema)
-    for item in overrides:  # one at a time, so an error names the override at fault
-        merged = _merge(merged, _parse_override(item), schema, key_hint=item.split("=", 1)[0])
+        merged = _merge(merged, layers[0], schema)
+    for item, layer in zip(overrides, layers[-len(overrides):] if overrides else []):
+        # one at a time, so an error names the override at fault
+        merged = _merge(merged, layer, schema, key_hint=item.split("=", 1)[0])
     try:
         cfg = OmegaConf.to_object(merged)
     except OmegaConfBaseException as err:

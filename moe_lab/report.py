@@ -4,12 +4,17 @@ DIR is a sweep study directory (study_info.json, written by `python -m moe_lab.s
 results table, one row per configuration, best first, and writes summary.md, trials.csv and plots/
 into DIR (see moe_lab.sweep.report). Reports can be regenerated at any time, also mid-sweep.
 
+DIR is an ablation directory (study_info.json with "kind": "ablation", written by
+`python -m moe_lab.ablate`): prints the table per arm and one verdict per claim, and writes results.md,
+results.csv, results.tex and plots/ into DIR (see moe_lab.ablation_report), from the run logs alone.
+
 Each kind of directory has one detection rule in `detect_kind` and one line in REPORTS.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 from typing import Callable
@@ -27,7 +32,13 @@ def report_study(path: Path) -> dict[str, Path]:
     return write_study_report(path, data)
 
 
-REPORTS: dict[str, Callable[[Path], dict[str, Path]]] = {"study": report_study}
+def report_ablation(path: Path) -> dict[str, Path]:
+    from moe_lab.ablation_report import write_ablation_report
+
+    return write_ablation_report(path, echo=True)
+
+
+REPORTS: dict[str, Callable[[Path], dict[str, Path]]] = {"study": report_study, "ablation": report_ablation}
 
 
 def detect_kind(path: Path) -> str:
@@ -35,14 +46,24 @@ def detect_kind(path: Path) -> str:
     if not path.is_dir():
         raise MoELabError(f"{path}: no such directory")
     if (path / "study_info.json").is_file():
-        return "study"
-    raise MoELabError(f"{path}: no study_info.json; expected a sweep study directory")
+        return "ablation" if _study_kind(path / "study_info.json") == "ablation" else "study"
+    raise MoELabError(f"{path}: no study_info.json; expected a sweep study or ablation directory")
+
+
+def _study_kind(path: Path) -> str | None:
+    # Sweeps write "kind": "sweep" (older ones no kind). An unreadable file is left to the sweep
+    # report, whose error names it.
+    try:
+        info = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return info.get("kind") if isinstance(info, dict) else None
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m moe_lab.report", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("dir", type=Path, help="a sweep study directory")
+    parser.add_argument("dir", type=Path, help="a sweep study or ablation directory")
     args = parser.parse_args(argv)
     try:
         written = REPORTS[detect_kind(args.dir)](args.dir)

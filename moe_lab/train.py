@@ -8,6 +8,7 @@ model_summary.txt, the tokenizer, checkpoints/ (best.ckpt, last.ckpt) and metric
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from dataclasses import dataclass, field
@@ -21,7 +22,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from moe_lab.callbacks import ExpertCollapseDetector, ExpertLoadMonitor
 from moe_lab.config import ExperimentConfig, flatten, load_config, to_dict, to_yaml
 from moe_lab.data import TextDataModule
-from moe_lab.errors import MoELabError
+from moe_lab.errors import DataError, MoELabError
 from moe_lab.lit import MoELitModule
 from moe_lab.records import environment_record, write_json_atomic, write_text_atomic
 from moe_lab.runtime import tune_cpu_allocator
@@ -106,14 +107,13 @@ def _devices(value: str):
     return parts[0] if len(parts) == 1 and "," not in value else parts
 
 
-def _write_config(run_dir: Path, cfg: ExperimentConfig) -> None:
-    """config.yaml is the first run's resolved config; a resume with other settings adds its own file
-    beside it rather than overwriting what the earlier part of the run used."""
-    text = to_yaml(cfg)
-    path = run_dir / "config.yaml"
+def _write_record(run_dir: Path, name: str, suffix: str, text: str) -> None:
+    """<name><suffix> records the first part of a run; a resumed part whose record differs adds
+    <name>.resume<n><suffix> beside it rather than overwriting what the earlier part used."""
+    path = run_dir / f"{name}{suffix}"
     if path.is_file() and path.read_text() != text:
-        n = len(list(run_dir.glob("config.resume*.yaml"))) + 1
-        path = run_dir / f"config.resume{n}.yaml"
+        n = len(list(run_dir.glob(f"{name}.resume*{suffix}"))) + 1
+        path = run_dir / f"{name}.resume{n}{suffix}"
     if not path.is_file():
         write_text_atomic(path, text)
 
@@ -133,7 +133,12 @@ def run(cfg: ExperimentConfig, extra_callbacks: tuple[pl.Callback, ...] = (), qu
     data = TextDataModule(cfg.data, seed=cfg.seed)
     data.prepare_data()
     data.setup("fit")
-    cfg.model.vocab_size = data.vocab_size  # resolved from the tokenizer, recorded in config.yaml
+    if cfg.model_init:  # the pretrained embedding fixes the vocabulary; the tokenizer must fit in it
+        if data.vocab_size > cfg.model.vocab_size:
+            raise DataError(f"data tokenizer has {data.vocab_size} tokens but the model in model_init="
+                            f"{cfg.model_init} has vocab_size {cfg.model.vocab_size}")
+    else:
+        cfg.model.vocab_size = data.vocab_size  # resolved from the tokenizer, recorded in config.yaml
     lit = MoELitModule(to_dict(cfg), val_bytes_per_token=data.bytes_per_token["val"])
     lit.tokenizer = data.tokenizer
     if cfg.model_init:
@@ -149,9 +154,10 @@ def run(cfg: ExperimentConfig, extra_callbacks: tuple[pl.Callback, ...] = (), qu
     _print(f"run directory: {run_dir}" + (f" (resuming {resume_ckpt})" if resume_ckpt else ""), quiet)
     summary = model_summary(cfg.model, cfg.data.block_size)
     _print(summary, quiet)
-    _write_config(run_dir, cfg)
+    _write_record(run_dir, "config", ".yaml", to_yaml(cfg))
+    _write_record(run_dir, "env", ".json",
+                  json.dumps(environment_record(data=data.data_record(), seed=cfg.seed), indent=2, default=str) + "\n")
     write_text_atomic(run_dir / "model_summary.txt", summary + "\n")
-    write_json_atomic(run_dir / "env.json", environment_record(data=data.data_record(), seed=cfg.seed))
     data.save_tokenizer(run_dir / "tokenizer")
 
     callbacks = build_callbacks(cfg, run_dir)

@@ -83,3 +83,36 @@ def curves_with_band(curves: dict[str, list[dict[int, float]]], ylabel: str, tit
         ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
     fig.tight_layout()
     return fig
+
+
+def grouped_bars(groups: dict[str, dict[str, list[float]]], ylabel: str, title: str = "",
+                 empty_note: str = "no data"):
+    """One group of bars per key of `groups` (e.g. an ablation arm), one bar per series inside it (e.g. a
+    MoE layer): the mean over seeds with a ±1 sample-std error bar where there are several seeds. A series
+    keeps its colour and slot in every group, so a group missing a series shows a gap; a group without
+    any series is left empty and labelled `empty_note`. Returns a matplotlib Figure (caller closes it)."""
+    series = list(dict.fromkeys(name for bars in groups.values() for name in bars))
+    width = 0.8 / max(1, len(series))
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.2 * len(groups) + 2.5), 4.5))
+    colours = plt.get_cmap("tab10" if len(series) <= 10 else "tab20")
+    for j, name in enumerate(series):
+        xs, means, errors = [], [], []
+        for i, bars in enumerate(groups.values()):
+            values = bars.get(name) or []
+            if values:
+                xs.append(i - 0.4 + width * (j + 0.5))
+                means.append(float(np.mean(values)))
+                errors.append(float(np.std(values, ddof=1)) if len(values) > 1 else 0.0)
+        ax.bar(xs, means, width, yerr=errors, capsize=3, color=colours(j % colours.N), label=name)
+    for i, bars in enumerate(groups.values()):
+        if not any(bars.values()):
+            ax.text(i, 0.0, empty_note, ha="center", va="bottom", fontsize="small", color="0.4")
+    ax.set_xticks(range(len(groups)), list(groups), rotation=20 if len(groups) > 4 else 0)
+    ax.set_xlim(-0.6, len(groups) - 0.4)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title or ylabel)
+    ax.grid(axis="y", alpha=0.3)
+    if series:
+        ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
+    fig.tight_layout()
+    return fig

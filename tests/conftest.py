@@ -13,3 +13,9 @@ def restore_torch_globals():
     yield
     torch.use_deterministic_algorithms(deterministic)
     torch.set_num_threads(_THREADS)
+
+
+@pytest.fixture(scope="session")
+def data_cache(tmp_path_factory):
+    """One token cache for the whole session: the corpus is tokenised once."""
+    return tmp_path_factory.mktemp("data_cache")

@@ -26,3 +26,21 @@ def randomise(module: torch.nn.Module, seed: int = 0, std: float = 0.3) -> None:
         for name, b in module.named_buffers():
             if name.endswith("selection_bias"):
                 b.copy_(torch.randn(b.shape, generator=g, dtype=b.dtype) * 0.1)
+
+
+TINY_EXPERIMENT = """
+name: tiny
+model: {{d_model: 32, n_layers: 2, n_heads: 2, d_ff: 64, max_seq_len: 32,
+        moe: {{n_experts: 4, top_k: 2, expert_hidden: 32}}}}
+data: {{block_size: 32, batch_size: 4, cache_dir: {cache}}}
+optim: {{warmup_steps: 1}}
+trainer: {{max_steps: {steps}, val_every_n_steps: 2, val_batches: 1, log_every_n_steps: 1,
+          progress_bar: false, deterministic: {deterministic}}}
+monitor: {{log_every_n_steps: 2, heatmap_every_n_steps: 0, sample_tokens: 0}}
+"""
+
+
+def write_tiny_experiment(path, cache, steps: int = 4, deterministic: bool = False):
+    """A seconds-long experiment on embedded Shakespeare, for end-to-end tests of the CLIs."""
+    path.write_text(TINY_EXPERIMENT.format(cache=cache, steps=steps, deterministic=str(deterministic).lower()))
+    return path

@@ -15,21 +15,11 @@ from moe_lab.ablate import load_ablation
 from moe_lab.errors import ConfigError
 from moe_lab.sweep.runner import Objective, claim_trial, heartbeat, open_study, run_worker
 from moe_lab.tb_logs import read_scalars
+from tests.helpers import write_tiny_experiment
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::DeprecationWarning",
                                         "ignore::optuna.exceptions.ExperimentalWarning")
-
-TINY = """
-name: tiny
-model: {{d_model: 32, n_layers: 2, n_heads: 2, d_ff: 64, max_seq_len: 32,
-        moe: {{n_experts: 4, top_k: 2, expert_hidden: 32}}}}
-data: {{block_size: 32, batch_size: 4, cache_dir: {cache}}}
-optim: {{warmup_steps: 1}}
-trainer: {{max_steps: 4, val_every_n_steps: 2, val_batches: 1, log_every_n_steps: 1, progress_bar: false,
-          deterministic: true}}
-monitor: {{log_every_n_steps: 2, heatmap_every_n_steps: 0, sample_tokens: 0}}
-"""
 
 ABLATION = """
 paper: "Test paper, Table 1"
@@ -47,20 +37,15 @@ claims:
 """
 
 
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    return tmp_path_factory.mktemp("cache")
-
-
-def write(tmp_path: Path, cache: Path, extra: str = "") -> Path:
-    (tmp_path / "tiny.yaml").write_text(TINY.format(cache=cache))
+def write(tmp_path: Path, data_cache: Path, extra: str = "") -> Path:
+    write_tiny_experiment(tmp_path / "tiny.yaml", data_cache, deterministic=True)
     path = tmp_path / "abl.yaml"
     path.write_text(ABLATION.format(out=tmp_path / "out") + extra)
     return path
 
 
-def test_two_arm_two_seed_ablation_end_to_end(tmp_path, cache):
-    path = write(tmp_path, cache)
+def test_two_arm_two_seed_ablation_end_to_end(tmp_path, data_cache):
+    path = write(tmp_path, data_cache)
     proc = subprocess.run([sys.executable, "-m", "moe_lab.ablate", str(path)], cwd=REPO, capture_output=True,
                           text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
@@ -75,9 +60,9 @@ def test_two_arm_two_seed_ablation_end_to_end(tmp_path, cache):
     assert json.loads((study / "study_info.json").read_text())["kind"] == "ablation"
 
 
-def test_resume_skips_finished_runs(tmp_path, cache):
+def test_resume_skips_finished_runs(tmp_path, data_cache):
     """A worker dies after the first seed of a trial; the rerun keeps that seed and trains the rest."""
-    sweep = load_ablation(write(tmp_path, cache))
+    sweep = load_ablation(write(tmp_path, data_cache))
     study = open_study(sweep)
     trial = claim_trial(study, sweep, None)  # arm top1
     objective = Objective(sweep)
@@ -95,8 +80,8 @@ def test_resume_skips_finished_runs(tmp_path, cache):
     assert (trial_dir / "seed1" / "metrics.json").is_file()
 
 
-def test_same_arm_and_seed_in_fresh_processes_give_identical_metrics(tmp_path, cache):
-    (tmp_path / "tiny.yaml").write_text(TINY.format(cache=cache))
+def test_same_arm_and_seed_in_fresh_processes_give_identical_metrics(tmp_path, data_cache):
+    write_tiny_experiment(tmp_path / "tiny.yaml", data_cache, deterministic=True)
     outputs = []
     for i in range(2):
         out = tmp_path / f"run{i}"
@@ -117,15 +102,15 @@ def test_same_arm_and_seed_in_fresh_processes_give_identical_metrics(tmp_path, c
     ("  - {metric: accuracy, arm: top2, less_than: top1}\n", "claims[1].metric"),
     ("  - {metric: val_loss, arm: top2}\n", "claims[1]"),
 ])
-def test_bad_ablation_files_name_the_key(tmp_path, cache, extra, key):
-    path = write(tmp_path, cache, extra)
+def test_bad_ablation_files_name_the_key(tmp_path, data_cache, extra, key):
+    path = write(tmp_path, data_cache, extra)
     with pytest.raises(ConfigError) as err:
         load_ablation(path)
     assert str(err.value).startswith(key)
 
 
-def test_arm_with_an_invalid_experiment_is_named(tmp_path, cache):
-    path = write(tmp_path, cache)
+def test_arm_with_an_invalid_experiment_is_named(tmp_path, data_cache):
+    path = write(tmp_path, data_cache)
     path.write_text(path.read_text().replace("top2: [model.moe.top_k=2]", "top9: [model.moe.top_k=9]")
                     .replace("arm: top2", "arm: top9"))
     with pytest.raises(ConfigError) as err:

@@ -14,6 +14,10 @@ CONFIGS = {
                                       tie_embeddings=False, n_kv_heads=2),
     "fine_grained_noisy": dict(granularity=2, router="noisy_topk", placement="first_k_dense"),
     "dense_gelu": dict(placement="none", activation="gelu"),
+    "gated_shared_qkv_bias": dict(n_layers=3, placement="list", layers=[0, 2], n_shared_experts=1,
+                                  shared_expert_hidden=24, shared_expert_gate=True, attention_bias=True),
+    "qk_norm_full_gqa": dict(qk_norm="full", n_kv_heads=2),
+    "qk_norm_head_wide_heads": dict(qk_norm="head", head_dim=16, n_kv_heads=2, tie_embeddings=False),
 }
 
 
@@ -27,6 +31,7 @@ def component_of(name: str) -> str:
     if ".attn." in name:
         return "attention"
     for part, comp in ((".ffn.experts.", "experts"), (".ffn.shared.", "shared_experts"),
+                       (".ffn.shared_gate.", "shared_experts"),
                        (".ffn.router.", "router")):
         if part in name:
             return comp
@@ -64,7 +69,7 @@ def test_flops_per_token_equal_torch_flop_counter(case):
         model(torch.randint(0, 64, (B, S)))
     counts = count_model(cfg, seq_len=S)
     # The counter does not see inside SDPA on CPU; count those scores with explicit matmuls.
-    hd = cfg.d_model // cfg.n_heads
+    hd = cfg.head_dim or cfg.d_model // cfg.n_heads
     q = torch.randn(B, cfg.n_heads, S, hd)
     with FlopCounterMode(display=False) as scores:
         (q @ q.transpose(-1, -2)) @ q

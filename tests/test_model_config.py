@@ -26,6 +26,10 @@ BAD = [
     (dict(aux_loss_scope="global"), "model.moe.aux_loss_scope", "sequence"),
     (dict(router_jitter=1.5), "model.moe.router_jitter", "< 1"),
     (dict(n_experts=0), "model.moe.n_experts", ">= 1"),
+    (dict(qk_norm="layer"), "model.qk_norm", "head"),
+    (dict(head_dim=-2), "model.head_dim", ">= 0"),
+    (dict(head_dim=7), "model.head_dim", "even"),
+    (dict(shared_expert_gate=True), "model.moe.shared_expert_gate", "model.moe.n_shared_experts"),
 ]
 
 
@@ -46,3 +50,9 @@ def test_bad_config_names_the_key_before_building_tensors(overrides, key, mentio
 def test_dense_model_ignores_moe_only_keys():
     model = MoETransformer(tiny_config(placement="none", top_k=9))  # top_k unused without experts
     assert model.moe_layers == []
+
+
+def test_explicit_head_dim_frees_d_model_from_n_heads():
+    model = MoETransformer(tiny_config(d_model=30, n_heads=4, head_dim=8, n_kv_heads=2))
+    assert model.blocks[0].attn.q_proj.weight.shape == (32, 30)
+    assert model.blocks[0].attn.k_proj.weight.shape == (16, 30)

@@ -19,30 +19,14 @@ from moe_lab.errors import ConfigError
 from moe_lab.model.accounting import count_model
 from moe_lab.sweep.config import load_sweep
 from moe_lab.sweep.runner import run_worker
+from tests.helpers import write_tiny_experiment
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::DeprecationWarning",
                                         "ignore::optuna.exceptions.ExperimentalWarning")
 
-TINY = """
-name: tiny
-model: {{d_model: 32, n_layers: 2, n_heads: 2, d_ff: 64, max_seq_len: 32,
-        moe: {{n_experts: 4, top_k: 2, expert_hidden: 32}}}}
-data: {{block_size: 32, batch_size: 4, cache_dir: {cache}}}
-optim: {{warmup_steps: 1}}
-trainer: {{max_steps: {steps}, val_every_n_steps: 2, val_batches: 1, log_every_n_steps: 1,
-          progress_bar: false}}
-monitor: {{log_every_n_steps: 2, heatmap_every_n_steps: 0, sample_tokens: 0}}
-"""
-
-
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    return tmp_path_factory.mktemp("cache")
-
-
-def write_sweep(tmp_path: Path, cache: Path, body: str, steps: int = 4) -> Path:
-    (tmp_path / "tiny.yaml").write_text(TINY.format(cache=cache, steps=steps))
+def write_sweep(tmp_path: Path, data_cache: Path, body: str, steps: int = 4) -> Path:
+    write_tiny_experiment(tmp_path / "tiny.yaml", data_cache, steps=steps)
     path = tmp_path / "sweep.yaml"
     path.write_text(f"base: tiny.yaml\noutput_dir: {tmp_path / 'out'}\nheartbeat_interval: 1\n"
                     f"grace_period: 2\n" + body)
@@ -61,8 +45,8 @@ def by_state(ts, state):
 GRID = "sampler: grid\nspace:\n  model.moe.top_k: [1, 2]\n  model.moe.n_experts: [4, 8]\n"
 
 
-def test_grid_runs_every_point_exactly_once(tmp_path, cache):
-    path = write_sweep(tmp_path, cache, GRID)
+def test_grid_runs_every_point_exactly_once(tmp_path, data_cache):
+    path = write_sweep(tmp_path, data_cache, GRID)
     assert run_worker(load_sweep(path), log=lambda m: None) == 4
     ts = trials(path)
     done = by_state(ts, TrialState.COMPLETE)
@@ -83,8 +67,8 @@ def sweep_cmd(path: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "moe_lab.sweep", str(path), *extra]
 
 
-def test_sigkill_mid_trial_then_rerun_completes_without_loss_or_duplicates(tmp_path, cache):
-    path = write_sweep(tmp_path, cache, "sampler: grid\nspace:\n  model.moe.top_k: [1, 2, 3]\n", steps=40)
+def test_sigkill_mid_trial_then_rerun_completes_without_loss_or_duplicates(tmp_path, data_cache):
+    path = write_sweep(tmp_path, data_cache, "sampler: grid\nspace:\n  model.moe.top_k: [1, 2, 3]\n", steps=40)
     proc = subprocess.Popen(sweep_cmd(path), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, start_new_session=True)
     trial_dirs = tmp_path / "out" / "sweep" / "trials"
@@ -109,8 +93,8 @@ def test_sigkill_mid_trial_then_rerun_completes_without_loss_or_duplicates(tmp_p
     assert resumed["steps"] == 40 and resumed["status"] == "completed"
 
 
-def test_two_concurrent_workers_never_run_the_same_grid_point(tmp_path, cache):
-    path = write_sweep(tmp_path, cache, GRID)
+def test_two_concurrent_workers_never_run_the_same_grid_point(tmp_path, data_cache):
+    path = write_sweep(tmp_path, data_cache, GRID)
     load_sweep(path)
     procs = [subprocess.Popen(sweep_cmd(path, "--worker-only"), cwd=REPO, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True) for _ in range(2)]
@@ -123,9 +107,9 @@ def test_two_concurrent_workers_never_run_the_same_grid_point(tmp_path, cache):
     assert len(ran[0] | ran[1]) == 4 and not (ran[0] & ran[1])
 
 
-def test_nan_trial_fails_with_its_reason_and_the_sweep_goes_on(tmp_path, cache):
+def test_nan_trial_fails_with_its_reason_and_the_sweep_goes_on(tmp_path, data_cache):
     body = "sampler: grid\noverrides: [optim.grad_clip=0]\nspace:\n  optim.lr: [1.0e+30, 0.003]\n"
-    path = write_sweep(tmp_path, cache, body)
+    path = write_sweep(tmp_path, data_cache, body)
     run_worker(load_sweep(path), log=lambda m: None)
     failed, done = by_state(trials(path), TrialState.FAIL), by_state(trials(path), TrialState.COMPLETE)
     assert [t.params["optim.lr"] for t in failed] == [1e30]
@@ -133,9 +117,9 @@ def test_nan_trial_fails_with_its_reason_and_the_sweep_goes_on(tmp_path, cache):
     assert [t.params["optim.lr"] for t in done] == [0.003]
 
 
-def test_median_pruner_stops_a_hopeless_trial(tmp_path, cache):
+def test_median_pruner_stops_a_hopeless_trial(tmp_path, data_cache):
     body = ("sampler: grid\npruner: median\nspace:\n  optim.lr: [0.01, 1.0e-7]\n")
-    path = write_sweep(tmp_path, cache, body, steps=12)
+    path = write_sweep(tmp_path, data_cache, body, steps=12)
     run_worker(load_sweep(path), log=lambda m: None)
     pruned = by_state(trials(path), TrialState.PRUNED)
     assert [t.params["optim.lr"] for t in pruned] == [1e-7]
@@ -144,19 +128,19 @@ def test_median_pruner_stops_a_hopeless_trial(tmp_path, cache):
     assert json.loads((run_dir / "metrics.json").read_text())["steps"] < 12
 
 
-def test_collapse_detector_prunes_with_its_reason(tmp_path, cache):
+def test_collapse_detector_prunes_with_its_reason(tmp_path, data_cache):
     body = ("sampler: grid\noverrides: [monitor.collapse_min_load_fraction=0.99, "
             "monitor.collapse_patience_steps=2]\nspace:\n  model.moe.aux_loss_coef: [0.0]\n")
-    path = write_sweep(tmp_path, cache, body, steps=12)
+    path = write_sweep(tmp_path, data_cache, body, steps=12)
     run_worker(load_sweep(path), log=lambda m: None)
     (t,) = trials(path)
     assert t.state == TrialState.PRUNED
     assert "below 99% of uniform load" in t.user_attrs["prune_reason"]
 
 
-def test_compute_matching_holds_active_params(tmp_path, cache):
+def test_compute_matching_holds_active_params(tmp_path, data_cache):
     body = "sampler: grid\ncompute_matching: active\nspace:\n  model.moe.top_k: [1, 4]\n"
-    sweep = load_sweep(write_sweep(tmp_path, cache, body))
+    sweep = load_sweep(write_sweep(tmp_path, data_cache, body))
     from moe_lab.sweep.runner import Objective
 
     objective = Objective(sweep)
@@ -178,15 +162,15 @@ def test_compute_matching_holds_active_params(tmp_path, cache):
     ("space: {}\n", "space"),
     ("pruner: sometimes\nspace:\n  model.moe.top_k: [1]\n", "pruner"),
 ])
-def test_bad_sweep_files_name_the_key(tmp_path, cache, body, key):
-    path = write_sweep(tmp_path, cache, body)
+def test_bad_sweep_files_name_the_key(tmp_path, data_cache, body, key):
+    path = write_sweep(tmp_path, data_cache, body)
     with pytest.raises(ConfigError) as err:
         load_sweep(path)
     assert str(err.value).startswith(key) and "\n" not in str(err.value)
 
 
-def test_cli_bad_sweep_exits_2_without_traceback(tmp_path, cache):
-    path = write_sweep(tmp_path, cache, "space:\n  model.moe.topk: [1, 2]\n")
+def test_cli_bad_sweep_exits_2_without_traceback(tmp_path, data_cache):
+    path = write_sweep(tmp_path, data_cache, "space:\n  model.moe.topk: [1, 2]\n")
     proc = subprocess.run(sweep_cmd(path), cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and proc.stderr.startswith("error: space.model.moe.topk:")
     assert "Traceback" not in proc.stderr and not (tmp_path / "out").exists()

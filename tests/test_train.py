@@ -17,11 +17,6 @@ REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::DeprecationWarning")
 
 
-@pytest.fixture(scope="session")
-def data_cache(tmp_path_factory):
-    return tmp_path_factory.mktemp("data_cache")
-
-
 def tiny(out: Path, cache: Path, *extra: str) -> list[str]:
     return [f"output_dir={out}", f"data.cache_dir={cache}", "name=tiny",
             "model.d_model=32", "model.n_layers=2", "model.n_heads=2", "model.d_ff=64",

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from moe_lab.model.config import ModelConfig, expert_dims, moe_layer_indices
+from moe_lab.model.config import ModelConfig, expert_dims, head_dim, moe_layer_indices
 from moe_lab.model.ffn import gated
 
 COMPONENTS = ("embedding", "attention", "dense_ffn", "experts", "shared_experts", "router", "norm", "lm_head")
@@ -48,34 +48,38 @@ def count_model(cfg: ModelConfig, seq_len: int | None = None) -> ModelCounts:
     as dense SDPA kernels compute it (QK^T and AV over all keys; causal skipping not discounted)."""
     D, L, V = cfg.d_model, cfg.n_layers, cfg.vocab_size
     S = seq_len or cfg.max_seq_len
-    head_dim = D // cfg.n_heads
-    kv = (cfg.n_kv_heads or cfg.n_heads) * head_dim
+    hd = head_dim(cfg)
+    q_width = cfg.n_heads * hd
+    kv = (cfg.n_kv_heads or cfg.n_heads) * hd
     n_moe = len(moe_layer_indices(cfg))
     n_dense = L - n_moe
     dims = expert_dims(cfg)
 
-    attention = L * (2 * D * D + 2 * D * kv)
+    attention_weights = L * (2 * D * q_width + 2 * D * kv)  # q and o, k and v
+    attention_biases = L * (q_width + 2 * kv) if cfg.attention_bias else 0
+    qk_norm = {"none": 0, "head": 2 * hd, "full": q_width + kv}[cfg.qk_norm]
     dense_ffn = n_dense * ffn_params(D, cfg.d_ff, cfg.activation)
     one_expert = ffn_params(D, dims.hidden, cfg.activation)
     experts = n_moe * dims.n_experts * one_expert
-    shared = n_moe * ffn_params(D, dims.shared_hidden, cfg.activation)
+    shared_gate = D if cfg.moe.shared_expert_gate else 0  # sigmoid gate [1, D]
+    shared = n_moe * (ffn_params(D, dims.shared_hidden, cfg.activation) + shared_gate)
     router_mats = 2 if cfg.moe.router == "noisy_topk" else 1  # noisy gating has a noise projection
     router = n_moe * router_mats * D * dims.n_experts
     params = {
         "embedding": V * D,
-        "attention": attention,
+        "attention": attention_weights + attention_biases,
         "dense_ffn": dense_ffn,
         "experts": experts,
         "shared_experts": shared,
         "router": router,
-        "norm": (2 * L + 1) * D,
+        "norm": (2 * L + 1) * D + L * qk_norm,
         "lm_head": 0 if cfg.tie_embeddings else V * D,
     }
     active = {k: float(v) for k, v in params.items()}
     active["experts"] = float(n_moe * dims.top_k * one_expert)
-    # Forward FLOPs: 2 per weight used in a matmul; the embedding lookup and norms do no matmul.
-    # The LM head is a matmul even when its weight is tied to the embedding.
-    flops = {k: 2.0 * active[k] for k in ("attention", "dense_ffn", "experts", "shared_experts", "router")}
-    flops["attention"] += L * 4.0 * S * D  # scores QK^T and the weighted sum AV
+    # Forward FLOPs: 2 per weight used in a matmul; the embedding lookup, norms and bias adds do no
+    # matmul. The LM head is a matmul even when its weight is tied to the embedding.
+    flops = {"attention": 2.0 * attention_weights + L * 4.0 * S * q_width}  # + scores QK^T and AV
+    flops.update({k: 2.0 * active[k] for k in ("dense_ffn", "experts", "shared_experts", "router")})
     flops.update(embedding=0.0, norm=0.0, lm_head=2.0 * V * D)
     return ModelCounts(params=params, active_params=active, flops_per_token=flops)

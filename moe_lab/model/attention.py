@@ -32,16 +32,24 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 
 class CausalSelfAttention(nn.Module):
     def __init__(self, d_model: int, n_heads: int, n_kv_heads: int, max_seq_len: int,
-                 rope_theta: float, dropout: float = 0.0):
+                 rope_theta: float, dropout: float = 0.0, *, head_dim: int = 0, qk_norm: str = "none",
+                 bias: bool = False, norm_eps: float = 1e-5):
         super().__init__()
         self.n_heads = n_heads
         self.n_kv_heads = n_kv_heads or n_heads
-        self.head_dim = d_model // n_heads
+        self.head_dim = head_dim or d_model // n_heads
         self.dropout = dropout
-        self.q_proj = nn.Linear(d_model, n_heads * self.head_dim, bias=False)
-        self.k_proj = nn.Linear(d_model, self.n_kv_heads * self.head_dim, bias=False)
-        self.v_proj = nn.Linear(d_model, self.n_kv_heads * self.head_dim, bias=False)
-        self.o_proj = nn.Linear(n_heads * self.head_dim, d_model, bias=False)
+        self.qk_norm = qk_norm
+        q_width, kv_width = n_heads * self.head_dim, self.n_kv_heads * self.head_dim
+        self.q_proj = nn.Linear(d_model, q_width, bias=bias)
+        self.k_proj = nn.Linear(d_model, kv_width, bias=bias)
+        self.v_proj = nn.Linear(d_model, kv_width, bias=bias)
+        self.o_proj = nn.Linear(q_width, d_model, bias=False)
+        if qk_norm != "none":
+            # Always RMSNorm, whatever the block norm: the published q/k-norm models all use it.
+            per_head = qk_norm == "head"
+            self.q_norm = nn.RMSNorm(self.head_dim if per_head else q_width, eps=norm_eps)
+            self.k_norm = nn.RMSNorm(self.head_dim if per_head else kv_width, eps=norm_eps)
         cos, sin = rope_tables(self.head_dim, max_seq_len, rope_theta)
         # Not saved in checkpoints: derived from the config.
         self.register_buffer("rope_cos", cos, persistent=False)
@@ -49,9 +57,15 @@ class CausalSelfAttention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, S, _ = x.shape
-        q = self.q_proj(x).view(B, S, self.n_heads, self.head_dim).transpose(1, 2)
-        k = self.k_proj(x).view(B, S, self.n_kv_heads, self.head_dim).transpose(1, 2)
-        v = self.v_proj(x).view(B, S, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        if self.qk_norm == "full":
+            q, k = self.q_norm(q), self.k_norm(k)
+        q = q.view(B, S, self.n_heads, self.head_dim)
+        k = k.view(B, S, self.n_kv_heads, self.head_dim)
+        if self.qk_norm == "head":
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = q.transpose(1, 2), k.transpose(1, 2)
+        v = v.view(B, S, self.n_kv_heads, self.head_dim).transpose(1, 2)
         cos, sin = self.rope_cos[:S], self.rope_sin[:S]
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         y = F.scaled_dot_product_attention(

@@ -16,6 +16,7 @@ PLACEMENTS = ("all", "none", "every_n", "last_half", "first_k_dense", "list")
 ACTIVATIONS = ("swiglu", "gelu", "relu")
 NORMS = ("rmsnorm", "layernorm")
 AUX_LOSS_SCOPES = ("batch", "sequence")
+QK_NORMS = ("none", "head", "full")
 
 
 @dataclass
@@ -40,6 +41,9 @@ class MoEConfig:
     # Always-on shared experts (DeepSeekMoE, Qwen-MoE); width 0 means the routed expert width.
     n_shared_experts: int = 0
     shared_expert_hidden: int = 0
+    # Scale the shared experts' output per token by sigmoid(x W_g), W_g [1, d_model], so the layer learns
+    # how much of the always-on path each token takes (Qwen1.5-MoE / Qwen2-MoE `shared_expert_gate`).
+    shared_expert_gate: bool = False
     # Loss coefficients (0 disables the term in the training loss; the value is still logged).
     aux_loss_coef: float = 0.01
     aux_loss_scope: str = "batch"
@@ -61,6 +65,16 @@ class ModelConfig:
     n_heads: int = 4
     # Grouped-query attention: number of key/value heads; 0 means n_heads (plain multi-head).
     n_kv_heads: int = 0
+    # Width of one attention head; 0 means d_model // n_heads. Qwen3-MoE uses wider heads than that
+    # (e.g. 32 heads of 128 on d_model 2048), so q/o project between d_model and n_heads * head_dim.
+    head_dim: int = 0
+    # RMSNorm on queries and keys before RoPE, which keeps attention logits from growing without bound
+    # (QK-norm: Dehghani et al. 2023, ViT-22B; Wortsman et al. 2023): "none"; "head": over each head's
+    # head_dim with one weight shared by all heads (Qwen3); "full": over the whole q and k projections
+    # (OLMoE).
+    qk_norm: str = "none"
+    # Learned biases on the q/k/v projections (Qwen2); the output projection never has one.
+    attention_bias: bool = False
     d_ff: int = 1024
     max_seq_len: int = 256
     rope_theta: float = 10000.0
@@ -81,6 +95,11 @@ class ExpertDims:
     top_k: int
     hidden: int
     shared_hidden: int  # total width of all shared experts together (0 = none)
+
+
+def head_dim(cfg: ModelConfig) -> int:
+    """Width of one attention head, resolving the 0 default."""
+    return cfg.head_dim or cfg.d_model // cfg.n_heads
 
 
 def expert_dims(cfg: ModelConfig) -> ExpertDims:
@@ -134,15 +153,20 @@ def validate_model_config(cfg: ModelConfig, prefix: str = "model") -> None:
     for name in ("vocab_size", "d_model", "n_layers", "n_heads", "d_ff", "max_seq_len"):
         _at_least(k(name), getattr(cfg, name), 1)
     _at_least(k("n_kv_heads"), cfg.n_kv_heads, 0)
-    if cfg.d_model % cfg.n_heads:
+    _at_least(k("head_dim"), cfg.head_dim, 0)
+    if cfg.head_dim:
+        if cfg.head_dim % 2:
+            raise ConfigError(k("head_dim"), f"{cfg.head_dim} must be even for RoPE")
+    elif cfg.d_model % cfg.n_heads:
         raise ConfigError(k("d_model"), f"{cfg.d_model} is not divisible by {k('n_heads')}={cfg.n_heads}")
-    if (cfg.d_model // cfg.n_heads) % 2:
+    elif (cfg.d_model // cfg.n_heads) % 2:
         raise ConfigError(k("d_model"), f"head dim {cfg.d_model // cfg.n_heads} must be even for RoPE")
     if cfg.n_kv_heads and cfg.n_heads % cfg.n_kv_heads:
         raise ConfigError(k("n_kv_heads"), f"{k('n_heads')}={cfg.n_heads} is not a multiple of {cfg.n_kv_heads}")
     if cfg.rope_theta <= 0:
         raise ConfigError(k("rope_theta"), f"must be > 0, got {cfg.rope_theta}")
     _one_of(k("norm"), cfg.norm, NORMS)
+    _one_of(k("qk_norm"), cfg.qk_norm, QK_NORMS)
     _one_of(k("activation"), cfg.activation, ACTIVATIONS)
     if not 0.0 <= cfg.dropout < 1.0:
         raise ConfigError(k("dropout"), f"must be in [0, 1), got {cfg.dropout}")
@@ -185,6 +209,8 @@ def _validate_moe(cfg: ModelConfig, prefix: str) -> None:
     _at_least(k("top_k"), moe.top_k, 1)
     if moe.top_k > moe.n_experts:
         raise ConfigError(k("top_k"), f"{moe.top_k} > {k('n_experts')}={moe.n_experts}")
+    if moe.shared_expert_gate and not moe.n_shared_experts:
+        raise ConfigError(k("shared_expert_gate"), f"needs {k('n_shared_experts')} >= 1, got 0")
     base_hidden = moe.expert_hidden or cfg.d_ff
     if base_hidden % moe.granularity:
         raise ConfigError(k("granularity"),

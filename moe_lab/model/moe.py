@@ -52,6 +52,7 @@ class MoELayer(nn.Module):
         self.experts = GroupedExperts(dims.n_experts, cfg.d_model, dims.hidden, cfg.activation)
         # All shared experts together are one wide FFN: the same function as separate experts summed.
         self.shared = DenseFFN(cfg.d_model, dims.shared_hidden, cfg.activation) if dims.shared_hidden else None
+        self.shared_gate = nn.Linear(cfg.d_model, 1, bias=False) if moe.shared_expert_gate else None
 
     def capacity(self, n_tokens: int) -> int | None:
         factor = self.capacity_factor if self.training else self.eval_capacity_factor
@@ -67,12 +68,19 @@ class MoELayer(nn.Module):
         result = self.dispatch(flat, routing, None if routing.bounded else cap)
         y = result.out.to(x.dtype)
         if self.shared is not None:
-            y = y + self.shared(flat)
+            y = y + self.shared_output(flat)
         aux = load_balancing_loss(routing.probs, routing.expert_idx, routing.token_idx, self.n_experts,
                                   seq_len=S if self.sequence_aux_loss else None)
         z = router_z_loss(routing.logits)
         stats = self.routing_stats(routing, result.expert_counts, result.n_dropped, aux, z)
         return MoEOutput(y=y.view(B, S, D), aux_loss=aux, z_loss=z, stats=stats)
+
+    def shared_output(self, flat: torch.Tensor) -> torch.Tensor:
+        shared = self.shared(flat)
+        if self.shared_gate is None:
+            return shared
+        # One scalar gate per token for the whole shared path (Qwen2-MoE: sigmoid(x W_g) * shared(x)).
+        return torch.sigmoid(self.shared_gate(flat)) * shared
 
     def dispatch(self, flat: torch.Tensor, routing: Routing, cap: int | None) -> DispatchResult:
         return self.experts(flat, routing.token_idx, routing.expert_idx, routing.weight, cap)

@@ -32,7 +32,8 @@ class Block(nn.Module):
         super().__init__()
         self.attn_norm = make_norm(cfg.norm, cfg.d_model, cfg.norm_eps)
         self.attn = CausalSelfAttention(cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.max_seq_len,
-                                        cfg.rope_theta, cfg.dropout)
+                                        cfg.rope_theta, cfg.dropout, head_dim=cfg.head_dim,
+                                        qk_norm=cfg.qk_norm, bias=cfg.attention_bias, norm_eps=cfg.norm_eps)
         self.ffn_norm = make_norm(cfg.norm, cfg.d_model, cfg.norm_eps)
         self.ffn = MoELayer(cfg) if use_moe else DenseFFN(cfg.d_model, cfg.d_ff, cfg.activation)
         self.dropout = nn.Dropout(cfg.dropout)
@@ -70,6 +71,8 @@ class MoETransformer(nn.Module):
             if isinstance(module, nn.Linear):
                 is_out = name.endswith(("o_proj", "w_out"))
                 nn.init.normal_(module.weight, 0.0, out_std if is_out else std)
+                if module.bias is not None:  # q/k/v biases (attention_bias) start at zero
+                    nn.init.zeros_(module.bias)
             elif isinstance(module, nn.Embedding):
                 nn.init.normal_(module.weight, 0.0, std)
             elif isinstance(module, GroupedExperts):

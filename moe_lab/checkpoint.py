@@ -1,0 +1,143 @@
+"""moe_lab models on disk: the pretrained directory format and the trainer's Lightning checkpoints.
+
+A pretrained directory holds `moe_lab_model.yaml` (the `ModelConfig`) and `model.safetensors` (the
+state dict, a tied embedding stored once). Converters write it, `build_pretrained` turns it back into
+a `MoETransformer`, and the trainer can fine-tune from it. Lightning `.ckpt` files are read with
+`weights_only=True`: a checkpoint is data, never code to unpickle.
+"""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import torch
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from moe_lab.errors import ConfigError, MoELabError
+from moe_lab.model.config import ModelConfig, validate_model_config
+from moe_lab.model.transformer import MoETransformer
+
+CONFIG_FILE = "moe_lab_model.yaml"
+WEIGHTS_FILE = "model.safetensors"
+TIED_HEAD = "lm_head.weight"  # with tie_embeddings this is embed.weight, stored only under that name
+
+
+class CheckpointError(MoELabError, ValueError):
+    """A checkpoint file or tensor is missing, unreadable, or does not fit its config."""
+
+
+def model_config_from_dict(data: dict, source: str) -> ModelConfig:
+    """A validated ModelConfig from a plain dict (YAML or a checkpoint's hyper-parameters)."""
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(ModelConfig), data)
+        cfg = OmegaConf.to_object(merged)
+    except OmegaConfBaseException as err:
+        key = f"model.{err.full_key}" if getattr(err, "full_key", None) else "model"
+        reason = str(err).splitlines()[0]
+        raise ConfigError(key, f"{reason} (in {source})") from None
+    validate_model_config(cfg)
+    return cfg
+
+
+def expected_shapes(cfg: ModelConfig) -> dict[str, torch.Size]:
+    """Every state-dict entry of the model `cfg` describes, with its shape; nothing is allocated."""
+    with torch.device("meta"):
+        model = MoETransformer(cfg)
+    return {name: t.shape for name, t in model.state_dict().items()}
+
+
+def check_state_dict(cfg: ModelConfig, state_dict: dict[str, torch.Tensor], source: str) -> None:
+    """Raise CheckpointError naming the first missing, unexpected or wrongly shaped tensor."""
+    shapes = expected_shapes(cfg)
+    for name, shape in shapes.items():
+        if name not in state_dict:
+            raise CheckpointError(f"{source}: tensor {name!r} is missing")
+        if state_dict[name].shape != shape:
+            raise CheckpointError(f"{source}: tensor {name!r} has shape {list(state_dict[name].shape)}, "
+                                  f"the model config gives {list(shape)}")
+    extra = sorted(set(state_dict) - set(shapes))
+    if extra:
+        raise CheckpointError(f"{source}: tensor {extra[0]!r} is not part of the model the config describes")
+
+
+def build_model(cfg: ModelConfig, state_dict: dict[str, torch.Tensor], source: str) -> MoETransformer:
+    """A MoETransformer holding exactly `state_dict` (strict: every tensor present, none left over)."""
+    check_state_dict(cfg, state_dict, source)
+    model = MoETransformer(cfg)
+    model.load_state_dict(state_dict, strict=True)
+    return model
+
+
+def save_pretrained(directory: str | Path, cfg: ModelConfig, state_dict: dict[str, torch.Tensor]) -> Path:
+    """Write `cfg` and `state_dict` as a moe_lab pretrained directory; returns the directory."""
+    validate_model_config(cfg)
+    if cfg.tie_embeddings and TIED_HEAD not in state_dict and "embed.weight" in state_dict:
+        state_dict = {**state_dict, TIED_HEAD: state_dict["embed.weight"]}
+    check_state_dict(cfg, state_dict, "state dict to save")
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    tensors = {name: t.detach().contiguous() for name, t in state_dict.items()
+               if not (cfg.tie_embeddings and name == TIED_HEAD)}  # safetensors refuses shared storage
+    save_file(tensors, str(directory / WEIGHTS_FILE), metadata={"format": "pt"})
+    (directory / CONFIG_FILE).write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
+    return directory
+
+
+def load_pretrained(directory: str | Path) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
+    """The config and the full state dict (tied head restored) of a moe_lab pretrained directory."""
+    directory = Path(directory)
+    config_path, weights_path = directory / CONFIG_FILE, directory / WEIGHTS_FILE
+    for path in (config_path, weights_path):
+        if not path.is_file():
+            raise CheckpointError(f"{path}: not found (a moe_lab model directory holds {CONFIG_FILE} "
+                                  f"and {WEIGHTS_FILE})")
+    try:
+        data = OmegaConf.to_container(OmegaConf.load(config_path))
+    except Exception as err:  # YAML syntax errors come in several types
+        raise CheckpointError(f"{config_path}: not readable YAML: {str(err).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{config_path}: expected a mapping of model config keys")
+    cfg = model_config_from_dict(data, str(config_path))
+    try:
+        state_dict = load_file(str(weights_path))
+    except (SafetensorError, OSError) as err:
+        raise CheckpointError(f"{weights_path}: not a readable safetensors file: {err}") from None
+    if cfg.tie_embeddings and "embed.weight" in state_dict:
+        state_dict[TIED_HEAD] = state_dict["embed.weight"]
+    check_state_dict(cfg, state_dict, str(weights_path))
+    return cfg, state_dict
+
+
+def build_pretrained(directory: str | Path) -> MoETransformer:
+    cfg, state_dict = load_pretrained(directory)
+    return build_model(cfg, state_dict, str(Path(directory) / WEIGHTS_FILE))
+
+
+def load_lightning_checkpoint(path: str | Path) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
+    """Model config and state dict from a trainer checkpoint: `state_dict` keys `model.*`, the model
+    section of the experiment config under `hyper_parameters.config.model` as a plain dict."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: not found")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise CheckpointError(f"{path}: holds objects other than tensors and plain containers, which are "
+                              f"never unpickled ({str(err).splitlines()[0][:200]})") from None
+    except (RuntimeError, EOFError, OSError) as err:
+        raise CheckpointError(f"{path}: not a torch checkpoint: {str(err).splitlines()[0]}") from None
+    model_section = ckpt.get("hyper_parameters", {}).get("config", {}).get("model") \
+        if isinstance(ckpt, dict) else None
+    if not isinstance(model_section, dict):
+        raise CheckpointError(f"{path}: no model config under hyper_parameters.config.model")
+    prefix = "model."
+    state_dict = {k[len(prefix):]: v for k, v in ckpt.get("state_dict", {}).items() if k.startswith(prefix)}
+    if not state_dict:
+        raise CheckpointError(f"{path}: state_dict has no '{prefix}*' tensors")
+    cfg = model_config_from_dict(model_section, str(path))
+    check_state_dict(cfg, state_dict, str(path))
+    return cfg, state_dict

@@ -1,0 +1,317 @@
+"""Ablation reports, checked against a hand-built ablation directory: study_info.json, a sweep.yaml made
+from the AblationConfig schema, and run directories with hand-chosen metrics.json values and real
+TensorBoard event files. Expected numbers are computed here another way (the statistics module)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import shutil
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+from torch.utils.tensorboard import SummaryWriter
+
+from moe_lab import report
+from moe_lab.ablate import AblationConfig, ClaimConfig
+from moe_lab.ablation_report import (_arm_of, latex_escape, layer_load_cv, load_ablation_data, val_curves,
+                                     write_ablation_report)
+
+ROOT = Path(__file__).resolve().parents[1]
+SEEDS = [0, 1, 2]
+STEPS = [10, 20, 30]
+ARMS = {"dense": ["model.moe.placement=none"],
+        "e8_top1": ["model.moe.n_experts=8", "model.moe.top_k=1"],
+        "e8_top2": ["model.moe.n_experts=8", "model.moe.top_k=2"]}
+# Per arm, per seed: metrics.json values (None: the run failed). e8_top1's seed 2 failed.
+RUNS = {
+    "dense": [dict(val_loss=1.90, val_bpb=2.70, tokens_per_s=12000.0, final_load_cv=None, collapse=0),
+              dict(val_loss=1.91, val_bpb=2.72, tokens_per_s=12100.0, final_load_cv=None, collapse=0),
+              dict(val_loss=1.89, val_bpb=2.68, tokens_per_s=11900.0, final_load_cv=None, collapse=0)],
+    "e8_top1": [dict(val_loss=1.86, val_bpb=2.66, tokens_per_s=9000.0, final_load_cv=0.30, collapse=1),
+                dict(val_loss=1.92, val_bpb=2.74, tokens_per_s=9100.0, final_load_cv=0.34, collapse=0),
+                None],
+    "e8_top2": [dict(val_loss=1.81, val_bpb=2.60, tokens_per_s=8000.0, final_load_cv=0.10, collapse=0),
+                dict(val_loss=1.82, val_bpb=2.61, tokens_per_s=8100.0, final_load_cv=0.12, collapse=0),
+                dict(val_loss=1.80, val_bpb=2.59, tokens_per_s=8200.0, final_load_cv=0.11, collapse=0)],
+}
+CLAIMS = [
+    ClaimConfig(metric="val_loss", arm="e8_top2", less_than="dense"),  # held, clearly
+    ClaimConfig(metric="final_load_cv", arm="e8_top1", less_than="e8_top2"),  # did not hold
+    ClaimConfig(metric="val_loss", arm="e8_top1", less_than="dense"),  # held within seed noise
+    ClaimConfig(metric="val_bpb", arm="dense", at_most="e8_top2", tolerance=0.2, note="bpb within 0.2"),
+    ClaimConfig(metric="final_load_cv", arm="e8_top2", less_than="dense"),  # dense has no load CV
+]
+
+
+def write_events(run_dir: Path, scalars: dict[str, dict[int, float]]) -> None:
+    with SummaryWriter(log_dir=str(run_dir)) as writer:
+        for tag, curve in scalars.items():
+            for step, value in curve.items():
+                writer.add_scalar(tag, value, step)
+
+
+def layer_cv(cv: float, layer: int) -> float:
+    """The last logged load CV of a layer: layer 0 a little under the run's mean, layer 1 over it."""
+    return cv - 0.01 + 0.02 * layer
+
+
+def make_run(run_dir: Path, arm: str, seed: int, values: dict | None) -> None:
+    moe = arm != "dense"
+    metrics = {"status": "failed", "error": "non-finite loss at step 120", "steps": 120, "val_loss": None,
+               "val_bpb": None, "active_params": 1_000_000, "total_params": 3_000_000 if moe else 1_000_000}
+    scalars = {}
+    if values is not None:
+        metrics.update(status="completed", error=None, steps=STEPS[-1], val_loss=values["val_loss"],
+                       val_bpb=values["val_bpb"], tokens_per_s=values["tokens_per_s"],
+                       final_load_cv=values["final_load_cv"], final_dropped_frac=0.01 * seed if moe else None,
+                       collapse_events=[{"step": 20}] * values["collapse"],
+                       collapse_events_count=values["collapse"], moe_layers=[0, 1] if moe else [])
+        scalars["val/loss"] = {s: values["val_loss"] + 0.5 * (len(STEPS) - 1 - i) for i, s in enumerate(STEPS)}
+        scalars["train/lm_loss"] = {s: values["val_loss"] + 0.1 for s in STEPS}
+        if moe:
+            for layer in (0, 1):  # earlier steps far off: the report must take the last value
+                scalars[f"moe/layer{layer}/load_cv"] = {10: 0.9, 20: 0.8, 30: layer_cv(values["final_load_cv"], layer)}
+                scalars[f"moe/layer{layer}/expert0"] = {30: 0.125}
+    run_dir.mkdir(parents=True)
+    (run_dir / "metrics.json").write_text(json.dumps(metrics))
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(
+        {"seed": seed, "model": {"n_layers": 2}, "data": {"batch_size": 4, "block_size": 16},
+         "trainer": {"max_steps": 30, "accumulate_grad_batches": 1}})))
+    other_checkout = arm == "e8_top2" and seed == 2
+    (run_dir / "env.json").write_text(json.dumps({
+        "python": "3.11.9", "platform": "Linux-test", "packages": {"torch": "2.5.1", "lightning": "2.4.0"},
+        "git": {"commit": "def456" if other_checkout else "abc123", "dirty": other_checkout},
+        "data": {"data_hash": "d41d8cd9"}, "torch": {"cuda_device": None}}))
+    if scalars:
+        write_events(run_dir, scalars)
+
+
+def make_ablation(study_dir: Path) -> Path:
+    cfg = AblationConfig(name="demo_ablation", base="../sweep_base.yaml", seeds=SEEDS, compute_matching="active",
+                         paper="Switch Transformer (Fedus et al. 2022), Table 1", claim="MoE beats dense.",
+                         caveat="tiny fake runs", arms=ARMS, claims=CLAIMS)
+    study_dir.mkdir(parents=True)
+    (study_dir / "sweep.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
+    (study_dir / "study_info.json").write_text(json.dumps({
+        "kind": "ablation", "study_name": "demo_ablation", "storage_url": "sqlite:////nowhere/study.db",
+        "objective_metric": "val_loss", "direction": "minimize", "sampler": "grid", "seeds": SEEDS,
+        "compute_matching": "active", "base": "/somewhere/experiments/sweep_base.yaml"}))
+    for number, arm in enumerate(ARMS):
+        for seed, values in enumerate(RUNS[arm]):
+            make_run(study_dir / "trials" / f"t{number:03d}-arm={arm}" / f"seed{seed}", arm, seed, values)
+    return study_dir
+
+
+@pytest.fixture(scope="module")
+def ablation(tmp_path_factory):
+    study_dir = make_ablation(tmp_path_factory.mktemp("ablations") / "demo_ablation")
+    return study_dir, write_ablation_report(study_dir)
+
+
+def completed(arm: str, key: str) -> list[float]:
+    return [v[key] for v in RUNS[arm] if v is not None and v[key] is not None]
+
+
+def verdict_line(text: str, claim: str) -> str:
+    lines = [line for line in text.splitlines() if line.startswith(f"- {claim} — ")]
+    assert len(lines) == 1, (claim, text)
+    return lines[0]
+
+
+def welch(a: list[float], b: list[float], margin: float = 0.0) -> tuple[float, float, float]:
+    """(Δ, pooled sample std, z) computed from the definitions."""
+    delta = statistics.fmean(a) - statistics.fmean(b)
+    va, vb = statistics.variance(a), statistics.variance(b)
+    pooled = math.sqrt(((len(a) - 1) * va + (len(b) - 1) * vb) / (len(a) + len(b) - 2))
+    return delta, pooled, (delta - margin) / math.sqrt(va / len(a) + vb / len(b))
+
+
+def test_table_means_and_stds(ablation):
+    study_dir, paths = ablation
+    text = paths["results_md"].read_text()
+    table = {line.split(" | ")[0].removeprefix("| "): line.split(" | ") for line in text.splitlines()
+             if line.startswith("| ") and " | " in line}
+    for arm in ARMS:
+        cells = table[arm]
+        for column, key in ((2, "val_loss"), (3, "val_bpb")):
+            values = completed(arm, key)
+            assert cells[column] == (f"{statistics.fmean(values):.4f} ± {statistics.stdev(values):.4f} "
+                                     f"(n={len(values)})")
+        assert cells[1] == f"{len(completed(arm, 'val_loss'))}/3"
+    assert table["e8_top1"][1] == "2/3"  # seed 2 failed
+    assert table["e8_top2"][4] == "8.10k" and table["dense"][5] == "1.00M" and table["e8_top2"][6] == "3.00M"
+    cvs = completed("e8_top2", "final_load_cv")
+    assert table["e8_top2"][7] == f"{statistics.fmean(cvs):.4f} ± {statistics.stdev(cvs):.4f}"
+    assert table["dense"][7] == "-" and table["dense"][8] == "-"  # no MoE layer: no load CV, no drops
+    assert table["e8_top1"][9].rstrip(" |") == "1"  # collapse events over the completed seeds
+    assert "- e8_top1: n = 2 of 3; seed 2 failed (non-finite loss at step 120)" in text
+
+
+def test_verdicts(ablation):
+    text = ablation[1]["results_md"].read_text()
+    top2, dense, top1 = (completed(arm, "val_loss") for arm in ("e8_top2", "dense", "e8_top1"))
+
+    held = verdict_line(text, "val_loss: e8_top2 < dense")
+    delta, sigma, z = welch(top2, dense)
+    assert held.startswith("- val_loss: e8_top2 < dense — held: 1.8100 vs 1.9000 (n = 3 vs 3)")
+    assert f"Δ = {delta:+.4f} (|Δ| = {abs(delta) / sigma:.1f} seed-σ, z = {z:+.2f})" in held
+    assert "Δ = -0.0900 (|Δ| = 9.0 seed-σ, z = -11.02)" in held  # worked by hand: σ = 0.01, SE = 0.01·√(2/3)
+
+    cv = verdict_line(text, "final_load_cv: e8_top1 < e8_top2")
+    delta, _, z = welch([0.30, 0.34], [0.10, 0.12, 0.11])
+    assert "— did not hold: 0.3200 vs 0.1100" in cv and f"Δ = {delta:+.4f}" in cv and f"z = {z:+.2f}" in cv
+
+    noisy = verdict_line(text, "val_loss: e8_top1 < dense")
+    delta, _, z = welch(top1, dense)
+    assert abs(z) < 2 and delta < 0
+    assert "— held, but within seed noise (|z| < 2): 1.8900 vs 1.9000 (n = 2 vs 3)" in noisy
+    assert f"z = {z:+.2f}" in noisy
+
+    at_most = verdict_line(text, "val_bpb: dense ≤ e8_top2 + 0.2")
+    delta, _, z = welch(completed("dense", "val_bpb"), completed("e8_top2", "val_bpb"), margin=0.2)
+    assert "— held: 2.7000 vs 2.6000" in at_most and f"Δ = {delta:+.4f} ≤ 0.2" in at_most
+    assert f"z = {z:+.2f} against the tolerance" in at_most and at_most.endswith("Note: bpb within 0.2")
+
+    untested = verdict_line(text, "final_load_cv: e8_top2 < dense")
+    assert "not tested: no completed seed of dense recorded final_load_cv" in untested
+    assert ("**3 of 5 claims held** (1 of them within seed noise). Did not reproduce at this scale: "
+            "final_load_cv: e8_top1 < e8_top2. Not tested (an arm has no completed seed with a value for the metric): "
+            "final_load_cv: e8_top2 < dense.") in text
+
+
+def test_markdown_settings_and_provenance(ablation):
+    text = ablation[1]["results_md"].read_text()
+    assert text.startswith("# Ablation: demo_ablation\n")
+    for expected in ("- paper: Switch Transformer (Fedus et al. 2022), Table 1", "- claim: MoE beats dense.",
+                     "- **caveat:** tiny fake runs", "- seeds: [0, 1, 2]", "compute matching: **active**",
+                     "30 steps × 4 sequences × 16 tokens = 1,920 training tokens per run (all arms)",
+                     "- git commit: `abc123` clean (8 runs), `def456` dirty (1 run)",
+                     "- torch: 2.5.1 (all 9 runs)", "- lightning: 2.4.0 (all 9 runs)",
+                     "- data hash: `d41d8cd9` (all 9 runs)", "- device: cpu (all 9 runs)",
+                     "- `e8_top2`: `model.moe.n_experts=8`, `model.moe.top_k=2`",
+                     "- val curves: [png](plots/val_curves.png)", "- load balance: [png](plots/load_balance.png)"):
+        assert expected in text, expected
+    assert "/somewhere" not in text and "/nowhere" not in text  # no absolute paths
+
+
+def test_csv_reads_back(ablation):
+    with ablation[1]["results_csv"].open(newline="") as f:
+        rows = {r["arm"]: r for r in csv.DictReader(f)}
+    assert list(rows) == list(ARMS)  # sweep.yaml's order
+    for arm, row in rows.items():
+        for key in ("val_loss", "val_bpb", "tokens_per_s"):
+            values = completed(arm, key)
+            assert float(row[f"{key}_mean"]) == pytest.approx(statistics.fmean(values), rel=1e-12)
+            assert float(row[f"{key}_std"]) == pytest.approx(statistics.stdev(values), rel=1e-12)
+            assert int(row[f"{key}_n"]) == len(values)
+        assert json.loads(row["overrides"]) == ARMS[arm] and json.loads(row["seeds"]) == SEEDS
+    assert json.loads(rows["e8_top1"]["seeds_completed"]) == [0, 1] and rows["e8_top1"]["n"] == "2"
+    assert rows["dense"]["final_load_cv_mean"] == "" and rows["dense"]["final_load_cv_n"] == "0"
+    assert int(rows["e8_top2"]["total_params"]) == 3_000_000 and rows["e8_top1"]["collapse_events_total"] == "1"
+
+
+def test_tex_escapes_names_and_holds_the_numbers(ablation):
+    tex = ablation[1]["results_tex"].read_text()
+    assert latex_escape("e8_top2 & 50%") == r"e8\_top2 \& 50\%"
+    assert r"\toprule" in tex and r"\midrule" in tex and r"\bottomrule" in tex
+    top2 = next(line for line in tex.splitlines() if line.startswith(r"e8\_top2 & "))
+    assert r"$1.8100 \pm 0.0100$" in top2 and r"$2.6000 \pm 0.0100$" in top2 and "3/3" in top2
+    assert "e8_top" not in tex.replace(r"e8\_top", "")  # every underscore escaped
+    dense = next(line for line in tex.splitlines() if line.startswith("dense & "))
+    assert dense.count("--") == 2 and dense.endswith(" & 0 \\\\")  # no load CV, no drops; 0 collapses
+
+
+def test_trial_directory_names_map_to_arms():
+    long = "x" * 90  # the sweep runner truncates a trial label to 80 characters
+    assert _arm_of(f"arm={long}"[:80], ["dense", long]) == long
+    assert _arm_of("arm=e8_top2", list(ARMS)) == "e8_top2"
+    assert _arm_of("arm=unlisted", list(ARMS)) == "unlisted"
+
+
+def test_plots_and_layer_load(ablation):
+    study_dir, paths = ablation
+    for key in ("val_curves", "load_balance"):
+        assert paths[key] == study_dir / "plots" / f"{key}.png"
+        assert paths[key].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    data = load_ablation_data(study_dir)
+    loads = layer_load_cv(data)
+    assert loads["dense"] == {}  # a dense arm logs no moe/ tags
+    for arm in ("e8_top1", "e8_top2"):
+        cvs = completed(arm, "final_load_cv")
+        assert loads[arm] == {layer: pytest.approx([layer_cv(cv, layer) for cv in cvs]) for layer in (0, 1)}
+    curves = val_curves(data)
+    assert list(curves) == list(ARMS) and len(curves["e8_top1"]) == 2  # the failed seed logged nothing
+    assert curves["dense"][0][STEPS[-1]] == pytest.approx(1.90)
+
+
+def test_regenerating_is_byte_identical_also_elsewhere(ablation, tmp_path):
+    study_dir, paths = ablation
+    names = ("results.md", "results.csv", "results.tex")
+    first = {name: (study_dir / name).read_bytes() for name in names}
+    write_ablation_report(study_dir)
+    assert {name: (study_dir / name).read_bytes() for name in names} == first
+    moved = tmp_path / "copied" / study_dir.name
+    shutil.copytree(study_dir, moved)
+    for name in names:
+        (moved / name).unlink()
+    write_ablation_report(moved)
+    assert {name: (moved / name).read_bytes() for name in names} == first
+
+
+def test_missing_and_running_seeds_are_reported(tmp_path, capsys):
+    study_dir = make_ablation(tmp_path / "partial")
+    (study_dir / "trials" / "t002-arm=e8_top2" / "seed2" / "metrics.json").unlink()  # still running
+    shutil.rmtree(study_dir / "trials" / "t001-arm=e8_top1")  # not started at all
+    paths = write_ablation_report(study_dir, echo=True)
+    out = capsys.readouterr().out
+    text = paths["results_md"].read_text()
+    assert "- e8_top2: n = 2 of 3; seed 2 has no metrics.json yet (running, or died before finishing)" in text
+    assert "- e8_top1: n = 0 of 3; seed 0 not started; seed 1 not started; seed 2 not started" in text
+    assert "| e8_top2 | 2/3 | 1.8150 ± 0.0071 (n=2) |" in text  # mean, stdev of 1.81 and 1.82
+    assert "| e8_top1 | 0/3 | - | - |" in text
+    assert "val_loss: e8_top1 < dense — not tested: no completed seed of e8_top1 recorded val_loss" in text
+    assert "val_loss: e8_top2 < dense — held" in out and "e8_top2  2/3" in out  # echo: table and verdicts
+    with paths["results_csv"].open(newline="") as f:
+        rows = {r["arm"]: r for r in csv.DictReader(f)}
+    assert rows["e8_top2"]["val_loss_n"] == "2" and rows["e8_top1"]["val_loss_mean"] == ""
+
+
+def test_single_seed_arms_say_so_instead_of_dividing(tmp_path):
+    study_dir = make_ablation(tmp_path / "one_seed")
+    for arm_dir in (study_dir / "trials").iterdir():
+        for seed in (1, 2):
+            shutil.rmtree(arm_dir / f"seed{seed}")
+    text = write_ablation_report(study_dir)["results_md"].read_text()
+    line = verdict_line(text, "val_loss: e8_top2 < dense")
+    assert "held, but seed noise not assessed: 1.8100 vs 1.9000 (n = 1 vs 1), Δ = -0.0900" in line
+    assert "fewer than 2 seeds in e8_top2 (n = 1) and dense (n = 1)" in line
+    assert "| dense | 1/3 | 1.9000 (n=1) |" in text
+
+
+def test_dispatch_by_kind(ablation, tmp_path, monkeypatch, capsys):
+    study_dir, _ = ablation
+    assert report.detect_kind(study_dir) == "ablation"
+    for info in ({"study_name": "s"}, {"kind": "sweep", "study_name": "s"}):  # sweeps: old and new
+        sweep_dir = tmp_path / f"sweep{len(info)}"
+        sweep_dir.mkdir()
+        (sweep_dir / "study_info.json").write_text(json.dumps(info))
+        assert report.detect_kind(sweep_dir) == "study"
+        called = []
+        monkeypatch.setitem(report.REPORTS, "study", lambda path: called.append(path) or {})
+        assert report.main([str(sweep_dir)]) == 0 and called == [sweep_dir]
+    assert report.main([str(study_dir)]) == 0
+    assert "val_loss: e8_top2 < dense — held" in capsys.readouterr().out
+
+
+def test_cli(ablation):
+    study_dir, _ = ablation
+    proc = subprocess.run([sys.executable, "-m", "moe_lab.report", str(study_dir)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "3 of 5 claims held" in proc.stdout and str(study_dir / "results.md") in proc.stdout
