@@ -257,3 +257,33 @@ def test_unexportable_option_is_named(overrides, architecture, key, tmp_path, ca
     capsys.readouterr()
     assert interop.main(argv) == 2
     assert capsys.readouterr().err.startswith(f"error: {key}: ")
+
+
+@pytest.mark.parametrize("arch", ["olmoe", "qwen2_moe"])
+def test_fine_tune_of_a_converted_model_through_the_train_cli(arch, tmp_path, data_cache):
+    """A converted HF model is an experiment's starting point (`model_init`): the run takes the
+    pretrained architecture, loads its weights and trains on (byte-level) Shakespeare."""
+    torch.manual_seed(0)
+    model_class = getattr(transformers, HF_MODELS[arch][1])
+    hf_model = model_class(hf_config(arch, vocab_size=256, max_position_embeddings=64)).eval()
+    hf_dir, ml_dir = tmp_path / "hf", tmp_path / "converted"
+    hf_model.save_pretrained(hf_dir)
+    interop.convert_hf_dir(hf_dir, ml_dir)
+    (tmp_path / "finetune.yaml").write_text(
+        f"name: finetune\nmodel_init: {ml_dir}\noutput_dir: {tmp_path / 'runs'}\n"
+        f"data: {{block_size: 32, batch_size: 2, cache_dir: {data_cache}}}\n"
+        "optim: {lr: 1.0e-12, warmup_steps: 1, weight_decay: 0.0}\n"
+        "trainer: {max_steps: 2, val_every_n_steps: 2, val_batches: 1, progress_bar: false}\n"
+        "monitor: {sample_tokens: 0, heatmap_every_n_steps: 0}\n")
+    proc = subprocess.run([sys.executable, "-m", "moe_lab.train", str(tmp_path / "finetune.yaml")],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_dir = tmp_path / "runs" / "finetune" / "version_0"
+    assert json.loads((run_dir / "metrics.json").read_text())["status"] == "completed"
+    config_text = (run_dir / "config.yaml").read_text()
+    expected = build_pretrained(ml_dir)
+    assert f"qk_norm: {expected.cfg.qk_norm}" in config_text and "vocab_size: 256" in config_text
+    # At a learning rate of 1e-12 the trained weights are the converted ones: they were loaded.
+    trained = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    for name, tensor in expected.state_dict().items():
+        torch.testing.assert_close(trained[f"model.{name}"], tensor, rtol=0, atol=1e-6, msg=name)
