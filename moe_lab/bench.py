@@ -89,13 +89,17 @@ def bench_moe(size: MoESize, dtype: torch.dtype, device: str, repeats: int) -> d
     naive.load_state_dict(moe.state_dict())
     dense = DenseFFN(size.d_model, dims.top_k * dims.hidden, cfg.activation)  # same active params
     contenders = {"moe": moe, "dense_iso": dense, "naive_loop": naive}
+    hf_block = transformers_mixtral_block(size)
+    if hf_block is not None:  # the reference the field knows, when transformers is installed
+        contenders["hf_mixtral"] = hf_block
     for m in contenders.values():
         m.to(device=device, dtype=dtype)
     x = torch.randn(1, size.tokens, size.d_model, device=device, dtype=dtype)
     if device == "cuda":
         torch.cuda.synchronize()
     med = time_contenders(contenders, x, repeats)
-    return {
+    extra = {"hf_mixtral_over_dense_iso": round(med["hf_mixtral"] / med["dense_iso"], 3)} if hf_block else {}
+    return {**extra,
         "size": size.name, "dtype": str(dtype).removeprefix("torch."), "device": device,
         "ms": {k: round(v * 1e3, 3) for k, v in med.items()},
         "moe_over_dense_iso": round(med["moe"] / med["dense_iso"], 3),
@@ -103,13 +107,34 @@ def bench_moe(size: MoESize, dtype: torch.dtype, device: str, repeats: int) -> d
     }
 
 
+def transformers_mixtral_block(size: MoESize):
+    """transformers' MixtralSparseMoeBlock of the same size (its own router and expert loop), or None."""
+    try:
+        from transformers import MixtralConfig
+        from transformers.models.mixtral.modeling_mixtral import MixtralSparseMoeBlock
+        from transformers.utils import logging as hf_logging
+    except ImportError:
+        return None
+    hf_logging.set_verbosity_error()  # it warns that a standalone block has no experts_implementation
+    config = MixtralConfig(hidden_size=size.d_model, intermediate_size=size.expert_hidden,
+                           num_local_experts=size.n_experts, num_experts_per_tok=size.top_k)
+    block = MixtralSparseMoeBlock(config)
+    for p in block.parameters():
+        torch.nn.init.normal_(p, 0.0, 0.02)
+    return block
+
+
 def print_moe_table(rows: list[dict]) -> None:
+    hf = all("hf_mixtral" in r["ms"] for r in rows)
     print(f"{'size':<6} {'dtype':<9} {'moe ms':>9} {'dense ms':>9} {'naive ms':>9} "
-          f"{'moe/dense':>10} {'naive/moe':>10}")
+          + (f"{'hf ms':>9} " if hf else "") + f"{'moe/dense':>10} {'naive/moe':>10}"
+          + (f" {'hf/dense':>9}" if hf else ""))
     for r in rows:
         ms = r["ms"]
         print(f"{r['size']:<6} {r['dtype']:<9} {ms['moe']:>9.2f} {ms['dense_iso']:>9.2f} "
-              f"{ms['naive_loop']:>9.2f} {r['moe_over_dense_iso']:>10.3f} {r['naive_over_moe']:>10.3f}")
+              f"{ms['naive_loop']:>9.2f} " + (f"{ms['hf_mixtral']:>9.2f} " if hf else "")
+              + f"{r['moe_over_dense_iso']:>10.3f} {r['naive_over_moe']:>10.3f}"
+              + (f" {r['hf_mixtral_over_dense_iso']:>9.3f}" if hf else ""))
 
 
 class _StepClock(pl.Callback):
@@ -218,8 +243,8 @@ def main(argv: list[str] | None = None) -> int:
     rows = [bench_moe(size, dtype, args.device, args.repeats) for size in MOE_SIZES]
     print_moe_table(rows)
     if args.json:
-        print(json.dumps({r["size"]: {k: r[k] for k in ("moe_over_dense_iso", "naive_over_moe", "ms")}
-                          for r in rows}))
+        keys = ("moe_over_dense_iso", "naive_over_moe", "hf_mixtral_over_dense_iso", "ms")
+        print(json.dumps({r["size"]: {k: r[k] for k in keys if k in r} for r in rows}))
     return 0
 
 
