@@ -39,6 +39,7 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from moe_lab.errors import MoELabError
+from moe_lab.formatting import si
 from moe_lab.records import write_text_atomic
 
 STUDY_INFO = "study_info.json"
@@ -376,8 +377,8 @@ COLUMNS = ("arm", "n", "val loss (mean ± std, n)", "val bpb (mean ± std, n)", 
 
 def table_cells(rows: list[ArmRow]) -> list[list[str]]:
     return [[r.arm.name, r.n_label, _mean_std(r.stats["val_loss"], with_n=True),
-             _mean_std(r.stats["val_bpb"], with_n=True), _si(r.stats["tokens_per_s"].mean), _si(r.active_params),
-             _si(r.total_params), _mean_std(r.stats["final_load_cv"]), _mean_std(r.stats["final_dropped_frac"]),
+             _mean_std(r.stats["val_bpb"], with_n=True), si(r.stats["tokens_per_s"].mean), si(r.active_params),
+             si(r.total_params), _mean_std(r.stats["final_load_cv"]), _mean_std(r.stats["final_dropped_frac"]),
              "-" if r.collapse_events_total is None else str(r.collapse_events_total)] for r in rows]
 
 
@@ -434,15 +435,6 @@ def _mean_std(stat: Stat, with_n: bool = False) -> str:
         return "-"
     text = _num(stat.mean) + (f" ± {_num(stat.std)}" if stat.std is not None else "")
     return text + (f" (n={stat.n})" if with_n else "")
-
-
-def _si(n: float | None) -> str:
-    if n is None:
-        return "-"
-    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if abs(n) >= scale:
-            return f"{n / scale:.2f}{unit}"
-    return f"{n:.0f}"
 
 
 def _distinct(values: list[str]) -> str:
@@ -588,8 +580,8 @@ def results_tex(data: AblationData, rows: list[ArmRow]) -> str:
     label = re.sub(r"[^A-Za-z0-9:-]+", "-", data.name)
     head = r"Arm & $n$ & Val.\ loss & Val.\ bpb & Tokens/s & Active & Total & Load CV & Dropped & Collapses \\"
     body = [" & ".join([latex_escape(r.arm.name), r.n_label, _tex_mean_std(r.stats["val_loss"]),
-                        _tex_mean_std(r.stats["val_bpb"]), _si(r.stats["tokens_per_s"].mean), _si(r.active_params),
-                        _si(r.total_params), _tex_mean_std(r.stats["final_load_cv"]),
+                        _tex_mean_std(r.stats["val_bpb"]), si(r.stats["tokens_per_s"].mean), si(r.active_params),
+                        si(r.total_params), _tex_mean_std(r.stats["final_load_cv"]),
                         _tex_mean_std(r.stats["final_dropped_frac"]),
                         "--" if r.collapse_events_total is None else str(r.collapse_events_total)]) + r" \\"
             for r in rows]

@@ -2,15 +2,9 @@
 
 from __future__ import annotations
 
+from moe_lab.formatting import si
 from moe_lab.model.accounting import count_model
 from moe_lab.model.config import ModelConfig, expert_dims, moe_layer_indices
-
-
-def _si(n: float) -> str:
-    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if abs(n) >= scale:
-            return f"{n / scale:.2f}{unit}"
-    return f"{n:.0f}"
 
 
 def model_summary(cfg: ModelConfig, seq_len: int) -> str:
@@ -19,10 +13,10 @@ def model_summary(cfg: ModelConfig, seq_len: int) -> str:
     lines = [f"{'component':<16}{'params':>10}{'active/token':>14}{'fwd FLOPs/token':>17}"]
     for name, n in counts.params.items():
         if n or counts.flops_per_token[name]:
-            lines.append(f"{name:<16}{_si(n):>10}{_si(counts.active_params[name]):>14}"
-                         f"{_si(counts.flops_per_token[name]):>17}")
-    lines.append(f"{'total':<16}{_si(counts.total_params):>10}{_si(counts.total_active_params):>14}"
-                 f"{_si(counts.total_flops_per_token):>17}")
+            lines.append(f"{name:<16}{si(n):>10}{si(counts.active_params[name]):>14}"
+                         f"{si(counts.flops_per_token[name]):>17}")
+    lines.append(f"{'total':<16}{si(counts.total_params):>10}{si(counts.total_active_params):>14}"
+                 f"{si(counts.total_flops_per_token):>17}")
     placement = ", ".join(map(str, moe_layers)) if moe_layers else "none (dense)"
     lines.append(f"MoE layers ({cfg.moe.placement}): {placement} of {cfg.n_layers}")
     if moe_layers:

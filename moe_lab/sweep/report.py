@@ -31,6 +31,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from moe_lab.errors import MoELabError
+from moe_lab.formatting import si
 from moe_lab.records import write_text_atomic
 
 log = logging.getLogger(__name__)
@@ -254,8 +255,8 @@ def format_objective(row: ConfigRow) -> str:
 
 def table_cells(rows: list[ConfigRow]) -> list[list[str]]:
     """The cells of the results table, shared by the terminal and the markdown versions."""
-    return [[str(r.trial), r.label, format_objective(r), r.state, _duration(r.duration_s), _si(r.active_params),
-             _si(r.tokens_per_s), _optional(r.final_load_cv, "{:.3f}"), _optional(r.collapse_events, "{}"),
+    return [[str(r.trial), r.label, format_objective(r), r.state, _duration(r.duration_s), si(r.active_params),
+             si(r.tokens_per_s), _optional(r.final_load_cv, "{:.3f}"), _optional(r.collapse_events, "{}"),
              str(r.retries) if r.retries else "", _note(r)] for r in rows]
 
 
@@ -279,15 +280,6 @@ def markdown_table(rows: list[ConfigRow]) -> str:
 
 def _number(x: float) -> str:
     return f"{x:.4f}" if abs(x) < 1e3 else f"{x:.1f}"
-
-
-def _si(n: float | None) -> str:
-    if n is None:
-        return "-"
-    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if abs(n) >= scale:
-            return f"{n / scale:.2f}{unit}"
-    return f"{n:.0f}"
 
 
 def _duration(seconds: float | None) -> str:
@@ -397,7 +389,7 @@ def _held_constant(data: StudyData) -> list[str]:
     for name in ("active_params", "total_params", "expert_hidden"):
         seen = [getattr(r, name) for r in complete if getattr(r, name) is not None]
         if seen:
-            low, high = _si(min(seen)), _si(max(seen))
+            low, high = si(min(seen)), si(max(seen))
             observed.append(f"{name} {low}" if low == high else f"{name} {low}–{high}")
     if observed:
         lines.append(f"- observed over complete configurations: {', '.join(observed)}")
@@ -410,8 +402,8 @@ def _best_text(row: ConfigRow | None, info: StudyInfo) -> str:
     params = ", ".join(f"`{k}={v}`" for k, v in row.params.items()) or "base"
     runs = ", ".join(f"`{d}`" for d in row.run_dirs) or "-"
     return (f"**{row.label}** (trial {row.trial}, config {row.config_id}; {params}): "
-            f"{info.objective_metric} {format_objective(row)}; active params {_si(row.active_params)}, "
-            f"total params {_si(row.total_params)}, {_si(row.tokens_per_s)} tokens/s, "
+            f"{info.objective_metric} {format_objective(row)}; active params {si(row.active_params)}, "
+            f"total params {si(row.total_params)}, {si(row.tokens_per_s)} tokens/s, "
             f"final load CV {_optional(row.final_load_cv, '{:.3f}')}. Runs: {runs}.")
 
 
