@@ -129,3 +129,15 @@ def test_fine_grained_experts_multiply_counts_and_divide_width():
     assert (layer.n_experts, layer.top_k, layer.experts.hidden) == (16, 8, 48 // 4)
     out = layer(torch.randn(2, 5, cfg.d_model))
     assert out.stats.expert_counts.sum() == 2 * 5 * 8
+
+
+def test_width_grouped_mm_cannot_take_runs_the_fallback():
+    """grouped_mm needs 16-byte aligned row strides; an odd expert width (509 floats) must still run
+    (per-expert fallback) and match the naive loop, not fail mid-training."""
+    cfg = tiny_config(expert_hidden=37)
+    fast, naive = pair(cfg, torch.float32)
+    x = torch.randn(2, 9, cfg.d_model, generator=torch.Generator().manual_seed(3))
+    out_f, gx_f, _ = run_layer(fast, x)
+    out_n, gx_n, _ = run_layer(naive, x)
+    torch.testing.assert_close(out_f.y, out_n.y, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(gx_f, gx_n, rtol=1e-5, atol=1e-6)

@@ -117,6 +117,17 @@ def test_nan_trial_fails_with_its_reason_and_the_sweep_goes_on(tmp_path, data_ca
     assert [t.params["optim.lr"] for t in done] == [0.003]
 
 
+def test_retry_failed_enqueues_only_configurations_that_never_succeeded(tmp_path, data_cache):
+    body = "sampler: grid\noverrides: [optim.grad_clip=0]\nspace:\n  optim.lr: [1.0e+30, 0.003]\n"
+    sweep = load_sweep(write_sweep(tmp_path, data_cache, body))
+    run_worker(sweep, log=lambda m: None)
+    assert run_worker(sweep, log=lambda m: None) == 0  # failures are final unless asked
+    assert run_worker(sweep, log=lambda m: None, retry=True) == 1  # only the failed lr=1e30 again
+    ts = trials(sweep.path)
+    assert sorted((t.user_attrs["config_id"], t.state.name) for t in ts) == \
+        [(0, "FAIL"), (0, "FAIL"), (1, "COMPLETE")]
+
+
 def test_median_pruner_stops_a_hopeless_trial(tmp_path, data_cache):
     body = ("sampler: grid\npruner: median\nspace:\n  optim.lr: [0.01, 1.0e-7]\n")
     path = write_sweep(tmp_path, data_cache, body, steps=12)

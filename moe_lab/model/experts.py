@@ -51,12 +51,18 @@ def grouped_mm_supported(device_type: str, dtype: torch.dtype) -> bool:
         return False
 
 
+def _aligned(x: torch.Tensor, w: torch.Tensor) -> bool:
+    """grouped_mm needs every row stride to be a multiple of 16 bytes (e.g. widths divisible by 4 in
+    float32); other widths take the per-expert fallback instead of failing."""
+    return all(n * x.element_size() % 16 == 0 for n in (x.shape[-1], w.shape[1]))
+
+
 def grouped_matmul(x: torch.Tensor, w: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
     """Rows of x [A, K] are grouped by expert (counts [E] rows each); returns x_e @ w[e].T -> [A, N].
 
     w is [E, N, K] (nn.Linear's (out, in) layout, so HF checkpoints map without transposes).
     """
-    if grouped_mm_supported(x.device.type, x.dtype):
+    if grouped_mm_supported(x.device.type, x.dtype) and _aligned(x, w):
         offs = counts.cumsum(0).to(torch.int32)
         return _ContiguousGrad.apply(F.grouped_mm(x, w.transpose(1, 2), offs=offs))
     # Fallback (float64, old torch, pre-sm80 GPUs): one matmul per expert on contiguous slices.

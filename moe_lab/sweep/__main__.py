@@ -81,6 +81,8 @@ def cli(argv, prog: str, doc: str, loader, reporter) -> int:
     parser.add_argument("overrides", nargs="*", help="key=value overrides of the sweep file")
     parser.add_argument("--dry-run", action="store_true", help="print the planned trials and cost, run nothing")
     parser.add_argument("--workers", type=int, default=1, help="worker processes sharing the study")
+    parser.add_argument("--retry-failed", action="store_true",
+                        help="run again the configurations whose trials all failed (after fixing the cause)")
     parser.add_argument("--worker-only", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--assume-gflops", type=float, default=DEFAULT_GFLOPS, help="for --dry-run's estimate")
     args = parser.parse_args(argv)
@@ -91,7 +93,7 @@ def cli(argv, prog: str, doc: str, loader, reporter) -> int:
         if args.dry_run:
             dry_run(sweep, args.assume_gflops)
             return 0
-        from moe_lab.sweep.runner import run_worker
+        from moe_lab.sweep.runner import open_study, run_worker
 
         if os.environ.get("MOE_LAB_SWEEP_THREADS"):
             import torch
@@ -102,6 +104,7 @@ def cli(argv, prog: str, doc: str, loader, reporter) -> int:
             return 0
         start = time.time()
         print(f"study {sweep.name} in {sweep.study_dir} ({sweep.storage_url})", flush=True)
+        open_study(sweep, retry=args.retry_failed)  # before any worker starts claiming
         extra = spawn_workers(module, [args.sweep, *args.overrides], args.workers - 1) if args.workers > 1 else []
         if extra:
             import torch

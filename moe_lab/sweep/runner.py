@@ -74,8 +74,26 @@ def distributions(sweep: Sweep) -> dict[str, optuna.distributions.BaseDistributi
     return out
 
 
-def open_study(sweep: Sweep) -> optuna.Study:
-    """Create or load the study; on creation write study_info.json and enqueue the grid (once)."""
+def retry_failed(study: optuna.Study) -> list[int]:
+    """Enqueue again every configuration whose trials all FAILed (e.g. after fixing the cause);
+    the retries keep their config ids, so they reuse the same run directories. Returns those ids."""
+    by_config: dict[int, list] = {}
+    for t in study.get_trials(deepcopy=False):
+        by_config.setdefault(t.user_attrs.get("config_id", t.number), []).append(t)
+    retried = []
+    for config_id, trials in sorted(by_config.items()):
+        if all(t.state == TrialState.FAIL for t in trials):
+            last = trials[-1]
+            study.enqueue_trial(last.params, user_attrs={"config_id": config_id,
+                                                         "label": last.user_attrs.get("label", "")},
+                                skip_if_exists=False)
+            retried.append(config_id)
+    return retried
+
+
+def open_study(sweep: Sweep, retry: bool = False) -> optuna.Study:
+    """Create or load the study; on creation write study_info.json and enqueue the grid (once).
+    With `retry`, configurations that only ever failed are enqueued again."""
     sweep.study_dir.mkdir(parents=True, exist_ok=True)
     with FileLock(str(sweep.study_dir / ".study.lock")):
         study = optuna.create_study(study_name=sweep.name, storage=make_storage(sweep), load_if_exists=True,
@@ -85,6 +103,8 @@ def open_study(sweep: Sweep) -> optuna.Study:
             for config_id, params in enumerate(sweep.grid()):
                 study.enqueue_trial(params, user_attrs={"config_id": config_id, "label": trial_label(params)})
             study.set_user_attr("grid_enqueued", True)
+        if retry:
+            retry_failed(study)
         info = {"kind": "ablation" if sweep.arms is not None else "sweep", "study_name": sweep.name, "storage_url": sweep.storage_url,
                 "objective_metric": sweep.cfg.objective.metric, "direction": sweep.cfg.objective.direction,
                 "sampler": sweep.cfg.sampler, "seeds": list(sweep.cfg.seeds),
@@ -250,10 +270,10 @@ def _mean(values) -> float | None:
     return statistics.fmean(values) if values else None
 
 
-def run_worker(sweep: Sweep, quiet: bool = True, log=print) -> int:
+def run_worker(sweep: Sweep, quiet: bool = True, log=print, retry: bool = False) -> int:
     """Claim and run trials until the sweep is done (or the time budget is spent). Returns how many
-    trials this worker ran."""
-    study = open_study(sweep)
+    trials this worker ran. `retry`: first enqueue again the configurations that only failed."""
+    study = open_study(sweep, retry=retry)
     objective = Objective(sweep, quiet=quiet)
     deadline = time.time() + sweep.cfg.timeout_s if sweep.cfg.timeout_s else None
     ran = 0
