@@ -15,7 +15,7 @@ import pytest
 from optuna.trial import TrialState
 
 from moe_lab.config import load_config
-from moe_lab.errors import ConfigError
+from moe_lab.errors import ConfigError, MoELabError
 from moe_lab.model.accounting import count_model
 from moe_lab.sweep.config import load_sweep
 from moe_lab.sweep.runner import run_worker
@@ -115,6 +115,16 @@ def test_nan_trial_fails_with_its_reason_and_the_sweep_goes_on(tmp_path, data_ca
     assert [t.params["optim.lr"] for t in failed] == [1e30]
     assert "non-finite training loss" in failed[0].user_attrs["error"]
     assert [t.params["optim.lr"] for t in done] == [0.003]
+
+
+def test_resuming_a_study_with_other_settings_is_refused(tmp_path, data_cache):
+    path = write_sweep(tmp_path, data_cache, "sampler: grid\nspace:\n  model.moe.top_k: [1]\n")
+    run_worker(load_sweep(path), log=lambda m: None)
+    info = (tmp_path / "out" / "sweep" / "study_info.json").read_text()
+    with pytest.raises(MoELabError, match="^name: study 'sweep'"):
+        run_worker(load_sweep(path, ["overrides=[optim.lr=0.01]"]), log=lambda m: None)
+    assert (tmp_path / "out" / "sweep" / "study_info.json").read_text() == info  # nothing rewritten
+    assert run_worker(load_sweep(path, ["n_trials=1"]), log=lambda m: None) == 0  # budgets may change
 
 
 def test_retry_failed_enqueues_only_configurations_that_never_succeeded(tmp_path, data_cache):

@@ -91,9 +91,36 @@ def retry_failed(study: optuna.Study) -> list[int]:
     return retried
 
 
+# The keys that define what a study's trials mean; resuming with other values would mix two
+# experiments in one table. Budget keys (n_trials, timeout_s) may change between invocations.
+IDENTITY_KEYS = ("overrides", "objective", "sampler", "sampler_seed", "seeds", "compute_matching", "space",
+                 "arms", "collapse_prunes", "pruner")
+
+
+def study_identity(sweep: Sweep) -> str:
+    import hashlib
+
+    from omegaconf import OmegaConf
+
+    values = OmegaConf.to_container(OmegaConf.structured(sweep.cfg))
+    described = {k: values.get(k) for k in IDENTITY_KEYS} | {"base": sweep.cfg.base}
+    return hashlib.sha256(json.dumps(described, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _check_identity(sweep: Sweep) -> None:
+    info_path = sweep.study_dir / "study_info.json"
+    if not info_path.is_file():
+        return
+    recorded = json.loads(info_path.read_text()).get("identity")
+    if recorded and recorded != study_identity(sweep):
+        raise MoELabError(f"name: study {sweep.name!r} in {sweep.study_dir} was run with other settings "
+                          f"(space, arms, seeds, overrides, ...); resume it unchanged or pass name=<new name>")
+
+
 def open_study(sweep: Sweep, retry: bool = False) -> optuna.Study:
     """Create or load the study; on creation write study_info.json and enqueue the grid (once).
     With `retry`, configurations that only ever failed are enqueued again."""
+    _check_identity(sweep)  # before anything is written
     sweep.study_dir.mkdir(parents=True, exist_ok=True)
     with FileLock(str(sweep.study_dir / ".study.lock")):
         study = optuna.create_study(study_name=sweep.name, storage=make_storage(sweep), load_if_exists=True,
@@ -108,7 +135,8 @@ def open_study(sweep: Sweep, retry: bool = False) -> optuna.Study:
         info = {"kind": "ablation" if sweep.arms is not None else "sweep", "study_name": sweep.name, "storage_url": sweep.storage_url,
                 "objective_metric": sweep.cfg.objective.metric, "direction": sweep.cfg.objective.direction,
                 "sampler": sweep.cfg.sampler, "seeds": list(sweep.cfg.seeds),
-                "compute_matching": sweep.cfg.compute_matching, "base": str(sweep.base_path)}
+                "compute_matching": sweep.cfg.compute_matching, "base": str(sweep.base_path),
+                "identity": study_identity(sweep)}
         write_json_atomic(sweep.study_dir / "study_info.json", info)
         from omegaconf import OmegaConf
 
