@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from moe_lab.errors import ConfigError
-from moe_lab.sweep.config import OBJECTIVES, Param, Sweep, SweepConfig, _validate, check_sweep, read_structured
+from moe_lab.sweep.config import Param, Sweep, SweepConfig, _validate, check_sweep, read_structured
 
 CLAIM_METRICS = ("val_loss", "val_bpb", "val_ppl", "best_val_loss", "final_load_cv", "final_max_over_uniform",
                  "final_dropped_frac", "final_z_loss", "final_aux_loss", "tokens_per_s", "collapse_events_count")

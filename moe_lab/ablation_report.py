@@ -634,7 +634,7 @@ def layer_load_cv(data: AblationData) -> dict[str, dict[int, list[float]]]:
 
 
 def write_plots(data: AblationData) -> tuple[dict[str, Path], dict[str, str]]:
-    from moe_lab.viz import curves_with_band, grouped_bars, plt
+    from moe_lab.viz import curves_with_band, grouped_bars, save_figure
 
     plots_dir = data.study_dir / PLOTS
     written, skipped = {}, {}
@@ -655,12 +655,7 @@ def write_plots(data: AblationData) -> tuple[dict[str, Path], dict[str, str]]:
         if why_not:
             skipped[key] = why_not
             continue
-        fig = make()
-        path = plots_dir / f"{key}.png"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=110, bbox_inches="tight")
-        plt.close(fig)
-        written[key] = path
+        written[key] = save_figure(make(), plots_dir / f"{key}.png")
     return written, skipped
 
 

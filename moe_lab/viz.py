@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import matplotlib
 
 matplotlib.use("Agg")  # no display on servers and CI
@@ -116,3 +118,12 @@ def grouped_bars(groups: dict[str, dict[str, list[float]]], ylabel: str, title: 
         ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
     fig.tight_layout()
     return fig
+
+
+def save_figure(fig, path: str | Path) -> Path:
+    """Write a figure as PNG (creating its folder) and free it: reports make many figures per run."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path

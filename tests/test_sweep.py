@@ -14,7 +14,6 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from moe_lab.config import load_config
 from moe_lab.errors import ConfigError, MoELabError
 from moe_lab.model.accounting import count_model
 from moe_lab.sweep.config import load_sweep

@@ -5,7 +5,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import lightning.pytorch as pl
-import torch
 from torch.utils.data import DataLoader
 
 from moe_lab.data.blocks import TokenBlocks

@@ -13,7 +13,6 @@ import subprocess
 import sys
 import time
 
-from moe_lab.config import load_config
 from moe_lab.errors import MoELabError
 from moe_lab.model.accounting import count_model
 from moe_lab.sweep.config import Sweep, load_sweep, trial_label

@@ -437,7 +437,8 @@ def write_optuna_plots(study: optuna.Study, plots_dir: Path, target_name: str) -
     """Each plot as HTML (plotly; plotly.min.js written once beside them, so they open offline) and
     PNG (Optuna's matplotlib backend). Returns ({key: path}, {plot: why it was skipped})."""
     import matplotlib
-    import matplotlib.pyplot as plt
+
+    from moe_lab.viz import save_figure
 
     written, skipped = {}, {}
     plots_dir.mkdir(parents=True, exist_ok=True)
@@ -455,9 +456,7 @@ def write_optuna_plots(study: optuna.Study, plots_dir: Path, target_name: str) -
                     warnings.filterwarnings("ignore", "Attempting to set identical", UserWarning)
                     axes = mpl_fn(study, target_name=target_name)
                     fig = (axes if hasattr(axes, "figure") else axes.flat[0]).figure
-                    png = plots_dir / f"{name}.png"
-                    fig.savefig(png, dpi=110, bbox_inches="tight")
-                    plt.close(fig)
+                    png = save_figure(fig, plots_dir / f"{name}.png")
                 written[f"{name}_png"] = png
             except Exception as err:  # a plot the study's data cannot make must not cost the report
                 reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
@@ -484,7 +483,7 @@ def study_curves(data: StudyData, tag: str) -> dict[str, list[dict[int, float]]]
 
 
 def write_curve_plots(data: StudyData, plots_dir: Path) -> tuple[dict[str, Path], dict]:
-    from moe_lab.viz import curves_with_band, plt
+    from moe_lab.viz import curves_with_band, save_figure
 
     written, skipped = {}, {}
     for key, tag, ylabel, smoothing in (("val_loss_curves", "val/loss", "validation loss", 0.0),
@@ -496,11 +495,7 @@ def write_curve_plots(data: StudyData, plots_dir: Path) -> tuple[dict[str, Path]
             continue
         title = f"{data.info.study_name}: {tag}, mean over seeds, min-max band"
         fig = curves_with_band(curves, ylabel, title + (f", EMA {smoothing}" if smoothing else ""), smoothing)
-        path = plots_dir / f"{key}.png"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=110, bbox_inches="tight")
-        plt.close(fig)
-        written[key] = path
+        written[key] = save_figure(fig, plots_dir / f"{key}.png")
     return written, skipped
 
 

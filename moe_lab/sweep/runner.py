@@ -9,6 +9,7 @@ and the retry resumes each seed's run from its last checkpoint (finished seeds a
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import statistics
@@ -21,6 +22,7 @@ from typing import Any
 import lightning.pytorch as pl
 import optuna
 from filelock import FileLock
+from omegaconf import OmegaConf
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
@@ -31,7 +33,6 @@ from moe_lab.sweep.config import OBJECTIVES, Sweep, trial_label
 from moe_lab.sweep.matching import match_expert_hidden
 
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
 
 def make_storage(sweep: Sweep):
@@ -98,10 +99,6 @@ IDENTITY_KEYS = ("overrides", "objective", "sampler", "sampler_seed", "seeds", "
 
 
 def study_identity(sweep: Sweep) -> str:
-    import hashlib
-
-    from omegaconf import OmegaConf
-
     values = OmegaConf.to_container(OmegaConf.structured(sweep.cfg))
     described = {k: values.get(k) for k in IDENTITY_KEYS} | {"base": sweep.cfg.base}
     return hashlib.sha256(json.dumps(described, sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -138,8 +135,6 @@ def open_study(sweep: Sweep, retry: bool = False) -> optuna.Study:
                 "compute_matching": sweep.cfg.compute_matching, "base": str(sweep.base_path),
                 "identity": study_identity(sweep)}
         write_json_atomic(sweep.study_dir / "study_info.json", info)
-        from omegaconf import OmegaConf
-
         write_text_atomic(sweep.study_dir / "sweep.yaml", OmegaConf.to_yaml(OmegaConf.structured(sweep.cfg)))
     return study
 
