@@ -2,6 +2,8 @@
 
 moe: forward+backward of one MoE layer against (a) a dense SwiGLU FFN with the same active parameters
 and (b) the same layer with the naive per-expert loop, in one process, contenders interleaved, medians.
+A fourth contender, `experts_only`, is the floor under any dispatch built on these kernels: the same
+experts on tokens already grouped by expert (no router, gather or combine).
 train: tokens/s of the Lightning training step (with moe_lab's callbacks and TensorBoard logging)
 against a plain PyTorch loop over the same model and data, in one process, blocks interleaved.
 """
@@ -53,6 +55,27 @@ def layer_config(size: MoESize) -> ModelConfig:
                        moe=MoEConfig(n_experts=size.n_experts, top_k=size.top_k))
 
 
+class ExpertsOnly(torch.nn.Module):
+    """The MoE layer's experts alone, on the k copies of every token split evenly across experts as if
+    already sorted: the grouped GEMMs and activation with nothing around them. Its time over the
+    dense twin is the price of running E smaller GEMMs over E-times larger weights; the MoE layer's
+    time over it is what routing, dispatch and combine cost."""
+
+    def __init__(self, moe: MoELayer):
+        super().__init__()
+        self.experts, self.top_k = moe.experts, moe.top_k
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        flat = x.reshape(-1, x.shape[-1])
+        grouped = flat.repeat(self.top_k, 1)  # [k*T, D]
+        n_experts = self.experts.n_experts
+        counts = torch.full((n_experts,), grouped.shape[0] // n_experts, device=x.device)
+        counts[: grouped.shape[0] % n_experts] += 1
+        gate = torch.full((grouped.shape[0],), 1.0 / self.top_k, device=x.device, dtype=x.dtype)
+        y = self.experts.compute(grouped, counts, gate)
+        return y.view(self.top_k, *x.shape).sum(0)
+
+
 def time_contenders(contenders: dict, x: torch.Tensor, repeats: int, warmup: int = 3) -> dict[str, float]:
     """Median seconds of forward+backward per contender; contenders alternate every repeat so that
     drift in machine load hits them all alike."""
@@ -88,7 +111,7 @@ def bench_moe(size: MoESize, dtype: torch.dtype, device: str, repeats: int) -> d
     naive = NaiveMoELayer(cfg)
     naive.load_state_dict(moe.state_dict())
     dense = DenseFFN(size.d_model, dims.top_k * dims.hidden, cfg.activation)  # same active params
-    contenders = {"moe": moe, "dense_iso": dense, "naive_loop": naive}
+    contenders = {"moe": moe, "dense_iso": dense, "naive_loop": naive, "experts_only": ExpertsOnly(moe)}
     hf_block = transformers_mixtral_block(size)
     if hf_block is not None:  # the reference the field knows, when transformers is installed
         contenders["hf_mixtral"] = hf_block
@@ -104,6 +127,8 @@ def bench_moe(size: MoESize, dtype: torch.dtype, device: str, repeats: int) -> d
         "ms": {k: round(v * 1e3, 3) for k, v in med.items()},
         "moe_over_dense_iso": round(med["moe"] / med["dense_iso"], 3),
         "naive_over_moe": round(med["naive_loop"] / med["moe"], 3),
+        "experts_only_over_dense_iso": round(med["experts_only"] / med["dense_iso"], 3),
+        "naive_over_experts_only": round(med["naive_loop"] / med["experts_only"], 3),
     }
 
 
@@ -126,15 +151,17 @@ def transformers_mixtral_block(size: MoESize):
 
 def print_moe_table(rows: list[dict]) -> None:
     hf = all("hf_mixtral" in r["ms"] for r in rows)
-    print(f"{'size':<6} {'dtype':<9} {'moe ms':>9} {'dense ms':>9} {'naive ms':>9} "
-          + (f"{'hf ms':>9} " if hf else "") + f"{'moe/dense':>10} {'naive/moe':>10}"
-          + (f" {'hf/dense':>9}" if hf else ""))
+    times = ["moe", "dense_iso", "naive_loop", "experts_only"] + (["hf_mixtral"] if hf else [])
+    ratios = ["moe_over_dense_iso", "naive_over_moe", "experts_only_over_dense_iso", "naive_over_experts_only"] \
+        + (["hf_mixtral_over_dense_iso"] if hf else [])
+    short = {"moe_over_dense_iso": "moe/dense", "naive_over_moe": "naive/moe", "hf_mixtral_over_dense_iso": "hf/dense",
+             "experts_only_over_dense_iso": "floor/dense", "naive_over_experts_only": "naive/floor"}
+    names = {"dense_iso": "dense", "naive_loop": "naive", "experts_only": "floor", "hf_mixtral": "hf"}
+    print(f"{'size':<6} {'dtype':<9}" + "".join(f"{names.get(t, t) + ' ms':>10}" for t in times)
+          + "".join(f"{short[k]:>12}" for k in ratios))
     for r in rows:
-        ms = r["ms"]
-        print(f"{r['size']:<6} {r['dtype']:<9} {ms['moe']:>9.2f} {ms['dense_iso']:>9.2f} "
-              f"{ms['naive_loop']:>9.2f} " + (f"{ms['hf_mixtral']:>9.2f} " if hf else "")
-              + f"{r['moe_over_dense_iso']:>10.3f} {r['naive_over_moe']:>10.3f}"
-              + (f" {r['hf_mixtral_over_dense_iso']:>9.3f}" if hf else ""))
+        print(f"{r['size']:<6} {r['dtype']:<9}" + "".join(f"{r['ms'][t]:>10.2f}" for t in times)
+              + "".join(f"{r[k]:>12.3f}" for k in ratios))
 
 
 class _StepClock(pl.Callback):
@@ -243,7 +270,8 @@ def main(argv: list[str] | None = None) -> int:
     rows = [bench_moe(size, dtype, args.device, args.repeats) for size in MOE_SIZES]
     print_moe_table(rows)
     if args.json:
-        keys = ("moe_over_dense_iso", "naive_over_moe", "hf_mixtral_over_dense_iso", "ms")
+        keys = ("moe_over_dense_iso", "naive_over_moe", "experts_only_over_dense_iso", "naive_over_experts_only",
+                "hf_mixtral_over_dense_iso", "ms")
         print(json.dumps({r["size"]: {k: r[k] for k in keys if k in r} for r in rows}))
     return 0
 

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from moe_lab.model import experts as experts_mod
+from moe_lab.model import grouped_gemm
 from moe_lab.model.config import capacity
 from moe_lab.model.moe import MoELayer
 from moe_lab.model.naive import NaiveMoELayer
@@ -63,7 +63,7 @@ def test_grouped_mm_float32_equals_naive_and_fallback(router, monkeypatch):
     for name in g_f:
         torch.testing.assert_close(g_f[name], g_n[name], rtol=1e-5, atol=1e-6, msg=name)
     # The per-expert fallback used where grouped_mm is unavailable gives the same numbers.
-    monkeypatch.setattr(experts_mod, "grouped_mm_supported", lambda *a: False)
+    monkeypatch.setattr(grouped_gemm, "grouped_mm_supported", lambda *a: False)
     fast.zero_grad()
     out_b, gx_b, _ = run_layer(fast, x)
     torch.testing.assert_close(out_b.y, out_f.y, rtol=1e-5, atol=1e-6)
@@ -73,8 +73,8 @@ def test_grouped_mm_float32_equals_naive_and_fallback(router, monkeypatch):
 def test_grouped_mm_is_used_on_this_cpu_build():
     if not hasattr(torch.nn.functional, "grouped_mm"):
         pytest.skip("this torch has no F.grouped_mm")
-    assert experts_mod.grouped_mm_supported("cpu", torch.float32)
-    assert not experts_mod.grouped_mm_supported("cpu", torch.float64)  # float64 takes the fallback
+    assert grouped_gemm.grouped_mm_supported("cpu", torch.float32)
+    assert not grouped_gemm.grouped_mm_supported("cpu", torch.float64)  # float64 takes the fallback
 
 
 def brute_force_dropped(expert_idx: list[int], cap: int) -> tuple[int, list[int]]:

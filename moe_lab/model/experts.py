@@ -8,66 +8,13 @@ dropping is a mask on the sorted order, so it costs no extra pass.
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from moe_lab.model.ffn import apply_activation, gated
-
-
-class _ContiguousGrad(torch.autograd.Function):
-    """Identity whose backward makes the incoming gradient contiguous: grouped_mm's backward rejects
-    stride-0 gradients (e.g. from `.sum()`), which autograd happily produces."""
-
-    @staticmethod
-    def forward(ctx, x):
-        return x.view_as(x)
-
-    @staticmethod
-    def backward(ctx, grad):
-        return grad.contiguous()
-
-
-@functools.cache
-def grouped_mm_supported(device_type: str, dtype: torch.dtype) -> bool:
-    """Whether this torch build runs F.grouped_mm forward and backward for the device and dtype.
-
-    Probed once with a tiny problem rather than guessed from version numbers: support differs by
-    torch release, device (CUDA needs sm80+) and dtype (no float64 anywhere).
-    """
-    if not hasattr(F, "grouped_mm"):
-        return False
-    try:
-        x = torch.randn(8, 16, device=device_type, dtype=dtype, requires_grad=True)
-        w = torch.randn(2, 16, 16, device=device_type, dtype=dtype, requires_grad=True)
-        offs = torch.tensor([3, 8], device=device_type, dtype=torch.int32)
-        y = F.grouped_mm(x, w, offs=offs)
-        y.backward(torch.ones_like(y))
-        return True
-    except (RuntimeError, NotImplementedError, TypeError):
-        return False
-
-
-def _aligned(x: torch.Tensor, w: torch.Tensor) -> bool:
-    """grouped_mm needs every row stride to be a multiple of 16 bytes (e.g. widths divisible by 4 in
-    float32); other widths take the per-expert fallback instead of failing."""
-    return all(n * x.element_size() % 16 == 0 for n in (x.shape[-1], w.shape[1]))
-
-
-def grouped_matmul(x: torch.Tensor, w: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
-    """Rows of x [A, K] are grouped by expert (counts [E] rows each); returns x_e @ w[e].T -> [A, N].
-
-    w is [E, N, K] (nn.Linear's (out, in) layout, so HF checkpoints map without transposes).
-    """
-    if grouped_mm_supported(x.device.type, x.dtype) and _aligned(x, w):
-        offs = counts.cumsum(0).to(torch.int32)
-        return _ContiguousGrad.apply(F.grouped_mm(x, w.transpose(1, 2), offs=offs))
-    # Fallback (float64, old torch, pre-sm80 GPUs): one matmul per expert on contiguous slices.
-    chunks = x.split(counts.tolist())
-    return torch.cat([c @ w[e].t() for e, c in enumerate(chunks)])
+from moe_lab.model.grouped_gemm import grouped_linear
 
 
 @dataclass
@@ -94,11 +41,11 @@ class GroupedExperts(nn.Module):
             dtype = torch.get_autocast_dtype(x_sorted.device.type)
         x = x_sorted.to(dtype)
         w = row_weight.to(dtype).unsqueeze(-1)
-        h = grouped_matmul(x, self.w_in.to(dtype), counts)
+        h = grouped_linear(x, self.w_in.to(dtype), counts)
         # w * (act @ W_out^T) == (w * act) @ W_out^T: apply the gate weight on the narrower tensor.
         scale_hidden = self.hidden <= x.shape[-1]
         act = apply_activation(h, self.activation, w if scale_hidden else None)
-        y = grouped_matmul(act, self.w_out.to(dtype), counts)
+        y = grouped_linear(act, self.w_out.to(dtype), counts)
         return y if scale_hidden else y * w
 
     def forward(self, x: torch.Tensor, token_idx: torch.Tensor, expert_idx: torch.Tensor,
