@@ -132,7 +132,7 @@ def test_fine_grained_experts_multiply_counts_and_divide_width():
 
 
 def test_width_grouped_mm_cannot_take_runs_the_fallback():
-    """grouped_mm needs 16-byte aligned row strides; an odd expert width (509 floats) must still run
+    """grouped_mm needs 16-byte aligned row strides; an odd expert width (37 floats) must still run
     (per-expert fallback) and match the naive loop, not fail mid-training."""
     cfg = tiny_config(expert_hidden=37)
     fast, naive = pair(cfg, torch.float32)
