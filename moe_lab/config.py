@@ -71,6 +71,12 @@ class MonitorConfig:
     collapse_patience_steps: int = 100
     collapse_min_entropy_norm: float = 0.0  # 0 disables the entropy criterion
     collapse_action: str = "warn"  # warn | stop | prune
+    # Router health: every n optimizer steps (0: never) the norm of d(LM loss)/d(router weights) is
+    # measured per MoE layer (one extra partial backward) and logged as moe/layer{i}/router_lm_grad_norm;
+    # a router whose norm stays at or below `dead_router_max_grad_norm` for the collapse patience is a
+    # collapse event ("dead_router": only the aux/z losses train it).
+    router_grad_every_n_steps: int = 50
+    dead_router_max_grad_norm: float = 1e-8
     sample_tokens: int = 200  # length of the text sample generated at each validation; 0 disables
     sample_prompt: str = "ROMEO:\n"
 
@@ -294,7 +300,7 @@ def _validate_monitor(m: MonitorConfig) -> None:
     for name in ("log_every_n_steps", "collapse_patience_steps"):
         value = getattr(m, name)
         _check(value >= 1, f"monitor.{name}", f"must be >= 1, got {value}")
-    for name in ("heatmap_every_n_steps", "max_experts_logged"):  # 0 turns the feature off
+    for name in ("heatmap_every_n_steps", "max_experts_logged", "router_grad_every_n_steps"):  # 0: off
         value = getattr(m, name)
         _check(value >= 0, f"monitor.{name}", f"must be >= 0, got {value}")
     _check(0 <= m.collapse_min_load_fraction < 1, "monitor.collapse_min_load_fraction",
@@ -303,4 +309,6 @@ def _validate_monitor(m: MonitorConfig) -> None:
            f"must be in [0, 1), got {m.collapse_min_entropy_norm}")
     _check(m.collapse_action in COLLAPSE_ACTIONS, "monitor.collapse_action",
            f"unknown value {m.collapse_action!r}; expected one of {', '.join(COLLAPSE_ACTIONS)}")
+    _check(m.dead_router_max_grad_norm >= 0, "monitor.dead_router_max_grad_norm",
+           f"must be >= 0, got {m.dead_router_max_grad_norm}")
     _check(m.sample_tokens >= 0, "monitor.sample_tokens", f"must be >= 0, got {m.sample_tokens}")

@@ -58,6 +58,7 @@ class MoELitModule(pl.LightningModule):
         self.train_tokens = 0
         self.train_seconds = 0.0
         self._batch_start = 0.0
+        self._router_grad_step = -1  # global step of the last router-health measurement
         self.last_val: dict[str, float] = {}
 
     def configure_model(self) -> None:
@@ -76,7 +77,35 @@ class MoELitModule(pl.LightningModule):
         self.log("train/lm_loss", out.lm_loss, prog_bar=True)
         self.log("train/aux_loss", out.aux_loss)
         self.log("train/z_loss", out.z_loss)
-        return {"loss": loss, "routing": routing}
+        result = {"loss": loss, "routing": routing}
+        if self._router_grad_due():
+            result["router_lm_grad"] = self.router_lm_grad_norms(out.lm_loss)
+        return result
+
+    def _router_grad_due(self) -> bool:
+        every = self.cfg.monitor.router_grad_every_n_steps
+        if not every or not self.model.moe_layers or self.global_step % every:
+            return False
+        # Once per optimizer step: the first micro-batch of a gradient-accumulation step measures.
+        due = self._router_grad_step != self.global_step
+        self._router_grad_step = self.global_step
+        return due
+
+    def router_lm_grad_norms(self, lm_loss: torch.Tensor) -> dict[int, float]:
+        """Per MoE layer, ||d(LM loss)/d(router weights)||: the aux and z losses are left out, so a router
+        that only they train (a renormalised top-1 gate is constant 1.0) reads ~0. Costs one partial
+        backward (activation gradients, no weight gradients but the routers'); the graph is kept for
+        the real backward that follows."""
+        gates = self.model.router_gate_weights()
+        grads = torch.autograd.grad(lm_loss, list(gates.values()), retain_graph=True, allow_unused=True)
+        norms = {layer: 0.0 if g is None else float(g.norm()) for layer, g in zip(gates, grads)}
+        # Straight to the loggers: measured every n steps, these would miss Lightning's own
+        # log_every_n_steps cadence whenever the two are not aligned.
+        if self.global_rank == 0:
+            for logger in self.loggers:
+                logger.log_metrics({f"moe/layer{layer}/router_lm_grad_norm": norm for layer, norm in norms.items()},
+                                   step=self.global_step)
+        return norms
 
     def _reduce_across_ranks(self, routing: dict[int, RoutingStats]) -> dict[int, RoutingStats]:
         """Expert counts summed and scalar statistics averaged over ranks: every rank (and every

@@ -89,7 +89,8 @@ def build_callbacks(cfg: ExperimentConfig, run_dir: Path) -> dict[str, pl.Callba
         "collapse_detector": ExpertCollapseDetector(min_load_fraction=m.collapse_min_load_fraction,
                                                     patience_steps=m.collapse_patience_steps,
                                                     min_entropy_norm=m.collapse_min_entropy_norm,
-                                                    action=m.collapse_action),
+                                                    action=m.collapse_action,
+                                                    dead_router_max_grad_norm=m.dead_router_max_grad_norm),
         "lr_monitor": LearningRateMonitor(logging_interval="step"),
         "nan_guard": NonFiniteLossGuard(),
     }

@@ -291,3 +291,57 @@ def test_load_monitor_without_a_logger_still_summarises(tmp_path):
     trainer.fit(SyntheticRouting(lambda step, micro: {0: stats([6, 2, 0, 0])}))
     assert monitor.summary()["final_max_over_uniform"] == pytest.approx(3.0)
     assert monitor.summary()["final_dead_experts"] == 2
+
+
+# ---------------------------------------------------------------- dead router (no LM-loss gradient)
+
+
+class SyntheticRouterGrad(SyntheticRouting):
+    """Also returns `router_lm_grad` (layer -> norm) on the steps where grad_schedule gives one."""
+
+    def __init__(self, schedule, grad_schedule):
+        super().__init__(schedule)
+        self.grad_schedule = grad_schedule
+
+    def training_step(self, batch, batch_idx):
+        out = super().training_step(batch, batch_idx)
+        grads = self.grad_schedule(self.trainer.global_step + 1, batch_idx % self.trainer.accumulate_grad_batches)
+        return out | ({"router_lm_grad": grads} if grads else {})
+
+
+def fit_grads(grad_schedule, detector, tmp_path, max_steps, **trainer_kw):
+    trainer = L.Trainer(max_steps=max_steps, accelerator="cpu", callbacks=[detector], logger=False,
+                        enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
+                        **trainer_kw)
+    trainer.fit(SyntheticRouterGrad(lambda s, m: {0: stats(BALANCED), 1: stats(BALANCED)}, grad_schedule))
+    return trainer
+
+
+def test_dead_router_fires_after_patience_of_measured_steps(tmp_path):
+    # Measured on steps 1, 4, 7, ...; layer 1 reads 0 from step 4 (a blip of life at 7 restarts the
+    # streak), so its streak is 10, 13, 16: 16 - 10 + 1 = 7 steps = patience. Layer 0 stays healthy.
+    def grads(step, micro):
+        if step % 3 != 1:
+            return None
+        return {0: 2e-3, 1: 1e-3 if step in (1, 7) else 5e-10}
+
+    detector = ExpertCollapseDetector(patience_steps=7, dead_router_max_grad_norm=1e-8, action="stop")
+    with pytest.warns(UserWarning, match="router of layer 1 gets no gradient from the LM loss"):
+        trainer = fit_grads(grads, detector, tmp_path, max_steps=40)
+    assert detector.events == [{"step": 16, "layer": 1, "expert": None, "kind": "dead_router",
+                                "grad_norm": 5e-10}]
+    assert trainer.global_step == 16
+
+
+def test_dead_router_measurement_in_first_micro_batch_counts_for_its_step(tmp_path):
+    grads = lambda step, micro: {0: 0.0} if micro == 0 else None  # noqa: E731 - measured once per step
+    detector = ExpertCollapseDetector(patience_steps=3, dead_router_max_grad_norm=1e-8, action="stop")
+    trainer = fit_grads(grads, detector, tmp_path, max_steps=20, accumulate_grad_batches=2)
+    assert [(e["step"], e["kind"]) for e in detector.events] == [(3, "dead_router")]
+    assert trainer.global_step == 3
+
+
+def test_dead_router_check_is_off_without_a_threshold(tmp_path):
+    detector = ExpertCollapseDetector(patience_steps=1)
+    fit_grads(lambda step, micro: {0: 0.0}, detector, tmp_path, max_steps=5)
+    assert detector.events == []

@@ -77,6 +77,20 @@ def test_grouped_mm_is_used_on_this_cpu_build():
     assert not grouped_gemm.grouped_mm_supported("cpu", torch.float64)  # float64 takes the fallback
 
 
+@pytest.mark.parametrize("context", [torch.no_grad, torch.inference_mode])
+def test_grouped_mm_probe_is_not_fooled_by_a_no_grad_first_call(context):
+    """The answer is cached per process; a first call from evaluation (no autograd) must not turn the
+    grouped path off for the training that follows."""
+    if not hasattr(torch.nn.functional, "grouped_mm"):
+        pytest.skip("this torch has no F.grouped_mm")
+    grouped_gemm.grouped_mm_supported.cache_clear()
+    try:
+        with context():
+            assert grouped_gemm.grouped_mm_supported("cpu", torch.float32)
+    finally:
+        grouped_gemm.grouped_mm_supported.cache_clear()
+
+
 def brute_force_dropped(expert_idx: list[int], cap: int) -> tuple[int, list[int]]:
     seen: dict[int, int] = {}
     dropped, kept = 0, []

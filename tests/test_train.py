@@ -70,6 +70,20 @@ def test_short_run_writes_every_output(tmp_path, data_cache):
     assert any(t.startswith("samples") for t in tags)
 
 
+def test_top1_router_health_is_logged_and_alive(tmp_path, data_cache):
+    """Switch top-1 with the default (auto) gate: the LM-loss gradient on each router is measured every
+    3 steps, logged per layer, and is far from the dead-router threshold, so no collapse event fires."""
+    cfg = load_config(REPO / "experiments/shakespeare_moe.yaml",
+                      tiny(tmp_path, data_cache, "model.moe.top_k=1", "monitor.router_grad_every_n_steps=3",
+                           "monitor.collapse_patience_steps=1", "monitor.sample_tokens=0"))
+    result = run(cfg, quiet=True)
+    for layer in (0, 1):
+        norms = scalars(result.run_dir, f"moe/layer{layer}/router_lm_grad_norm")
+        assert sorted(norms) == [0, 3, 6, 9]
+        assert min(norms.values()) > 1e3 * cfg.monitor.dead_router_max_grad_norm
+    assert not [e for e in result.metrics["collapse_events"] if e["kind"] == "dead_router"]
+
+
 def test_same_seed_twice_gives_identical_losses(tmp_path, data_cache):
     losses = []
     for i in range(2):

@@ -1,4 +1,4 @@
-"""ExpertCollapseDetector: notice starved experts or a collapsed router early, and warn, stop or prune.
+"""ExpertCollapseDetector: notice starved experts, a collapsed or a dead router early; warn, stop or prune.
 
 Checked once per optimizer step, on the step's routing (micro-batches of gradient accumulation summed).
 The stats are already reduced across DDP ranks, so every rank reaches the same decision without a
@@ -21,11 +21,15 @@ ACTIONS = ("warn", "stop", "prune")
 
 
 class ExpertCollapseDetector(Callback):
-    """Detects two kinds of collapse, each held for `patience_steps` consecutive optimizer steps:
+    """Detects three kinds of collapse, each held for `patience_steps` consecutive optimizer steps:
 
     - "starved_expert": an expert's load fraction is below `min_load_fraction` x uniform load (1/E);
     - "low_entropy": a layer's normalised router entropy (mean per-token entropy / ln E) is below
-      `min_entropy_norm` (0 disables this check).
+      `min_entropy_norm` (0 disables this check);
+    - "dead_router": the norm of the LM loss's gradient on a layer's router weights, measured by the
+      LightningModule every few steps (`router_lm_grad` in the training_step output), stays at or below
+      `dead_router_max_grad_norm` (None disables): the router is trained by the aux/z losses alone, as a
+      renormalised top-1 gate is. A streak spans the steps from its first such measurement.
 
     Steps before `check_from_step` (global_step counts completed optimizer steps, from 1) are ignored,
     so warm-up routing noise cannot start a streak. Each (layer, expert, kind) fires once and appends to
@@ -37,7 +41,8 @@ class ExpertCollapseDetector(Callback):
     """
 
     def __init__(self, min_load_fraction: float = 0.1, patience_steps: int = 100,
-                 min_entropy_norm: float = 0.0, action: str = "warn", check_from_step: int = 0):
+                 min_entropy_norm: float = 0.0, action: str = "warn", check_from_step: int = 0,
+                 dead_router_max_grad_norm: float | None = None):
         if not 0.0 <= min_load_fraction <= 1.0:
             raise ConfigError("min_load_fraction", f"expected a fraction of uniform load in [0, 1], "
                                                    f"got {min_load_fraction!r}")
@@ -53,6 +58,9 @@ class ExpertCollapseDetector(Callback):
         self.min_entropy_norm = float(min_entropy_norm)
         self.action = action
         self.check_from_step = check_from_step
+        self.dead_router_max_grad_norm = dead_router_max_grad_norm
+        self._dead_router_since: dict[int, int] = {}  # layer -> first step of its current dead streak
+        self._router_grad: dict[int, float] = {}  # this optimizer step's measurement, if any
         self.events: list[dict] = []
         self.prune_reason: str | None = None
         self._starved_run: dict[int, np.ndarray] = {}  # layer -> [E] consecutive starved steps
@@ -67,14 +75,19 @@ class ExpertCollapseDetector(Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self._step.add(routing_from_outputs(outputs))
+        if isinstance(outputs, dict) and outputs.get("router_lm_grad"):
+            self._router_grad = dict(outputs["router_lm_grad"])
         if trainer.global_step == self._steps_before_batch or not self._step:
             return  # a micro-batch of a gradient-accumulation step, or a dense model
         totals, step = self._step.pop(), trainer.global_step
+        router_grad, self._router_grad = self._router_grad, {}
         if step >= self.check_from_step:
             new = []
             for layer, t in totals.items():
                 new += self._check_load(step, layer, t.counts)
                 new += self._check_entropy(step, layer, normalised_entropy(t.entropy, t.n_experts))
+            for layer, norm in router_grad.items():
+                new += self._check_router_grad(step, layer, norm)
             for event in new:
                 self._fire(trainer, event)
         pl_module.log("moe/collapse_events", float(len(self.events)))
@@ -103,6 +116,17 @@ class ExpertCollapseDetector(Callback):
         return [{"step": step, "layer": layer, "expert": None, "kind": "low_entropy",
                  "entropy_norm": float(entropy_norm)}]
 
+    def _check_router_grad(self, step: int, layer: int, grad_norm: float) -> list[dict]:
+        if self.dead_router_max_grad_norm is None:
+            return []
+        if grad_norm > self.dead_router_max_grad_norm:
+            self._dead_router_since.pop(layer, None)
+            return []
+        since = self._dead_router_since.setdefault(layer, step)
+        if step - since + 1 < self.patience_steps or self._fired(layer, None, "dead_router"):
+            return []
+        return [{"step": step, "layer": layer, "expert": None, "kind": "dead_router", "grad_norm": grad_norm}]
+
     def _fired(self, layer: int, expert: int | None, kind: str) -> bool:
         return any((e["layer"], e["expert"], e["kind"]) == (layer, expert, kind) for e in self.events)
 
@@ -114,6 +138,9 @@ class ExpertCollapseDetector(Callback):
         if event["kind"] == "starved_expert":
             what = (f"expert {event['expert']} of layer {event['layer']} below "
                     f"{self.min_load_fraction:.0%} of uniform load")
+        elif event["kind"] == "dead_router":
+            what = (f"router of layer {event['layer']} gets no gradient from the LM loss "
+                    f"(norm <= {self.dead_router_max_grad_norm:g})")
         else:
             what = f"router entropy of layer {event['layer']} below {self.min_entropy_norm:g} x ln(E)"
         return f"{what} for {self.patience_steps} steps (step {event['step']})"
@@ -142,6 +169,7 @@ class ExpertCollapseDetector(Callback):
             "prune_reason": self.prune_reason,
             "starved_run": {layer: run.tolist() for layer, run in self._starved_run.items()},
             "low_entropy_run": dict(self._low_entropy_run),
+            "dead_router_since": dict(self._dead_router_since),
             "pending": self._step.state_dict(),
         }
 
@@ -151,4 +179,6 @@ class ExpertCollapseDetector(Callback):
         self._starved_run = {int(k): np.asarray(v, dtype=np.int64)
                              for k, v in state_dict["starved_run"].items()}
         self._low_entropy_run = {int(k): int(v) for k, v in state_dict["low_entropy_run"].items()}
+        # Checkpoints written before the dead-router check have no such entry.
+        self._dead_router_since = {int(k): int(v) for k, v in state_dict.get("dead_router_since", {}).items()}
         self._step.load_state_dict(state_dict["pending"])

@@ -12,7 +12,7 @@ from moe_lab.interop.architecture import (
     Architecture, register_architecture, require_all_moe, require_hf, require_model, require_no_shared,
     router_fields, trunk_fields, trunk_hf_fields,
 )
-from moe_lab.model.config import ModelConfig, MoEConfig, expert_dims, head_dim
+from moe_lab.model.config import ModelConfig, MoEConfig, expert_dims, head_dim, renormalizes
 
 NAME = "mixtral"
 
@@ -33,7 +33,7 @@ def to_hf_fields(cfg: ModelConfig) -> dict:
     require_model(not cfg.attention_bias, "model.attention_bias", cfg.attention_bias, NAME, "false")
     require_all_moe(cfg, NAME)
     require_no_shared(cfg, NAME)
-    require_model(cfg.moe.renormalize, "model.moe.renormalize", cfg.moe.renormalize, NAME,
+    require_model(renormalizes(cfg.moe), "model.moe.renormalize", renormalizes(cfg.moe), NAME,
                   "true (Mixtral always renormalises the top-k weights)")
     dims = expert_dims(cfg)
     return dict(trunk_hf_fields(cfg, NAME), head_dim=head_dim(cfg), intermediate_size=dims.hidden,

@@ -14,7 +14,7 @@ from moe_lab.interop.architecture import (
     require_default_model_head_dim, require_hf, require_model, require_no_shared, router_fields,
     trunk_fields, trunk_hf_fields,
 )
-from moe_lab.model.config import ModelConfig, MoEConfig, expert_dims
+from moe_lab.model.config import ModelConfig, MoEConfig, expert_dims, renormalizes
 
 NAME = "olmoe"
 
@@ -36,7 +36,7 @@ def to_hf_fields(cfg: ModelConfig) -> dict:
     require_no_shared(cfg, NAME)
     dims = expert_dims(cfg)
     return dict(trunk_hf_fields(cfg, NAME), intermediate_size=dims.hidden, num_experts=dims.n_experts,
-                norm_topk_prob=cfg.moe.renormalize, clip_qkv=None, attention_bias=False)
+                norm_topk_prob=renormalizes(cfg.moe), clip_qkv=None, attention_bias=False)
 
 
 register_architecture(Architecture(

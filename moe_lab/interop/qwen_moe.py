@@ -15,7 +15,7 @@ from moe_lab.interop.architecture import (
     Architecture, register_architecture, require_default_head_dim, require_default_model_head_dim,
     require_hf, require_model, require_no_shared, router_fields, trunk_fields, trunk_hf_fields,
 )
-from moe_lab.model.config import ModelConfig, MoEConfig, expert_dims, head_dim, moe_layer_indices
+from moe_lab.model.config import ModelConfig, MoEConfig, expert_dims, head_dim, moe_layer_indices, renormalizes
 
 
 def placement_fields(hf: Any) -> dict:
@@ -70,7 +70,7 @@ def qwen2_to_hf_fields(cfg: ModelConfig) -> dict:
     # All shared experts are one wide FFN in moe_lab, which is what Qwen2-MoE's one shared expert is.
     return dict(trunk_hf_fields(cfg, name), **placement_hf_fields(cfg), intermediate_size=cfg.d_ff,
                 moe_intermediate_size=dims.hidden, shared_expert_intermediate_size=dims.shared_hidden,
-                num_experts=dims.n_experts, norm_topk_prob=cfg.moe.renormalize, qkv_bias=cfg.attention_bias,
+                num_experts=dims.n_experts, norm_topk_prob=renormalizes(cfg.moe), qkv_bias=cfg.attention_bias,
                 use_sliding_window=False)
 
 
@@ -91,7 +91,7 @@ def qwen3_to_hf_fields(cfg: ModelConfig) -> dict:
     dims = expert_dims(cfg)
     return dict(trunk_hf_fields(cfg, name), **placement_hf_fields(cfg), head_dim=head_dim(cfg),
                 intermediate_size=cfg.d_ff, moe_intermediate_size=dims.hidden, num_experts=dims.n_experts,
-                norm_topk_prob=cfg.moe.renormalize, attention_bias=False, use_sliding_window=False)
+                norm_topk_prob=renormalizes(cfg.moe), attention_bias=False, use_sliding_window=False)
 
 
 for model_type, prefix, to_cfg, to_hf in (

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Optional
 
 from moe_lab.errors import ConfigError
 
@@ -29,9 +30,11 @@ class MoEConfig:
     # Hidden width of one routed expert before the granularity split; 0 means the dense `d_ff`.
     expert_hidden: int = 0
     router: str = "topk"
-    # Renormalise the selected weights to sum to 1 (Mixtral, DeepSeek-V3) or keep the raw
-    # probabilities (Switch, GShard top-1).
-    renormalize: bool = True
+    # Renormalise the selected weights to sum to 1 (Mixtral, DeepSeek-V3) or keep the raw gate values
+    # (Switch). null (the default) means auto: renormalise when a token picks >= 2 experts (after the
+    # granularity split), raw gate values at k=1. Renormalising a single weight gives p/p = 1.0 for
+    # every token, which cuts the router off from the LM loss, so `true` at k=1 is refused.
+    renormalize: Optional[bool] = None
     # Switch Transformer's multiplicative input jitter, U(1-eps, 1+eps), training only; 0 disables.
     router_jitter: float = 0.0
     # Tokens an expert may take: ceil(factor * tokens * top_k / n_experts); 0 means dropless.
@@ -113,6 +116,14 @@ def expert_dims(cfg: ModelConfig) -> ExpertDims:
         hidden=hidden,
         shared_hidden=moe.n_shared_experts * shared_one,
     )
+
+
+def renormalizes(moe: MoEConfig) -> bool:
+    """Whether the selected gate weights are renormalised, resolving the auto (null) default:
+    only where it keeps a gradient path from the LM loss to the router, i.e. k >= 2 after the split."""
+    if moe.renormalize is None:
+        return moe.top_k * moe.granularity >= 2
+    return bool(moe.renormalize)
 
 
 def moe_layer_indices(cfg: ModelConfig) -> list[int]:
@@ -209,6 +220,12 @@ def _validate_moe(cfg: ModelConfig, prefix: str) -> None:
     _at_least(k("top_k"), moe.top_k, 1)
     if moe.top_k > moe.n_experts:
         raise ConfigError(k("top_k"), f"{moe.top_k} > {k('n_experts')}={moe.n_experts}")
+    router_cls = ROUTER_REGISTRY[moe.router]
+    if moe.renormalize and router_cls.token_choice and moe.top_k * moe.granularity == 1:
+        raise ConfigError(k("renormalize"),
+                          "true with top_k=1 makes every gate weight p/p = 1.0, so the LM loss never reaches "
+                          "the router (only the aux/z losses train it); use false (Switch: raw gate value) "
+                          "or null (auto)")
     if moe.shared_expert_gate and not moe.n_shared_experts:
         raise ConfigError(k("shared_expert_gate"), f"needs {k('n_shared_experts')} >= 1, got 0")
     base_hidden = moe.expert_hidden or cfg.d_ff

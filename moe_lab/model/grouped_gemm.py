@@ -33,6 +33,14 @@ def grouped_mm_supported(device_type: str, dtype: torch.dtype) -> bool:
     """
     if not hasattr(F, "grouped_mm"):
         return False
+    # The first call may come from a no-grad context (Lightning's sanity-check validation runs under
+    # inference mode, `generate` under no_grad): probe with autograd on, or the backward below fails
+    # and the cached answer would send the whole process down the per-expert fallback.
+    with torch.inference_mode(False), torch.enable_grad():
+        return _probe_grouped_mm(device_type, dtype)
+
+
+def _probe_grouped_mm(device_type: str, dtype: torch.dtype) -> bool:
     try:
         x = torch.randn(8, 16, device=device_type, dtype=dtype, requires_grad=True)
         w = torch.randn(2, 16, 16, device=device_type, dtype=dtype, requires_grad=True)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from moe_lab.model.config import ModelConfig, capacity, expert_dims
+from moe_lab.model.config import ModelConfig, capacity, expert_dims, renormalizes
 from moe_lab.model.experts import DispatchResult, GroupedExperts
 from moe_lab.model.ffn import DenseFFN
 from moe_lab.model.losses import load_balancing_loss, router_z_loss
@@ -46,7 +46,7 @@ class MoELayer(nn.Module):
         self.capacity_factor, self.eval_capacity_factor = moe.capacity_factor, moe.eval_capacity_factor
         self.sequence_aux_loss = moe.aux_loss_scope == "sequence"
         self.router = ROUTER_REGISTRY[moe.router](
-            cfg.d_model, dims.n_experts, dims.top_k, renormalize=moe.renormalize,
+            cfg.d_model, dims.n_experts, dims.top_k, renormalize=renormalizes(moe),
             jitter=moe.router_jitter, bias_update_speed=moe.bias_update_speed,
         )
         self.experts = GroupedExperts(dims.n_experts, cfg.d_model, dims.hidden, cfg.activation)

@@ -108,6 +108,10 @@ class MoETransformer(nn.Module):
         moe = self.cfg.moe
         return moe.aux_loss_coef * out.aux_loss + moe.z_loss_coef * out.z_loss
 
+    def router_gate_weights(self) -> dict[int, nn.Parameter]:
+        """MoE layer index -> its router's gate weight [E, D] (what the LM loss must reach)."""
+        return {i: self.blocks[i].ffn.router.gate.weight for i in self.moe_layers}
+
     @torch.no_grad()
     def update_router_biases(self, expert_counts: dict[int, torch.Tensor]) -> None:
         """Loss-free balancing step for routers that keep a selection bias (sigmoid_bias).

@@ -30,6 +30,9 @@ class Router(nn.Module):
     """Maps token states [T, D] to a `Routing`. The logits are computed in fp32 whatever the autocast
     dtype: Switch Transformer (sec. 2.4) found the router's softmax the unstable part in bf16."""
 
+    # Each token picks its experts (top-k family): `renormalize` applies. Expert choice sets False.
+    token_choice: bool = True
+
     def __init__(self, d_model: int, n_experts: int, top_k: int, *, renormalize: bool = True,
                  jitter: float = 0.0, bias_update_speed: float = 0.0):
         super().__init__()

@@ -19,6 +19,8 @@ from moe_lab.model.routers.base import Router, Routing, register_router
 
 @register_router("expert_choice")
 class ExpertChoiceRouter(Router):
+    token_choice = False  # the weights are the chosen tokens' affinities; nothing to renormalise
+
     def forward(self, x: torch.Tensor, capacity: int | None) -> Routing:
         logits = self.logits(x)
         probs = logits.softmax(dim=-1)  # [T, E], token-to-expert affinities (paper eq. 1)

@@ -1,4 +1,5 @@
-"""Softmax top-k token choice: Switch (k=1, raw probabilities), GShard / Mixtral (k=2, renormalised)."""
+"""Softmax top-k token choice: Switch (k=1, raw probability as the gate weight, so the LM loss trains the
+router), GShard / Mixtral (k=2, renormalised)."""
 
 from __future__ import annotations
 
