@@ -74,7 +74,41 @@ def load_ablation(path: str | Path, overrides: list[str] = ()) -> Sweep:
     return sweep
 
 
+def verify_main(argv: list[str]) -> int:
+    """`--verify`: rerun one seed of each stored arm and say which numbers reproduced (exit 1 if any
+    did not). See moe_lab/sweep/verify.py for what counts as reproduced."""
+    import argparse
+
+    from moe_lab.errors import MoELabError
+    from moe_lab.sweep.verify import verdict_table, verify
+
+    parser = argparse.ArgumentParser(prog="python -m moe_lab.ablate FILE --verify")
+    parser.add_argument("ablation")
+    parser.add_argument("overrides", nargs="*")
+    parser.add_argument("--verify", action="store_true", required=True)
+    parser.add_argument("--arms", default="", help="comma-separated arms to rerun (default: all)")
+    parser.add_argument("--seed", type=int, default=None, help="the seed to rerun (default: the first)")
+    parser.add_argument("--tolerance", type=float, default=None,
+                        help="allowed |difference| where settings differ (default: 2 x the arm's seed std)")
+    args = parser.parse_args(argv)
+    try:
+        sweep = load_ablation(args.ablation, args.overrides)
+        arms = [a for a in args.arms.split(",") if a] or None
+        verdicts = verify(sweep, arms=arms, seed=args.seed, tolerance=args.tolerance)
+    except MoELabError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(verdict_table(sweep.cfg.objective.metric, verdicts))
+    failed = [v.arm for v in verdicts if not v.reproduced]
+    print(f"{len(verdicts) - len(failed)} of {len(verdicts)} arms reproduced"
+          + (f"; not reproduced: {', '.join(failed)}" if failed else ""))
+    return 1 if failed else 0
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--verify" in argv:
+        return verify_main(argv)
     from moe_lab.sweep.__main__ import cli
 
     def report(study_dir: Path) -> None:

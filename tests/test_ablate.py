@@ -123,3 +123,45 @@ def test_shipped_ablations_are_valid():
     assert len(files) == 8
     for path in files:
         load_ablation(path)
+
+
+def test_verify_reruns_a_stored_arm_and_says_whether_it_reproduced(tmp_path, data_cache):
+    path = write(tmp_path, data_cache)
+    sweep = load_ablation(path)
+    assert run_worker(sweep, log=lambda m: None) == 2
+    stored = sweep.study_dir / "trials" / "t001-arm=top2" / "seed0" / "metrics.json"
+    verify = [sys.executable, "-m", "moe_lab.ablate", str(path), "--verify", "--arms", "top2"]
+    proc = subprocess.run(verify, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    row = next(line for line in proc.stdout.splitlines() if line.startswith("| top2 |"))
+    assert "| identical |" in row and "| none |" in row  # same code, torch and threads: bit-identical
+    assert "1 of 1 arms reproduced" in proc.stdout
+    # A stored number that the code cannot produce is caught, with identical settings even by a hair.
+    metrics = json.loads(stored.read_text())
+    metrics["val_loss"] += 1e-6
+    stored.write_text(json.dumps(metrics))
+    proc = subprocess.run(verify, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert "NOT reproduced" in proc.stdout and "not reproduced: top2" in proc.stdout
+    assert len(list((sweep.study_dir / "verify").glob("*/verify.md"))) >= 1
+
+
+def test_verify_tolerates_seed_noise_only_where_settings_differ():
+    from moe_lab.sweep.verify import Verdict
+
+    same = Verdict("a", 0, stored=1.70, rerun=1.701, tolerance=0.01, setting_differences=[])
+    other = Verdict("a", 0, stored=1.70, rerun=1.701, tolerance=0.01, setting_differences=["threads: 1 -> 2"])
+    far = Verdict("a", 0, stored=1.70, rerun=1.75, tolerance=0.01, setting_differences=["threads: 1 -> 2"])
+    assert (same.outcome, same.reproduced) == ("within seed noise", False)
+    assert (other.outcome, other.reproduced) == ("within seed noise", True)
+    assert (far.outcome, far.reproduced) == ("differs", False)
+
+
+def test_verify_without_stored_results_is_one_error_line(tmp_path, data_cache):
+    path = write(tmp_path, data_cache)
+    proc = subprocess.run([sys.executable, "-m", "moe_lab.ablate", str(path), "--verify"], cwd=REPO,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("error: --verify: no completed run of arm=top1 seed 0")
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
