@@ -51,7 +51,9 @@ class MoELitModule(pl.LightningModule):
         self.tokenizer = None  # set by the caller for text samples; not part of the checkpoint
         self.val_loss = MeanMetric()
         self._step_counts: dict[int, torch.Tensor] = {}  # expert loads of the optimiser step so far
-        self._forward = self.model
+        # The callable the steps run: the model, or its torch.compile wrapper. Set without registering it
+        # as a submodule, or every checkpoint would hold each tensor twice (`model.*` and `_forward.*`).
+        object.__setattr__(self, "_forward", self.model)
         if self.cfg.trainer.activation_checkpointing:
             checkpoint_activations(self.model.blocks)
         # Throughput of the training steps alone (validation and sampling excluded).
@@ -63,7 +65,13 @@ class MoELitModule(pl.LightningModule):
 
     def configure_model(self) -> None:
         if self.cfg.trainer.compile and self._forward is self.model:
-            self._forward = torch.compile(self.model)
+            object.__setattr__(self, "_forward", torch.compile(self.model))
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        # Checkpoints written before `_forward` stopped being a submodule hold a second copy of the weights.
+        state = checkpoint.get("state_dict", {})
+        for key in [k for k in state if k.startswith("_forward.")]:
+            del state[key]
 
     # ------------------------------------------------------------------ training
     def training_step(self, batch, batch_idx):

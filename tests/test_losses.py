@@ -63,6 +63,23 @@ def test_sequence_scope_averages_per_sequence_losses():
     assert load_balancing_loss(probs, expert_idx, token_idx, 3).item() != pytest.approx(got.item())
 
 
+def test_sequence_scope_with_a_sequence_that_got_no_assignment_is_finite():
+    """Expert choice can leave a whole sequence unpicked: that sequence adds 0 (not 0/0) to the mean."""
+    probs = torch.tensor([[0.7, 0.3], [0.4, 0.6], [0.5, 0.5], [0.9, 0.1]])
+    token_idx, expert_idx = torch.tensor([0, 1]), torch.tensor([0, 1])  # both picks in sequence 0
+    # By hand: sequence 0: f = (1/2, 1/2), P = (0.55, 0.45) -> 2 * 0.5 = 1.0; sequence 1 adds 0.
+    got = load_balancing_loss(probs, expert_idx, token_idx, 2, seq_len=2)
+    assert got.item() == pytest.approx(0.5)
+
+
+def test_expert_choice_with_sequence_scope_trains_without_nan():
+    layer = MoELayer(tiny_config(router="expert_choice", aux_loss_scope="sequence", capacity_factor=0.25))
+    x = torch.zeros(4, 8, 32)
+    x[0] = torch.randn(8, 32) * 5  # the experts' top tokens all come from sequence 0
+    out = layer(x)
+    assert torch.isfinite(out.aux_loss)
+
+
 def test_z_loss_matches_formula():
     logits = torch.tensor([[1.0, 2.0, 3.0], [0.0, -1.0, 0.5]])
     by_hand = [math.log(sum(math.exp(v) for v in row)) ** 2 for row in logits.tolist()]

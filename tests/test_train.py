@@ -10,7 +10,8 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from moe_lab.config import load_config
+from moe_lab.config import config_from_dict, load_config
+from moe_lab.model import MoETransformer
 from moe_lab.train import run
 
 REPO = Path(__file__).resolve().parents[1]
@@ -47,6 +48,11 @@ def test_short_run_writes_every_output(tmp_path, data_cache):
         assert (d / name).is_file(), name
     metrics = json.loads((d / "metrics.json").read_text())
     assert metrics["status"] == "completed" and metrics["steps"] == 12
+    # Each tensor once: the model's own state dict, under `model.` (no second copy under another name).
+    ckpt = torch.load(d / "checkpoints/last.ckpt", weights_only=True)
+    model = MoETransformer(config_from_dict(ckpt["hyper_parameters"]["config"]).model)
+    assert {k for k in ckpt["state_dict"] if not k.startswith("val_loss.")} == \
+        {"model." + k for k in model.state_dict()}
     assert metrics["val_loss"] == pytest.approx(scalars(d, "val/loss")[11], rel=1e-6)
     # bits per byte from the loss: byte tokenizer -> loss / ln 2
     assert metrics["val_bpb"] == pytest.approx(metrics["val_loss"] / 0.6931471805599453, rel=1e-6)

@@ -22,7 +22,9 @@ def load_balancing_loss(probs: torch.Tensor, expert_idx: torch.Tensor, token_idx
         else torch.arange(T, device=probs.device) // seq_len
     cell = group_of_token[token_idx] * n_experts + expert_idx
     counts = torch.bincount(cell, minlength=n_groups * n_experts).view(n_groups, n_experts)
-    f = counts.to(probs.dtype) / counts.sum(dim=-1, keepdim=True)  # [G, E]
+    # A sequence can receive no assignment at all under expert choice (experts pick tokens across the
+    # batch): its f is all zeros and it adds 0 to the loss, instead of 0/0 = NaN.
+    f = counts.to(probs.dtype) / counts.sum(dim=-1, keepdim=True).clamp_min(1)  # [G, E]
     P = probs.view(n_groups, -1, n_experts).mean(dim=1)  # [G, E]
     return n_experts * (f * P).sum(dim=-1).mean()
 
