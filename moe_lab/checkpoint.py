@@ -9,6 +9,7 @@ a `MoETransformer`, and the trainer can fine-tune from it. Lightning `.ckpt` fil
 from __future__ import annotations
 
 import pickle
+import zipfile
 from pathlib import Path
 
 import torch
@@ -122,6 +123,11 @@ def read_torch_checkpoint(path: Path) -> object:
     when it is missing, truncated, not a torch file, or holds pickled objects."""
     if not path.is_file():
         raise CheckpointError(f"{path}: not found")
+    # torch.save writes a zip archive; a file cut short loses the archive's directory at its end. Said
+    # here in a few words, before torch.load's long advice about pickles and miniz.
+    if not zipfile.is_zipfile(path):
+        raise CheckpointError(f"{path}: not a torch checkpoint (not a complete zip archive: truncated, or "
+                              f"another kind of file)")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:

@@ -210,6 +210,7 @@ def build_trainer(cfg: ExperimentConfig, logger, callbacks: list[pl.Callback], r
         )
     except (MisconfigurationException, ValueError, TypeError, ImportError, RuntimeError) as err:
         reason = " ".join((str(err).strip() or type(err).__name__).split("\n")[0].split())
+        reason = reason.split(". ")[0].rstrip(".")  # the first sentence; the rest is links and lists
         lowered = reason.lower()
         name = next((k for k in TRAINER_KEYS if k in lowered), "accelerator")
         value = getattr(t, name)
