@@ -15,6 +15,7 @@ import os
 import shutil
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, NamedTuple
 
@@ -30,6 +31,7 @@ class Case(NamedTuple):
     module: str
     args: str
     setup: Callable[[Path, Path], None] = lambda tmp, run: None  # (case folder, trained run dir)
+    names: str = ""  # what the error line must name (the key, file or offset at fault); same placeholders
 
 
 # ----------------------------------------------------------------------------------- case setups
@@ -72,35 +74,49 @@ def both(*setups: Callable[[Path, Path], None]) -> Callable[[Path, Path], None]:
 
 TRAIN = "moe_lab.train"
 CASES = [
-    Case("output_dir is a file", TRAIN, "{exp} output_dir={tmp}/afile", write("afile", "x")),
-    Case("output_dir under a file", TRAIN, "{exp} output_dir={tmp}/afile/runs", write("afile", "x")),
-    Case("output_dir not writable", TRAIN, "{exp} output_dir={tmp}/ro/runs", unwritable("ro")),
+    Case("output_dir is a file", TRAIN, "{exp} output_dir={tmp}/afile", write("afile", "x"),
+         "output_dir: {tmp}/afile is a file"),
+    Case("output_dir under a file", TRAIN, "{exp} output_dir={tmp}/afile/runs", write("afile", "x"),
+         "output_dir: {tmp}/afile/runs would be under {tmp}/afile"),
+    Case("output_dir not writable", TRAIN, "{exp} output_dir={tmp}/ro/runs", unwritable("ro"),
+         "output_dir: cannot write in {tmp}/ro"),
     Case("model_init yaml malformed", TRAIN, "{exp} output_dir={runs} model_init={tmp}/pre",
-         write("pre/moe_lab_model.yaml", "d_model: [32\n")),
-    Case("model_init folder missing", TRAIN, "{exp} output_dir={runs} model_init={tmp}/nowhere"),
+         write("pre/moe_lab_model.yaml", "d_model: [32\n"),
+         "model_init: cannot parse {tmp}/pre/moe_lab_model.yaml"),
+    Case("model_init folder missing", TRAIN, "{exp} output_dir={runs} model_init={tmp}/nowhere",
+         names="model_init: no such directory: {tmp}/nowhere"),
     Case("resume=auto, last.ckpt truncated", TRAIN, "{exp} output_dir={runs} trainer.resume=auto",
-         truncate("checkpoints/last.ckpt")),
+         truncate("checkpoints/last.ckpt"), "{run}/checkpoints/last.ckpt"),
     Case("resume=auto, last and previous truncated", TRAIN, "{exp} output_dir={runs} trainer.resume=auto",
-         both(truncate("checkpoints/last.ckpt"), truncate("checkpoints/previous.ckpt"))),
+         both(truncate("checkpoints/last.ckpt"), truncate("checkpoints/previous.ckpt")),
+         "{run}/checkpoints/last.ckpt"),
     Case("resume=garbage.ckpt", TRAIN, "{exp} output_dir={runs} trainer.resume={tmp}/garbage.ckpt",
-         write("garbage.ckpt", b"not a checkpoint\n" * 10)),
-    Case("accelerator=gpu without one", TRAIN, "{exp} output_dir={runs} trainer.accelerator=gpu"),
-    Case("strategy=bogus", TRAIN, "{exp} output_dir={runs} trainer.strategy=bogus"),
-    Case("empty YAML", TRAIN, "{tmp}/empty.yaml", write("empty.yaml", "")),
-    Case("max_steps=0", TRAIN, "{exp} output_dir={runs} trainer.max_steps=0"),
+         write("garbage.ckpt", b"not a checkpoint\n" * 10),
+         "trainer.resume: {tmp}/garbage.ckpt"),
+    Case("accelerator=gpu without one", TRAIN, "{exp} output_dir={runs} trainer.accelerator=gpu",
+         names="trainer.accelerator: 'gpu'"),
+    Case("strategy=bogus", TRAIN, "{exp} output_dir={runs} trainer.strategy=bogus",
+         names="trainer.strategy: 'bogus'"),
+    Case("empty YAML", TRAIN, "{tmp}/empty.yaml", write("empty.yaml", ""), "{tmp}/empty.yaml is empty"),
+    Case("max_steps=0", TRAIN, "{exp} output_dir={runs} trainer.max_steps=0",
+         names="trainer.max_steps: must be >= 1"),
     Case("data file shorter than a block", TRAIN,
          "{exp} output_dir={runs} data.source=files data.train_files=[{tmp}/short.txt]",
-         write("short.txt", "tiny text\n" * 3)),
+         write("short.txt", "tiny text\n" * 3), "{tmp}/short.txt"),
     Case("non-UTF-8 .txt", TRAIN, "{exp} output_dir={runs} data.source=files data.train_files=[{tmp}/latin1.txt]",
-         write("latin1.txt", "ok line\n".encode() * 40 + "caf\xe9\n".encode("latin-1") + b"more\n" * 40)),
+         write("latin1.txt", "ok line\n".encode() * 40 + "caf\xe9\n".encode("latin-1") + b"more\n" * 40),
+         "{tmp}/latin1.txt: cannot be read as text: not UTF-8 text: byte 0xe9 at offset 323 (line 41)"),
     Case("malformed jsonl", TRAIN, "{exp} output_dir={runs} data.source=files data.train_files=[{tmp}/bad.jsonl]",
-         write("bad.jsonl", '{"text": "a fine row"}\n' * 20 + '{"text": "broken\n')),
+         write("bad.jsonl", '{"text": "a fine row"}\n' * 20 + '{"text": "broken\n'), "{tmp}/bad.jsonl"),
     Case("report: storage file missing", "moe_lab.report", "{tmp}/study",
-         write("study/study_info.json", json.dumps({"study_name": "s", "storage_url": "sqlite:///{tmp}/study/study.db"}))),
+         write("study/study_info.json", json.dumps({"study_name": "s", "storage_url": "sqlite:///{tmp}/study/study.db"})),
+         "(looked for {tmp}/study/study.db)"),
     Case("hf convert: config.json is a list", "moe_lab.interop.hf", "convert {tmp}/hf {tmp}/out",
-         write("hf/config.json", "[1, 2]")),
+         write("hf/config.json", "[1, 2]"), "{tmp}/hf/config.json: expected a JSON object"),
     Case("sweep output_dir is a file", "moe_lab.sweep",
-         "{tmp}/sweep.yaml output_dir={tmp}/afile", both(write("afile", "x"), write("sweep.yaml", ""))),
+         "{tmp}/sweep.yaml output_dir={tmp}/afile", write("afile", "x"), "output_dir: {tmp}/afile is a file"),
+    Case("sweep output_dir not writable", "moe_lab.sweep", "{tmp}/sweep.yaml output_dir={tmp}/ro/sweeps",
+         unwritable("ro"), "output_dir: cannot write in {tmp}/ro"),
 ]
 
 
@@ -144,24 +160,58 @@ def sweep_yaml(exp: Path) -> str:
     return f"base: {exp}\nsampler: grid\nspace: {{model.moe.top_k: [1]}}\n"
 
 
-@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
-def test_bad_input_is_one_error_line_and_changes_nothing(case: Case, trained, tmp_path):
+class Outcome(NamedTuple):
+    result: subprocess.CompletedProcess
+    places: dict
+    case_files_before: dict[str, str]
+    case_files_after: dict[str, str]
+
+
+class Batch(NamedTuple):
+    outcomes: dict[str, Outcome]
+    cache_before: dict[str, str]
+    cache_after: dict[str, str]
+
+
+@pytest.fixture(scope="module")
+def batch(trained, tmp_path_factory) -> Batch:
+    """Every case run once, a few at a time: each is a fresh interpreter spending seconds on imports,
+    so on a machine with spare cores they overlap. The data cache they share is compared around the
+    whole batch (test_no_case_changed_the_data_cache)."""
     base, exp, run = trained
-    shutil.copytree(base / "runs", tmp_path / "runs")
-    case_run = tmp_path / "runs" / run.relative_to(base / "runs")
-    case.setup(tmp_path, case_run)
-    if case.module == "moe_lab.sweep":
-        (tmp_path / "sweep.yaml").write_text(sweep_yaml(exp))
-    args = case.args.format(exp=exp, runs=tmp_path / "runs", run=case_run, cache=base / "cache", tmp=tmp_path)
-    before = tree_digest(tmp_path, base / "cache")
 
-    result = run_cli(case.module, args.split(), cwd=tmp_path)
+    def one(case: Case) -> tuple[str, Outcome]:
+        tmp = tmp_path_factory.mktemp("case")
+        shutil.copytree(base / "runs", tmp / "runs")
+        case_run = tmp / "runs" / run.relative_to(base / "runs")
+        case.setup(tmp, case_run)
+        if case.module == "moe_lab.sweep":  # {tmp}/sweep.yaml: a one-point grid over the tiny experiment
+            (tmp / "sweep.yaml").write_text(sweep_yaml(exp))
+        places = dict(exp=exp, runs=tmp / "runs", run=case_run, cache=base / "cache", tmp=tmp)
+        before = tree_digest(tmp)
+        result = run_cli(case.module, case.args.format(**places).split(), cwd=tmp)
+        return case.id, Outcome(result, places, before, tree_digest(tmp))
 
+    cache_before = tree_digest(base / "cache")
+    with ThreadPoolExecutor(max_workers=max(1, min(4, (os.cpu_count() or 1) // 2))) as pool:
+        outcomes = dict(pool.map(one, CASES))
+    return Batch(outcomes, cache_before, tree_digest(base / "cache"))
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_bad_input_is_one_error_line_and_changes_nothing(case: Case, batch):
+    result, places, before, after = batch.outcomes[case.id]
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 2, result.stderr
     assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert case.names.format(**places) in lines[0]
     assert "Traceback" not in result.stderr + result.stdout
-    assert tree_digest(tmp_path, base / "cache") == before
+    assert after == before
+
+
+def test_no_case_changed_the_data_cache(batch):
+    assert len(batch.outcomes) == len(CASES) and batch.cache_before
+    assert sorted(set(batch.cache_before.items()) ^ set(batch.cache_after.items())) == []
 
 
 # ------------------------------------------------------------------------- the pieces behind them
