@@ -9,6 +9,7 @@ a `MoETransformer`, and the trainer can fine-tune from it. Lightning `.ckpt` fil
 from __future__ import annotations
 
 import pickle
+import zipfile
 from pathlib import Path
 
 import torch
@@ -117,19 +118,31 @@ def build_pretrained(directory: str | Path) -> MoETransformer:
     return build_model(cfg, state_dict, str(Path(directory) / WEIGHTS_FILE))
 
 
+def read_torch_checkpoint(path: Path) -> object:
+    """The contents of a `.ckpt` file, tensors and plain containers only; CheckpointError naming the file
+    when it is missing, truncated, not a torch file, or holds pickled objects."""
+    if not path.is_file():
+        raise CheckpointError(f"{path}: not found")
+    # torch.save writes a zip archive; a file cut short loses the archive's directory at its end. Said
+    # here in a few words, before torch.load's long advice about pickles and miniz.
+    if not zipfile.is_zipfile(path):
+        raise CheckpointError(f"{path}: not a torch checkpoint (not a complete zip archive: truncated, or "
+                              f"another kind of file)")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise CheckpointError(f"{path}: holds objects other than tensors and plain containers, which are "
+                              f"never unpickled ({str(err).splitlines()[0][:200]})") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as err:
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise CheckpointError(f"{path}: not a torch checkpoint: {first}") from None
+
+
 def load_lightning_checkpoint(path: str | Path) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
     """Model config and state dict from a trainer checkpoint: `state_dict` keys `model.*`, the model
     section of the experiment config under `hyper_parameters.config.model` as a plain dict."""
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: not found")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        raise CheckpointError(f"{path}: holds objects other than tensors and plain containers, which are "
-                              f"never unpickled ({str(err).splitlines()[0][:200]})") from None
-    except (RuntimeError, EOFError, OSError) as err:
-        raise CheckpointError(f"{path}: not a torch checkpoint: {str(err).splitlines()[0]}") from None
+    ckpt = read_torch_checkpoint(path)
     model_section = ckpt.get("hyper_parameters", {}).get("config", {}).get("model") \
         if isinstance(ckpt, dict) else None
     if not isinstance(model_section, dict):

@@ -114,6 +114,8 @@ def _read_yaml(path: Path, chain: tuple[Path, ...] = ()) -> DictConfig:
         raise ConfigError("config", f"cannot parse {path}: {reason}") from None
     if not isinstance(node, DictConfig):
         raise ConfigError("config", f"{path} must hold a mapping of config keys")
+    if not node:  # an empty file would silently train every schema default
+        raise ConfigError("config", f"{path} is empty; an experiment names at least the keys it changes")
     bases = node.pop(EXTENDS_KEY, None)
     if bases is None:
         return node
@@ -188,9 +190,17 @@ def _pretrained_model_section(model_init: str) -> DictConfig:
     """The model section stored with a pretrained directory: a fine-tune starts from the architecture
     it was trained with, and the experiment's own model keys change only what they name."""
     path = Path(model_init) / PRETRAINED_MODEL_FILE
+    if not Path(model_init).is_dir():
+        raise ConfigError("model_init", f"no such directory: {model_init}")
     if not path.is_file():
         raise ConfigError("model_init", f"no {PRETRAINED_MODEL_FILE} in {model_init}")
-    return OmegaConf.create({"model": OmegaConf.load(path)})
+    try:
+        node = OmegaConf.load(path)
+    except Exception as err:  # yaml.YAMLError and friends
+        raise ConfigError("model_init", f"cannot parse {path}: {' '.join(str(err).split())}") from None
+    if not isinstance(node, DictConfig):
+        raise ConfigError("model_init", f"{path} must hold a mapping of model config keys")
+    return OmegaConf.create({"model": node})
 
 
 def load_config(path: str | Path | None, overrides: list[str] = ()) -> ExperimentConfig:
@@ -260,8 +270,8 @@ def validate_experiment(cfg: ExperimentConfig) -> None:
            f"{cfg.data.block_size} > model.max_seq_len={cfg.model.max_seq_len}")
     if cfg.model_init:
         _check(Path(cfg.model_init).is_dir(), "model_init", f"no such directory: {cfg.model_init}")
+    _validate_trainer(cfg.trainer)  # first: optim rules compare against trainer.max_steps
     _validate_optim(cfg.optim, cfg.trainer)
-    _validate_trainer(cfg.trainer)
     _validate_monitor(cfg.monitor)
 
 

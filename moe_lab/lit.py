@@ -17,6 +17,9 @@ from moe_lab.config import config_from_dict
 from moe_lab.model import MoETransformer, RoutingStats
 
 LN2 = math.log(2.0)
+# Checkpoint entry holding the training totals up to that checkpoint (see on_save_checkpoint).
+PROGRESS_KEY = "moe_lab_progress"
+PROGRESS_ZERO = {"train_tokens": 0, "train_seconds": 0.0, "wall_time_s": 0.0}
 
 
 def checkpoint_activations(blocks: nn.ModuleList) -> None:
@@ -56,22 +59,21 @@ class MoELitModule(pl.LightningModule):
         object.__setattr__(self, "_forward", self.model)
         if self.cfg.trainer.activation_checkpointing:
             checkpoint_activations(self.model.blocks)
-        # Throughput of the training steps alone (validation and sampling excluded).
+        # Throughput of the training steps alone (validation and sampling excluded), this process's part.
         self.train_tokens = 0
         self.train_seconds = 0.0
         self._batch_start = 0.0
         self._router_grad_step = -1  # global step of the last router-health measurement
+        self._batch_tokens = 0  # of the batch in flight; 0 between batches
+        self._fit_start = time.perf_counter()
+        # What the parts of the run before a resume did, up to the checkpoint resumed from.
+        self.progress_before = dict(PROGRESS_ZERO)
+        self.resumed_from_step: int | None = None
         self.last_val: dict[str, float] = {}
 
     def configure_model(self) -> None:
         if self.cfg.trainer.compile and self._forward is self.model:
             object.__setattr__(self, "_forward", torch.compile(self.model))
-
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
-        # Checkpoints written before `_forward` stopped being a submodule hold a second copy of the weights.
-        state = checkpoint.get("state_dict", {})
-        for key in [k for k in state if k.startswith("_forward.")]:
-            del state[key]
 
     # ------------------------------------------------------------------ training
     def training_step(self, batch, batch_idx):
@@ -138,13 +140,37 @@ class MoELitModule(pl.LightningModule):
 
     def on_train_batch_start(self, batch, batch_idx):
         self._batch_start = time.perf_counter()
+        self._batch_tokens = batch[0].numel() * self.trainer.world_size
 
     def on_train_batch_end(self, outputs, batch, batch_idx):
         elapsed = time.perf_counter() - self._batch_start
-        tokens = batch[0].numel() * self.trainer.world_size
+        tokens, self._batch_tokens = self._batch_tokens, 0
         self.train_tokens += tokens
         self.train_seconds += elapsed
         self.log("train/tokens_per_s", tokens / max(elapsed, 1e-9), prog_bar=True)
+
+    # ------------------------------------------------------------------ progress across resumes
+    def on_fit_start(self):
+        self._fit_start = time.perf_counter()
+
+    def on_save_checkpoint(self, checkpoint):
+        # Totals up to this checkpoint, so a resumed run can report the whole run. Checkpoint
+        # callbacks save before this module's on_train_batch_end: the batch in flight is counted here.
+        in_flight = time.perf_counter() - self._batch_start if self._batch_tokens else 0.0
+        before = self.progress_before
+        checkpoint[PROGRESS_KEY] = {
+            "train_tokens": before["train_tokens"] + self.train_tokens + self._batch_tokens,
+            "train_seconds": before["train_seconds"] + self.train_seconds + in_flight,
+            "wall_time_s": before["wall_time_s"] + time.perf_counter() - self._fit_start,
+        }
+
+    def on_load_checkpoint(self, checkpoint):
+        self.progress_before = {**PROGRESS_ZERO, **checkpoint.get(PROGRESS_KEY, {})}
+        self.resumed_from_step = int(checkpoint.get("global_step", 0))
+        # Checkpoints written before `_forward` stopped being a submodule hold a second copy of the weights.
+        state = checkpoint.get("state_dict", {})
+        for key in [k for k in state if k.startswith("_forward.")]:
+            del state[key]
 
     def configure_optimizers(self):
         decay, no_decay = [], []

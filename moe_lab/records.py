@@ -13,8 +13,26 @@ from pathlib import Path
 
 import torch
 
+from moe_lab.errors import ConfigError
+
 PACKAGES = ("moe-lab", "torch", "lightning", "optuna", "datasets", "tokenizers", "omegaconf", "numpy",
             "tensorboard", "transformers")
+
+
+def check_writable_dir(path: str | Path, key: str) -> None:
+    """Raise ConfigError (naming `key`) unless `path` is a directory, or could be created as one, that
+    this process can write in. Creates nothing: the probe directory is removed again at once."""
+    path = Path(path).expanduser()
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        what = "is" if existing == path else f"would be under {existing}, which is"
+        raise ConfigError(key, f"{path} {what} a file, not a directory")
+    try:  # os.access says yes to root on read-only mounts; only trying to write tells
+        os.rmdir(tempfile.mkdtemp(prefix=".write-check-", dir=existing))
+    except OSError as err:
+        raise ConfigError(key, f"cannot write in {existing}: {err.strerror}") from None
 
 
 def write_json_atomic(path: Path, data) -> None:

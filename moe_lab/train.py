@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -18,17 +19,20 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from moe_lab.callbacks import ExpertCollapseDetector, ExpertLoadMonitor
 from moe_lab.config import ExperimentConfig, flatten, load_config, to_dict, to_yaml
 from moe_lab.data import TextDataModule
-from moe_lab.errors import DataError, MoELabError
+from moe_lab.checkpoint import CheckpointError, check_state_dict, read_torch_checkpoint
+from moe_lab.errors import ConfigError, DataError, MoELabError
 from moe_lab.lit import MoELitModule
-from moe_lab.records import environment_record, write_json_atomic, write_text_atomic
+from moe_lab.records import check_writable_dir, environment_record, write_json_atomic, write_text_atomic
 from moe_lab.runtime import tune_cpu_allocator
 from moe_lab.summary import model_summary, summary_record
 
 CHECKPOINTS = "checkpoints"
+LAST, PREVIOUS = "last.ckpt", "previous.ckpt"  # the two newest checkpoints of a run
 
 
 class NonFiniteLossError(MoELabError, FloatingPointError):
@@ -43,7 +47,7 @@ class RunResult:
 
 
 def _latest_last_checkpoint(experiment_dir: Path) -> Path | None:
-    found = sorted(experiment_dir.glob(f"*/{CHECKPOINTS}/last.ckpt"), key=lambda p: p.stat().st_mtime)
+    found = sorted(experiment_dir.glob(f"*/{CHECKPOINTS}/{LAST}"), key=lambda p: p.stat().st_mtime)
     return found[-1] if found else None
 
 
@@ -54,7 +58,7 @@ def resolve_resume(cfg: ExperimentConfig) -> tuple[str | None, Path | None]:
         return cfg.version or None, None
     ckpt = _latest_last_checkpoint(experiment_dir) if cfg.trainer.resume == "auto" else Path(cfg.trainer.resume)
     if cfg.trainer.resume == "auto" and cfg.version:
-        candidate = experiment_dir / cfg.version / CHECKPOINTS / "last.ckpt"
+        candidate = experiment_dir / cfg.version / CHECKPOINTS / LAST
         ckpt = candidate if candidate.is_file() else None
     if ckpt is None:
         return cfg.version or None, None  # nothing to resume: a fresh run
@@ -62,6 +66,64 @@ def resolve_resume(cfg: ExperimentConfig) -> tuple[str | None, Path | None]:
     run_dir = ckpt.parent.parent
     version = run_dir.name if run_dir.parent.resolve() == experiment_dir.resolve() else (cfg.version or None)
     return version, ckpt
+
+
+def check_resume_checkpoint(cfg: ExperimentConfig, ckpt: Path) -> None:
+    """Raise ConfigError unless `ckpt` loads and holds the model `cfg` describes. Run before the run
+    directory is touched: a damaged checkpoint must not leave records of a resume that never ran.
+    For resume=auto the message names the run's previous checkpoint when that one is intact."""
+    problem = _checkpoint_problem(cfg, ckpt)
+    if problem is None:
+        return
+    if cfg.trainer.resume != "auto":
+        raise ConfigError("trainer.resume", problem)
+    previous = ckpt.with_name(PREVIOUS)
+    if previous.is_file() and _checkpoint_problem(cfg, previous) is None:
+        raise ConfigError("trainer.resume", f"auto: the latest checkpoint is damaged ({problem}); the previous "
+                                            f"one is intact: continue from it with trainer.resume={previous}")
+    raise ConfigError("trainer.resume", f"auto: the latest checkpoint is damaged ({problem}) and no intact "
+                                        f"{PREVIOUS} is beside it; start afresh with trainer.resume=''")
+
+
+def _checkpoint_problem(cfg: ExperimentConfig, ckpt: Path) -> str | None:
+    # Lightning loads the file again when it resumes: reading it twice is the price of failing early.
+    try:
+        state = read_torch_checkpoint(ckpt)
+        tensors = state.get("state_dict") if isinstance(state, dict) else None
+        if not isinstance(tensors, dict) or "global_step" not in state:
+            return f"{ckpt}: not a training checkpoint (no state_dict and global_step)"
+        prefix = "model."
+        check_state_dict(cfg.model, {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)},
+                         f"{ckpt} (step {state['global_step']})")
+    except CheckpointError as err:
+        return str(err)
+    return None
+
+
+class RotatingCheckpoint(ModelCheckpoint):
+    """ModelCheckpoint writing each file atomically (a temporary file in the same folder, then a
+    rename), and with `keep_previous` moving the replaced last.ckpt to previous.ckpt: a crash, a full
+    disk or a damaged file costs at most the steps since the checkpoint before.
+
+    `trusted` says whether an existing last.ckpt may become previous.ckpt: one this run did not resume
+    from (damaged, or left by another run in a reused version folder) is replaced, not kept."""
+
+    def __init__(self, *args, keep_previous: bool = False, trusted: bool = False, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.keep_previous = keep_previous
+        self.trusted = trusted
+
+    def _save_checkpoint(self, trainer: pl.Trainer, filepath: str) -> None:
+        path = Path(filepath)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        super()._save_checkpoint(trainer, str(tmp))
+        if trainer.is_global_zero:
+            if self.keep_previous and self.trusted and path.is_file():
+                os.replace(path, path.with_name(PREVIOUS))
+            os.replace(tmp, path)
+        trainer.strategy.barrier()
+        self.trusted = True
+        self._last_checkpoint_saved = filepath
 
 
 class NonFiniteLossGuard(pl.Callback):
@@ -74,15 +136,18 @@ class NonFiniteLossGuard(pl.Callback):
             raise NonFiniteLossError(f"non-finite training loss {loss.item()} at step {trainer.global_step}")
 
 
-def build_callbacks(cfg: ExperimentConfig, run_dir: Path) -> dict[str, pl.Callback]:
+def build_callbacks(cfg: ExperimentConfig, run_dir: Path, resume_ckpt: Path | None = None) -> dict[str, pl.Callback]:
     m = cfg.monitor
     every = cfg.trainer.checkpoint_every_n_steps or cfg.trainer.val_every_n_steps
+    last = run_dir / CHECKPOINTS / LAST
+    resumed_from_last = resume_ckpt is not None and resume_ckpt.resolve() == last.resolve()
     return {
-        "best_checkpoint": ModelCheckpoint(dirpath=run_dir / CHECKPOINTS, filename="best", monitor="val/loss",
-                                           mode="min", save_top_k=1, auto_insert_metric_name=False,
-                                           enable_version_counter=False),
-        "last_checkpoint": ModelCheckpoint(dirpath=run_dir / CHECKPOINTS, save_top_k=0, save_last=True,
-                                           every_n_train_steps=every),
+        "best_checkpoint": RotatingCheckpoint(dirpath=run_dir / CHECKPOINTS, filename="best", monitor="val/loss",
+                                              mode="min", save_top_k=1, auto_insert_metric_name=False,
+                                              enable_version_counter=False),
+        "last_checkpoint": RotatingCheckpoint(dirpath=run_dir / CHECKPOINTS, save_top_k=0, save_last=True,
+                                              every_n_train_steps=every, keep_previous=True,
+                                              trusted=resumed_from_last),
         "load_monitor": ExpertLoadMonitor(log_every_n_steps=m.log_every_n_steps,
                                           heatmap_every_n_steps=m.heatmap_every_n_steps,
                                           max_experts_logged=m.max_experts_logged),
@@ -124,6 +189,37 @@ def _print(msg: str, quiet: bool) -> None:
         print(msg, flush=True)
 
 
+# Lightning names no key when it refuses a device setting; the first of these its message mentions is it.
+TRAINER_KEYS = ("strategy", "devices", "num_nodes", "precision", "accelerator")
+
+
+def build_trainer(cfg: ExperimentConfig, logger, callbacks: list[pl.Callback], run_dir: Path,
+                  quiet: bool) -> pl.Trainer:
+    """The Trainer; Lightning checks accelerator, devices and strategy here, and writes nothing yet."""
+    t = cfg.trainer
+    try:
+        return pl.Trainer(
+            max_steps=t.max_steps, max_epochs=-1,
+            val_check_interval=t.val_every_n_steps, check_val_every_n_epoch=None,
+            limit_val_batches=t.val_batches or 1.0, num_sanity_val_steps=0,
+            accumulate_grad_batches=t.accumulate_grad_batches, precision=_precision(t.precision),
+            accelerator=t.accelerator, devices=_devices(t.devices), num_nodes=t.num_nodes, strategy=t.strategy,
+            deterministic=t.deterministic, gradient_clip_val=cfg.optim.grad_clip or None,
+            logger=logger, callbacks=callbacks,
+            enable_progress_bar=t.progress_bar and not quiet, log_every_n_steps=t.log_every_n_steps,
+            enable_model_summary=False, use_distributed_sampler=False, default_root_dir=run_dir,
+        )
+    except (MisconfigurationException, ValueError, TypeError, ImportError, RuntimeError) as err:
+        reason = " ".join((str(err).strip() or type(err).__name__).split("\n")[0].split())
+        reason = reason.split(". ")[0].rstrip(".")  # the first sentence; the rest is links and lists
+        lowered = reason.lower()
+        name = next((k for k in TRAINER_KEYS if k in lowered), "accelerator")
+        value = getattr(t, name)
+        raise ConfigError(f"trainer.{name}", f"{value!r} cannot be used here "
+                          f"(accelerator={t.accelerator}, devices={t.devices}, strategy={t.strategy}): "
+                          f"{reason}") from None
+
+
 def run(cfg: ExperimentConfig, extra_callbacks: tuple[pl.Callback, ...] = (), quiet: bool = False) -> RunResult:
     """Train `cfg` (already validated by load_config). Raises MoELabError for bad data input before
     anything is written."""
@@ -131,6 +227,13 @@ def run(cfg: ExperimentConfig, extra_callbacks: tuple[pl.Callback, ...] = (), qu
     if cfg.trainer.threads:
         torch.set_num_threads(cfg.trainer.threads)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    # Everything that can be refused is checked before the run directory exists: output folder,
+    # devices and strategy, data, the checkpoint to resume from.
+    check_writable_dir(cfg.output_dir, "output_dir")
+    version, resume_ckpt = resolve_resume(cfg)
+    logger = TensorBoardLogger(save_dir=cfg.output_dir, name=cfg.name, version=version, default_hp_metric=False)
+    run_dir = Path(logger.log_dir)
+    callbacks = build_callbacks(cfg, run_dir, resume_ckpt)
     data = TextDataModule(cfg.data, seed=cfg.seed)
     data.prepare_data()
     data.setup("fit")
@@ -140,6 +243,8 @@ def run(cfg: ExperimentConfig, extra_callbacks: tuple[pl.Callback, ...] = (), qu
                             f"{cfg.model_init} has vocab_size {cfg.model.vocab_size}")
     else:
         cfg.model.vocab_size = data.vocab_size  # resolved from the tokenizer, recorded in config.yaml
+    if resume_ckpt is not None:
+        check_resume_checkpoint(cfg, resume_ckpt)
     lit = MoELitModule(to_dict(cfg), val_bytes_per_token=data.bytes_per_token["val"])
     lit.tokenizer = data.tokenizer
     if cfg.model_init:
@@ -148,9 +253,8 @@ def run(cfg: ExperimentConfig, extra_callbacks: tuple[pl.Callback, ...] = (), qu
         _, state = load_pretrained(cfg.model_init)
         lit.model.load_state_dict(state, strict=True)
 
-    version, resume_ckpt = resolve_resume(cfg)
-    logger = TensorBoardLogger(save_dir=cfg.output_dir, name=cfg.name, version=version, default_hp_metric=False)
-    run_dir = Path(logger.log_dir)
+    # Last: Lightning logs its device lines while building the Trainer.
+    trainer = build_trainer(cfg, logger, [*callbacks.values(), *extra_callbacks], run_dir, quiet)
     run_dir.mkdir(parents=True, exist_ok=True)
     _print(f"run directory: {run_dir}" + (f" (resuming {resume_ckpt})" if resume_ckpt else ""), quiet)
     summary = model_summary(cfg.model, cfg.data.block_size)
@@ -161,19 +265,6 @@ def run(cfg: ExperimentConfig, extra_callbacks: tuple[pl.Callback, ...] = (), qu
     write_text_atomic(run_dir / "model_summary.txt", summary + "\n")
     data.save_tokenizer(run_dir / "tokenizer")
 
-    callbacks = build_callbacks(cfg, run_dir)
-    t = cfg.trainer
-    trainer = pl.Trainer(
-        max_steps=t.max_steps, max_epochs=-1,
-        val_check_interval=t.val_every_n_steps, check_val_every_n_epoch=None,
-        limit_val_batches=t.val_batches or 1.0, num_sanity_val_steps=0,
-        accumulate_grad_batches=t.accumulate_grad_batches, precision=_precision(t.precision),
-        accelerator=t.accelerator, devices=_devices(t.devices), num_nodes=t.num_nodes, strategy=t.strategy,
-        deterministic=t.deterministic, gradient_clip_val=cfg.optim.grad_clip or None,
-        logger=logger, callbacks=[*callbacks.values(), *extra_callbacks],
-        enable_progress_bar=t.progress_bar and not quiet, log_every_n_steps=t.log_every_n_steps,
-        enable_model_summary=False, use_distributed_sampler=False, default_root_dir=run_dir,
-    )
     start = time.perf_counter()
     error = None
     try:
@@ -205,6 +296,8 @@ def final_metrics(cfg, lit: MoELitModule, trainer: pl.Trainer, callbacks: dict, 
     load = callbacks["load_monitor"].summary()
     detector = callbacks["collapse_detector"]
     best = callbacks["best_checkpoint"].best_model_score
+    before = lit.progress_before  # zeros unless the run resumed from a checkpoint
+    resumed = lit.resumed_from_step is not None
     status = "completed"
     if error is not None:
         status = "failed"
@@ -220,9 +313,11 @@ def final_metrics(cfg, lit: MoELitModule, trainer: pl.Trainer, callbacks: dict, 
         "val_ppl": lit.last_val.get("val/ppl"),
         "val_bpb": lit.last_val.get("val/bpb"),
         "best_val_loss": float(best) if best is not None else None,
-        "train_tokens": lit.train_tokens,
-        "tokens_per_s": lit.train_tokens / lit.train_seconds if lit.train_seconds else None,
-        "wall_time_s": wall,
+        # Totals over every part of a resumed run (each part up to the checkpoint the next resumed from).
+        **_throughput(before["train_tokens"] + lit.train_tokens, before["train_seconds"] + lit.train_seconds,
+                      before["wall_time_s"] + wall),
+        "resumed_from_step": lit.resumed_from_step,
+        "this_part": _throughput(lit.train_tokens, lit.train_seconds, wall) if resumed else None,
         "total_params": summary["total_params"],
         "active_params": summary["total_active_params"],
         "flops_per_token": summary["total_flops_per_token"],
@@ -237,6 +332,11 @@ def final_metrics(cfg, lit: MoELitModule, trainer: pl.Trainer, callbacks: dict, 
         "collapse_events_count": len(detector.events),
         "prune_reason": getattr(detector, "prune_reason", None),
     }
+
+
+def _throughput(tokens: int, train_seconds: float, wall: float) -> dict:
+    return {"train_tokens": tokens, "tokens_per_s": tokens / train_seconds if train_seconds else None,
+            "wall_time_s": wall}
 
 
 def _metric(trainer: pl.Trainer, name: str) -> float | None:

@@ -290,7 +290,8 @@ def test_interrupted_tokenisation_leaves_no_cache_entry(tmp_path, monkeypatch):
     monkeypatch.setattr(ByteTokenizer, "encode_batch", crash)
     with pytest.raises(KeyboardInterrupt):
         make_dm(tmp_path)
-    assert list((tmp_path / "cache" / "tokens").iterdir()) == []
+    assert list((tmp_path / "cache").glob("tokens/*")) == []  # nor a staging folder left behind:
+    assert list((tmp_path / "cache").glob(".tmp-*")) == []
     monkeypatch.undo()
     assert make_dm(tmp_path).token_splits["train"].n_tokens > 0
 
@@ -380,7 +381,9 @@ def test_split_smaller_than_a_block_is_an_error(tmp_path, small_files, split):
     # A block needs block_size + 1 tokens, so a block_size equal to the split's length is one too many.
     n_tokens = len(((train if split == "train" else val) + SEP).encode())
     assert len(val) < len(train)  # the train split still fits when the val split does not
-    message = rf"{split} split has {n_tokens} tokens but data.block_size={n_tokens} needs at least {n_tokens + 1}"
+    # The message names the files the split came from.
+    message = (rf"the {split} split of files\({re.escape(train_files[0])}; val_files={re.escape(val_files[0])}; "
+               rf"format=auto\) has {n_tokens} tokens but data.block_size={n_tokens} needs at least {n_tokens + 1}")
     with pytest.raises(DataError, match=message):
         make_dm(tmp_path, source="files", train_files=train_files, val_files=val_files, block_size=n_tokens)
 

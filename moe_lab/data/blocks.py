@@ -8,6 +8,13 @@ from moe_lab.data.cache import TokenSplit
 from moe_lab.errors import DataError
 
 
+def check_block_fits(split: TokenSplit, block_size: int, what: str) -> None:
+    """DataError unless `split` holds one training example: block_size + 1 tokens (x and its shifted y)."""
+    if split.n_tokens < block_size + 1:
+        raise DataError(f"{what} has {split.n_tokens} tokens but data.block_size={block_size} needs at least "
+                        f"{block_size + 1}; lower data.block_size or add text")
+
+
 class TokenBlocks(Dataset):
     """Non-overlapping windows of block_size + 1 tokens (stride block_size) over a memory-mapped split.
 
@@ -17,14 +24,10 @@ class TokenBlocks(Dataset):
     """
 
     def __init__(self, split: TokenSplit, block_size: int, name: str):
+        check_block_fits(split, block_size, f"{name} split")
         self.split = split
         self.block_size = block_size
         self.n_blocks = (split.n_tokens - 1) // block_size
-        if self.n_blocks < 1:
-            raise DataError(
-                f"{name} split has {split.n_tokens} tokens but data.block_size={block_size} needs at least "
-                f"{block_size + 1}; lower data.block_size or add text"
-            )
         self._tokens = None  # opened lazily, so each DataLoader worker maps the file itself
 
     @property

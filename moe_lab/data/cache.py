@@ -52,13 +52,63 @@ class TokenSplit:
         return np.memmap(self.path, dtype=self.dtype, mode="r", shape=(self.n_tokens,))
 
 
+class CacheWrites:
+    """The cache entries one data preparation writes, staged in a folder inside the cache and renamed
+    into place only by `commit()`: a preparation that fails at any step (a file that does not parse,
+    a split shorter than one block) leaves the cache exactly as it was. Use as a context manager; on
+    exit the staging folder goes, and so do the cache folders it had to create when nothing was
+    committed.
+    """
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        missing = [self.root, *self.root.parents]
+        self._created = [p for p in missing[: next(i for i, p in enumerate(missing) if p.exists())]]
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.scratch = Path(tempfile.mkdtemp(prefix=".tmp-prepare-", dir=self.root))  # dropped on exit
+        self._pending: list[tuple[Path, Path]] = []  # (staged, final)
+        self._committed = False
+
+    def stage(self, final: Path) -> Path:
+        """A new empty folder that becomes `final` on commit."""
+        staged = self.scratch / f"entry{len(self._pending)}-{final.name}"
+        staged.mkdir()
+        self._pending.append((staged, final))
+        return staged
+
+    def commit(self) -> None:
+        for staged, final in self._pending:
+            final.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.rename(staged, final)
+            except OSError:
+                if not final.is_dir():  # another process finished the same entry first: keep its copy
+                    raise
+        self._pending = []
+        self._committed = True
+
+    def __enter__(self) -> "CacheWrites":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        shutil.rmtree(self.scratch, ignore_errors=True)
+        if not self._committed:
+            for folder in self._created:  # deepest first; one that is not empty stays
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
+
+
 @contextlib.contextmanager
-def atomic_directory(final: Path) -> Iterator[Path]:
-    """Yield a temporary directory that is renamed to `final` only when the block completes.
+def atomic_directory(final: Path, writes: CacheWrites | None = None) -> Iterator[Path]:
+    """Yield a temporary directory that is renamed to `final` only when the block completes (with
+    `writes`, only when those writes are committed).
 
     An interrupted run leaves at most a stray `.tmp-*` directory, never a half-written `final`. When
     another process finished the same entry first, its copy is kept and ours discarded.
     """
+    if writes is not None:
+        yield writes.stage(final)
+        return
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=final.parent))
     try:
@@ -112,11 +162,15 @@ def load_or_tokenize(
     split_hashes: dict[str, str],
     tokenizer: "Tokenizer",
     separator: str,
+    writes: CacheWrites | None = None,
 ) -> dict[str, TokenSplit]:
-    """The cached token splits for this corpus and tokenizer, tokenising only on a cache miss."""
+    """The cached token splits for this corpus and tokenizer, tokenising only on a cache miss. The
+    splits' paths are those of the cache entry (with `writes`, valid once they are committed)."""
     entry = entry_dir(cache_dir, corpus_descriptor, tokenizer, split_hashes)
-    if not (entry / "meta.json").is_file():
-        with atomic_directory(entry) as tmp:
+    if (entry / "meta.json").is_file():
+        meta = json.loads((entry / "meta.json").read_text())
+    else:
+        with atomic_directory(entry, writes) as tmp:
             meta = {"corpus": corpus_descriptor, "tokenizer": tokenizer.descriptor, "content": split_hashes,
                     "dtype": token_dtype(tokenizer.vocab_size), "splits": {}}
             for name, docs in splits.items():
@@ -124,7 +178,6 @@ def load_or_tokenize(
                 meta["splits"][name] = _write_tokens(path, docs, tokenizer, separator, meta["dtype"])
             # Written last: an entry directory with a meta.json is complete.
             (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
-    meta = json.loads((entry / "meta.json").read_text())
     return {
         name: TokenSplit(entry / f"{name}.bin", meta["dtype"], counts["n_tokens"], counts["n_bytes"])
         for name, counts in meta["splits"].items()

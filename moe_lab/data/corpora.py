@@ -4,6 +4,7 @@ Every split has two string columns: `doc` (which play / file / row a document ca
 Sources are looked up by name in `CORPUS_LOADERS`; a new source is one function plus one line there.
 """
 
+import codecs
 import contextlib
 import difflib
 import glob
@@ -126,7 +127,7 @@ def _load_file(path: Path, cfg: DataConfig, hf_cache_dir: Path) -> datasets.Data
             raw = datasets.load_dataset(fmt, data_files=[str(path)], split="train", cache_dir=str(hf_cache_dir),
                                         **options)
     except Exception as err:  # the builders raise many kinds; the person needs the file and the reason
-        raise DataError(f"{path}: cannot be read as {fmt}: {_first_line(err)}") from err
+        raise DataError(f"{path}: cannot be read as {fmt}: {_load_failure(path, err)}") from None
     field = "text" if fmt == "text" else cfg.text_field
     docs = _text_column(raw, field, str(path), "data.text_field")
     names = [path.name] if fmt == "text" else [f"{path.name}:{row}" for row in range(len(docs))]
@@ -241,13 +242,54 @@ def _require_text(docs: datasets.Dataset, message: str) -> None:
 
 @contextlib.contextmanager
 def _quiet_progress():
+    """No progress bars, and no log lines: a builder that fails logs its own version of the error
+    we are about to raise, which would put a second line before the `error:` line."""
     was_enabled = datasets.is_progress_bar_enabled()
+    verbosity = datasets.logging.get_verbosity()
     datasets.disable_progress_bars()
+    datasets.logging.set_verbosity(datasets.logging.CRITICAL)
     try:
         yield
     finally:
+        datasets.logging.set_verbosity(verbosity)
         if was_enabled:
             datasets.enable_progress_bars()
+
+
+def _load_failure(path: Path, err: Exception) -> str:
+    """Why a builder could not read `path`: the cause, not the builder's generic wrapper ("An error
+    occurred while generating the dataset"); for text that is not UTF-8, where the first bad byte is."""
+    cause: BaseException | None = err
+    while cause is not None and not isinstance(cause, UnicodeDecodeError):
+        cause = cause.__cause__ or cause.__context__
+    if cause is None:
+        innermost = err
+        while innermost.__cause__ is not None:
+            innermost = innermost.__cause__
+        return _first_line(innermost)
+    where = _first_invalid_utf8(path) if not set(path.suffixes) & COMPRESSION_SUFFIXES else None
+    if where is None:
+        return f"not UTF-8 text ({_first_line(cause)}); re-encode it as UTF-8"
+    offset, line, value = where
+    return f"not UTF-8 text: byte 0x{value:02x} at offset {offset} (line {line}); re-encode it as UTF-8"
+
+
+def _first_invalid_utf8(path: Path, chunk_size: int = 1 << 20) -> tuple[int, int, int] | None:
+    """(byte offset, line number, byte value) of the first byte of `path` that is not valid UTF-8."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    offset = newlines = 0
+    with open(path, "rb") as f:
+        while chunk := f.read(chunk_size):
+            pending = len(decoder.getstate()[0])  # bytes of a character cut by the previous chunk
+            try:
+                decoder.decode(chunk)
+            except UnicodeDecodeError as err:
+                newlines += err.object[pending:err.start].count(b"\n")
+                return offset - pending + err.start, newlines + 1, err.object[err.start]
+            offset += len(chunk)
+            newlines += chunk.count(b"\n")
+    cut = decoder.getstate()[0]  # the file ends inside a character
+    return (offset - len(cut), newlines + 1, cut[0]) if cut else None
 
 
 def _first_line(err: Exception) -> str:

@@ -7,9 +7,9 @@ from pathlib import Path
 import lightning.pytorch as pl
 from torch.utils.data import DataLoader
 
-from moe_lab.data.blocks import TokenBlocks
+from moe_lab.data.blocks import TokenBlocks, check_block_fits
 from moe_lab.data.sampler import EpochBatchSampler, ResumableDataLoader
-from moe_lab.data.cache import SPLITS, TokenSplit, content_hash, load_or_tokenize
+from moe_lab.data.cache import SPLITS, CacheWrites, TokenSplit, content_hash, load_or_tokenize
 from moe_lab.data.config import DataConfig, resolve_cache_dir, validate_data_config
 from moe_lab.data.corpora import load_corpus
 from moe_lab.data.tokenizers import Tokenizer, build_tokenizer
@@ -27,13 +27,21 @@ def prepare(cfg: DataConfig, cache_dir: Path) -> PreparedData:
     """Load the corpus, build the tokenizer and the token cache; cheap when everything is cached.
 
     The raw text is always read and hashed (seconds for Shakespeare) so a changed file can never be
-    served stale tokens; tokenising and BPE training happen only on a cache miss.
+    served stale tokens; tokenising and BPE training happen only on a cache miss. New cache entries
+    appear only when every step succeeded (see CacheWrites).
     """
-    corpus = load_corpus(cfg, cache_dir / "hf")
-    docs = {"train": corpus.train, "val": corpus.val}
-    hashes = {name: content_hash(docs[name], cfg.doc_separator) for name in SPLITS}
-    tokenizer = build_tokenizer(cfg, corpus.train, hashes["train"], cache_dir)
-    splits = load_or_tokenize(cache_dir, corpus.descriptor, docs, hashes, tokenizer, cfg.doc_separator)
+    with CacheWrites(cache_dir) as writes:
+        # Hub downloads go to the shared `datasets` cache (fetching them again costs network time).
+        # Local files are parsed into a scratch cache dropped afterwards: their text is read and
+        # hashed on every run anyway, and a file that fails to parse must leave nothing behind.
+        corpus = load_corpus(cfg, cache_dir / "hf" if cfg.source == "hub" else writes.scratch / "hf")
+        docs = {"train": corpus.train, "val": corpus.val}
+        hashes = {name: content_hash(docs[name], cfg.doc_separator) for name in SPLITS}
+        tokenizer = build_tokenizer(cfg, corpus.train, hashes["train"], cache_dir, writes)
+        splits = load_or_tokenize(cache_dir, corpus.descriptor, docs, hashes, tokenizer, cfg.doc_separator, writes)
+        for name, split in splits.items():  # before commit: a corpus too short for one block caches nothing
+            check_block_fits(split, cfg.block_size, f"the {name} split of {corpus.descriptor}")
+        writes.commit()
     data_hash = hashlib.sha256(f"{hashes['train']}:{hashes['val']}".encode()).hexdigest()[:16]
     return PreparedData(corpus.descriptor, tokenizer, splits, data_hash)
 

@@ -16,7 +16,7 @@ import numpy as np
 import tokenizers
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
-from moe_lab.data.cache import DOCS_PER_BATCH, atomic_directory
+from moe_lab.data.cache import DOCS_PER_BATCH, CacheWrites, atomic_directory
 from moe_lab.data.config import DataConfig
 from moe_lab.errors import DataError
 
@@ -107,7 +107,8 @@ def load_saved_tokenizer(directory: Path) -> Tokenizer:
 
 # ------------------------------------------------------------------------------------------ builders
 
-def build_byte(cfg: DataConfig, train: datasets.Dataset, train_hash: str, cache_dir: Path) -> ByteTokenizer:
+def build_byte(cfg: DataConfig, train: datasets.Dataset, train_hash: str, cache_dir: Path,
+               writes: CacheWrites | None = None) -> ByteTokenizer:
     return ByteTokenizer()
 
 
@@ -123,17 +124,21 @@ def train_bpe(texts: Iterator[list[str]], vocab_size: int) -> tokenizers.Tokeniz
     return tokenizer
 
 
-def build_bpe(cfg: DataConfig, train: datasets.Dataset, train_hash: str, cache_dir: Path) -> HFTokenizer:
+def build_bpe(cfg: DataConfig, train: datasets.Dataset, train_hash: str, cache_dir: Path,
+              writes: CacheWrites | None = None) -> HFTokenizer:
     """Train on the train split only (validation text must stay unseen), or reuse the cached result."""
     entry = cache_dir / "tokenizers" / f"bpe-{cfg.bpe_vocab_size}-{train_hash[:20]}"
-    if not (entry / HF_FILE).is_file():
-        texts = (batch["text"] for batch in train.iter(batch_size=DOCS_PER_BATCH))
-        with atomic_directory(entry) as tmp:
-            train_bpe(texts, cfg.bpe_vocab_size).save(str(tmp / HF_FILE))
-    return HFTokenizer(tokenizers.Tokenizer.from_file(str(entry / HF_FILE)), "bpe")
+    if (entry / HF_FILE).is_file():
+        return HFTokenizer(tokenizers.Tokenizer.from_file(str(entry / HF_FILE)), "bpe")
+    texts = (batch["text"] for batch in train.iter(batch_size=DOCS_PER_BATCH))
+    with atomic_directory(entry, writes) as tmp:
+        train_bpe(texts, cfg.bpe_vocab_size).save(str(tmp / HF_FILE))
+        # Read back from the file, as a later run reads it from the cache: the same descriptor.
+        return HFTokenizer(tokenizers.Tokenizer.from_file(str(tmp / HF_FILE)), "bpe")
 
 
-def build_pretrained(cfg: DataConfig, train: datasets.Dataset, train_hash: str, cache_dir: Path) -> HFTokenizer:
+def build_pretrained(cfg: DataConfig, train: datasets.Dataset, train_hash: str, cache_dir: Path,
+                     writes: CacheWrites | None = None) -> HFTokenizer:
     name = cfg.pretrained_tokenizer
     try:
         tokenizer = tokenizers.Tokenizer.from_pretrained(name)
@@ -143,13 +148,15 @@ def build_pretrained(cfg: DataConfig, train: datasets.Dataset, train_hash: str, 
     return HFTokenizer(tokenizer, "pretrained", name)
 
 
-TOKENIZER_BUILDERS: dict[str, Callable[[DataConfig, datasets.Dataset, str, Path], Tokenizer]] = {
+TOKENIZER_BUILDERS: dict[str, Callable[[DataConfig, datasets.Dataset, str, Path, CacheWrites | None], Tokenizer]] = {
     "byte": build_byte,
     "bpe": build_bpe,
     "pretrained": build_pretrained,
 }
 
 
-def build_tokenizer(cfg: DataConfig, train: datasets.Dataset, train_hash: str, cache_dir: Path) -> Tokenizer:
-    """The tokenizer named by cfg.tokenizer; those that learn from data see only `train`."""
-    return TOKENIZER_BUILDERS[cfg.tokenizer](cfg, train, train_hash, cache_dir)
+def build_tokenizer(cfg: DataConfig, train: datasets.Dataset, train_hash: str, cache_dir: Path,
+                    writes: CacheWrites | None = None) -> Tokenizer:
+    """The tokenizer named by cfg.tokenizer; those that learn from data see only `train`. A trained one
+    is written to the cache through `writes` when given (see CacheWrites)."""
+    return TOKENIZER_BUILDERS[cfg.tokenizer](cfg, train, train_hash, cache_dir, writes)

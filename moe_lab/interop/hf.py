@@ -61,6 +61,8 @@ def read_hf_dir(directory: str | Path) -> tuple[Any, dict[str, torch.Tensor]]:
         raw = json.loads(config_path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise CheckpointError(f"{config_path}: not valid JSON: {err}") from None
+    if not isinstance(raw, dict):
+        raise CheckpointError(f"{config_path}: expected a JSON object of config keys, got a {type(raw).__name__}")
     arch = get_architecture(raw.get("model_type"), key=f"{config_path}: model_type")
     try:
         hf_config = getattr(transformers, arch.config_class).from_dict(raw)

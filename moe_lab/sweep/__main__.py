@@ -15,6 +15,7 @@ import time
 
 from moe_lab.errors import MoELabError
 from moe_lab.model.accounting import count_model
+from moe_lab.records import check_writable_dir
 from moe_lab.sweep.config import Sweep, load_sweep, trial_label
 
 # Effective training throughput of the 2-core dev machine on the shipped sweeps (FLOPs counted as
@@ -92,6 +93,7 @@ def cli(argv, prog: str, doc: str, loader, reporter) -> int:
         if args.dry_run:
             dry_run(sweep, args.assume_gflops)
             return 0
+        check_writable_dir(sweep.cfg.output_dir, "output_dir")  # before the study folder is made
         from moe_lab.sweep.runner import open_study, run_worker
 
         if os.environ.get("MOE_LAB_SWEEP_THREADS"):

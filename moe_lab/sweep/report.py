@@ -157,7 +157,8 @@ def _local_file(path: Path, study_dir: Path, url: str) -> Path:
     moved = study_dir / path.name
     if moved.is_file():
         return moved
-    raise StudyError(f"{url}: no such storage file (looked for {path} and {moved})")
+    looked = f"{path} and {moved}" if path.resolve() != moved.resolve() else str(path)
+    raise StudyError(f"{url}: no such storage file (looked for {looked})")
 
 
 def load_study_data(study_dir: str | Path) -> StudyData:
