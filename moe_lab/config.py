@@ -205,8 +205,17 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> Experimen
         cfg = OmegaConf.to_object(merged)
     except OmegaConfBaseException as err:
         raise _explain(err, schema) from None
+    if not any(OmegaConf.select(layer, "optim.warmup_steps") is not None for layer in layers[len(layers) - len(overrides):]):
+        cfg.optim.warmup_steps = fit_warmup(cfg.optim.warmup_steps, cfg.trainer.max_steps)
     validate_experiment(cfg)
     return cfg
+
+
+def fit_warmup(warmup_steps: int, max_steps: int) -> int:
+    """A config file's warmup that is longer than the run (a short smoke test of a long experiment,
+    `trainer.max_steps=50`) becomes a tenth of the run. A warmup given on the command line is kept
+    as given, and validation says when it does not fit."""
+    return warmup_steps if warmup_steps <= max_steps else max_steps // 10
 
 
 def config_from_dict(values: dict) -> ExperimentConfig:
@@ -264,7 +273,8 @@ def _validate_optim(o: OptimConfig, t: TrainerConfig) -> None:
     _check(0 <= o.min_lr_ratio <= 1, "optim.min_lr_ratio", f"must be in [0, 1], got {o.min_lr_ratio}")
     _check(o.warmup_steps >= 0, "optim.warmup_steps", f"must be >= 0, got {o.warmup_steps}")
     _check(o.warmup_steps <= t.max_steps, "optim.warmup_steps",
-           f"{o.warmup_steps} > trainer.max_steps={t.max_steps}")
+           f"{o.warmup_steps} > trainer.max_steps={t.max_steps}; set optim.warmup_steps={t.max_steps // 10} "
+           f"(a tenth of the run) or fewer")
     _check(o.weight_decay >= 0, "optim.weight_decay", f"must be >= 0, got {o.weight_decay}")
     for name in ("beta1", "beta2"):
         value = getattr(o, name)
