@@ -20,9 +20,11 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from moe_lab.callbacks import ExpertCollapseDetector, ExpertLoadMonitor
+from moe_lab.callbacks.progress import ProgressBar
 from moe_lab.config import ExperimentConfig, flatten, load_config, to_dict, to_yaml
 from moe_lab.data import TextDataModule
 from moe_lab.errors import DataError, MoELabError
+from moe_lab.formatting import si
 from moe_lab.lit import MoELitModule
 from moe_lab.records import environment_record, write_json_atomic, write_text_atomic
 from moe_lab.runtime import tune_cpu_allocator
@@ -169,7 +171,8 @@ def run(cfg: ExperimentConfig, extra_callbacks: tuple[pl.Callback, ...] = (), qu
         accumulate_grad_batches=t.accumulate_grad_batches, precision=_precision(t.precision),
         accelerator=t.accelerator, devices=_devices(t.devices), num_nodes=t.num_nodes, strategy=t.strategy,
         deterministic=t.deterministic, gradient_clip_val=cfg.optim.grad_clip or None,
-        logger=logger, callbacks=[*callbacks.values(), *extra_callbacks],
+        logger=logger, callbacks=[*callbacks.values(), *extra_callbacks,
+                                  *([ProgressBar()] if t.progress_bar and not quiet else [])],
         enable_progress_bar=t.progress_bar and not quiet, log_every_n_steps=t.log_every_n_steps,
         enable_model_summary=False, use_distributed_sampler=False, default_root_dir=run_dir,
     )
@@ -188,7 +191,7 @@ def run(cfg: ExperimentConfig, extra_callbacks: tuple[pl.Callback, ...] = (), qu
         logger.log_hyperparams(hparams, metrics={f"final/{k}": v for k, v in metrics.items()
                                                  if k in HPARAM_METRICS and v is not None})
         logger.finalize("success" if error is None else "failed")
-    _print(f"run directory: {run_dir}", quiet)
+    _print(end_of_run_summary(metrics, run_dir, Path(cfg.output_dir)), quiet)
     if error is not None:
         raise NonFiniteLossError(error)
     return RunResult(run_dir=run_dir, metrics=metrics, callbacks=callbacks)
@@ -220,7 +223,7 @@ def final_metrics(cfg, lit: MoELitModule, trainer: pl.Trainer, callbacks: dict, 
         "val_bpb": lit.last_val.get("val/bpb"),
         "best_val_loss": float(best) if best is not None else None,
         "train_tokens": lit.train_tokens,
-        "tokens_per_s": lit.train_tokens / lit.train_seconds if lit.train_seconds else None,
+        "tokens_per_s": lit.tokens_per_s or None,  # the definition at moe_lab.lit.TOKENS_PER_S
         "wall_time_s": wall,
         "total_params": summary["total_params"],
         "active_params": summary["total_active_params"],
@@ -236,6 +239,23 @@ def final_metrics(cfg, lit: MoELitModule, trainer: pl.Trainer, callbacks: dict, 
         "collapse_events_count": len(detector.events),
         "prune_reason": getattr(detector, "prune_reason", None),
     }
+
+
+def end_of_run_summary(metrics: dict, run_dir: Path, output_dir: Path) -> str:
+    """What a finished run printed last: its result, its cost and where to look further."""
+    def number(key: str, fmt: str = "{:.4f}") -> str:
+        return "-" if metrics.get(key) is None else fmt.format(metrics[key])
+
+    return "\n".join([
+        f"{metrics['status']} after {metrics['steps']} steps in {number('wall_time_s', '{:.0f}')} s"
+        + (f": {metrics['error']}" if metrics.get("error") else ""),
+        f"  val loss {number('val_loss')} (best {number('best_val_loss')}), val bits/byte {number('val_bpb')}, "
+        f"{si(metrics.get('tokens_per_s'))} training tokens/s",
+        f"  params {si(metrics['total_params'])} total, {si(metrics['active_params'])} active per token; "
+        f"final load CV {number('final_load_cv', '{:.3f}')}, collapse events {metrics['collapse_events_count']}",
+        f"  run directory: {run_dir} (metrics.json, config.yaml, checkpoints/)",
+        f"  curves: tensorboard --logdir {output_dir}",
+    ])
 
 
 def _metric(trainer: pl.Trainer, name: str) -> float | None:

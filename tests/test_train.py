@@ -10,7 +10,12 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+import lightning.pytorch as pl
+
+from moe_lab.callbacks.progress import ProgressBar
 from moe_lab.config import load_config
+from moe_lab.lit import TOKENS_PER_S
+from moe_lab.tb_logs import read_scalars
 from moe_lab.train import run
 
 REPO = Path(__file__).resolve().parents[1]
@@ -154,3 +159,31 @@ def test_ddp_two_cpu_processes_log_the_single_process_expert_loads(tmp_path, dat
         assert a[0] == pytest.approx(b[0], abs=1e-6)  # step 1: same weights, same global batch
         for step in a:  # later steps: DDP averages gradients, equal up to float rounding
             assert a[step] == pytest.approx(b[step], abs=0.02)
+
+
+class _KeepBarMetrics(pl.Callback):
+    """What the progress bar would show at the end of training (it reads trainer.progress_bar_metrics)."""
+
+    def on_train_end(self, trainer, pl_module):
+        self.metrics = {k: float(v) for k, v in trainer.progress_bar_metrics.items()}
+        self.bar = ProgressBar().get_metrics(trainer, pl_module)
+
+
+def test_one_tokens_per_s_in_the_bar_metrics_json_and_tensorboard(tmp_path, data_cache):
+    cfg = load_config(REPO / "experiments/shakespeare_moe.yaml", tiny(tmp_path, data_cache))
+    keep = _KeepBarMetrics()
+    result = run(cfg, extra_callbacks=(keep,), quiet=True)
+    metrics = result.metrics
+    assert json.loads((result.run_dir / "metrics.json").read_text())["tokens_per_s"] == metrics["tokens_per_s"]
+    logged = read_scalars(result.run_dir, TOKENS_PER_S)
+    assert sorted(logged) == list(range(12))  # every step (log_every_n_steps=1)
+    assert logged[11] == pytest.approx(metrics["tokens_per_s"], rel=1e-6)
+    assert keep.metrics[TOKENS_PER_S] == pytest.approx(metrics["tokens_per_s"], rel=1e-6)
+    assert keep.bar["tok/s"] == f"{metrics['tokens_per_s']:.0f}" and "v_num" not in keep.bar
+    # Another way: the run's tokens over its wall time. Training time excludes the two validations and
+    # the set-up, so the rate is higher, but not by more than the whole run's time is longer.
+    tokens = 12 * 4 * 32
+    assert metrics["train_tokens"] == tokens
+    assert tokens / metrics["wall_time_s"] < metrics["tokens_per_s"]
+    # The first logged value is one step's rate; the last is the run's, not the last step's alone.
+    assert logged[0] != logged[11]
