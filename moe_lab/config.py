@@ -22,6 +22,7 @@ from moe_lab.model.config import ModelConfig, validate_model_config
 
 PRECISIONS = ("32-true", "32", "bf16-mixed", "16-mixed", "bf16-true", "64-true")
 COLLAPSE_ACTIONS = ("warn", "stop", "prune")
+KEEP_CHECKPOINTS = ("all", "best_weights", "none")
 # Key naming the base file(s) a YAML file extends, resolved relative to that file.
 EXTENDS_KEY = "extends"
 
@@ -58,6 +59,10 @@ class TrainerConfig:
     threads: int = 0  # torch intra-op threads; 0 keeps torch's default
     resume: str = ""  # "" (fresh run), "auto" (latest last.ckpt of this experiment) or a .ckpt path
     checkpoint_every_n_steps: int = 0  # last.ckpt cadence; 0 means every val_every_n_steps
+    # What a finished run (completed or pruned) keeps: all = best.ckpt and last.ckpt in full;
+    # best_weights = best.ckpt without optimiser state, no last.ckpt; none = no checkpoints.
+    # A run that failed or stopped keeps everything, so it can resume.
+    keep_checkpoints: str = "all"
     progress_bar: bool = True
     log_every_n_steps: int = 10
 
@@ -291,6 +296,8 @@ def _validate_trainer(t: TrainerConfig) -> None:
     _check(t.threads >= 0, "trainer.threads", f"must be >= 0, got {t.threads}")
     _check(t.checkpoint_every_n_steps >= 0, "trainer.checkpoint_every_n_steps",
            f"must be >= 0, got {t.checkpoint_every_n_steps}")
+    _check(t.keep_checkpoints in KEEP_CHECKPOINTS, "trainer.keep_checkpoints",
+           f"unknown value {t.keep_checkpoints!r}; expected one of {', '.join(KEEP_CHECKPOINTS)}")
     _check(t.precision in PRECISIONS, "trainer.precision",
            f"unknown value {t.precision!r}; expected one of {', '.join(PRECISIONS)}")
     devices = t.devices.replace(" ", "")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 
 from moe_lab.callbacks import ExpertCollapseDetector, ExpertLoadMonitor
 from moe_lab.callbacks.progress import ProgressBar
+from moe_lab.checkpoint import strip_to_weights
 from moe_lab.config import ExperimentConfig, flatten, load_config, to_dict, to_yaml
 from moe_lab.data import TextDataModule
 from moe_lab.errors import DataError, MoELabError
@@ -186,6 +188,7 @@ def run(cfg: ExperimentConfig, extra_callbacks: tuple[pl.Callback, ...] = (), qu
         error = str(err)
     metrics = final_metrics(cfg, lit, trainer, callbacks, time.perf_counter() - start, error)
     if trainer.is_global_zero:
+        finish_checkpoints(run_dir / CHECKPOINTS, cfg.trainer.keep_checkpoints, metrics["status"])
         write_json_atomic(run_dir / "metrics.json", metrics)
         hparams = flatten(to_dict(cfg))
         logger.log_hyperparams(hparams, metrics={f"final/{k}": v for k, v in metrics.items()
@@ -195,6 +198,19 @@ def run(cfg: ExperimentConfig, extra_callbacks: tuple[pl.Callback, ...] = (), qu
     if error is not None:
         raise NonFiniteLossError(error)
     return RunResult(run_dir=run_dir, metrics=metrics, callbacks=callbacks)
+
+
+def finish_checkpoints(directory: Path, keep: str, status: str) -> None:
+    """Apply `trainer.keep_checkpoints` to a run that has finished for good (completed or pruned); a
+    failed or stopped run keeps what resuming it needs."""
+    if keep == "all" or status not in ("completed", "pruned") or not directory.is_dir():
+        return
+    if keep == "none":
+        shutil.rmtree(directory)
+        return
+    (directory / "last.ckpt").unlink(missing_ok=True)
+    if (directory / "best.ckpt").is_file():
+        strip_to_weights(directory / "best.ckpt")
 
 
 HPARAM_METRICS = ("val_loss", "val_bpb", "val_ppl", "best_val_loss", "tokens_per_s", "final_load_cv",
