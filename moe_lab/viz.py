@@ -74,7 +74,9 @@ def curves_with_band(curves: dict[str, list[dict[int, float]]], ylabel: str, tit
         if not len(steps):
             continue
         colour = colours(i % colours.N)
-        ax.plot(steps, mean, color=colour, lw=1.5, label=f"{label} ({len(runs)} seed{'s' * (len(runs) != 1)})")
+        # Markers where points are few (a validation curve), so a one-point curve is still drawn.
+        ax.plot(steps, mean, color=colour, lw=1.5, marker="o" if len(steps) <= 20 else None, ms=3,
+                label=f"{label} ({len(runs)} seed{'s' * (len(runs) != 1)})")
         if len(runs) > 1:
             ax.fill_between(steps, low, high, color=colour, alpha=0.2, lw=0)
     ax.set_xlabel("step")
