@@ -138,6 +138,24 @@ def read_torch_checkpoint(path: Path) -> object:
         raise CheckpointError(f"{path}: not a torch checkpoint: {first}") from None
 
 
+# What a weights-only trainer checkpoint keeps: enough for load_lightning_checkpoint and for Lightning's
+# own loaders to rebuild the module, nothing to resume training with (optimiser, schedule, loops).
+WEIGHTS_ONLY_KEYS = ("state_dict", "hyper_parameters", "epoch", "global_step", "pytorch-lightning_version")
+
+
+def strip_to_weights(path: str | Path) -> int:
+    """Rewrite a trainer checkpoint in place without its optimiser state (AdamW's two moments are
+    twice the weights); returns the bytes saved. Written beside it and renamed, so a crash leaves
+    either file whole."""
+    path = Path(path)
+    before = path.stat().st_size
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save({k: ckpt[k] for k in WEIGHTS_ONLY_KEYS if k in ckpt}, tmp)
+    tmp.replace(path)
+    return before - path.stat().st_size
+
+
 def load_lightning_checkpoint(path: str | Path) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
     """Model config and state dict from a trainer checkpoint: `state_dict` keys `model.*`, the model
     section of the experiment config under `hyper_parameters.config.model` as a plain dict."""

@@ -22,6 +22,7 @@ from moe_lab.model.config import ModelConfig, validate_model_config
 
 PRECISIONS = ("32-true", "32", "bf16-mixed", "16-mixed", "bf16-true", "64-true")
 COLLAPSE_ACTIONS = ("warn", "stop", "prune")
+KEEP_CHECKPOINTS = ("all", "best_weights", "none")
 # Key naming the base file(s) a YAML file extends, resolved relative to that file.
 EXTENDS_KEY = "extends"
 
@@ -58,6 +59,10 @@ class TrainerConfig:
     threads: int = 0  # torch intra-op threads; 0 keeps torch's default
     resume: str = ""  # "" (fresh run), "auto" (latest last.ckpt of this experiment) or a .ckpt path
     checkpoint_every_n_steps: int = 0  # last.ckpt cadence; 0 means every val_every_n_steps
+    # What a finished run (completed or pruned) keeps: all = best.ckpt and last.ckpt in full;
+    # best_weights = best.ckpt without optimiser state, no last.ckpt; none = no checkpoints.
+    # A run that failed or stopped keeps everything, so it can resume.
+    keep_checkpoints: str = "all"
     progress_bar: bool = True
     log_every_n_steps: int = 10
 
@@ -221,8 +226,17 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> Experimen
         cfg = OmegaConf.to_object(merged)
     except OmegaConfBaseException as err:
         raise _explain(err, schema) from None
+    if not any(OmegaConf.select(layer, "optim.warmup_steps") is not None for layer in layers[len(layers) - len(overrides):]):
+        cfg.optim.warmup_steps = fit_warmup(cfg.optim.warmup_steps, cfg.trainer.max_steps)
     validate_experiment(cfg)
     return cfg
+
+
+def fit_warmup(warmup_steps: int, max_steps: int) -> int:
+    """A config file's warmup that is longer than the run (a short smoke test of a long experiment,
+    `trainer.max_steps=50`) becomes a tenth of the run. A warmup given on the command line is kept
+    as given, and validation says when it does not fit."""
+    return warmup_steps if warmup_steps <= max_steps else max_steps // 10
 
 
 def config_from_dict(values: dict) -> ExperimentConfig:
@@ -280,7 +294,8 @@ def _validate_optim(o: OptimConfig, t: TrainerConfig) -> None:
     _check(0 <= o.min_lr_ratio <= 1, "optim.min_lr_ratio", f"must be in [0, 1], got {o.min_lr_ratio}")
     _check(o.warmup_steps >= 0, "optim.warmup_steps", f"must be >= 0, got {o.warmup_steps}")
     _check(o.warmup_steps <= t.max_steps, "optim.warmup_steps",
-           f"{o.warmup_steps} > trainer.max_steps={t.max_steps}")
+           f"{o.warmup_steps} > trainer.max_steps={t.max_steps}; set optim.warmup_steps={t.max_steps // 10} "
+           f"(a tenth of the run) or fewer")
     _check(o.weight_decay >= 0, "optim.weight_decay", f"must be >= 0, got {o.weight_decay}")
     for name in ("beta1", "beta2"):
         value = getattr(o, name)
@@ -297,6 +312,8 @@ def _validate_trainer(t: TrainerConfig) -> None:
     _check(t.threads >= 0, "trainer.threads", f"must be >= 0, got {t.threads}")
     _check(t.checkpoint_every_n_steps >= 0, "trainer.checkpoint_every_n_steps",
            f"must be >= 0, got {t.checkpoint_every_n_steps}")
+    _check(t.keep_checkpoints in KEEP_CHECKPOINTS, "trainer.keep_checkpoints",
+           f"unknown value {t.keep_checkpoints!r}; expected one of {', '.join(KEEP_CHECKPOINTS)}")
     _check(t.precision in PRECISIONS, "trainer.precision",
            f"unknown value {t.precision!r}; expected one of {', '.join(PRECISIONS)}")
     devices = t.devices.replace(" ", "")

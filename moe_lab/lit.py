@@ -20,6 +20,10 @@ LN2 = math.log(2.0)
 # Checkpoint entry holding the training totals up to that checkpoint (see on_save_checkpoint).
 PROGRESS_KEY = "moe_lab_progress"
 PROGRESS_ZERO = {"train_tokens": 0, "train_seconds": 0.0, "wall_time_s": 0.0}
+# Training tokens per second: tokens of all training steps so far over the wall-clock seconds of those
+# steps, validation excluded. Logged each step (progress bar and TensorBoard); metrics.json holds the
+# final value.
+TOKENS_PER_S = "train/tokens_per_s"
 
 
 def checkpoint_activations(blocks: nn.ModuleList) -> None:
@@ -59,10 +63,12 @@ class MoELitModule(pl.LightningModule):
         object.__setattr__(self, "_forward", self.model)
         if self.cfg.trainer.activation_checkpointing:
             checkpoint_activations(self.model.blocks)
-        # Throughput of the training steps alone (validation and sampling excluded), this process's part.
+        # Throughput, one definition for the progress bar, TensorBoard, metrics.json and the sweep
+        # table: training tokens over the wall-clock time of the training steps (see TOKENS_PER_S).
+        # These count this process's part; progress_before holds the parts before a resume.
         self.train_tokens = 0
         self.train_seconds = 0.0
-        self._batch_start = 0.0
+        self._step_clock = 0.0  # end of the previous training step, validation or train start
         self._router_grad_step = -1  # global step of the last router-health measurement
         self._batch_tokens = 0  # of the batch in flight; 0 between batches
         self._fit_start = time.perf_counter()
@@ -138,16 +144,32 @@ class MoELitModule(pl.LightningModule):
         self.model.update_router_biases(self._step_counts)
         self._step_counts = {}
 
+    def on_train_start(self):
+        self._step_clock = time.perf_counter()
+
+    def on_validation_end(self):
+        # Called after the callbacks' own hook (the best checkpoint is saved there): validation,
+        # text samples and that checkpoint stay out of the training time.
+        self._step_clock = time.perf_counter()
+
     def on_train_batch_start(self, batch, batch_idx):
-        self._batch_start = time.perf_counter()
         self._batch_tokens = batch[0].numel() * self.trainer.world_size
 
     def on_train_batch_end(self, outputs, batch, batch_idx):
-        elapsed = time.perf_counter() - self._batch_start
+        # An interval runs from the end of the previous step (or validation) to the end of this one,
+        # after the callbacks' hooks: data loading, forward, backward, optimiser, logging and
+        # callbacks are all inside, as in `python -m moe_lab.bench train`.
+        now = time.perf_counter()
         tokens, self._batch_tokens = self._batch_tokens, 0
         self.train_tokens += tokens
-        self.train_seconds += elapsed
-        self.log("train/tokens_per_s", tokens / max(elapsed, 1e-9), prog_bar=True)
+        self.train_seconds += now - self._step_clock
+        self._step_clock = now
+        # The running value, not the last step's: the bar's final value is the run's figure.
+        self.log(TOKENS_PER_S, self.tokens_per_s, prog_bar=True)
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.train_tokens / self.train_seconds if self.train_seconds else 0.0
 
     # ------------------------------------------------------------------ progress across resumes
     def on_fit_start(self):
@@ -156,7 +178,7 @@ class MoELitModule(pl.LightningModule):
     def on_save_checkpoint(self, checkpoint):
         # Totals up to this checkpoint, so a resumed run can report the whole run. Checkpoint
         # callbacks save before this module's on_train_batch_end: the batch in flight is counted here.
-        in_flight = time.perf_counter() - self._batch_start if self._batch_tokens else 0.0
+        in_flight = time.perf_counter() - self._step_clock if self._batch_tokens else 0.0
         before = self.progress_before
         checkpoint[PROGRESS_KEY] = {
             "train_tokens": before["train_tokens"] + self.train_tokens + self._batch_tokens,

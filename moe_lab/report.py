@@ -22,14 +22,14 @@ from typing import Callable
 from moe_lab.errors import MoELabError
 
 
-def report_study(path: Path) -> dict[str, Path]:
+def report_study(path: Path, html: bool = False) -> dict[str, Path]:
     from moe_lab.sweep.report import format_table, load_study_data, write_study_report
 
     data = load_study_data(path)
     print(f"study {data.info.study_name}: {data.info.objective_metric} ({data.info.direction}), "
           f"seeds {data.info.seeds}, compute matching {data.info.compute_matching}")
     print(format_table(data.rows), flush=True)  # before the plots, which take a few seconds
-    return write_study_report(path, data)
+    return write_study_report(path, data, html=html)
 
 
 def report_ablation(path: Path) -> dict[str, Path]:
@@ -64,9 +64,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m moe_lab.report", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("dir", type=Path, help="a sweep study or ablation directory")
+    parser.add_argument("--html", action="store_true",
+                        help="also write Optuna's interactive plots (HTML + plotly.min.js, 4.8 MB) for a sweep")
     args = parser.parse_args(argv)
     try:
-        written = REPORTS[detect_kind(args.dir)](args.dir)
+        kind = detect_kind(args.dir)
+        if args.html and kind != "study":
+            raise MoELabError(f"--html: {args.dir} is an ablation; its plots are PNG only")
+        written = REPORTS[kind](args.dir, **({"html": True} if args.html else {}))
     except MoELabError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -22,10 +23,13 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from moe_lab.callbacks import ExpertCollapseDetector, ExpertLoadMonitor
+from moe_lab.callbacks.progress import ProgressBar
+from moe_lab.checkpoint import strip_to_weights
 from moe_lab.config import ExperimentConfig, flatten, load_config, to_dict, to_yaml
 from moe_lab.data import TextDataModule
 from moe_lab.checkpoint import CheckpointError, check_state_dict, read_torch_checkpoint
 from moe_lab.errors import ConfigError, DataError, MoELabError
+from moe_lab.formatting import si
 from moe_lab.lit import MoELitModule
 from moe_lab.records import check_writable_dir, environment_record, write_json_atomic, write_text_atomic
 from moe_lab.runtime import tune_cpu_allocator
@@ -205,7 +209,7 @@ def build_trainer(cfg: ExperimentConfig, logger, callbacks: list[pl.Callback], r
             accumulate_grad_batches=t.accumulate_grad_batches, precision=_precision(t.precision),
             accelerator=t.accelerator, devices=_devices(t.devices), num_nodes=t.num_nodes, strategy=t.strategy,
             deterministic=t.deterministic, gradient_clip_val=cfg.optim.grad_clip or None,
-            logger=logger, callbacks=callbacks,
+            logger=logger, callbacks=[*callbacks, *([ProgressBar()] if t.progress_bar and not quiet else [])],
             enable_progress_bar=t.progress_bar and not quiet, log_every_n_steps=t.log_every_n_steps,
             enable_model_summary=False, use_distributed_sampler=False, default_root_dir=run_dir,
         )
@@ -275,15 +279,30 @@ def run(cfg: ExperimentConfig, extra_callbacks: tuple[pl.Callback, ...] = (), qu
         error = str(err)
     metrics = final_metrics(cfg, lit, trainer, callbacks, time.perf_counter() - start, error)
     if trainer.is_global_zero:
+        finish_checkpoints(run_dir / CHECKPOINTS, cfg.trainer.keep_checkpoints, metrics["status"])
         write_json_atomic(run_dir / "metrics.json", metrics)
         hparams = flatten(to_dict(cfg))
         logger.log_hyperparams(hparams, metrics={f"final/{k}": v for k, v in metrics.items()
                                                  if k in HPARAM_METRICS and v is not None})
         logger.finalize("success" if error is None else "failed")
-    _print(f"run directory: {run_dir}", quiet)
+    _print(end_of_run_summary(metrics, run_dir, Path(cfg.output_dir)), quiet)
     if error is not None:
         raise NonFiniteLossError(error)
     return RunResult(run_dir=run_dir, metrics=metrics, callbacks=callbacks)
+
+
+def finish_checkpoints(directory: Path, keep: str, status: str) -> None:
+    """Apply `trainer.keep_checkpoints` to a run that has finished for good (completed or pruned); a
+    failed or stopped run keeps what resuming it needs."""
+    if keep == "all" or status not in ("completed", "pruned") or not directory.is_dir():
+        return
+    if keep == "none":
+        shutil.rmtree(directory)
+        return
+    for name in (LAST, PREVIOUS):  # what resuming needs; a finished run needs neither
+        (directory / name).unlink(missing_ok=True)
+    if (directory / "best.ckpt").is_file():
+        strip_to_weights(directory / "best.ckpt")
 
 
 HPARAM_METRICS = ("val_loss", "val_bpb", "val_ppl", "best_val_loss", "tokens_per_s", "final_load_cv",
@@ -337,6 +356,23 @@ def final_metrics(cfg, lit: MoELitModule, trainer: pl.Trainer, callbacks: dict, 
 def _throughput(tokens: int, train_seconds: float, wall: float) -> dict:
     return {"train_tokens": tokens, "tokens_per_s": tokens / train_seconds if train_seconds else None,
             "wall_time_s": wall}
+
+
+def end_of_run_summary(metrics: dict, run_dir: Path, output_dir: Path) -> str:
+    """What a finished run printed last: its result, its cost and where to look further."""
+    def number(key: str, fmt: str = "{:.4f}") -> str:
+        return "-" if metrics.get(key) is None else fmt.format(metrics[key])
+
+    return "\n".join([
+        f"{metrics['status']} after {metrics['steps']} steps in {number('wall_time_s', '{:.0f}')} s"
+        + (f": {metrics['error']}" if metrics.get("error") else ""),
+        f"  val loss {number('val_loss')} (best {number('best_val_loss')}), val bits/byte {number('val_bpb')}, "
+        f"{si(metrics.get('tokens_per_s'))} training tokens/s",
+        f"  params {si(metrics['total_params'])} total, {si(metrics['active_params'])} active per token; "
+        f"final load CV {number('final_load_cv', '{:.3f}')}, collapse events {metrics['collapse_events_count']}",
+        f"  run directory: {run_dir} (metrics.json, config.yaml, checkpoints/)",
+        f"  curves: tensorboard --logdir {output_dir}",
+    ])
 
 
 def _metric(trainer: pl.Trainer, name: str) -> float | None:

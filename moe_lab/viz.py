@@ -74,7 +74,9 @@ def curves_with_band(curves: dict[str, list[dict[int, float]]], ylabel: str, tit
         if not len(steps):
             continue
         colour = colours(i % colours.N)
-        ax.plot(steps, mean, color=colour, lw=1.5, label=f"{label} ({len(runs)} seed{'s' * (len(runs) != 1)})")
+        # Markers where points are few (a validation curve), so a one-point curve is still drawn.
+        ax.plot(steps, mean, color=colour, lw=1.5, marker="o" if len(steps) <= 20 else None, ms=3,
+                label=f"{label} ({len(runs)} seed{'s' * (len(runs) != 1)})")
         if len(runs) > 1:
             ax.fill_between(steps, low, high, color=colour, alpha=0.2, lw=0)
     ax.set_xlabel("step")
@@ -116,6 +118,37 @@ def grouped_bars(groups: dict[str, dict[str, list[float]]], ylabel: str, title: 
     ax.grid(axis="y", alpha=0.3)
     if series:
         ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
+    fig.tight_layout()
+    return fig
+
+
+def objective_by_value(seeds: dict[str, dict[int, float]], xlabel: str, ylabel: str, title: str = ""):
+    """A grid over one key: for each value (x, evenly spaced in the given order) each seed's objective
+    as a marker of that seed's colour, and the mean over seeds as a line with a ±1 sample-std bar.
+    Returns a matplotlib Figure (caller closes it)."""
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.1 * len(seeds) + 2.5), 4.5))
+    colours = plt.get_cmap("tab10")
+    all_seeds = sorted({s for by_seed in seeds.values() for s in by_seed})
+    for j, seed in enumerate(all_seeds):
+        xs = [i for i, by_seed in enumerate(seeds.values()) if seed in by_seed]
+        ys = [by_seed[seed] for by_seed in seeds.values() if seed in by_seed]
+        # Seeds side by side around the value, so equal objectives do not hide each other.
+        offset = 0.06 * (j - (len(all_seeds) - 1) / 2)
+        ax.scatter([x + offset for x in xs], ys, color=colours(j % 10), s=28, zorder=3, label=f"seed {seed}")
+    means = [float(np.mean(list(v.values()))) if v else np.nan for v in seeds.values()]
+    stds = [float(np.std(list(v.values()), ddof=1)) if len(v) > 1 else 0.0 for v in seeds.values()]
+    ax.errorbar(range(len(seeds)), means, yerr=stds, color="0.2", lw=1.5, capsize=4, marker="_", ms=14,
+                zorder=2, label="mean ± std over seeds")
+    for i, mean in enumerate(means):
+        if np.isfinite(mean):
+            ax.annotate(f"{mean:.4f}", (i, mean), textcoords="offset points", xytext=(8, -3), fontsize="small")
+    ax.set_xticks(range(len(seeds)), list(seeds))
+    ax.set_xlim(-0.5, len(seeds) - 0.5)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title or ylabel)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
     fig.tight_layout()
     return fig
 

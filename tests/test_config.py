@@ -81,6 +81,19 @@ def test_block_size_above_max_seq_len_names_both_keys(arm):
 def test_warmup_longer_than_training_names_both_keys(arm):
     msg = error_of(arm, ["optim.warmup_steps=50", "trainer.max_steps=10"])
     assert msg.startswith("optim.warmup_steps:") and "trainer.max_steps" in msg
+    assert "set optim.warmup_steps=1 " in msg  # the fix, named: a tenth of the 10 steps
+
+
+def test_a_short_run_of_a_long_experiment_scales_the_files_warmup():
+    # The README's smoke test: shakespeare_moe.yaml says warmup 100 (of 1000 steps).
+    path = REPO / "experiments" / "shakespeare_moe.yaml"
+    assert load_config(path, []).optim.warmup_steps == 100
+    assert load_config(path, ["trainer.max_steps=50"]).optim.warmup_steps == 5
+    assert load_config(path, ["trainer.max_steps=100"]).optim.warmup_steps == 100  # fits: kept
+    assert load_config(path, ["trainer.max_steps=2000"]).optim.warmup_steps == 100
+    # Given on the command line, it is the user's choice: kept, and refused if it does not fit.
+    assert load_config(path, ["trainer.max_steps=50", "optim.warmup_steps=20"]).optim.warmup_steps == 20
+    assert error_of(path, ["trainer.max_steps=50", "optim.warmup_steps=60"]).startswith("optim.warmup_steps:")
 
 
 def test_bad_enum_values_list_the_choices(arm):

@@ -98,7 +98,7 @@ def study(tmp_path_factory):
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study_dir = tmp_path_factory.mktemp("sweeps") / "demo"
     attrs = make_study(study_dir, TRIALS)
-    paths = write_study_report(study_dir)
+    paths = write_study_report(study_dir, html=True)
     return study_dir, attrs, paths
 
 
@@ -110,14 +110,19 @@ def test_table_one_row_per_config_best_first(study):
 
     lines = format_table(rows).splitlines()
     assert lines[0].split()[:3] == ["trial", "config", "objective"]
-    body = lines[2:]
+    body = lines[2:-1]  # the last line is the load caveat
     assert [int(line.split()[0]) for line in body] == EXPECTED_ORDER
     best = attrs[4]
     assert f"{best['objective_mean']:.4f} ± {best['objective_std']:.4f} (n=2)" in body[0]
     assert "2.1250 ± 0.1768 (n=2)" in body[0]  # (2.0 + 2.25) / 2, stdev sqrt(2) * 0.125
     assert "2.3750 ± 0.0000 (n=1/2)" in body[1]  # seed 1 gave no value
     assert body[0].split()[1] == "top_k=2,lr=0.003" and "COMPLETE" in body[0]
-    assert "3m30s" in body[0] and "1.20M" in body[0] and "10.00k" in body[0]  # duration 30 + 45 * 4 s
+    cells = body[0].split()
+    assert cells[6:11] == ["COMPLETE", "6.80M", "1.20M", "0.500", "0"]  # state, total, active, load CV, collapses
+    assert "10.00k" in body[0]  # the recorded tokens/s: these runs have no metrics.json to take medians from
+    retries = lines[0].index("retries") + len("retries")  # right-aligned: the column ends there
+    assert [line[retries - 1] for line in body] == ["1", "0", "0", "0", "0"]  # 0 written, as in trials.csv
+    assert lines[-1].startswith("time/run and tok/s/run are medians") and "not results" in lines[-1]
     assert "PRUNED" in body[3] and "pruned by the median pruner at step 20" in body[3]
     assert "FAIL" in body[4] and LONG_ERROR[:40] in body[4] and LONG_ERROR not in body[4]  # truncated
     assert {line.index(r.state) for line, r in zip(body, rows)} == {lines[0].index("state")}  # aligned
@@ -136,7 +141,7 @@ def test_trials_csv_reads_back_the_attrs(study):
     assert header[:5] == ["trial", "config_id", "state", "model.moe.top_k", "optim.lr"]
     assert header[5:] == ["objective_mean", "objective_std", "n_seeds", "objective_values", "duration_s",
                           "active_params", "total_params", "tokens_per_s", "final_load_cv", "collapse_events",
-                          "prune_reason", "error", "retries"]
+                          "prune_reason", "error", "retries", "run_time_s"]
     assert [int(r["trial"]) for r in rows] == EXPECTED_ORDER
     for row in rows:
         number = int(row["trial"])
@@ -164,6 +169,8 @@ def test_summary_names_the_best_configuration(study):
     assert "compute matching: **active**" in text and "active parameters per token are held constant" in text
     assert "COMPLETE 3, PRUNED 1, FAIL 2" in text and "1 retried" in text
     assert text.count("\n| ") == 2 + len(EXPECTED_ORDER)  # header, rule, one line per configuration
+    assert "| trial | config | objective (mean ± std, n seeds) | state | total | active |" in text
+    assert "time/run and tok/s/run are medians" in text
     assert "[png](plots/val_loss_curves.png)" in text
 
 
@@ -249,3 +256,85 @@ def test_unknown_study_name_is_one_line_error(tmp_path, capsys):
     (tmp_path / "s" / "study_info.json").write_text(json.dumps({**info, "study_name": "other"}))
     assert main([str(tmp_path / "s")]) == 2
     assert "no study named 'other'" in capsys.readouterr().err
+
+
+def test_readable_colormap_keeps_the_worst_configuration_visible(study):
+    import matplotlib.colors as mcolors
+    from optuna.visualization.matplotlib import plot_parallel_coordinate
+
+    from moe_lab.sweep.report import _readable_colormaps
+
+    ax = plot_parallel_coordinate(load_study_data(study[0]).study)
+    lines = next(c for c in ax.collections if c.get_array() is not None and len(c.get_array()))
+    worst = max(lines.get_array())  # minimize: the highest objective
+
+    def lightness(collection) -> float:
+        r, g, b, _ = collection.to_rgba(worst)
+        return 0.2126 * r + 0.7152 * g + 0.0722 * b  # relative luminance (sRGB weights)
+
+    assert lightness(lines) > 0.9  # Optuna's "Blues": white on white
+    _readable_colormaps(ax.figure)
+    assert lightness(lines) < 0.8 and not lines.get_cmap().name.startswith("Blues")
+    best = min(lines.get_array())
+    assert mcolors.rgb_to_hsv(lines.to_rgba(best)[:3])[2] < mcolors.rgb_to_hsv(lines.to_rgba(worst)[:3])[2]
+    import matplotlib.pyplot as plt
+    plt.close(ax.figure)
+
+
+def make_one_key_grid(study_dir: Path, runs: dict[int, list[tuple[float, float, float]]]) -> None:
+    """A grid over model.moe.top_k: per value, per seed (objective, tokens/s, wall seconds), with each
+    run's metrics.json and val/loss + train/lm_loss events, as the sweep runner leaves them."""
+    study_dir.mkdir(parents=True)
+    db = f"sqlite:///{study_dir / 'study.db'}"
+    study = optuna.create_study(study_name="grid1", storage=db, direction="minimize")
+    for config_id, (top_k, per_seed) in enumerate(runs.items()):
+        name = f"t{config_id:03d}-top_k={top_k}"
+        run_dirs = [f"trials/{name}/seed{s}" for s in range(len(per_seed))]
+        values = [v for v, _, _ in per_seed]
+        for seed, (run_dir, (value, rate, wall)) in enumerate(zip(run_dirs, per_seed)):
+            write_events(study_dir / run_dir, "val/loss", seed_curve(value, seed))
+            write_events(study_dir / run_dir, "train/lm_loss", seed_curve(value + 0.5, seed))
+            (study_dir / run_dir / "metrics.json").write_text(json.dumps(
+                {"status": "completed", "val_loss": value, "tokens_per_s": rate, "wall_time_s": wall}))
+        attrs = {"config_id": config_id, "label": f"top_k={top_k}", "seeds": list(range(len(per_seed))),
+                 "run_dirs": run_dirs, "objective_values": values, "objective_mean": statistics.fmean(values),
+                 "objective_std": statistics.stdev(values), "active_params": 1_000_000,
+                 "total_params": 2_000_000 * top_k, "tokens_per_s": statistics.fmean(r for _, r, _ in per_seed),
+                 "duration_s": 999.0}
+        study.add_trial(create_trial(state=TrialState.COMPLETE, value=statistics.fmean(values),
+                                     params={"model.moe.top_k": top_k},
+                                     distributions={"model.moe.top_k": DISTRIBUTIONS["model.moe.top_k"]},
+                                     user_attrs=attrs))
+    info = {"study_name": "grid1", "storage_url": db, "objective_metric": "val_loss", "direction": "minimize",
+            "sampler": "grid", "seeds": [0, 1, 2], "compute_matching": "active", "base": "x.yaml"}
+    (study_dir / "study_info.json").write_text(json.dumps(info))
+
+
+def test_a_grid_over_one_key_gets_its_own_plot_mean_runs_and_per_run_medians(tmp_path):
+    # Three seeds, one of them on a loaded machine: the median ignores it, a mean would not.
+    runs = {4: [(2.5, 1000.0, 90.0), (2.625, 3000.0, 60.0), (2.75, 50000.0, 30.0)],
+            1: [(2.25, 2000.0, 50.0), (2.5, 2500.0, 40.0), (2.375, 100.0, 700.0)]}
+    study_dir = tmp_path / "grid1"
+    make_one_key_grid(study_dir, runs)
+    paths = write_study_report(study_dir)
+    plots = study_dir / "plots"
+    assert paths["objective_vs_top_k"] == plots / "objective_vs_top_k.png"
+    assert paths["objective_vs_top_k"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # Optuna's history / importance / parallel / slice plots say nothing about one key: not drawn,
+    # and without --html no plotly.min.js.
+    assert sorted(p.name for p in plots.iterdir()) == ["objective_vs_top_k.png", "train_loss_curves.png",
+                                                        "val_loss_curves.png"]
+    rows = load_study_data(study_dir).rows
+    assert [r.label for r in rows] == ["top_k=1", "top_k=4"]
+    assert [r.tokens_per_s for r in rows] == [2000.0, 3000.0] and [r.run_time_s for r in rows] == [50.0, 60.0]
+    table = format_table(rows)
+    assert "2.00M" in table.splitlines()[2] and "2.00k" in table.splitlines()[2] and "50.0s" in table
+    # The mean run: the mean of the three seeds' curves, step by step.
+    for config, (top_k, per_seed) in enumerate(runs.items()):
+        mean_dir = study_dir / "trials" / f"t{config:03d}-top_k={top_k}" / "mean"
+        curves = [seed_curve(v, s) for s, (v, _, _) in enumerate(per_seed)]
+        expected = {step: sum(c[step] for c in curves) / 3 for step in STEPS}
+        assert read_scalars(mean_dir, "val/loss") == pytest.approx(expected, rel=1e-6)
+    # Reporting again rewrites the mean runs instead of adding a second copy.
+    write_study_report(study_dir)
+    assert len(list((study_dir / "trials" / "t000-top_k=4" / "mean").glob("events.out.tfevents.*"))) == 1

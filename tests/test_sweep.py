@@ -14,8 +14,11 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
+from moe_lab.config import load_config
 from moe_lab.errors import ConfigError, MoELabError
 from moe_lab.model.accounting import count_model
+from moe_lab.sweep import estimate
+from moe_lab.sweep.__main__ import dry_run
 from moe_lab.sweep.config import load_sweep
 from moe_lab.sweep.runner import run_worker
 from tests.helpers import write_tiny_experiment
@@ -44,7 +47,7 @@ def by_state(ts, state):
 GRID = "sampler: grid\nspace:\n  model.moe.top_k: [1, 2]\n  model.moe.n_experts: [4, 8]\n"
 
 
-def test_grid_runs_every_point_exactly_once(tmp_path, data_cache):
+def test_grid_runs_every_point_exactly_once(tmp_path, data_cache, capsys):
     path = write_sweep(tmp_path, data_cache, GRID)
     assert run_worker(load_sweep(path), log=lambda m: None) == 4
     ts = trials(path)
@@ -60,6 +63,13 @@ def test_grid_runs_every_point_exactly_once(tmp_path, data_cache):
     # Running the same sweep again resumes: nothing left, nothing rerun.
     assert run_worker(load_sweep(path), log=lambda m: None) == 0
     assert len(trials(path)) == 4
+    # Its dry run says so, instead of estimating the whole grid again.
+    dry_run(load_sweep(path))
+    out = capsys.readouterr().out
+    assert "is complete: 4 of 4 configurations finished" in out and "estimated time" not in out
+    # The finished runs kept their best weights only (keep_checkpoints: best_weights by default).
+    run_dir = tmp_path / "out" / "sweep" / done[0].user_attrs["run_dirs"][0]
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["best.ckpt"]
 
 
 def sweep_cmd(path: Path, *extra: str) -> list[str]:
@@ -199,3 +209,35 @@ def test_cli_bad_sweep_exits_2_without_traceback(tmp_path, data_cache):
 def test_shipped_sweeps_are_valid():
     for path in sorted((REPO / "sweeps").glob("*.yaml")):
         load_sweep(path)
+
+
+def test_dry_run_times_the_models_here_caches_them_and_schedules_the_runs(tmp_path, data_cache, capsys,
+                                                                       monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    path = write_sweep(tmp_path, data_cache, "sampler: grid\nseeds: [0, 1]\nspace:\n  model.moe.top_k: [1, 2]\n",
+                       steps=10)
+    sweep = load_sweep(path)
+    dry_run(sweep, workers=2)
+    first = capsys.readouterr().out
+    assert "estimated time: about" in first and "now cached in" in first and "1 thread per worker" in first
+    assert "MB of checkpoints at the end (keep_checkpoints=best_weights)" in first
+    cache = json.loads((tmp_path / "cache" / "moe_lab" / "step_times.json").read_text())
+    assert len(cache) == 2  # one entry per model shape
+    dry_run(sweep, workers=2)
+    assert "(cached in" in capsys.readouterr().out
+    # The estimate from the cached times, by hand: the tiny experiment runs 10 steps, validates at
+    # steps 2, 4, ..., 10 on 1 batch each, plus the per-run overhead.
+    cfg = load_config(sweep.base_path, ["model.moe.top_k=1"])
+    times = estimate.StepTimes(train_s=0.5, eval_s=0.25, threads=1)
+    assert estimate.run_seconds(cfg, times) == 10 * 0.5 + 5 * 1 * 0.25 + estimate.RUN_OVERHEAD_S
+    assert not os.path.exists(tmp_path / "out" / "sweep")  # a dry run writes no study
+
+
+def test_makespan_schedules_units_on_the_first_free_worker():
+    # 3 configurations x 2 seeds claimed per configuration (20 s each) on 2 workers: one idles at the end.
+    assert estimate.makespan([20.0, 20.0, 20.0], 2) == 40.0
+    # Claimed per (configuration, seed): 6 units of 10 s.
+    assert estimate.makespan([10.0] * 6, 2) == 30.0
+    assert estimate.makespan([5.0, 1.0, 1.0, 1.0], 2) == 5.0 and estimate.makespan([], 3) == 0.0
+    # A full checkpoint holds the weights and AdamW's two moments: 3 x 4 bytes per float32 parameter.
+    assert estimate.checkpoint_bytes(1000, "32-true") == 12_000

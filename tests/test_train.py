@@ -1,18 +1,24 @@
 """End to end: the real training entry point on tiny settings (outputs, resume, determinism, DDP)."""
 
 import json
+import shutil
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
+import lightning.pytorch as pl
 import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from moe_lab.callbacks.progress import ProgressBar
+from moe_lab.checkpoint import load_lightning_checkpoint
 from moe_lab.config import config_from_dict, load_config
+from moe_lab.lit import TOKENS_PER_S
 from moe_lab.model import MoETransformer
-from moe_lab.train import run
+from moe_lab.tb_logs import read_scalars
+from moe_lab.train import finish_checkpoints, run
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::DeprecationWarning")
@@ -174,3 +180,65 @@ def test_ddp_two_cpu_processes_log_the_single_process_expert_loads(tmp_path, dat
         assert a[0] == pytest.approx(b[0], abs=1e-6)  # step 1: same weights, same global batch
         for step in a:  # later steps: DDP averages gradients, equal up to float rounding
             assert a[step] == pytest.approx(b[step], abs=0.02)
+
+
+class _KeepBarMetrics(pl.Callback):
+    """What the progress bar would show at the end of training (it reads trainer.progress_bar_metrics)."""
+
+    def on_train_end(self, trainer, pl_module):
+        self.metrics = {k: float(v) for k, v in trainer.progress_bar_metrics.items()}
+        self.bar = ProgressBar().get_metrics(trainer, pl_module)
+
+
+def test_one_tokens_per_s_in_the_bar_metrics_json_and_tensorboard(tmp_path, data_cache):
+    cfg = load_config(REPO / "experiments/shakespeare_moe.yaml", tiny(tmp_path, data_cache))
+    keep = _KeepBarMetrics()
+    result = run(cfg, extra_callbacks=(keep,), quiet=True)
+    metrics = result.metrics
+    assert json.loads((result.run_dir / "metrics.json").read_text())["tokens_per_s"] == metrics["tokens_per_s"]
+    logged = read_scalars(result.run_dir, TOKENS_PER_S)
+    assert sorted(logged) == list(range(12))  # every step (log_every_n_steps=1)
+    assert logged[11] == pytest.approx(metrics["tokens_per_s"], rel=1e-6)
+    assert keep.metrics[TOKENS_PER_S] == pytest.approx(metrics["tokens_per_s"], rel=1e-6)
+    assert keep.bar["tok/s"] == f"{metrics['tokens_per_s']:.0f}" and "v_num" not in keep.bar
+    # Another way: the run's tokens over its wall time. Training time excludes the two validations and
+    # the set-up, so the rate is higher, but not by more than the whole run's time is longer.
+    tokens = 12 * 4 * 32
+    assert metrics["train_tokens"] == tokens
+    assert tokens / metrics["wall_time_s"] < metrics["tokens_per_s"]
+    # The first logged value is one step's rate; the last is the run's, not the last step's alone.
+    assert logged[0] != logged[11]
+
+
+def test_finished_runs_keep_what_keep_checkpoints_says(tmp_path, data_cache):
+    cfg = load_config(REPO / "experiments/shakespeare_moe.yaml", tiny(tmp_path / "runs", data_cache))
+    full = run(cfg, quiet=True).run_dir / "checkpoints"
+    best = torch.load(full / "best.ckpt", weights_only=True)
+    # Bytes of the weights, each storage once (a tensor may be held under two names).
+    n_weights = sum({t.untyped_storage().data_ptr(): t.untyped_storage().nbytes()
+                     for t in best["state_dict"].values()}.values())
+
+    def copy() -> Path:
+        target = tmp_path / f"copy{len(list(tmp_path.glob('copy*')))}"
+        shutil.copytree(full, target)
+        return target
+
+    for status in ("failed", "stopped"):  # may be resumed: untouched
+        kept = copy()
+        finish_checkpoints(kept, "best_weights", status)
+        assert sorted(p.name for p in kept.iterdir()) == ["best.ckpt", "last.ckpt"]
+    lean = copy()
+    finish_checkpoints(lean, "best_weights", "completed")
+    assert sorted(p.name for p in lean.iterdir()) == ["best.ckpt"]
+    slim = torch.load(lean / "best.ckpt", weights_only=True)
+    assert "optimizer_states" in best and "optimizer_states" not in slim
+    assert slim["state_dict"].keys() == best["state_dict"].keys()
+    assert all(torch.equal(slim["state_dict"][k], best["state_dict"][k]) for k in best["state_dict"])
+    # AdamW's two moments were twice the weights; what is left is the weights plus a little metadata.
+    assert (lean / "best.ckpt").stat().st_size < 1.1 * n_weights < 0.4 * (full / "best.ckpt").stat().st_size
+    model_cfg, state = load_lightning_checkpoint(lean / "best.ckpt")
+    assert model_cfg.moe.n_experts == 4 and state.keys() == {k[len("model."):] for k in best["state_dict"] if k.startswith("model.")}
+    gone = copy()
+    finish_checkpoints(gone, "none", "pruned")
+    assert not gone.exists()
+    assert load_config(REPO / "experiments/shakespeare_moe.yaml", []).trainer.keep_checkpoints == "all"

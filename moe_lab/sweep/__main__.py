@@ -18,9 +18,9 @@ from moe_lab.model.accounting import count_model
 from moe_lab.records import check_writable_dir
 from moe_lab.sweep.config import Sweep, load_sweep, trial_label
 
-# Effective training throughput of the 2-core dev machine on the shipped sweeps (FLOPs counted as
-# 3x forward), from `python -m moe_lab.bench train`; used only for --dry-run's time estimate.
-DEFAULT_GFLOPS = 100.0
+# Trials are claimed per configuration (moe_lab.sweep.runner): one worker trains its seeds one after
+# another. The time estimate schedules whole configurations; True schedules (configuration, seed) units.
+SEEDS_CLAIMED_SEPARATELY = False
 
 
 def planned_configurations(sweep: Sweep) -> list[dict]:
@@ -29,28 +29,75 @@ def planned_configurations(sweep: Sweep) -> list[dict]:
     return [{} for _ in range(sweep.n_trials())]  # sampled later: estimate with the base experiment
 
 
-def dry_run(sweep: Sweep, gflops: float) -> None:
+def finished_configurations(sweep: Sweep) -> set[int] | None:
+    """Config ids of a study already on disk that completed or were pruned (None: no study yet)."""
+    if not (sweep.study_dir / "study_info.json").is_file():
+        return None
+    from moe_lab.sweep.report import load_study_data
+
+    rows = load_study_data(sweep.study_dir).rows
+    return {r.config_id if r.config_id is not None else r.trial for r in rows if r.state in ("COMPLETE", "PRUNED")}
+
+
+def worker_threads(workers: int) -> int:
+    """Torch threads of each worker, as cli() and spawn_workers set them."""
+    import torch
+
+    return max(1, (os.cpu_count() or 1) // workers) if workers > 1 else torch.get_num_threads()
+
+
+def dry_run(sweep: Sweep, workers: int = 1, gflops: float | None = None) -> None:
+    from moe_lab.sweep import estimate
     from moe_lab.sweep.runner import Objective
 
     objective = Objective(sweep)
-    total_flops, rows = 0.0, []
-    for i, params in enumerate(planned_configurations(sweep)):
-        cfg, matched = objective.experiment(params, sweep.study_dir / "trials" / "dry-run", sweep.cfg.seeds[0])
-        counts = count_model(cfg.model, cfg.data.block_size)
-        tokens = cfg.trainer.max_steps * cfg.data.batch_size * cfg.data.block_size
-        flops = 3 * counts.total_flops_per_token * tokens * len(sweep.cfg.seeds)
-        total_flops += flops
-        width = f" expert_hidden={matched.expert_hidden}" if matched else ""
-        rows.append(f"  {i:>3}  {trial_label(params) if params else '(sampled)':<40} active "
-                    f"{counts.total_active_params / 1e6:6.2f}M  total {counts.total_params / 1e6:6.2f}M"
-                    f"  {flops / 1e12:7.2f} TFLOP{width}")
-    print(f"study {sweep.name}: {sweep.cfg.sampler} sampler, {len(rows)} configurations x "
+    planned = planned_configurations(sweep)
+    done = finished_configurations(sweep)
+    todo = [i for i in range(len(planned)) if done is None or i not in done] if sweep.cfg.sampler == "grid" \
+        else list(range(max(0, len(planned) - len(done or ()))))
+    print(f"study {sweep.name}: {sweep.cfg.sampler} sampler, {len(planned)} configurations x "
           f"{len(sweep.cfg.seeds)} seeds, objective {sweep.cfg.objective.metric} ({sweep.cfg.objective.direction}), "
           f"compute matching: {sweep.cfg.compute_matching}")
+    if done is not None and not todo:
+        print(f"study {sweep.name} in {sweep.study_dir} is complete: {len(done)} of {len(planned)} configurations "
+              f"finished; running it again only rewrites its report (python -m moe_lab.report {sweep.study_dir})")
+        return
+    threads = worker_threads(workers)
+    units, rows, end_bytes, live_bytes, measured = [], [], 0, 0, []
+    for i, params in enumerate(planned):
+        cfg, matched = objective.experiment(params, sweep.study_dir / "trials" / "dry-run", sweep.cfg.seeds[0])
+        counts = count_model(cfg.model, cfg.data.block_size)
+        if gflops:  # the old rule of thumb, on request: FLOPs (3x forward) at an assumed rate
+            train_s = 3 * counts.total_flops_per_token * cfg.data.batch_size * cfg.data.block_size / (gflops * 1e9)
+            times = estimate.StepTimes(train_s=train_s, eval_s=train_s / 3, threads=threads)
+        else:
+            times = estimate.step_times(cfg, threads)
+            measured.append(times)
+        seconds = estimate.run_seconds(cfg, times)
+        state = "done" if done is not None and i not in todo else f"{seconds:5.0f} s/run"
+        if i in todo:
+            seeds = [seconds] * len(sweep.cfg.seeds)
+            units += seeds if SEEDS_CLAIMED_SEPARATELY else [sum(seeds)]
+        full = estimate.checkpoint_bytes(counts.total_params, cfg.trainer.precision)
+        keep = cfg.trainer.keep_checkpoints
+        end_bytes += len(sweep.cfg.seeds) * {"all": 2 * full, "best_weights": full // 3, "none": 0}[keep]
+        live_bytes = max(live_bytes, 2 * full)  # a live run: best.ckpt and last.ckpt in full
+        width = f" expert_hidden={matched.expert_hidden}" if matched else ""
+        rows.append(f"  {i:>3}  {trial_label(params) if params else '(sampled)':<28} active "
+                    f"{counts.total_active_params / 1e6:6.2f}M  total {counts.total_params / 1e6:6.2f}M  "
+                    f"{state}{width}")
     print("\n".join(rows))
-    hours = total_flops / (gflops * 1e9) / 3600
-    print(f"estimated cost: {total_flops / 1e12:.1f} TFLOP, about {hours * 60:.0f} min at {gflops:.0f} GFLOP/s "
-          f"(one worker); storage {sweep.storage_url}")
+    if done:
+        print(f"{len(done)} configurations already finished in {sweep.study_dir}; the estimate is for the rest")
+    wall = estimate.makespan(units, workers)
+    how = (f"assuming {gflops:g} GFLOP/s" if gflops else
+           f"step times measured on this machine at {threads} thread{'s' * (threads > 1)} per worker"
+           + (" (cached in " if all(t.cached for t in measured) else " (now cached in ")
+           + f"{estimate.cache_path()}, delete it to measure again); more load on the machine makes it longer")
+    print(f"estimated time: about {wall / 60:.0f} min with {workers} worker{'s' * (workers > 1)} ({how})")
+    print(f"estimated disk: {end_bytes / 1e6:.0f} MB of checkpoints at the end (keep_checkpoints="
+          f"{sweep.cfg.keep_checkpoints}), up to {workers * live_bytes / 1e6:.0f} MB more while runs are live, "
+          f"plus TensorBoard logs; storage {sweep.storage_url}")
 
 
 def spawn_workers(module: str, argv: list[str], n: int) -> list[subprocess.Popen]:
@@ -84,14 +131,15 @@ def cli(argv, prog: str, doc: str, loader, reporter) -> int:
     parser.add_argument("--retry-failed", action="store_true",
                         help="run again the configurations whose trials all failed (after fixing the cause)")
     parser.add_argument("--worker-only", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--assume-gflops", type=float, default=DEFAULT_GFLOPS, help="for --dry-run's estimate")
+    parser.add_argument("--assume-gflops", type=float, default=None,
+                        help="--dry-run: estimate from FLOPs at this rate instead of timing steps here")
     args = parser.parse_args(argv)
     try:
         sweep = loader(args.sweep, args.overrides)
         if args.workers < 1:
             raise MoELabError("--workers: must be >= 1")
         if args.dry_run:
-            dry_run(sweep, args.assume_gflops)
+            dry_run(sweep, args.workers, args.assume_gflops)
             return 0
         check_writable_dir(sweep.cfg.output_dir, "output_dir")  # before the study folder is made
         from moe_lab.sweep.runner import open_study, run_worker

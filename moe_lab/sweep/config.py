@@ -20,7 +20,7 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from moe_lab.config import ExperimentConfig, _explain, _read_yaml, _valid_keys, load_config
+from moe_lab.config import KEEP_CHECKPOINTS, ExperimentConfig, _explain, _read_yaml, _valid_keys, load_config
 from moe_lab.errors import ConfigError, MoELabError
 
 SAMPLERS = ("grid", "random", "tpe")
@@ -59,6 +59,9 @@ class SweepConfig:
     max_retries: int = 3  # a trial whose worker died is retried this many times
     compute_matching: str = "none"  # none | active | total: hold expert params fixed via expert_hidden
     collapse_prunes: bool = True  # the expert-collapse detector prunes a trial (reason recorded)
+    # trainer.keep_checkpoints of every run: a finished run keeps its best weights only (a sixth of a
+    # full best.ckpt + last.ckpt); a live or failed run keeps what its retry resumes from.
+    keep_checkpoints: str = "best_weights"
     space: dict[str, Any] = field(default_factory=dict)
 
 
@@ -217,6 +220,7 @@ def _validate(cfg: SweepConfig, needs_space: bool = True) -> None:
     one_of("sampler", cfg.sampler, SAMPLERS)
     one_of("pruner", cfg.pruner, PRUNERS)
     one_of("compute_matching", cfg.compute_matching, MATCHING)
+    one_of("keep_checkpoints", cfg.keep_checkpoints, KEEP_CHECKPOINTS)
     if cfg.sampler != "grid" and cfg.n_trials < 1:
         raise ConfigError("n_trials", f"sampler {cfg.sampler!r} needs n_trials >= 1")
     if cfg.n_trials < 0 or cfg.timeout_s < 0:

@@ -6,8 +6,11 @@ the sweep is still running:
 
     <study_dir>/summary.md                 settings, results table, best configuration, state counts
     <study_dir>/trials.csv                 one row per configuration, every number the table shows
-    <study_dir>/plots/*.html, *.png        Optuna's optimization history, importances, parallel
-                                           coordinate and slice plots (plotly and matplotlib)
+    <study_dir>/plots/objective_vs_<key>.png  a grid over one key: the objective per value, each seed
+                                           and their mean (Optuna's plots say nothing about one key)
+    <study_dir>/plots/*.png, (*.html)      otherwise Optuna's optimization history, importances, parallel
+                                           coordinate and slice plots (HTML with `report --html`)
+    <study_dir>/trials/<config>/mean/      TensorBoard run: val/loss, val/bpb, train/lm_loss, mean over seeds
     <study_dir>/plots/val_loss_curves.png  val/loss per configuration: mean over seeds, min-max band
     <study_dir>/plots/train_loss_curves.png
 
@@ -21,6 +24,7 @@ import csv
 import json
 import logging
 import math
+import statistics
 import warnings
 from collections import Counter
 from dataclasses import dataclass, field
@@ -86,12 +90,13 @@ class ConfigRow:
     active_params: int | None
     total_params: int | None
     expert_hidden: int | None
-    tokens_per_s: float | None
+    tokens_per_s: float | None  # median over the configuration's runs (seeds), from their metrics.json
     final_load_cv: float | None
     collapse_events: int | None
     prune_reason: str | None
     error: str | None
     retries: int = 0
+    run_time_s: float | None = None  # median wall time of one run (seed)
 
     @property
     def n_seeds(self) -> int:
@@ -169,8 +174,29 @@ def load_study_data(study_dir: str | Path) -> StudyData:
     if not info.direction:
         info.direction = study.direction.name.lower()
     param_keys = list(dict.fromkeys(key for t in trials for key in t.params))
-    return StudyData(study_dir=study_dir, info=info, study=study, rows=config_rows(trials, info.direction),
+    rows = config_rows(trials, info.direction)
+    for row in rows:
+        _per_run_medians(study_dir, row)
+    return StudyData(study_dir=study_dir, info=info, study=study, rows=rows,
                      param_keys=param_keys, trial_states=Counter(t.state.name for t in trials))
+
+
+def _per_run_medians(study_dir: Path, row: ConfigRow) -> None:
+    """Throughput and time per run (seed), medians over the configuration's runs, from their metrics.json.
+    A trial's own duration counts its seeds one after another and the time it waited for a core; one
+    run's figures do not. Without metrics files the trial's recorded values stay."""
+    runs = []
+    for run_dir in row.run_dirs:
+        try:
+            runs.append(json.loads((study_dir / run_dir / "metrics.json").read_text()))
+        except (OSError, json.JSONDecodeError):
+            continue
+    rates = [m["tokens_per_s"] for m in runs if _finite(m.get("tokens_per_s"))]
+    times = [m["wall_time_s"] for m in runs if _finite(m.get("wall_time_s"))]
+    if rates:
+        row.tokens_per_s = statistics.median(rates)
+    if times:
+        row.run_time_s = statistics.median(times)
 
 
 def config_rows(trials: list[FrozenTrial], direction: str) -> list[ConfigRow]:
@@ -237,10 +263,13 @@ def _finite(x: Any) -> bool:
 
 # ------------------------------------------------------------------------------------------ tables
 
-COLUMNS = ("trial", "config", "objective (mean ± std, n seeds)", "state", "time", "active", "tok/s",
-           "load CV", "collapses", "retries", "prune reason / error")
-RIGHT_ALIGNED = {"trial", "objective (mean ± std, n seeds)", "time", "active", "tok/s", "load CV",
-                 "collapses", "retries"}
+COLUMNS = ("trial", "config", "objective (mean ± std, n seeds)", "state", "total", "active", "load CV",
+           "collapses", "retries", "time/run", "tok/s/run", "prune reason / error")
+RIGHT_ALIGNED = {"trial", "objective (mean ± std, n seeds)", "total", "active", "load CV", "collapses",
+                 "retries", "time/run", "tok/s/run"}
+# Printed under every table that shows the two throughput columns.
+LOAD_CAVEAT = ("time/run and tok/s/run are medians over a configuration's runs; they depend on the machine's "
+               "load and on how many workers shared its cores, so they are not results and do not rank.")
 
 
 def format_objective(row: ConfigRow) -> str:
@@ -256,9 +285,9 @@ def format_objective(row: ConfigRow) -> str:
 
 def table_cells(rows: list[ConfigRow]) -> list[list[str]]:
     """The cells of the results table, shared by the terminal and the markdown versions."""
-    return [[str(r.trial), r.label, format_objective(r), r.state, _duration(r.duration_s), si(r.active_params),
-             si(r.tokens_per_s), _optional(r.final_load_cv, "{:.3f}"), _optional(r.collapse_events, "{}"),
-             str(r.retries) if r.retries else "", _note(r)] for r in rows]
+    return [[str(r.trial), r.label, format_objective(r), r.state, si(r.total_params), si(r.active_params),
+             _optional(r.final_load_cv, "{:.3f}"), _optional(r.collapse_events, "{}"), str(r.retries),
+             _duration(r.run_time_s), si(r.tokens_per_s), _note(r)] for r in rows]
 
 
 def format_table(rows: list[ConfigRow]) -> str:
@@ -270,7 +299,8 @@ def format_table(rows: list[ConfigRow]) -> str:
         return "  ".join(v.rjust(w) if c in RIGHT_ALIGNED else v.ljust(w)
                          for c, v, w in zip(COLUMNS, values, widths)).rstrip()
 
-    return "\n".join([line(COLUMNS), "  ".join("-" * w for w in widths)] + [line(c) for c in cells])
+    return "\n".join([line(COLUMNS), "  ".join("-" * w for w in widths)] + [line(c) for c in cells]
+                     + ([LOAD_CAVEAT] if cells else []))
 
 
 def markdown_table(rows: list[ConfigRow]) -> str:
@@ -305,7 +335,7 @@ def _note(row: ConfigRow) -> str:
 
 CSV_COLUMNS = ("objective_mean", "objective_std", "n_seeds", "objective_values", "duration_s", "active_params",
                "total_params", "tokens_per_s", "final_load_cv", "collapse_events", "prune_reason", "error",
-               "retries")
+               "retries", "run_time_s")
 
 
 def write_trials_csv(path: Path, rows: list[ConfigRow], param_keys: list[str]) -> None:
@@ -319,7 +349,7 @@ def write_trials_csv(path: Path, rows: list[ConfigRow], param_keys: list[str]) -
         for r in rows:
             values = [r.objective_mean, r.objective_std, r.n_seeds, json.dumps(r.objective_values), r.duration_s,
                       r.active_params, r.total_params, r.tokens_per_s, r.final_load_cv, r.collapse_events,
-                      r.prune_reason, r.error, r.retries]
+                      r.prune_reason, r.error, r.retries, r.run_time_s]
             writer.writerow([_csv(v) for v in (r.trial, r.config_id, r.state,
                                                *(r.params.get(k) for k in param_keys), *values)])
     tmp.replace(path)  # atomic, like moe_lab.records
@@ -357,6 +387,7 @@ def summary_markdown(data: StudyData, plots: dict[str, Path], skipped: dict[str,
         "",
         markdown_table(rows) if rows else "No trials yet.",
         "",
+        *([LOAD_CAVEAT, ""] if rows else []),
         "## Plots",
         "",
     ]
@@ -404,7 +435,7 @@ def _best_text(row: ConfigRow | None, info: StudyInfo) -> str:
     runs = ", ".join(f"`{d}`" for d in row.run_dirs) or "-"
     return (f"**{row.label}** (trial {row.trial}, config {row.config_id}; {params}): "
             f"{info.objective_metric} {format_objective(row)}; active params {si(row.active_params)}, "
-            f"total params {si(row.total_params)}, {si(row.tokens_per_s)} tokens/s, "
+            f"total params {si(row.total_params)}, "
             f"final load CV {_optional(row.final_load_cv, '{:.3f}')}. Runs: {runs}.")
 
 
@@ -434,9 +465,28 @@ def _cannot_plot(name: str, study: optuna.Study) -> str | None:
     return None
 
 
-def write_optuna_plots(study: optuna.Study, plots_dir: Path, target_name: str) -> tuple[dict[str, Path], dict]:
-    """Each plot as HTML (plotly; plotly.min.js written once beside them, so they open offline) and
-    PNG (Optuna's matplotlib backend). Returns ({key: path}, {plot: why it was skipped})."""
+def _readable_colormaps(fig) -> None:
+    """Optuna's matplotlib parallel-coordinate and slice plots colour by objective or trial with
+    "Blues", whose light end is white on the white background: the worst configuration vanished.
+    Recolour with viridis cut before its pale yellow end, keeping the direction."""
+    import matplotlib.colors as mcolors
+    import numpy as np
+    from matplotlib import colormaps
+
+    visible = mcolors.ListedColormap(colormaps["viridis"](np.linspace(0.0, 0.85, 256)), name="viridis_visible")
+    for ax in fig.axes:
+        for artist in ax.collections:
+            cmap = artist.get_cmap() if hasattr(artist, "get_cmap") else None
+            if cmap is not None and cmap.name.startswith("Blues"):
+                # Blues runs light -> dark, viridis dark -> light: reverse to keep "darker = better".
+                artist.set_cmap(visible if cmap.name.endswith("_r") else visible.reversed())
+
+
+def write_optuna_plots(study: optuna.Study, plots_dir: Path, target_name: str,
+                       html: bool = False) -> tuple[dict[str, Path], dict]:
+    """Each plot as PNG (Optuna's matplotlib backend) and, with `html`, as HTML (plotly;
+    plotly.min.js, 4.8 MB, written once beside them, so they open offline). Returns ({key: path},
+    {plot: why it was skipped})."""
     import matplotlib
 
     from moe_lab.viz import save_figure
@@ -447,9 +497,10 @@ def write_optuna_plots(study: optuna.Study, plots_dir: Path, target_name: str) -
         reason = _cannot_plot(name, study)
         if reason is None:
             try:
-                html = plots_dir / f"{name}.html"
-                plotly_fn(study, target_name=target_name).write_html(str(html), include_plotlyjs="directory")
-                written[f"{name}_html"] = html
+                if html:
+                    page = plots_dir / f"{name}.html"
+                    plotly_fn(study, target_name=target_name).write_html(str(page), include_plotlyjs="directory")
+                    written[f"{name}_html"] = page
                 # Optuna's matplotlib backend is experimental and sets the global ggplot style: both
                 # are contained here, as is matplotlib's notice that a single trial spans no range.
                 with warnings.catch_warnings(), matplotlib.rc_context():
@@ -457,6 +508,7 @@ def write_optuna_plots(study: optuna.Study, plots_dir: Path, target_name: str) -
                     warnings.filterwarnings("ignore", "Attempting to set identical", UserWarning)
                     axes = mpl_fn(study, target_name=target_name)
                     fig = (axes if hasattr(axes, "figure") else axes.flat[0]).figure
+                    _readable_colormaps(fig)
                     png = save_figure(fig, plots_dir / f"{name}.png")
                 written[f"{name}_png"] = png
             except Exception as err:  # a plot the study's data cannot make must not cost the report
@@ -467,6 +519,65 @@ def write_optuna_plots(study: optuna.Study, plots_dir: Path, target_name: str) -
     if (plots_dir / "plotly.min.js").is_file() and written:
         written["plotly_js"] = plots_dir / "plotly.min.js"
     return written, skipped
+
+
+def one_key_grid(data: StudyData) -> str | None:
+    """The searched key when the study is a grid over one key (its plots are drawn by hand), else None."""
+    return data.param_keys[0] if data.info.sampler == "grid" and len(data.param_keys) == 1 else None
+
+
+def write_objective_by_value(data: StudyData, key: str, plots_dir: Path) -> dict[str, Path]:
+    """The objective against the one searched value: each seed as a point, the mean over seeds as a
+    line with a ±1 std bar. Values are the x axis in their own order (numbers sorted), evenly spaced."""
+    from moe_lab.viz import objective_by_value, save_figure
+
+    rows = [r for r in data.rows if key in r.params and any(_finite(v) for v in r.objective_values)]
+    if not rows:
+        return {}
+    values = list(dict.fromkeys(r.params[key] for r in rows))
+    if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+        values.sort()
+    seeds = {}
+    for value in values:
+        row = next(r for r in rows if r.params[key] == value)
+        seeds[str(value)] = {seed: v for seed, v in zip(row.seeds, row.objective_values) if _finite(v)}
+    title = f"{data.info.study_name}: {data.info.objective_metric} by {key}"
+    fig = objective_by_value(seeds, xlabel=key, ylabel=f"{data.info.objective_metric} ({data.info.direction})",
+                             title=title)
+    name = f"objective_vs_{key.rsplit('.', 1)[-1]}"
+    return {name: save_figure(fig, plots_dir / f"{name}.png")}
+
+
+MEAN_RUN = "mean"  # trials/<config>/mean: the TensorBoard run of the mean over seeds
+MEAN_TAGS = ("val/loss", "val/bpb", "train/lm_loss")
+
+
+def write_mean_runs(data: StudyData) -> list[Path]:
+    """Beside a configuration's seed runs, a TensorBoard run `mean` holding the mean over its seeds of
+    MEAN_TAGS at the steps every seed logged, so TensorBoard shows one line per configuration too.
+    Rewritten from the seed runs each time (never appended to)."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    from moe_lab.tb_logs import event_files, read_scalars
+
+    written = []
+    for row in data.rows:
+        if len(row.run_dirs) < 2:
+            continue
+        mean_dir = (data.study_dir / row.run_dirs[0]).parent / MEAN_RUN
+        curves = {tag: [read_scalars(data.study_dir / d, tag) for d in row.run_dirs] for tag in MEAN_TAGS}
+        for old in event_files(mean_dir):
+            old.unlink()
+        if not any(all(runs) for runs in curves.values()):
+            continue
+        with SummaryWriter(str(mean_dir)) as writer:
+            for tag, runs in curves.items():
+                if not all(runs):
+                    continue
+                for step in sorted(set.intersection(*(set(r) for r in runs))):
+                    writer.add_scalar(tag, statistics.fmean(r[step] for r in runs), step)
+        written.append(mean_dir)
+    return written
 
 
 def study_curves(data: StudyData, tag: str) -> dict[str, list[dict[int, float]]]:
@@ -500,13 +611,19 @@ def write_curve_plots(data: StudyData, plots_dir: Path) -> tuple[dict[str, Path]
     return written, skipped
 
 
-def write_study_report(study_dir: str | Path, data: StudyData | None = None) -> dict[str, Path]:
-    """Write summary.md, trials.csv and plots/ into the study directory; return {what: path}.
-    `data` (from load_study_data) saves reading the study twice."""
+def write_study_report(study_dir: str | Path, data: StudyData | None = None, html: bool = False) -> dict[str, Path]:
+    """Write summary.md, trials.csv, plots/ and the mean-over-seeds TensorBoard runs into the study
+    directory; return {what: path}. `data` (from load_study_data) saves reading the study twice;
+    `html` adds Optuna's interactive plots."""
     data = data or load_study_data(study_dir)
     plots_dir = data.study_dir / PLOTS
     target = f"{data.info.objective_metric} (mean over seeds)"
-    optuna_plots, skipped = write_optuna_plots(data.study, plots_dir, target)
+    key = one_key_grid(data)
+    if key is None:
+        optuna_plots, skipped = write_optuna_plots(data.study, plots_dir, target, html=html)
+    else:
+        optuna_plots, skipped = write_objective_by_value(data, key, plots_dir), {}
+    write_mean_runs(data)
     curve_plots, skipped_curves = write_curve_plots(data, plots_dir)
     plots = {**optuna_plots, **curve_plots}
     paths = {"summary": data.study_dir / "summary.md", "trials_csv": data.study_dir / "trials.csv"}

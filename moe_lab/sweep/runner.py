@@ -203,7 +203,7 @@ class Objective:
     def experiment(self, params: dict[str, Any], trial_dir: Path, seed: int):
         overrides = self.sweep.experiment_overrides(params) + [
             f"seed={seed}", f"output_dir={trial_dir.parent}", f"name={trial_dir.name}", f"version=seed{seed}",
-            "trainer.progress_bar=false"]
+            "trainer.progress_bar=false", f"trainer.keep_checkpoints={self.sweep.cfg.keep_checkpoints}"]
         if self.sweep.cfg.collapse_prunes:
             overrides.append("monitor.collapse_action=prune")
         cfg = load_config(self.sweep.base_path, overrides)

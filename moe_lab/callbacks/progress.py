@@ -1,0 +1,39 @@
+"""The training progress bar: Lightning's own, labelled for a run counted in steps.
+
+Lightning's bar says `Epoch 0/-2` for a run bounded by max_steps (max_epochs=-1), shows the logger
+version as `v_num: 0.000`, and prints every metric with three decimals under its full logged name,
+which a terminal truncates. This bar shows the epoch alone, drops v_num and gives short labels; the
+values are the logged ones (trainer.progress_bar_metrics), unchanged.
+"""
+
+from __future__ import annotations
+
+from lightning.pytorch.callbacks import RichProgressBar, TQDMProgressBar
+from lightning.pytorch.utilities.imports import _RICH_AVAILABLE
+
+# logged name -> (label on the bar, digits after the point)
+BAR_LABELS = {"train/lm_loss": ("loss", 3), "train/tokens_per_s": ("tok/s", 0), "val/loss": ("val", 3)}
+
+
+def bar_items(metrics: dict) -> dict[str, str]:
+    """The bar's items: known metrics under short labels, as text so no format is imposed on them."""
+    items = {}
+    for name, value in metrics.items():
+        label, digits = BAR_LABELS.get(name, (name.rsplit("/", 1)[-1], 3))
+        items[label] = f"{float(value):.{digits}f}"
+    return items
+
+
+class _StepRunBar:
+    def get_metrics(self, trainer, pl_module):
+        return bar_items(trainer.progress_bar_metrics)
+
+
+if _RICH_AVAILABLE:
+    class ProgressBar(_StepRunBar, RichProgressBar):
+        def _get_train_description(self, current_epoch: int) -> str:
+            # Lightning appends "/{max_epochs - 1}", which is "/-2" for a run bounded by steps.
+            return f"epoch {current_epoch}"
+else:
+    class ProgressBar(_StepRunBar, TQDMProgressBar):
+        pass

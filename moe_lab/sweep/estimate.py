@@ -1,0 +1,134 @@
+"""What a sweep will cost before it runs: time from a few timed steps of each configuration's model on
+this machine (cached), disk from the parameter counts.
+
+The step times are measured, not derived from FLOPs: an assumed 100 GFLOP/s made "about 6 min" take
+18-37 min on the 2-core dev machine. They are cached per machine, torch version, thread count and
+model shape in `$XDG_CACHE_HOME/moe_lab/step_times.json` (default ~/.cache/moe_lab/), so a second
+dry run is instant.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+# Per run, besides its steps: start-up (data, tokenizer, logger), text samples, checkpoint writes and
+# the final report's share. Measured 10-20 s per run on the 2-core dev machine; an estimate, not a fit.
+RUN_OVERHEAD_S = 15.0
+TIMED_STEPS, WARMUP_STEPS = 3, 2
+
+
+@dataclass
+class StepTimes:
+    train_s: float  # one training step: forward, backward, clip, AdamW
+    eval_s: float  # one validation batch: forward without gradients
+    threads: int
+    cached: bool = False
+
+
+def cache_path() -> Path:
+    root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return root / "moe_lab" / "step_times.json"
+
+
+def _key(cfg, threads: int) -> str:
+    described = {"model": asdict(cfg.model), "batch": cfg.data.batch_size, "block": cfg.data.block_size,
+                 "precision": cfg.trainer.precision, "threads": threads, "torch": torch.__version__,
+                 "machine": platform.node(), "cpus": os.cpu_count()}
+    return hashlib.sha256(json.dumps(described, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+
+def measure_step_times(cfg, threads: int) -> StepTimes:
+    """Time the configuration's model on random tokens with `threads` torch threads, as a sweep worker
+    runs it (CPU, float32; a GPU run is timed on the GPU when one is there)."""
+    from moe_lab.model import MoETransformer
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        torch.manual_seed(0)
+        device = "cuda" if torch.cuda.is_available() and cfg.trainer.accelerator in ("auto", "gpu", "cuda") else "cpu"
+        model = MoETransformer(cfg.model).to(device)
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+        x = torch.randint(0, cfg.model.vocab_size, (cfg.data.batch_size, cfg.data.block_size), device=device)
+
+        def train_step():
+            out = model(x, x)
+            loss = out.lm_loss + model.router_loss(out)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            loss.item()
+
+        def eval_step():
+            with torch.no_grad():
+                model(x, x).lm_loss.item()
+
+        return StepTimes(train_s=_timed(train_step), eval_s=_timed(eval_step), threads=threads)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _timed(step) -> float:
+    for _ in range(WARMUP_STEPS):
+        step()
+    times = []
+    for _ in range(TIMED_STEPS):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    return sorted(times)[len(times) // 2]  # the median: one slow step on a shared machine is noise
+
+
+def step_times(cfg, threads: int) -> StepTimes:
+    """Cached measurement for this machine and model shape."""
+    path, key = cache_path(), _key(cfg, threads)
+    try:
+        cache = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        cache = {}
+    if key in cache:
+        return StepTimes(**{**cache[key], "cached": True})
+    times = measure_step_times(cfg, threads)
+    cache[key] = {"train_s": times.train_s, "eval_s": times.eval_s, "threads": threads}
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(cache, indent=1) + "\n")
+        tmp.replace(path)
+    except OSError:
+        pass  # a read-only home: the estimate still stands, it is only measured again next time
+    return times
+
+
+def run_seconds(cfg, times: StepTimes) -> float:
+    """One run: its training steps, its validations (trainer.val_batches each, plus the final one when
+    max_steps is not a multiple of the cadence), and the fixed overhead."""
+    t = cfg.trainer
+    n_val = t.max_steps // t.val_every_n_steps + (t.max_steps % t.val_every_n_steps != 0)
+    return t.max_steps * times.train_s + n_val * (t.val_batches or 50) * times.eval_s + RUN_OVERHEAD_S
+
+
+def makespan(units: list[float], workers: int) -> float:
+    """Wall time of `units` (seconds each, in claim order) on `workers` workers that each take the next
+    unit when free."""
+    free = [0.0] * workers
+    for seconds in units:
+        i = free.index(min(free))
+        free[i] += seconds
+    return max(free) if units else 0.0
+
+
+def checkpoint_bytes(total_params: int, precision: str) -> int:
+    """Bytes of one full trainer checkpoint: the weights and AdamW's two moments (float32, or the
+    weights' own width in a *-true precision)."""
+    width = 2 if precision in ("bf16-true", "16-true") else (8 if precision == "64-true" else 4)
+    return 3 * width * total_params
