@@ -16,6 +16,7 @@ import time
 from moe_lab.errors import MoELabError
 from moe_lab.model.accounting import count_model
 from moe_lab.sweep.config import Sweep, load_sweep, trial_label
+from moe_lab.sweep.storage import masked_url
 
 # Effective training throughput of the 2-core dev machine on the shipped sweeps (FLOPs counted as
 # 3x forward), from `python -m moe_lab.bench train`; used only for --dry-run's time estimate.
@@ -49,7 +50,7 @@ def dry_run(sweep: Sweep, gflops: float) -> None:
     print("\n".join(rows))
     hours = total_flops / (gflops * 1e9) / 3600
     print(f"estimated cost: {total_flops / 1e12:.1f} TFLOP, about {hours * 60:.0f} min at {gflops:.0f} GFLOP/s "
-          f"(one worker); storage {sweep.storage_url}")
+          f"(one worker); storage {masked_url(sweep.storage_url)}")
 
 
 def spawn_workers(module: str, argv: list[str], n: int) -> list[subprocess.Popen]:
@@ -102,8 +103,8 @@ def cli(argv, prog: str, doc: str, loader, reporter) -> int:
             run_worker(sweep, log=lambda msg: print(f"[worker {os.getpid()}] {msg}", flush=True))
             return 0
         start = time.time()
-        print(f"study {sweep.name} in {sweep.study_dir} ({sweep.storage_url})", flush=True)
         open_study(sweep, retry=args.retry_failed)  # before any worker starts claiming
+        print(f"study {sweep.name} in {sweep.study_dir} ({masked_url(sweep.storage_url)})", flush=True)
         extra = spawn_workers(module, [args.sweep, *args.overrides], args.workers - 1) if args.workers > 1 else []
         if extra:
             import torch

@@ -20,7 +20,9 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import shutil
+import socket
 import statistics
 import threading
 import time
@@ -229,6 +231,35 @@ def _pop_waiting(study: optuna.Study, sweep: Sweep) -> optuna.Trial | None:
     return None
 
 
+def fail_stale_trials(study: optuna.Study) -> list[int]:
+    """Optuna's fail_stale_trials, plus the reason on each trial it fails (set while the trial is
+    still RUNNING: a finished trial takes no attributes). Returns the numbers of the trials this
+    worker failed; the storage's state update lets only one worker fail each."""
+    storage = study._storage
+    if not is_heartbeat_enabled(storage):
+        return []
+    failed = []
+    for trial_id in storage._get_stale_trial_ids(storage.get_study_id_from_name(study.study_name)):
+        reason = (f"no heartbeat for over {storage.grace_period} s (worker killed, paused or cut off); "
+                  f"failed by worker {worker_name()}, retried as a new trial")
+        try:
+            storage.set_trial_user_attr(trial_id, "error", reason)
+            if not storage.set_trial_state_values(trial_id, state=TrialState.FAIL):
+                continue
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue  # another worker failed it first
+        frozen = storage.get_trial(trial_id)
+        failed.append(frozen.number)
+        callback = storage.get_heartbeat_stale_trial_callback()
+        if callback is not None:
+            callback(study, frozen)
+    return failed
+
+
+def worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
 def _running(study: optuna.Study) -> int:
     return len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
 
@@ -237,7 +268,7 @@ def claim_trial(study: optuna.Study, sweep: Sweep, deadline: float | None) -> op
     """The next trial for this worker, or None when the sweep has nothing left to run. While other
     workers' trials are RUNNING, an idle worker waits: one of them may die, and its retry needs a worker."""
     while True:
-        optuna.storages.fail_stale_trials(study)  # dead workers' trials -> FAIL, retry enqueued (RDB)
+        fail_stale_trials(study)  # dead workers' trials -> FAIL, retry enqueued (RDB)
         if deadline is not None and time.time() > deadline:
             return None
         trial = _pop_waiting(study, sweep)
@@ -443,6 +474,8 @@ class Objective:
         trial.set_user_attr("config_id", config_id)
         trial.set_user_attr("label", label)
         trial.set_user_attr("attempt", attempt)
+        trial.set_user_attr("worker", worker_name())
+        trial.set_user_attr("error", None)  # a retry inherits the attributes of the attempt it retries
         start = time.time()
         _, matched = self.experiment(params, trial_dir, self.sweep.cfg.seeds[0])
         if matched is not None:

@@ -7,6 +7,8 @@ its password masked, raised before anything is written.
 
 from __future__ import annotations
 
+import random
+import time
 from pathlib import Path
 
 import optuna
@@ -15,9 +17,10 @@ from sqlalchemy.engine import make_url
 
 from moe_lab.errors import MoELabError
 
+SCHEMA_RETRIES = 5
 # The SQLAlchemy dialects whose drivers we name in the install hint.
 DRIVER_HINTS = {
-    "postgresql": "pip install 'moe-lab[postgres]' and write postgresql+psycopg://user@host/db",
+    "postgresql": "pip install 'moe-lab[postgres]' (psycopg 3) and write postgresql+psycopg://user@host/db",
     "mysql": "pip install a MySQL driver (e.g. pymysql) and write mysql+pymysql://user@host/db",
 }
 
@@ -38,7 +41,8 @@ def recorded_url(url: str) -> str:
     if url.startswith("journal:"):
         return url
     try:
-        return make_url(url).set(password=None).render_as_string(hide_password=False)
+        # URL is a NamedTuple; URL.set(password=None) would keep the password (None = unchanged).
+        return make_url(url)._replace(password=None).render_as_string(hide_password=False)
     except sqlalchemy.exc.ArgumentError:
         return url
 
@@ -78,7 +82,7 @@ def open_storage(url: str, heartbeat_interval: int, grace_period: int, max_retri
         raise MoELabError(f"storage: {shown!r} is not a storage URL; expected sqlite:///path/study.db, "
                           "postgresql+psycopg://user@host/db (any SQLAlchemy URL) or journal:<file>") from None
     try:
-        parsed.get_dialect()  # imports the driver
+        parsed.get_dialect().import_dbapi()  # the driver module, as create_engine will import it
     except (ImportError, sqlalchemy.exc.NoSuchModuleError) as err:
         hint = DRIVER_HINTS.get(parsed.get_backend_name(), "install the SQLAlchemy driver it names")
         raise MoELabError(f"storage: {shown}: database driver not available ({_first_line(err)}); "
@@ -87,14 +91,22 @@ def open_storage(url: str, heartbeat_interval: int, grace_period: int, max_retri
         _check_folder(Path(parsed.database).expanduser(), shown, "sqlite file")
     from optuna.storages import RetryHeartbeatStaleTrialCallback
 
-    try:
-        return optuna.storages.RDBStorage(
-            url, heartbeat_interval=heartbeat_interval, grace_period=grace_period,
-            heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=max_retries),
-            # A dead connection (server restarted, idle timeout) is replaced instead of failing a trial.
-            engine_kwargs={"pool_pre_ping": True} if parsed.get_backend_name() != "sqlite" else None,
-        )
-    except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError) as err:
-        reason = _hide(_first_line(err), url)
-        raise MoELabError(f"storage: cannot open {shown}: {reason}; check the host, port, user, password "
-                          "(PGPASSWORD or ~/.pgpass) and that the database exists (createdb)") from None
+    for attempt in range(SCHEMA_RETRIES + 1):
+        try:
+            return optuna.storages.RDBStorage(
+                url, heartbeat_interval=heartbeat_interval, grace_period=grace_period,
+                heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=max_retries),
+                # A dead connection (server restarted, idle timeout) is replaced instead of failing a trial.
+                engine_kwargs={"pool_pre_ping": True} if parsed.get_backend_name() != "sqlite" else None,
+            )
+        except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError) as err:
+            # Workers starting together on an empty database race to create Optuna's tables; the
+            # losers see a duplicate table or key and find the tables there when they try again.
+            # A connection that fails (host, password, database) will not get better: report it.
+            racing = not isinstance(err, sqlalchemy.exc.OperationalError) or "locked" in str(err)
+            if racing and attempt < SCHEMA_RETRIES:
+                time.sleep(0.5 + random.random())
+                continue
+            reason = _hide(_first_line(err), url)
+            raise MoELabError(f"storage: cannot open {shown}: {reason}; check the host, port, user, password "
+                              "(PGPASSWORD or ~/.pgpass) and that the database exists (createdb)") from None
