@@ -138,6 +138,7 @@ def test_tpe_over_two_workers_runs_exactly_n_trials(tmp_path, data_cache, databa
     assert len(ts) == 6 and all(t.state == TrialState.COMPLETE for t in ts)
     assert sorted(t.user_attrs["config_id"] for t in ts) == list(range(6))
     assert len({t.user_attrs["worker"] for t in ts}) == 2  # both workers took part
+    assert len({t.params["optim.lr"] for t in ts}) == 6  # workers' samplers seeded alike draw apart
 
 
 @pytest.mark.parametrize("case", ["wrong password", "unreachable host", "missing database"])

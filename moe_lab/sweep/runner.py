@@ -57,11 +57,15 @@ def make_storage(sweep: Sweep):
                         sweep.cfg.max_retries)
 
 
-def make_sampler(sweep: Sweep) -> optuna.samplers.BaseSampler:
+def make_sampler(sweep: Sweep, trial_number: int | None = None) -> optuna.samplers.BaseSampler:
+    """With `trial_number`, the sampler for that trial: seeded by (sampler_seed, trial number), so
+    workers that each hold a sampler seeded alike do not draw the same parameters, and a study's
+    draws do not depend on which worker took which trial."""
+    seed = sweep.cfg.sampler_seed if trial_number is None else hash((sweep.cfg.sampler_seed, trial_number)) % 2**31
     if sweep.cfg.sampler == "tpe":
-        return optuna.samplers.TPESampler(seed=sweep.cfg.sampler_seed)
+        return optuna.samplers.TPESampler(seed=seed)
     # Grid trials are all enqueued with fixed parameters; the sampler is never asked for them.
-    return optuna.samplers.RandomSampler(seed=sweep.cfg.sampler_seed)
+    return optuna.samplers.RandomSampler(seed=seed)
 
 
 def make_pruner(sweep: Sweep) -> optuna.pruners.BasePruner:
@@ -224,6 +228,7 @@ def _pop_waiting(study: optuna.Study, sweep: Sweep) -> optuna.Trial | None:
         # Beat once now: Optuna never counts a RUNNING trial without a heartbeat as stale.
         if is_heartbeat_enabled(storage):
             storage.record_heartbeat(frozen._trial_id)
+        study.sampler = make_sampler(sweep, frozen.number)  # samplers keep no state but their RNG
         trial = optuna.Trial(study, frozen._trial_id)
         for name, dist in distributions(sweep).items():
             _suggest(trial, name, dist)
@@ -231,7 +236,7 @@ def _pop_waiting(study: optuna.Study, sweep: Sweep) -> optuna.Trial | None:
     return None
 
 
-def fail_stale_trials(study: optuna.Study) -> list[int]:
+def fail_stale_trials(study: optuna.Study, grace_period: int) -> list[int]:
     """Optuna's fail_stale_trials, plus the reason on each trial it fails (set while the trial is
     still RUNNING: a finished trial takes no attributes). Returns the numbers of the trials this
     worker failed; the storage's state update lets only one worker fail each."""
@@ -240,7 +245,7 @@ def fail_stale_trials(study: optuna.Study) -> list[int]:
         return []
     failed = []
     for trial_id in storage._get_stale_trial_ids(storage.get_study_id_from_name(study.study_name)):
-        reason = (f"no heartbeat for over {storage.grace_period} s (worker killed, paused or cut off); "
+        reason = (f"no heartbeat for over {grace_period} s (worker killed, paused or cut off); "
                   f"failed by worker {worker_name()}, retried as a new trial")
         try:
             storage.set_trial_user_attr(trial_id, "error", reason)
@@ -268,7 +273,7 @@ def claim_trial(study: optuna.Study, sweep: Sweep, deadline: float | None) -> op
     """The next trial for this worker, or None when the sweep has nothing left to run. While other
     workers' trials are RUNNING, an idle worker waits: one of them may die, and its retry needs a worker."""
     while True:
-        fail_stale_trials(study)  # dead workers' trials -> FAIL, retry enqueued (RDB)
+        fail_stale_trials(study, sweep.cfg.grace_period)  # dead workers' trials -> FAIL, retry enqueued (RDB)
         if deadline is not None and time.time() > deadline:
             return None
         trial = _pop_waiting(study, sweep)
