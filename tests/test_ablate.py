@@ -77,7 +77,10 @@ def test_resume_skips_finished_runs(tmp_path, data_cache):
     ts = optuna.load_study(study_name=sweep.name, storage=sweep.storage_url).get_trials()
     assert sorted(t.params["arm"] for t in ts if t.state == TrialState.COMPLETE) == ["top1", "top2"]
     assert finished.stat().st_mtime_ns == stamp  # seed 0 was not trained again
-    assert (trial_dir / "seed1" / "metrics.json").is_file()
+    # The retry (attempt 1) reuses the finished seed 0 and trains seed 1 in its own attempt directory.
+    (retry,) = [t for t in ts if t.state == TrialState.COMPLETE and t.params["arm"] == "top1"]
+    assert retry.user_attrs["run_dirs"] == ["trials/t000-arm=top1/seed0", "trials/t000-arm=top1/seed1.retry1"]
+    assert (trial_dir / "seed1.retry1" / "metrics.json").is_file()
 
 
 def test_same_arm_and_seed_in_fresh_processes_give_identical_metrics(tmp_path, data_cache):

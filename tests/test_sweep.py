@@ -27,11 +27,11 @@ REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::DeprecationWarning",
                                         "ignore::optuna.exceptions.ExperimentalWarning")
 
-def write_sweep(tmp_path: Path, data_cache: Path, body: str, steps: int = 4) -> Path:
+def write_sweep(tmp_path: Path, data_cache: Path, body: str, steps: int = 4, grace: int = 2) -> Path:
     write_tiny_experiment(tmp_path / "tiny.yaml", data_cache, steps=steps)
     path = tmp_path / "sweep.yaml"
     path.write_text(f"base: tiny.yaml\noutput_dir: {tmp_path / 'out'}\nheartbeat_interval: 1\n"
-                    f"grace_period: 2\n" + body)
+                    f"grace_period: {grace}\n" + body)
     return path
 
 
@@ -98,8 +98,53 @@ def test_sigkill_mid_trial_then_rerun_completes_without_loss_or_duplicates(tmp_p
     assert [t.user_attrs["config_id"] for t in by_state(ts, TrialState.FAIL)] == [1]  # the killed one
     assert not by_state(ts, TrialState.RUNNING) and not by_state(ts, TrialState.WAITING)
     assert sorted(p.name for p in trial_dirs.iterdir()) == ["t000-top_k=1", "t001-top_k=2", "t002-top_k=3"]
-    resumed = json.loads((trial_dirs / "t001-top_k=2" / "seed0" / "metrics.json").read_text())
+    # The retry wrote its own attempt directory, continuing from the killed attempt's checkpoint.
+    (retry,) = [t for t in by_state(ts, TrialState.COMPLETE) if t.user_attrs["config_id"] == 1]
+    assert retry.user_attrs["run_dirs"] == ["trials/t001-top_k=2/seed0.retry1"]
+    resumed = json.loads((trial_dirs / "t001-top_k=2" / "seed0.retry1" / "metrics.json").read_text())
     assert resumed["steps"] == 40 and resumed["status"] == "completed"
+    assert not (trial_dirs / "t001-top_k=2" / "seed0" / "metrics.json").exists()  # half-trained: no result
+
+
+def event_file_pids(run_dir: Path) -> set[str]:
+    """The processes that wrote TensorBoard events into a run directory (events.out.tfevents.<time>.<host>.<pid>.<n>)."""
+    return {p.name.split(".")[-2] for p in run_dir.glob("events.out.tfevents.*")}
+
+
+def test_worker_paused_past_the_grace_period_drops_its_trial(tmp_path, data_cache):
+    """SIGSTOP one of two workers mid-trial until the other has failed and retried its trial, then
+    SIGCONT: the paused worker notices, stops that trial without writing results, and exits 0."""
+    path = write_sweep(tmp_path, data_cache, "sampler: grid\nseeds: [0, 1]\nspace:\n  model.moe.top_k: [1, 2]\n",
+                       steps=30, grace=6)
+    procs = [subprocess.Popen(sweep_cmd(path, "--worker-only"), cwd=REPO, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True) for _ in range(2)]
+    trial_dirs, deadline = tmp_path / "out" / "sweep" / "trials", time.time() + 600
+
+    def wait_for(pattern):
+        while not list(trial_dirs.glob(pattern)):
+            assert all(p.poll() is None for p in procs) and time.time() < deadline, pattern
+            time.sleep(0.2)
+        return list(trial_dirs.glob(pattern))
+
+    ckpt = wait_for("t*/seed0/checkpoints/last.ckpt")[0]
+    paused = next(p for p in procs if str(p.pid) in event_file_pids(ckpt.parent.parent))
+    os.kill(paused.pid, signal.SIGSTOP)
+    wait_for(f"{ckpt.parent.parent.parent.name}/seed0.retry1/checkpoints/last.ckpt")  # the retry is training
+    os.kill(paused.pid, signal.SIGCONT)
+    logs = [p.communicate(timeout=900)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], logs
+    assert "dropped: trial" in logs[procs.index(paused)]
+    ts = trials(path)
+    done = by_state(ts, TrialState.COMPLETE)
+    assert sorted(t.user_attrs["config_id"] for t in done) == [0, 1]  # one result per configuration
+    assert [t.user_attrs["config_id"] for t in by_state(ts, TrialState.FAIL)] == [int(ckpt.parent.parent.parent.name[1:4])]
+    run_dirs = [p for p in trial_dirs.glob("t*/seed*") if p.is_dir()]
+    assert all(len(event_file_pids(d)) == 1 for d in run_dirs), {d.name: event_file_pids(d) for d in run_dirs}
+    # The paused attempt wrote no result; the counted ones are the retry's, each complete.
+    assert not (ckpt.parent.parent / "metrics.json").exists()
+    for t in done:
+        for d in t.user_attrs["run_dirs"]:
+            assert json.loads((tmp_path / "out" / "sweep" / d / "metrics.json").read_text())["steps"] == 30
 
 
 def test_two_concurrent_workers_never_run_the_same_grid_point(tmp_path, data_cache):
@@ -241,3 +286,15 @@ def test_makespan_schedules_units_on_the_first_free_worker():
     assert estimate.makespan([5.0, 1.0, 1.0, 1.0], 2) == 5.0 and estimate.makespan([], 3) == 0.0
     # A full checkpoint holds the weights and AdamW's two moments: 3 x 4 bytes per float32 parameter.
     assert estimate.checkpoint_bytes(1000, "32-true") == 12_000
+
+
+def test_workers_get_disjoint_device_groups():
+    from moe_lab.sweep.__main__ import device_groups, devices_per_trial
+
+    gpus = [str(i) for i in range(8)]
+    assert device_groups(8, devices_per_trial("auto"), gpus) == gpus  # one trial per GPU
+    assert device_groups(4, devices_per_trial("2"), gpus) == ["0,1", "2,3", "4,5", "6,7"]
+    assert device_groups(2, devices_per_trial("0,1"), ["4", "5", "6", "7"]) == ["4,5", "6,7"]
+    assert device_groups(4, 1, []) is None and device_groups(1, 1, gpus) is None  # CPU host; one worker
+    with pytest.raises(MoELabError, match="^--workers: 3 workers x 3 device"):
+        device_groups(3, 3, gpus)

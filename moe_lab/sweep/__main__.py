@@ -17,6 +17,7 @@ from moe_lab.errors import MoELabError
 from moe_lab.model.accounting import count_model
 from moe_lab.records import check_writable_dir
 from moe_lab.sweep.config import Sweep, load_sweep, trial_label
+from moe_lab.sweep.storage import masked_url
 
 # Trials are claimed per configuration (moe_lab.sweep.runner): one worker trains its seeds one after
 # another. The time estimate schedules whole configurations; True schedules (configuration, seed) units.
@@ -97,14 +98,52 @@ def dry_run(sweep: Sweep, workers: int = 1, gflops: float | None = None) -> None
     print(f"estimated time: about {wall / 60:.0f} min with {workers} worker{'s' * (workers > 1)} ({how})")
     print(f"estimated disk: {end_bytes / 1e6:.0f} MB of checkpoints at the end (keep_checkpoints="
           f"{sweep.cfg.keep_checkpoints}), up to {workers * live_bytes / 1e6:.0f} MB more while runs are live, "
-          f"plus TensorBoard logs; storage {sweep.storage_url}")
+          f"plus TensorBoard logs; storage {masked_url(sweep.storage_url)}")
 
 
-def spawn_workers(module: str, argv: list[str], n: int) -> list[subprocess.Popen]:
+def spawn_workers(module: str, argv: list[str], n: int, devices: list[str] | None = None) -> list[subprocess.Popen]:
+    """n worker processes. On a GPU host each gets its own device group (CUDA_VISIBLE_DEVICES), so
+    Lightning's devices/strategy settings apply within it; on CPU they split the cores."""
     threads = max(1, (os.cpu_count() or 1) // (n + 1))
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MOE_LAB_SWEEP_THREADS": str(threads)}
     cmd = [sys.executable, "-m", module, *argv, "--worker-only"]
+    if devices:
+        return [subprocess.Popen(cmd, env={**os.environ, "CUDA_VISIBLE_DEVICES": group}) for group in devices]
     return [subprocess.Popen(cmd, env=env) for _ in range(n)]
+
+
+def devices_per_trial(devices: str) -> int:
+    """How many accelerators one trial's trainer.devices asks for ("auto" within a group: 1)."""
+    devices = devices.replace(" ", "")
+    if devices == "auto":
+        return 1
+    return len(devices.split(",")) if "," in devices else max(1, int(devices))
+
+
+def device_groups(n_workers: int, per_trial: int, gpu_ids: list[str]) -> list[str] | None:
+    """One comma-separated CUDA_VISIBLE_DEVICES value per worker, or None on a host without GPUs."""
+    if not gpu_ids or n_workers < 2:
+        return None
+    if n_workers * per_trial > len(gpu_ids):
+        raise MoELabError(f"--workers: {n_workers} workers x {per_trial} device(s) per trial (trainer.devices) "
+                          f"need {n_workers * per_trial} GPUs; this host has {len(gpu_ids)}")
+    return [",".join(gpu_ids[i * per_trial:(i + 1) * per_trial]) for i in range(n_workers)]
+
+
+def visible_gpus(sweep: Sweep) -> tuple[list[str], int]:
+    """(the GPU ids this process may use, devices per trial), from the base experiment's trainer."""
+    from moe_lab.config import load_config
+
+    trainer = load_config(sweep.base_path, list(sweep.cfg.overrides)).trainer
+    if trainer.accelerator not in ("auto", "gpu", "cuda"):
+        return [], 1
+    import torch
+
+    if not torch.cuda.is_available():
+        return [], 1
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    ids = visible.split(",") if visible else [str(i) for i in range(torch.cuda.device_count())]
+    return ids, devices_per_trial(trainer.devices)
 
 
 def _sweep_report(study_dir) -> None:
@@ -152,14 +191,20 @@ def cli(argv, prog: str, doc: str, loader, reporter) -> int:
             run_worker(sweep, log=lambda msg: print(f"[worker {os.getpid()}] {msg}", flush=True))
             return 0
         start = time.time()
-        print(f"study {sweep.name} in {sweep.study_dir} ({sweep.storage_url})", flush=True)
         open_study(sweep, retry=args.retry_failed)  # before any worker starts claiming
-        extra = spawn_workers(module, [args.sweep, *args.overrides], args.workers - 1) if args.workers > 1 else []
-        if extra:
-            import torch
+        print(f"study {sweep.name} in {sweep.study_dir} ({masked_url(sweep.storage_url)})", flush=True)
+        gpu_ids, per_trial = visible_gpus(sweep) if args.workers > 1 else ([], 1)
+        groups = device_groups(args.workers, per_trial, gpu_ids)
+        if groups:  # every worker a subprocess with its own devices; this one only waits
+            extra = spawn_workers(module, [args.sweep, *args.overrides], args.workers, devices=groups)
+            print(f"{args.workers} workers on GPUs " + " | ".join(groups), flush=True)
+        else:
+            extra = spawn_workers(module, [args.sweep, *args.overrides], args.workers - 1) if args.workers > 1 else []
+            if extra:
+                import torch
 
-            torch.set_num_threads(max(1, (os.cpu_count() or 1) // args.workers))
-        run_worker(sweep, log=lambda msg: print(msg, flush=True))
+                torch.set_num_threads(max(1, (os.cpu_count() or 1) // args.workers))
+            run_worker(sweep, log=lambda msg: print(msg, flush=True))
         failed_workers = sum(p.wait() != 0 for p in extra)
         print(f"sweep finished in {time.time() - start:.0f} s", flush=True)
         reporter(sweep.study_dir)

@@ -54,8 +54,10 @@ class SweepConfig:
     output_dir: str = "sweeps_out"
     # "" = sqlite:///<output_dir>/<name>/study.db; any Optuna RDB URL; or journal:<path> (file journal)
     storage: str = ""
-    heartbeat_interval: int = 30  # seconds; RDB storages detect a killed worker's trial through it
-    grace_period: int = 90
+    heartbeat_interval: int = 20  # seconds; RDB storages detect a killed worker's trial through it
+    # A trial whose heartbeat is older than this is failed and retried. 15 missed beats: a worker on a
+    # loaded machine was seen stalled ~100 s; a killed trial waits this long for its retry.
+    grace_period: int = 300
     max_retries: int = 3  # a trial whose worker died is retried this many times
     compute_matching: str = "none"  # none | active | total: hold expert params fixed via expert_hidden
     collapse_prunes: bool = True  # the expert-collapse detector prunes a trial (reason recorded)

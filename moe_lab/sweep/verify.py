@@ -58,7 +58,8 @@ class Verdict:
 def stored_run(sweep: Sweep, params: dict, seed: int) -> Path:
     """The stored run directory of one configuration and seed (trials/t<id>-<label>/seed<seed>)."""
     label = trial_label(params)
-    matches = sorted((sweep.study_dir / "trials").glob(f"t*-{label}/seed{seed}"))
+    trials = sweep.study_dir / "trials"  # seed<S>, or seed<S>.retry<N> for a later attempt
+    matches = sorted([*trials.glob(f"t*-{label}/seed{seed}"), *trials.glob(f"t*-{label}/seed{seed}.retry*")])
     complete = [m for m in matches if _status(m) == "completed"]
     if not complete:
         raise MoELabError(f"--verify: no completed run of {label} seed {seed} under {sweep.study_dir / 'trials'}; "

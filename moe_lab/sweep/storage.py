@@ -1,0 +1,112 @@
+"""The study's storage: open an Optuna storage from a sweep's URL, with errors a person can act on.
+
+Every way a storage URL can be wrong (unparsable, driver not installed, folder missing, server
+unreachable, password refused, database missing) becomes one `MoELabError` naming the storage with
+its password masked, raised before anything is written.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from pathlib import Path
+
+import optuna
+import sqlalchemy
+from sqlalchemy.engine import make_url
+
+from moe_lab.errors import MoELabError
+
+SCHEMA_RETRIES = 5
+# The SQLAlchemy dialects whose drivers we name in the install hint.
+DRIVER_HINTS = {
+    "postgresql": "pip install 'moe-lab[postgres]' (psycopg 3) and write postgresql+psycopg://user@host/db",
+    "mysql": "pip install a MySQL driver (e.g. pymysql) and write mysql+pymysql://user@host/db",
+}
+
+
+def masked_url(url: str) -> str:
+    """The URL as it may be shown or logged: a password becomes ***."""
+    if url.startswith("journal:"):
+        return url
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except sqlalchemy.exc.ArgumentError:
+        return url
+
+
+def recorded_url(url: str) -> str:
+    """The URL as it may be written to disk (study_info.json): without the password, which the
+    database client then takes from PGPASSWORD or ~/.pgpass like any libpq program."""
+    if url.startswith("journal:"):
+        return url
+    try:
+        # URL is a NamedTuple; URL.set(password=None) would keep the password (None = unchanged).
+        return make_url(url)._replace(password=None).render_as_string(hide_password=False)
+    except sqlalchemy.exc.ArgumentError:
+        return url
+
+
+def _hide(text: str, url: str) -> str:
+    password = None
+    try:
+        password = make_url(url).password
+    except sqlalchemy.exc.ArgumentError:
+        pass
+    return text.replace(password, "***") if password else text
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(getattr(err, "orig", None) or err).strip()
+    return (text.splitlines() or [type(err).__name__])[0].strip()
+
+
+def _check_folder(path: Path, shown: str, what: str) -> None:
+    if not path.parent.is_dir():
+        raise MoELabError(f"storage: {shown}: folder {path.parent} does not exist; create it "
+                          f"(mkdir -p {path.parent}) or point the {what} elsewhere")
+
+
+def open_storage(url: str, heartbeat_interval: int, grace_period: int, max_retries: int):
+    """An Optuna storage for `url` (an SQLAlchemy URL or journal:<file>), connected and checked."""
+    shown = masked_url(url)
+    if url.startswith("journal:"):
+        from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+        path = Path(url.removeprefix("journal:")).expanduser()
+        _check_folder(path, shown, "journal file")
+        return JournalStorage(JournalFileBackend(str(path)))
+    try:
+        parsed = make_url(url)
+    except sqlalchemy.exc.ArgumentError:
+        raise MoELabError(f"storage: {shown!r} is not a storage URL; expected sqlite:///path/study.db, "
+                          "postgresql+psycopg://user@host/db (any SQLAlchemy URL) or journal:<file>") from None
+    try:
+        parsed.get_dialect().import_dbapi()  # the driver module, as create_engine will import it
+    except (ImportError, sqlalchemy.exc.NoSuchModuleError) as err:
+        hint = DRIVER_HINTS.get(parsed.get_backend_name(), "install the SQLAlchemy driver it names")
+        raise MoELabError(f"storage: {shown}: database driver not available ({_first_line(err)}); "
+                          f"{hint}") from None
+    if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
+        _check_folder(Path(parsed.database).expanduser(), shown, "sqlite file")
+    from optuna.storages import RetryHeartbeatStaleTrialCallback
+
+    for attempt in range(SCHEMA_RETRIES + 1):
+        try:
+            return optuna.storages.RDBStorage(
+                url, heartbeat_interval=heartbeat_interval, grace_period=grace_period,
+                heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=max_retries),
+                # A dead connection (server restarted, idle timeout) is replaced instead of failing a trial.
+                engine_kwargs={"pool_pre_ping": True} if parsed.get_backend_name() != "sqlite" else None,
+            )
+        except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError) as err:
+            # Workers starting together on an empty database race to create Optuna's tables; the
+            # losers see a duplicate table or key and find the tables there when they try again.
+            # A connection that fails (host, password, database) will not get better: report it.
+            racing = not isinstance(err, sqlalchemy.exc.OperationalError) or "locked" in str(err)
+            if racing and attempt < SCHEMA_RETRIES:
+                time.sleep(0.5 + random.random())
+                continue
+            reason = _hide(_first_line(err), url)
+            raise MoELabError(f"storage: cannot open {shown}: {reason}; check the host, port, user, password "
+                              "(PGPASSWORD or ~/.pgpass) and that the database exists (createdb)") from None
