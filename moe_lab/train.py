@@ -24,9 +24,11 @@ from moe_lab.config import ExperimentConfig, flatten, load_config, to_dict, to_y
 from moe_lab.data import TextDataModule
 from moe_lab.errors import DataError, MoELabError
 from moe_lab.lit import MoELitModule
+from moe_lab.loggers import build_loggers, finalize, next_version
 from moe_lab.records import environment_record, write_json_atomic, write_text_atomic
 from moe_lab.runtime import tune_cpu_allocator
 from moe_lab.summary import model_summary, summary_record
+from moe_lab.tb_hparams import HEADLINE_HPARAMS, experiment_summary, ordered_metrics, write_session
 
 CHECKPOINTS = "checkpoints"
 
@@ -124,9 +126,11 @@ def _print(msg: str, quiet: bool) -> None:
         print(msg, flush=True)
 
 
-def run(cfg: ExperimentConfig, extra_callbacks: tuple[pl.Callback, ...] = (), quiet: bool = False) -> RunResult:
+def run(cfg: ExperimentConfig, extra_callbacks: tuple[pl.Callback, ...] = (), quiet: bool = False,
+        session: tuple[dict, str] | None = None) -> RunResult:
     """Train `cfg` (already validated by load_config). Raises MoELabError for bad data input before
-    anything is written."""
+    anything is written. `session`: (hyperparameters, group) of this run in the TensorBoard HPARAMS table
+    of a study that declared its own columns (moe_lab.tb_hparams); None: the run declares itself."""
     tune_cpu_allocator()
     if cfg.trainer.threads:
         torch.set_num_threads(cfg.trainer.threads)
@@ -149,8 +153,9 @@ def run(cfg: ExperimentConfig, extra_callbacks: tuple[pl.Callback, ...] = (), qu
         lit.model.load_state_dict(state, strict=True)
 
     version, resume_ckpt = resolve_resume(cfg)
-    logger = TensorBoardLogger(save_dir=cfg.output_dir, name=cfg.name, version=version, default_hp_metric=False)
-    run_dir = Path(logger.log_dir)
+    version = version or next_version(Path(cfg.output_dir) / cfg.name)
+    loggers = build_loggers(cfg.trainer.loggers, cfg.output_dir, cfg.name, version)
+    run_dir = Path(cfg.output_dir) / cfg.name / version
     run_dir.mkdir(parents=True, exist_ok=True)
     _print(f"run directory: {run_dir}" + (f" (resuming {resume_ckpt})" if resume_ckpt else ""), quiet)
     summary = model_summary(cfg.model, cfg.data.block_size)
@@ -170,7 +175,7 @@ def run(cfg: ExperimentConfig, extra_callbacks: tuple[pl.Callback, ...] = (), qu
         accumulate_grad_batches=t.accumulate_grad_batches, precision=_precision(t.precision),
         accelerator=t.accelerator, devices=_devices(t.devices), num_nodes=t.num_nodes, strategy=t.strategy,
         deterministic=t.deterministic, gradient_clip_val=cfg.optim.grad_clip or None,
-        logger=logger, callbacks=[*callbacks.values(), *extra_callbacks],
+        logger=loggers or False, callbacks=[*callbacks.values(), *extra_callbacks],
         enable_progress_bar=t.progress_bar and not quiet, log_every_n_steps=t.log_every_n_steps,
         enable_model_summary=False, use_distributed_sampler=False, default_root_dir=run_dir,
     )
@@ -185,18 +190,36 @@ def run(cfg: ExperimentConfig, extra_callbacks: tuple[pl.Callback, ...] = (), qu
     metrics = final_metrics(cfg, lit, trainer, callbacks, time.perf_counter() - start, error)
     if trainer.is_global_zero:
         write_json_atomic(run_dir / "metrics.json", metrics)
-        hparams = flatten(to_dict(cfg))
-        logger.log_hyperparams(hparams, metrics={f"final/{k}": v for k, v in metrics.items()
-                                                 if k in HPARAM_METRICS and v is not None})
-        logger.finalize("success" if error is None else "failed")
+        log_final(cfg, loggers, metrics, trainer.global_step, session)
     _print(f"run directory: {run_dir}", quiet)
     if error is not None:
         raise NonFiniteLossError(error)
     return RunResult(run_dir=run_dir, metrics=metrics, callbacks=callbacks)
 
 
-HPARAM_METRICS = ("val_loss", "val_bpb", "val_ppl", "best_val_loss", "tokens_per_s", "final_load_cv",
-                  "collapse_events_count")
+def log_final(cfg: ExperimentConfig, loggers: list, metrics: dict, step: int,
+              session: tuple[dict, str] | None) -> None:
+    """The whole config and the final metrics to every logger. TensorBoard gets them through the hparams
+    plugin's own summaries (a few declared columns, moe_lab.tb_hparams) and the config as text."""
+    hparams = flatten(to_dict(cfg))
+    final = {f"final/{k}": float(v) for k, v in metrics.items()
+             if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    status = "success" if metrics["status"] != "failed" else "failed"
+    for logger in loggers:
+        if isinstance(logger, TensorBoardLogger):
+            logger.hparams.update(hparams)  # hparams.yaml, written by the logger's save()
+            writer = logger.experiment
+            if session is None:
+                headline = {k: hparams.get(k) for k in HEADLINE_HPARAMS if k in hparams}
+                writer._get_file_writer().add_summary(
+                    experiment_summary({k: [v] for k, v in headline.items()}, ordered_metrics("val_loss")))
+                session = (headline, "")
+            writer.add_text("config", "    " + to_yaml(cfg).replace("\n", "\n    "), step)
+            write_session(writer, *session, metrics, step, failed=metrics["status"] == "failed")
+        else:
+            logger.log_hyperparams(hparams)
+            logger.log_metrics(final, step=step)
+    finalize(loggers, status)
 
 
 def final_metrics(cfg, lit: MoELitModule, trainer: pl.Trainer, callbacks: dict, wall: float,
