@@ -31,6 +31,7 @@ from moe_lab.errors import MoELabError
 from moe_lab.records import write_json_atomic, write_text_atomic
 from moe_lab.sweep.config import OBJECTIVES, Sweep, trial_label
 from moe_lab.sweep.matching import match_expert_hidden
+from moe_lab.tb_hparams import write_study_layout
 
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
@@ -136,6 +137,8 @@ def open_study(sweep: Sweep, retry: bool = False) -> optuna.Study:
                 "identity": study_identity(sweep)}
         write_json_atomic(sweep.study_dir / "study_info.json", info)
         write_text_atomic(sweep.study_dir / "sweep.yaml", OmegaConf.to_yaml(OmegaConf.structured(sweep.cfg)))
+        write_study_layout(sweep.study_dir, {p.key: list(p.choices) or [p.low] for p in sweep.params},
+                           list(sweep.cfg.seeds), sweep.cfg.objective.metric)
     return study
 
 
@@ -228,7 +231,8 @@ class Objective:
             cfg.trainer.resume = "auto"
         monitor = OBJECTIVES[self.sweep.cfg.objective.metric]
         pruning = ValidationPruning(trial, monitor) if report and monitor and self.sweep.cfg.pruner != "none" else None
-        result = run(cfg, extra_callbacks=(pruning,) if pruning else (), quiet=self.quiet)
+        result = run(cfg, extra_callbacks=(pruning,) if pruning else (), quiet=self.quiet,
+                     session=(params | {"seed": seed}, trial_label(params)))
         metrics = dict(result.metrics)
         if pruning is not None and pruning.pruned_at is not None:
             metrics["prune_reason"] = f"pruned by the {self.sweep.cfg.pruner} pruner at step {pruning.pruned_at}"
