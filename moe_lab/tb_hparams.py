@@ -5,13 +5,14 @@ the HPARAMS table has); every run then writes a session (its hyperparameter valu
 and its final metrics as scalars. Without a declaration the plugin lists every hyperparameter any run
 logged, alphabetically: the ~90 config keys, with the swept one lost among them. So:
 
-- a sweep or ablation declares, at the root of its study directory, the swept keys and the seed as
-  hyperparameters and the objective first among the metrics, plus a custom-scalars layout that puts
+- a sweep or ablation declares, at the root of its study directory, the swept keys as hyperparameters
+  and the objective first among the metrics, plus a custom-scalars layout that puts
   the comparison the study exists for (val loss, load CV, dropped fraction, router entropy of all
   trials) on shared charts (`write_study_layout`);
 - a single `train` run declares itself, with a few headline keys (`HEADLINE_HPARAMS`);
 - every run writes its session, grouped by configuration (the seeds of one configuration form one
-  row of the HPARAMS table), and `final/<metric>` scalars (`write_session`).
+  row of the HPARAMS table, their metrics averaged; so the seed is no column), and `final/<metric>`
+  scalars (`write_session`).
 
 The full config stays in config.yaml and, as text, under the `config` tag.
 """
@@ -87,7 +88,7 @@ def _writer(log_dir: Path):
     return SummaryWriter(log_dir=str(log_dir))
 
 
-def write_study_layout(study_dir: Path, swept: dict[str, list[Any]], seeds: list[int], objective: str) -> None:
+def write_study_layout(study_dir: Path, swept: dict[str, list[Any]], objective: str) -> None:
     """Declare the study's HPARAMS table and comparison charts once, at the root of `study_dir` (the log
     directory `tensorboard --logdir <study_dir>` reads). Written again only when missing."""
     study_dir = Path(study_dir)
@@ -95,11 +96,10 @@ def write_study_layout(study_dir: Path, swept: dict[str, list[Any]], seeds: list
         return
     from torch.utils.tensorboard.summary import custom_scalars
 
-    hparams = {**swept, "seed": list(seeds)}
     writer = _writer(study_dir)
     try:
         file_writer = writer._get_file_writer()
-        file_writer.add_summary(experiment_summary(hparams, ordered_metrics(objective), tuple(swept)))
+        file_writer.add_summary(experiment_summary(swept, ordered_metrics(objective), tuple(swept)))
         # The layout summary of torch's helper: {category: {chart: ["Multiline", [tag regexes]]}}.
         layout = {f"{study_dir.name}: all trials": {title: ["Multiline", [tag]] for title, tag in COMPARISON_CHARTS}}
         file_writer.add_summary(custom_scalars(layout))

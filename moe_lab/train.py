@@ -8,6 +8,7 @@ model_summary.txt, the tokenizer, checkpoints/ (best.ckpt, last.ckpt) and metric
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
@@ -20,17 +21,20 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from moe_lab.callbacks import ExpertCollapseDetector, ExpertLoadMonitor
+from moe_lab.callbacks.progress import PROGRESS, ProgressFile
 from moe_lab.config import ExperimentConfig, flatten, load_config, to_dict, to_yaml
 from moe_lab.data import TextDataModule
 from moe_lab.errors import DataError, MoELabError
 from moe_lab.lit import MoELitModule
 from moe_lab.loggers import build_loggers, finalize, next_version
+from moe_lab.model.accounting import count_model
 from moe_lab.records import environment_record, write_json_atomic, write_text_atomic
-from moe_lab.runtime import tune_cpu_allocator
+from moe_lab.runtime import lightning_output_to, tune_cpu_allocator
 from moe_lab.summary import model_summary, summary_record
 from moe_lab.tb_hparams import HEADLINE_HPARAMS, experiment_summary, ordered_metrics, write_session
 
 CHECKPOINTS = "checkpoints"
+TRAIN_LOG = "train.log"  # a quiet run's Lightning output
 
 
 class NonFiniteLossError(MoELabError, FloatingPointError):
@@ -95,7 +99,15 @@ def build_callbacks(cfg: ExperimentConfig, run_dir: Path) -> dict[str, pl.Callba
                                                     dead_router_max_grad_norm=m.dead_router_max_grad_norm),
         "lr_monitor": LearningRateMonitor(logging_interval="step"),
         "nan_guard": NonFiniteLossGuard(),
+        "progress": ProgressFile(run_dir / PROGRESS, flops_per_step(cfg)),
     }
+
+
+def flops_per_step(cfg: ExperimentConfig) -> float:
+    """Training FLOPs of one optimizer step, counted as 3x the forward (forward + backward), the count the
+    sweep's dry run estimates its cost with."""
+    tokens = cfg.data.batch_size * cfg.data.block_size * cfg.trainer.accumulate_grad_batches
+    return 3 * count_model(cfg.model, cfg.data.block_size).total_flops_per_token * tokens
 
 
 def _precision(value: str) -> str:
@@ -167,6 +179,10 @@ def run(cfg: ExperimentConfig, extra_callbacks: tuple[pl.Callback, ...] = (), qu
     data.save_tokenizer(run_dir / "tokenizer")
 
     callbacks = build_callbacks(cfg, run_dir)
+    # Quiet runs (sweep trials) keep Lightning's own lines in the run's train.log, off the sweep console.
+    output = contextlib.ExitStack()
+    if quiet:
+        output.enter_context(lightning_output_to(run_dir / TRAIN_LOG))
     t = cfg.trainer
     trainer = pl.Trainer(
         max_steps=t.max_steps, max_epochs=-1,
@@ -187,6 +203,8 @@ def run(cfg: ExperimentConfig, extra_callbacks: tuple[pl.Callback, ...] = (), qu
             trainer.validate(lit, datamodule=data, verbose=False)  # final metrics at the final step
     except NonFiniteLossError as err:
         error = str(err)
+    finally:
+        output.close()
     metrics = final_metrics(cfg, lit, trainer, callbacks, time.perf_counter() - start, error)
     if trainer.is_global_zero:
         write_json_atomic(run_dir / "metrics.json", metrics)

@@ -1,5 +1,5 @@
 """A real TensorBoard server on loopback, against a finished tiny sweep: its HTTP API lists every trial
-run, the swept hyperparameters first with the objective first among the metrics, one HPARAMS row per
+run, the swept hyperparameters (only) with the objective first among the metrics, one HPARAMS row per
 configuration (its seeds' runs, their mean objective) and the study's comparison charts."""
 
 import json
@@ -82,7 +82,7 @@ def test_tensorboard_lists_trials_swept_hparams_and_final_metrics(finished_sweep
     assert "." in wait_for_runs(tensorboard, every_run | {"."})  # the study's own declaration
 
     experiment = get(f"{tensorboard}/data/plugin/hparams/experiment", {"experimentName": ""})
-    assert [h["name"] for h in experiment["hparamInfos"]] == ["model.moe.top_k", "seed"]
+    assert [h["name"] for h in experiment["hparamInfos"]] == ["model.moe.top_k"]  # not the ~90 config keys
     metrics = [m["name"]["tag"] for m in experiment["metricInfos"]]
     assert metrics[0] == "final/val_loss" and "final/final_load_cv" in metrics
 

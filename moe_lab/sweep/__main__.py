@@ -28,16 +28,21 @@ def planned_configurations(sweep: Sweep) -> list[dict]:
     return [{} for _ in range(sweep.n_trials())]  # sampled later: estimate with the base experiment
 
 
-def dry_run(sweep: Sweep, gflops: float) -> None:
+def plan(sweep: Sweep):
+    """(params, config, matched width, counts, training FLOPs over all seeds) per planned configuration."""
     from moe_lab.sweep.runner import Objective
 
     objective = Objective(sweep)
-    total_flops, rows = 0.0, []
-    for i, params in enumerate(planned_configurations(sweep)):
+    for params in planned_configurations(sweep):
         cfg, matched = objective.experiment(params, sweep.study_dir / "trials" / "dry-run", sweep.cfg.seeds[0])
         counts = count_model(cfg.model, cfg.data.block_size)
         tokens = cfg.trainer.max_steps * cfg.data.batch_size * cfg.data.block_size
-        flops = 3 * counts.total_flops_per_token * tokens * len(sweep.cfg.seeds)
+        yield params, cfg, matched, counts, 3 * counts.total_flops_per_token * tokens * len(sweep.cfg.seeds)
+
+
+def dry_run(sweep: Sweep, gflops: float) -> None:
+    total_flops, rows = 0.0, []
+    for i, (params, cfg, matched, counts, flops) in enumerate(plan(sweep)):
         total_flops += flops
         width = f" expert_hidden={matched.expert_hidden}" if matched else ""
         rows.append(f"  {i:>3}  {trial_label(params) if params else '(sampled)':<40} active "
@@ -64,6 +69,17 @@ def _sweep_report(study_dir) -> None:
 
     for path in report_study(study_dir).values():
         print(f"  wrote {path}")
+
+
+def quiet_console() -> None:
+    """Only what a researcher needs on the sweep console: the known-harmless warnings are silenced by
+    their exact message, Optuna's per-study info lines are dropped; every other warning still shows."""
+    import optuna
+
+    from moe_lab.runtime import filter_known_harmless_warnings
+
+    filter_known_harmless_warnings()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -98,18 +114,23 @@ def cli(argv, prog: str, doc: str, loader, reporter) -> int:
             import torch
 
             torch.set_num_threads(int(os.environ["MOE_LAB_SWEEP_THREADS"]))
-        if args.worker_only:
-            run_worker(sweep, log=lambda msg: print(f"[worker {os.getpid()}] {msg}", flush=True))
+        quiet_console()
+        if args.worker_only:  # the first process's console reports every worker's trials
+            run_worker(sweep, log=lambda msg: None)
             return 0
         start = time.time()
-        print(f"study {sweep.name} in {sweep.study_dir} ({sweep.storage_url})", flush=True)
-        open_study(sweep, retry=args.retry_failed)  # before any worker starts claiming
+        print(f"study {sweep.name} in {sweep.study_dir} ({sweep.storage_url}); each run's Lightning output "
+              f"goes to its train.log", flush=True)
+        study = open_study(sweep, retry=args.retry_failed)  # before any worker starts claiming
         extra = spawn_workers(module, [args.sweep, *args.overrides], args.workers - 1) if args.workers > 1 else []
         if extra:
             import torch
 
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // args.workers))
-        run_worker(sweep, log=lambda msg: print(msg, flush=True))
+        from moe_lab.sweep.console import SweepConsole
+
+        with SweepConsole(sweep, study, planned_flops=sum(p[-1] for p in plan(sweep))):
+            run_worker(sweep, log=lambda msg: None)
         failed_workers = sum(p.wait() != 0 for p in extra)
         print(f"sweep finished in {time.time() - start:.0f} s", flush=True)
         reporter(sweep.study_dir)

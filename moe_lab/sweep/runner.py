@@ -138,7 +138,7 @@ def open_study(sweep: Sweep, retry: bool = False) -> optuna.Study:
         write_json_atomic(sweep.study_dir / "study_info.json", info)
         write_text_atomic(sweep.study_dir / "sweep.yaml", OmegaConf.to_yaml(OmegaConf.structured(sweep.cfg)))
         write_study_layout(sweep.study_dir, {p.key: list(p.choices) or [p.low] for p in sweep.params},
-                           list(sweep.cfg.seeds), sweep.cfg.objective.metric)
+                           sweep.cfg.objective.metric)
     return study
 
 
@@ -232,7 +232,7 @@ class Objective:
         monitor = OBJECTIVES[self.sweep.cfg.objective.metric]
         pruning = ValidationPruning(trial, monitor) if report and monitor and self.sweep.cfg.pruner != "none" else None
         result = run(cfg, extra_callbacks=(pruning,) if pruning else (), quiet=self.quiet,
-                     session=(params | {"seed": seed}, trial_label(params)))
+                     session=(params, trial_label(params)))
         metrics = dict(result.metrics)
         if pruning is not None and pruning.pruned_at is not None:
             metrics["prune_reason"] = f"pruned by the {self.sweep.cfg.pruner} pruner at step {pruning.pruned_at}"
