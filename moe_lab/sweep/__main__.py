@@ -59,7 +59,9 @@ def dry_run(sweep: Sweep, gflops: float) -> None:
 
 def spawn_workers(module: str, argv: list[str], n: int) -> list[subprocess.Popen]:
     threads = max(1, (os.cpu_count() or 1) // (n + 1))
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MOE_LAB_SWEEP_THREADS": str(threads)}
+    # MOE_LAB_SWEEP_CONSOLE: the parent's console reports these workers' trials; they print nothing.
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MOE_LAB_SWEEP_THREADS": str(threads),
+           "MOE_LAB_SWEEP_CONSOLE": "parent"}
     cmd = [sys.executable, "-m", module, *argv, "--worker-only"]
     return [subprocess.Popen(cmd, env=env) for _ in range(n)]
 
@@ -115,8 +117,10 @@ def cli(argv, prog: str, doc: str, loader, reporter) -> int:
 
             torch.set_num_threads(int(os.environ["MOE_LAB_SWEEP_THREADS"]))
         quiet_console()
-        if args.worker_only:  # the first process's console reports every worker's trials
-            run_worker(sweep, log=lambda msg: None)
+        if args.worker_only:
+            quiet = os.environ.get("MOE_LAB_SWEEP_CONSOLE") == "parent"
+            run_worker(sweep, log=(lambda msg: None) if quiet else
+                       (lambda msg: print(f"[worker {os.getpid()}] {msg}", flush=True)))
             return 0
         start = time.time()
         print(f"study {sweep.name} in {sweep.study_dir} ({sweep.storage_url}); each run's Lightning output "

@@ -163,15 +163,16 @@ class SweepConsole:
             live.update(self._table(snap))
 
     def _run_plain(self) -> None:
-        last_status = 0.0
+        last_status, last_counts = 0.0, None
         while True:
             stopping = self._stop.wait(self.refresh_s)
             snap = self.snapshot()
             lines = list(snap.events)
-            if stopping or time.monotonic() - last_status >= self.plain_every_s or snap.events:
+            due = time.monotonic() - last_status >= self.plain_every_s
+            if snap.events or due or (stopping and snap.counts != last_counts):
                 lines.append(self.status_line(snap))
                 lines += [self.trial_line(row) for row in snap.running]
-                last_status = time.monotonic()
+                last_status, last_counts = time.monotonic(), snap.counts
             if lines:
                 print("\n".join(lines), file=self.stream, flush=True)
             if stopping:
