@@ -17,8 +17,9 @@ give the same bytes:
 Only seeds whose run completed count: a pruned, stopped or failed seed, or one still running, is listed
 under the table and left out of every mean, so each arm reports its own n.
 
-A claim compares the per-seed values of two arms. Δ = mean(arm) - mean(other); the seed spread σ is the
-pooled sample std of the two arms; z = Δ / SE with Welch's standard error SE = sqrt(s_a²/n_a + s_b²/n_b).
+A claim compares the per-seed values of two arms (moe_lab.stats, shared with the sweep report).
+Δ = mean(arm) - mean(other); the seed spread σ is the pooled sample std of the two arms; z = Δ / SE with
+Welch's standard error SE = sqrt(s_a²/n_a + s_b²/n_b).
 `less_than` holds iff Δ < 0; `at_most` holds iff Δ <= tolerance, and its z is taken against the
 tolerance, (Δ - tolerance) / SE. |z| < 2 is reported as within seed noise.
 """
@@ -30,7 +31,6 @@ import io
 import json
 import math
 import re
-import statistics
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +41,7 @@ from omegaconf import OmegaConf
 from moe_lab.errors import MoELabError
 from moe_lab.formatting import si
 from moe_lab.records import write_text_atomic
+from moe_lab.stats import NOISE_Z, Stat, compare, noise_of
 
 STUDY_INFO = "study_info.json"
 SPEC = "sweep.yaml"
@@ -48,7 +49,6 @@ PLOTS = "plots"
 TRIAL_DIR = re.compile(r"^t(\d+)-(arm=.*)$")
 SEED_DIR = re.compile(r"^seed(\d+)$")
 LABEL_WIDTH = 80  # moe_lab.sweep.config.trial_label truncates a trial directory's label to this many chars
-NOISE_Z = 2.0  # |z| below this: the difference is within seed noise
 
 # (metric in metrics.json, column title); the table shows these, the CSV adds the claims' metrics.
 TABLE_METRICS = (("val_loss", "val loss"), ("val_bpb", "val bpb"), ("tokens_per_s", "tok/s"),
@@ -228,21 +228,6 @@ def load_ablation_data(study_dir: str | Path) -> AblationData:
 # ------------------------------------------------------------------------------------------ statistics
 
 @dataclass(frozen=True)
-class Stat:
-    """Mean and sample std (n - 1) over seeds; std is None below 2 seeds, mean None without any."""
-
-    mean: float | None
-    std: float | None
-    n: int
-
-    @classmethod
-    def of(cls, values: list[float]) -> Stat:
-        if not values:
-            return cls(None, None, 0)
-        return cls(statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None, len(values))
-
-
-@dataclass(frozen=True)
 class Verdict:
     claim: Claim
     a: Stat
@@ -265,9 +250,7 @@ class Verdict:
     @property
     def noise(self) -> str:
         """'clear' (|z| >= 2), 'within' (|z| < 2) or 'unknown' (no z)."""
-        if self.z is None:
-            return "unknown"
-        return "within" if abs(self.z) < NOISE_Z else "clear"
+        return noise_of(self.z)
 
     @property
     def outcome(self) -> str:
@@ -298,22 +281,10 @@ class Verdict:
 
 
 def judge(claim: Claim, arms: dict[str, Arm]) -> Verdict:
-    """The verdict of one claim on the completed seeds of its two arms."""
-    a, b = (Stat.of(arms[name].values(claim.metric)) if name in arms else Stat(None, None, 0)
-            for name in (claim.arm, claim.other))
-    if not a.n or not b.n:
-        return Verdict(claim, a, b)
-    delta = a.mean - b.mean
-    few = [f"{name} (n = {s.n})" for name, s in ((claim.arm, a), (claim.other, b)) if s.n < 2]
-    if few:
-        return Verdict(claim, a, b, delta, why_no_z=f"fewer than 2 seeds in {' and '.join(few)}: "
-                                                     "no seed spread, z not computed")
-    se = math.sqrt(a.std**2 / a.n + b.std**2 / b.n)
-    if se == 0.0:
-        return Verdict(claim, a, b, delta, why_no_z="seed std 0 in both arms: z not computed")
-    sigma = math.sqrt(((a.n - 1) * a.std**2 + (b.n - 1) * b.std**2) / (a.n + b.n - 2))
-    margin = claim.tolerance if claim.at_most else 0.0
-    return Verdict(claim, a, b, delta, sigma, (delta - margin) / se)
+    """The verdict of one claim on the completed seeds of its two arms (moe_lab.stats.compare)."""
+    a, b = (arms[name].values(claim.metric) if name in arms else [] for name in (claim.arm, claim.other))
+    c = compare(a, b, (claim.arm, claim.other), margin=claim.tolerance if claim.at_most else 0.0)
+    return Verdict(claim, c.a, c.b, c.delta, c.sigma, c.z, c.why_no_z)
 
 
 def verdicts(data: AblationData) -> list[Verdict]:

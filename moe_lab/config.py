@@ -18,6 +18,7 @@ from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationE
 
 from moe_lab.data.config import DataConfig, validate_data_config
 from moe_lab.errors import ConfigError
+from moe_lab.loggers import LOGGERS, missing_package
 from moe_lab.model.config import ModelConfig, validate_model_config
 
 PRECISIONS = ("32-true", "32", "bf16-mixed", "16-mixed", "bf16-true", "64-true")
@@ -65,6 +66,9 @@ class TrainerConfig:
     keep_checkpoints: str = "all"
     progress_bar: bool = True
     log_every_n_steps: int = 10
+    # Experiment trackers, through Lightning's logger classes: tensorboard | csv | wandb | mlflow
+    # (wandb and mlflow are optional extras; see moe_lab.loggers).
+    loggers: list[str] = field(default_factory=lambda: ["tensorboard"])
 
 
 @dataclass
@@ -321,6 +325,16 @@ def _validate_trainer(t: TrainerConfig) -> None:
            "trainer.devices", f"expected 'auto', a count or a comma-separated list, got {t.devices!r}")
     if t.resume not in ("", "auto"):
         _check(Path(t.resume).is_file(), "trainer.resume", f"no such checkpoint: {t.resume}")
+    _validate_loggers(t.loggers)
+
+
+def _validate_loggers(names: list[str]) -> None:
+    for name in names:
+        _check(name in LOGGERS, "trainer.loggers", f"unknown logger {name!r}; expected some of {', '.join(LOGGERS)}")
+        missing = missing_package(name)
+        _check(missing is None, "trainer.loggers",
+               f"the {name} logger needs the {missing} package: pip install 'moe-lab[{name}]'")
+    _check(len(set(names)) == len(names), "trainer.loggers", f"a logger is listed twice: {names}")
 
 
 def _validate_monitor(m: MonitorConfig) -> None:

@@ -8,12 +8,14 @@ an earlier one: the curve is the one the finished run actually followed.
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 
 from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
 from tensorboard.util import tensor_util
 
 EVENTS_GLOB = "events.out.tfevents.*"
+CSV_METRICS = "metrics.csv"  # lightning.pytorch.loggers.CSVLogger's file in the run directory
 
 
 def event_files(run_dir: str | Path) -> list[Path]:
@@ -33,16 +35,30 @@ def _written_order(path: Path) -> tuple:
 def read_scalars(run_dir: str | Path, tag: str) -> dict[int, float]:
     """{step: value} of scalar `tag` over all event files of `run_dir`, later files winning.
 
-    A directory without event files (a run that failed before logging) gives {}. A file still being
-    written is read up to its last complete record.
+    A run logged without TensorBoard (`trainer.loggers` without it) is read from the CSV logger's
+    metrics.csv instead. A directory without either (a run that failed before logging) gives {}. A file
+    still being written is read up to its last complete record.
     """
     curve: dict[int, float] = {}
-    for path in event_files(run_dir):
+    paths = event_files(run_dir)
+    if not paths:
+        return _csv_scalars(Path(run_dir) / CSV_METRICS, tag)
+    for path in paths:
         for event in EventFileLoader(str(path)).Load():
             for value in event.summary.value:
                 if value.tag == tag:
                     curve[int(event.step)] = _scalar(value)
     return dict(sorted(curve.items()))
+
+
+def _csv_scalars(path: Path, tag: str) -> dict[int, float]:
+    """{step: value} of column `tag` in Lightning's CSVLogger file (one row per logging call, empty cells
+    for the metrics that call did not log)."""
+    if not path.is_file():
+        return {}
+    with path.open(newline="") as f:
+        return dict(sorted((int(row["step"]), float(row[tag])) for row in csv.DictReader(f)
+                           if row.get(tag) not in (None, "") and row.get("step") not in (None, "")))
 
 
 def _scalar(value) -> float:

@@ -8,6 +8,7 @@ model_summary.txt, the tokenizer, checkpoints/ (best.ckpt, last.ckpt) and metric
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -25,18 +26,23 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from moe_lab.callbacks import ExpertCollapseDetector, ExpertLoadMonitor
 from moe_lab.callbacks.progress import ProgressBar
 from moe_lab.checkpoint import strip_to_weights
+from moe_lab.callbacks.progress_file import PROGRESS, ProgressFile
 from moe_lab.config import ExperimentConfig, flatten, load_config, to_dict, to_yaml
 from moe_lab.data import TextDataModule
 from moe_lab.checkpoint import CheckpointError, check_state_dict, read_torch_checkpoint
 from moe_lab.errors import ConfigError, DataError, MoELabError
 from moe_lab.formatting import si
 from moe_lab.lit import MoELitModule
+from moe_lab.loggers import build_loggers, finalize, next_version
+from moe_lab.model.accounting import count_model
 from moe_lab.records import check_writable_dir, environment_record, write_json_atomic, write_text_atomic
-from moe_lab.runtime import tune_cpu_allocator
+from moe_lab.runtime import lightning_output_captured, lightning_output_to, tune_cpu_allocator
 from moe_lab.summary import model_summary, summary_record
+from moe_lab.tb_hparams import HEADLINE_HPARAMS, experiment_summary, ordered_metrics, write_session
 
 CHECKPOINTS = "checkpoints"
 LAST, PREVIOUS = "last.ckpt", "previous.ckpt"  # the two newest checkpoints of a run
+TRAIN_LOG = "train.log"  # a quiet run's Lightning output
 
 
 class NonFiniteLossError(MoELabError, FloatingPointError):
@@ -162,7 +168,15 @@ def build_callbacks(cfg: ExperimentConfig, run_dir: Path, resume_ckpt: Path | No
                                                     dead_router_max_grad_norm=m.dead_router_max_grad_norm),
         "lr_monitor": LearningRateMonitor(logging_interval="step"),
         "nan_guard": NonFiniteLossGuard(),
+        "progress": ProgressFile(run_dir / PROGRESS, flops_per_step(cfg)),
     }
+
+
+def flops_per_step(cfg: ExperimentConfig) -> float:
+    """Training FLOPs of one optimizer step, counted as 3x the forward (forward + backward), the count the
+    sweep's dry run estimates its cost with."""
+    tokens = cfg.data.batch_size * cfg.data.block_size * cfg.trainer.accumulate_grad_batches
+    return 3 * count_model(cfg.model, cfg.data.block_size).total_flops_per_token * tokens
 
 
 def _precision(value: str) -> str:
@@ -224,9 +238,11 @@ def build_trainer(cfg: ExperimentConfig, logger, callbacks: list[pl.Callback], r
                           f"{reason}") from None
 
 
-def run(cfg: ExperimentConfig, extra_callbacks: tuple[pl.Callback, ...] = (), quiet: bool = False) -> RunResult:
+def run(cfg: ExperimentConfig, extra_callbacks: tuple[pl.Callback, ...] = (), quiet: bool = False,
+        session: tuple[dict, str] | None = None) -> RunResult:
     """Train `cfg` (already validated by load_config). Raises MoELabError for bad data input before
-    anything is written."""
+    anything is written. `session`: (hyperparameters, group) of this run in the TensorBoard HPARAMS table
+    of a study that declared its own columns (moe_lab.tb_hparams); None: the run declares itself."""
     tune_cpu_allocator()
     if cfg.trainer.threads:
         torch.set_num_threads(cfg.trainer.threads)
@@ -235,8 +251,9 @@ def run(cfg: ExperimentConfig, extra_callbacks: tuple[pl.Callback, ...] = (), qu
     # devices and strategy, data, the checkpoint to resume from.
     check_writable_dir(cfg.output_dir, "output_dir")
     version, resume_ckpt = resolve_resume(cfg)
-    logger = TensorBoardLogger(save_dir=cfg.output_dir, name=cfg.name, version=version, default_hp_metric=False)
-    run_dir = Path(logger.log_dir)
+    version = version or next_version(Path(cfg.output_dir) / cfg.name)
+    loggers = build_loggers(cfg.trainer.loggers, cfg.output_dir, cfg.name, version)
+    run_dir = Path(cfg.output_dir) / cfg.name / version
     callbacks = build_callbacks(cfg, run_dir, resume_ckpt)
     data = TextDataModule(cfg.data, seed=cfg.seed)
     data.prepare_data()
@@ -257,8 +274,11 @@ def run(cfg: ExperimentConfig, extra_callbacks: tuple[pl.Callback, ...] = (), qu
         _, state = load_pretrained(cfg.model_init)
         lit.model.load_state_dict(state, strict=True)
 
-    # Last: Lightning logs its device lines while building the Trainer.
-    trainer = build_trainer(cfg, logger, [*callbacks.values(), *extra_callbacks], run_dir, quiet)
+    # Last: Lightning logs its device lines while building the Trainer (a quiet run keeps them for its
+    # train.log, written once the run directory exists).
+    with contextlib.ExitStack() as early:
+        captured = early.enter_context(lightning_output_captured()) if quiet else None
+        trainer = build_trainer(cfg, loggers or False, [*callbacks.values(), *extra_callbacks], run_dir, quiet)
     run_dir.mkdir(parents=True, exist_ok=True)
     _print(f"run directory: {run_dir}" + (f" (resuming {resume_ckpt})" if resume_ckpt else ""), quiet)
     summary = model_summary(cfg.model, cfg.data.block_size)
@@ -269,6 +289,12 @@ def run(cfg: ExperimentConfig, extra_callbacks: tuple[pl.Callback, ...] = (), qu
     write_text_atomic(run_dir / "model_summary.txt", summary + "\n")
     data.save_tokenizer(run_dir / "tokenizer")
 
+    # Quiet runs (sweep trials) keep Lightning's own lines in the run's train.log, off the sweep console.
+    output = contextlib.ExitStack()
+    if quiet:
+        with open(run_dir / TRAIN_LOG, "a", encoding="utf-8") as log:  # a resumed run adds to its log
+            log.write(captured.getvalue())
+        output.enter_context(lightning_output_to(run_dir / TRAIN_LOG))
     start = time.perf_counter()
     error = None
     try:
@@ -277,14 +303,13 @@ def run(cfg: ExperimentConfig, extra_callbacks: tuple[pl.Callback, ...] = (), qu
             trainer.validate(lit, datamodule=data, verbose=False)  # final metrics at the final step
     except NonFiniteLossError as err:
         error = str(err)
+    finally:
+        output.close()
     metrics = final_metrics(cfg, lit, trainer, callbacks, time.perf_counter() - start, error)
     if trainer.is_global_zero:
         finish_checkpoints(run_dir / CHECKPOINTS, cfg.trainer.keep_checkpoints, metrics["status"])
         write_json_atomic(run_dir / "metrics.json", metrics)
-        hparams = flatten(to_dict(cfg))
-        logger.log_hyperparams(hparams, metrics={f"final/{k}": v for k, v in metrics.items()
-                                                 if k in HPARAM_METRICS and v is not None})
-        logger.finalize("success" if error is None else "failed")
+        log_final(cfg, loggers, metrics, trainer.global_step, session)
     _print(end_of_run_summary(metrics, run_dir, Path(cfg.output_dir)), quiet)
     if error is not None:
         raise NonFiniteLossError(error)
@@ -305,8 +330,29 @@ def finish_checkpoints(directory: Path, keep: str, status: str) -> None:
         strip_to_weights(directory / "best.ckpt")
 
 
-HPARAM_METRICS = ("val_loss", "val_bpb", "val_ppl", "best_val_loss", "tokens_per_s", "final_load_cv",
-                  "collapse_events_count")
+def log_final(cfg: ExperimentConfig, loggers: list, metrics: dict, step: int,
+              session: tuple[dict, str] | None) -> None:
+    """The whole config and the final metrics to every logger. TensorBoard gets them through the hparams
+    plugin's own summaries (a few declared columns, moe_lab.tb_hparams) and the config as text."""
+    hparams = flatten(to_dict(cfg))
+    final = {f"final/{k}": float(v) for k, v in metrics.items()
+             if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    status = "success" if metrics["status"] != "failed" else "failed"
+    for logger in loggers:
+        if isinstance(logger, TensorBoardLogger):
+            logger.hparams.update(hparams)  # hparams.yaml, written by the logger's save()
+            writer = logger.experiment
+            if session is None:
+                headline = {k: hparams.get(k) for k in HEADLINE_HPARAMS if k in hparams}
+                writer._get_file_writer().add_summary(
+                    experiment_summary({k: [v] for k, v in headline.items()}, ordered_metrics("val_loss")))
+                session = (headline, "")
+            writer.add_text("config", "    " + to_yaml(cfg).replace("\n", "\n    "), step)
+            write_session(writer, *session, metrics, step, failed=metrics["status"] == "failed")
+        else:
+            logger.log_hyperparams(hparams)
+            logger.log_metrics(final, step=step)
+    finalize(loggers, status)
 
 
 def final_metrics(cfg, lit: MoELitModule, trainer: pl.Trainer, callbacks: dict, wall: float,

@@ -168,7 +168,8 @@ def test_summary_names_the_best_configuration(study):
     assert "**top_k=2,lr=0.003**" in best and "trial 4" in best and "2.1250 ± 0.1768 (n=2)" in best
     assert "compute matching: **active**" in text and "active parameters per token are held constant" in text
     assert "COMPLETE 3, PRUNED 1, FAIL 2" in text and "1 retried" in text
-    assert text.count("\n| ") == 2 + len(EXPECTED_ORDER)  # header, rule, one line per configuration
+    results = text.split("## Results")[1].split("##")[0]
+    assert results.count("\n| ") == 2 + len(EXPECTED_ORDER)  # header, rule, one line per configuration
     assert "| trial | config | objective (mean ± std, n seeds) | state | total | active |" in text
     assert "time/run and tok/s/run are medians" in text
     assert "[png](plots/val_loss_curves.png)" in text
@@ -338,3 +339,23 @@ def test_a_grid_over_one_key_gets_its_own_plot_mean_runs_and_per_run_medians(tmp
     # Reporting again rewrites the mean runs instead of adding a second copy.
     write_study_report(study_dir)
     assert len(list((study_dir / "trials" / "t000-top_k=4" / "mean").glob("events.out.tfevents.*"))) == 1
+
+
+def test_summary_says_which_differences_are_beyond_seed_noise(study):
+    """Best (trial 4: 2.0, 2.25) against trial 0 (2.5, 2.75): Δ = -0.5, both seed stds 0.25/√2 = 0.1768,
+    Welch SE = sqrt(2 * 0.03125 / 2) = 0.1768, z = -2.83: beyond noise. Trial 5 has one finite seed: no z."""
+    text = study[2]["summary"].read_text()
+    section = text.split("## Best against the others: beyond seed noise?")[1].split("\n## ")[0]
+    assert "| top_k=1,lr=0.001 | -0.5000 | 0.1768 | -2.83 | **beyond seed noise** |" in section
+    assert "| top_k=1,lr=0.01 | -0.2500 | - | - | fewer than 2 seeds in top_k=1,lr=0.01 (n = 1)" in section
+    assert section.count("\n| ") == 2 + 2  # header, rule, the two other complete configurations
+
+
+def test_summary_shows_the_base_experiment_relative_to_itself(tmp_path):
+    study_dir = tmp_path / "runs" / "demo"
+    make_study(study_dir, TRIALS[:1])
+    info = json.loads((study_dir / "study_info.json").read_text())
+    info["base"] = str(tmp_path / "experiments" / "tiny.yaml")  # what the runner records: absolute
+    (study_dir / "study_info.json").write_text(json.dumps(info))
+    text = write_study_report(study_dir)["summary"].read_text()
+    assert "base experiment: `../../experiments/tiny.yaml`" in text and str(tmp_path) not in text

@@ -226,7 +226,7 @@ def test_finished_runs_keep_what_keep_checkpoints_says(tmp_path, data_cache):
     for status in ("failed", "stopped"):  # may be resumed: untouched
         kept = copy()
         finish_checkpoints(kept, "best_weights", status)
-        assert sorted(p.name for p in kept.iterdir()) == ["best.ckpt", "last.ckpt"]
+        assert sorted(p.name for p in kept.iterdir()) == ["best.ckpt", "last.ckpt", "previous.ckpt"]
     lean = copy()
     finish_checkpoints(lean, "best_weights", "completed")
     assert sorted(p.name for p in lean.iterdir()) == ["best.ckpt"]

@@ -30,6 +30,19 @@ def planned_configurations(sweep: Sweep) -> list[dict]:
     return [{} for _ in range(sweep.n_trials())]  # sampled later: estimate with the base experiment
 
 
+def plan_flops(sweep: Sweep) -> float:
+    """Training FLOPs (3x forward, all seeds) of the planned configurations: what the console's ETA counts."""
+    from moe_lab.sweep.runner import Objective
+
+    objective = Objective(sweep)
+    total = 0.0
+    for params in planned_configurations(sweep):
+        cfg, _ = objective.experiment(params, sweep.study_dir / "trials" / "dry-run", sweep.cfg.seeds[0])
+        tokens = cfg.trainer.max_steps * cfg.data.batch_size * cfg.data.block_size
+        total += 3 * count_model(cfg.model, cfg.data.block_size).total_flops_per_token * tokens * len(sweep.cfg.seeds)
+    return total
+
+
 def finished_configurations(sweep: Sweep) -> set[int] | None:
     """Config ids of a study already on disk that completed or were pruned (None: no study yet)."""
     if not (sweep.study_dir / "study_info.json").is_file():
@@ -105,10 +118,13 @@ def spawn_workers(module: str, argv: list[str], n: int, devices: list[str] | Non
     """n worker processes. On a GPU host each gets its own device group (CUDA_VISIBLE_DEVICES), so
     Lightning's devices/strategy settings apply within it; on CPU they split the cores."""
     threads = max(1, (os.cpu_count() or 1) // (n + 1))
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MOE_LAB_SWEEP_THREADS": str(threads)}
+    # MOE_LAB_SWEEP_CONSOLE: the parent's console reports these workers' trials; they print nothing.
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MOE_LAB_SWEEP_THREADS": str(threads),
+           "MOE_LAB_SWEEP_CONSOLE": "parent"}
     cmd = [sys.executable, "-m", module, *argv, "--worker-only"]
     if devices:
-        return [subprocess.Popen(cmd, env={**os.environ, "CUDA_VISIBLE_DEVICES": group}) for group in devices]
+        return [subprocess.Popen(cmd, env={**os.environ, "CUDA_VISIBLE_DEVICES": group,
+                                           "MOE_LAB_SWEEP_CONSOLE": "parent"}) for group in devices]
     return [subprocess.Popen(cmd, env=env) for _ in range(n)]
 
 
@@ -153,6 +169,17 @@ def _sweep_report(study_dir) -> None:
         print(f"  wrote {path}")
 
 
+def quiet_console() -> None:
+    """Only what a researcher needs on the sweep console: the known-harmless warnings are silenced by
+    their exact message, Optuna's per-study info lines are dropped; every other warning still shows."""
+    import optuna
+
+    from moe_lab.runtime import filter_known_harmless_warnings
+
+    filter_known_harmless_warnings()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
 def main(argv: list[str] | None = None) -> int:
     return cli(argv, prog="python -m moe_lab.sweep", doc=__doc__, loader=load_sweep, reporter=_sweep_report)
 
@@ -187,24 +214,35 @@ def cli(argv, prog: str, doc: str, loader, reporter) -> int:
             import torch
 
             torch.set_num_threads(int(os.environ["MOE_LAB_SWEEP_THREADS"]))
+        quiet_console()
         if args.worker_only:
-            run_worker(sweep, log=lambda msg: print(f"[worker {os.getpid()}] {msg}", flush=True))
+            quiet = os.environ.get("MOE_LAB_SWEEP_CONSOLE") == "parent"
+            run_worker(sweep, log=(lambda msg: None) if quiet else
+                       (lambda msg: print(f"[worker {os.getpid()}] {msg}", flush=True)))
             return 0
         start = time.time()
-        open_study(sweep, retry=args.retry_failed)  # before any worker starts claiming
-        print(f"study {sweep.name} in {sweep.study_dir} ({masked_url(sweep.storage_url)})", flush=True)
+        study = open_study(sweep, retry=args.retry_failed)  # before any worker starts claiming
+        print(f"study {sweep.name} in {sweep.study_dir} ({masked_url(sweep.storage_url)}); each run's Lightning "
+              f"output goes to its train.log", flush=True)
         gpu_ids, per_trial = visible_gpus(sweep) if args.workers > 1 else ([], 1)
         groups = device_groups(args.workers, per_trial, gpu_ids)
-        if groups:  # every worker a subprocess with its own devices; this one only waits
+        from moe_lab.sweep.console import SweepConsole
+
+        console = SweepConsole(sweep, study, planned_flops=plan_flops(sweep))
+        if groups:  # every worker a subprocess with its own devices; this one only watches
             extra = spawn_workers(module, [args.sweep, *args.overrides], args.workers, devices=groups)
             print(f"{args.workers} workers on GPUs " + " | ".join(groups), flush=True)
+            with console:
+                for p in extra:
+                    p.wait()
         else:
             extra = spawn_workers(module, [args.sweep, *args.overrides], args.workers - 1) if args.workers > 1 else []
             if extra:
                 import torch
 
                 torch.set_num_threads(max(1, (os.cpu_count() or 1) // args.workers))
-            run_worker(sweep, log=lambda msg: print(msg, flush=True))
+            with console:
+                run_worker(sweep, log=lambda msg: None)
         failed_workers = sum(p.wait() != 0 for p in extra)
         print(f"sweep finished in {time.time() - start:.0f} s", flush=True)
         reporter(sweep.study_dir)

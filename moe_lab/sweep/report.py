@@ -25,6 +25,7 @@ import json
 import logging
 import math
 import statistics
+import os
 import warnings
 from collections import Counter
 from dataclasses import dataclass, field
@@ -37,6 +38,7 @@ from optuna.trial import FrozenTrial, TrialState
 from moe_lab.errors import MoELabError
 from moe_lab.formatting import si
 from moe_lab.records import write_text_atomic
+from moe_lab.stats import NOISE_Z, compare
 
 log = logging.getLogger(__name__)
 
@@ -372,7 +374,7 @@ def summary_markdown(data: StudyData, plots: dict[str, Path], skipped: dict[str,
         f"# Sweep report: {info.study_name}",
         "",
         f"- objective: `{info.objective_metric}` ({info.direction}), mean ± std over seeds {info.seeds}",
-        f"- sampler: {info.sampler}; base experiment: `{info.base or '?'}`",
+        f"- sampler: {info.sampler}; base experiment: `{_relative(info.base, data.study_dir) or '?'}`",
         f"- compute matching: **{info.compute_matching}**: "
         f"{MATCHING_MEANS.get(info.compute_matching, 'unknown mode')}",
         *_held_constant(data),
@@ -388,6 +390,7 @@ def summary_markdown(data: StudyData, plots: dict[str, Path], skipped: dict[str,
         markdown_table(rows) if rows else "No trials yet.",
         "",
         *([LOAD_CAVEAT, ""] if rows else []),
+        *seed_noise_lines(rows, info),
         "## Plots",
         "",
     ]
@@ -403,6 +406,34 @@ def summary_markdown(data: StudyData, plots: dict[str, Path], skipped: dict[str,
         lines += ["", f"Train-loss curves are smoothed per seed with an EMA of weight {TRAIN_SMOOTHING} "
                       "(TensorBoard's smoothing) before the mean; validation curves are raw."]
     return "\n".join(lines) + "\n"
+
+
+def _relative(path: str, study_dir: Path) -> str:
+    """A path recorded by the runner (absolute, of the machine it ran on) as seen from summary.md."""
+    return os.path.relpath(path, study_dir.resolve()) if path and Path(path).is_absolute() else path
+
+
+def seed_noise_lines(rows: list[ConfigRow], info: StudyInfo) -> list[str]:
+    """The best configuration against each other complete one: is the difference beyond seed noise?
+    (moe_lab.stats, the statistics of the ablation report's claims.)"""
+    best = best_row(rows)
+    others = [r for r in rows if r is not best and r.state == "COMPLETE" and _finite(r.objective_mean)]
+    if best is None or not others:
+        return []
+    lines = ["## Best against the others: beyond seed noise?", "",
+             f"Δ = mean {info.objective_metric} of **{best.label}** − that of the other configuration; "
+             f"seed σ = the pooled seed std of the two; z = Δ / Welch's standard error. |z| ≥ {NOISE_Z:g}: "
+             f"beyond seed noise; |z| < {NOISE_Z:g}: within it (changing the seed alone moves the mean that much).",
+             "", "| against | Δ | seed σ | z | difference |", "| --- | ---: | ---: | ---: | --- |"]
+    best_values = [v for v in best.objective_values if _finite(v)] or [best.objective_mean]
+    for row in others:
+        values = [v for v in row.objective_values if _finite(v)] or [row.objective_mean]
+        c = compare(best_values, values, (best.label, row.label))
+        verdict = {"clear": "**beyond seed noise**", "within": "within seed noise"}.get(c.noise, c.why_no_z)
+        label = row.label.replace("|", "\\|")
+        lines.append(f"| {label} | {c.delta:+.4f} | {_optional(c.sigma, '{:.4f}')} | "
+                     f"{_optional(c.z, '{:+.2f}')} | {verdict} |")
+    return lines + [""]
 
 
 def _held_constant(data: StudyData) -> list[str]:

@@ -44,6 +44,7 @@ from moe_lab.records import write_json_atomic, write_text_atomic
 from moe_lab.sweep.config import OBJECTIVES, Sweep, trial_label
 from moe_lab.sweep.matching import match_expert_hidden
 from moe_lab.sweep.storage import masked_url, open_storage, recorded_url
+from moe_lab.tb_hparams import write_study_layout
 
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
@@ -199,6 +200,8 @@ def open_study(sweep: Sweep, retry: bool = False) -> optuna.Study:
         recorded = OmegaConf.structured(sweep.cfg)
         recorded.storage = recorded_url(sweep.cfg.storage) if sweep.cfg.storage else ""
         write_text_atomic(sweep.study_dir / "sweep.yaml", OmegaConf.to_yaml(recorded))
+        write_study_layout(sweep.study_dir, {p.key: list(p.choices) or [p.low] for p in sweep.params},
+                           sweep.cfg.objective.metric)
     return study
 
 
@@ -462,7 +465,7 @@ class Objective:
         monitor = OBJECTIVES[self.sweep.cfg.objective.metric]
         pruning = ValidationPruning(trial, monitor) if report and monitor and self.sweep.cfg.pruner != "none" else None
         callbacks = [Fence(trial, self.sweep.cfg.heartbeat_interval)] + ([pruning] if pruning else [])
-        result = run(cfg, extra_callbacks=tuple(callbacks), quiet=self.quiet)
+        result = run(cfg, extra_callbacks=tuple(callbacks), quiet=self.quiet, session=(params, trial_label(params)))
         fence(trial)  # results of a trial taken away are not reported
         metrics = dict(result.metrics)
         if pruning is not None and pruning.pruned_at is not None:

@@ -127,7 +127,8 @@ def verify(sweep: Sweep, arms: list[str] | None = None, seed: int | None = None,
             torch.set_num_threads(int(threads))  # the stored run's setting: a chance of bit-identity
         cfg, _ = objective.experiment({"arm": name}, out / stored_dir.parent.name, seed)
         log(f"verify {name} seed {seed}: training again ({cfg.trainer.max_steps} steps, {threads} threads)")
-        result = run(cfg, quiet=True)
+        # A session of the study's HPARAMS table (its own group), not a second experiment declaration.
+        result = run(cfg, quiet=True, session=({"arm": name}, f"verify arm={name}"))
         rerun_env = json.loads((result.run_dir / "env.json").read_text())
         values = seed_values(stored_dir, metric)
         tol = tolerance if tolerance is not None else (2 * statistics.stdev(values) if len(values) > 1 else 0.0)

@@ -1,0 +1,129 @@
+"""What TensorBoard's HPARAMS and custom-scalars views show, declared with the plugins' own protos.
+
+TensorBoard lets one run per log directory declare the experiment (which hyperparameters and metrics
+the HPARAMS table has); every run then writes a session (its hyperparameter values and a group name)
+and its final metrics as scalars. Without a declaration the plugin lists every hyperparameter any run
+logged, alphabetically: the ~90 config keys, with the swept one lost among them. So:
+
+- a sweep or ablation declares, at the root of its study directory, the swept keys as hyperparameters
+  and the objective first among the metrics, plus a custom-scalars layout that puts
+  the comparison the study exists for (val loss, load CV, dropped fraction, router entropy of all
+  trials) on shared charts (`write_study_layout`);
+- a single `train` run declares itself, with a few headline keys (`HEADLINE_HPARAMS`);
+- every run writes its session, grouped by configuration (the seeds of one configuration form one
+  row of the HPARAMS table, their metrics averaged; so the seed is no column), and `final/<metric>`
+  scalars (`write_session`).
+
+The full config stays in config.yaml and, as text, under the `config` tag.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+# metrics.json keys shown as `final/<key>`, in the order the HPARAMS table lists them (the objective
+# of a study is moved first).
+FINAL_METRICS = ("val_loss", "val_bpb", "val_ppl", "best_val_loss", "tokens_per_s", "final_load_cv",
+                 "final_dropped_frac", "collapse_events_count")
+FINAL_PREFIX = "final/"
+# A single run's HPARAMS columns: what distinguishes one MoE run from another at a glance.
+HEADLINE_HPARAMS = ("model.moe.n_experts", "model.moe.top_k", "model.moe.router", "model.d_model",
+                    "model.n_layers", "optim.lr", "trainer.max_steps", "seed")
+# The study comparison charts: (title, tag regex); TensorBoard draws every run matching a regex on one chart.
+COMPARISON_CHARTS = (("val loss", r"val/loss"), ("load CV (mean over layers)", r"moe/load_cv_mean"),
+                     ("dropped fraction (mean over layers)", r"moe/dropped_frac_mean"),
+                     ("router entropy / ln E, per layer", r"moe/layer\d+/entropy_norm"),
+                     ("train LM loss", r"train/lm_loss"))
+
+
+def _hparam_type(values: list[Any]):
+    from tensorboard.plugins.hparams import api_pb2
+
+    if all(isinstance(v, bool) for v in values):
+        return api_pb2.DATA_TYPE_BOOL
+    if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+        return api_pb2.DATA_TYPE_FLOAT64
+    return api_pb2.DATA_TYPE_STRING
+
+
+def _tb_value(value: Any) -> Any:
+    """A value the hparams plugin accepts (bool, number, string); None and others as their text."""
+    return value if isinstance(value, (bool, int, float, str)) else str(value)
+
+
+def _plugin_summary(tag: str, **plugin_data):
+    """A Summary holding one HParamsPluginData message: what the plugin's own `summary.*_pb` helpers
+    build, without the TensorFlow they import."""
+    from tensorboard.compat.proto.summary_pb2 import Summary
+    from tensorboard.plugins.hparams import metadata, plugin_data_pb2
+
+    content = metadata.create_summary_metadata(plugin_data_pb2.HParamsPluginData(**plugin_data))
+    return Summary(value=[Summary.Value(tag=tag, metadata=content, tensor=metadata.NULL_TENSOR)])
+
+
+def experiment_summary(hparams: dict[str, list[Any]], metrics: list[str], swept: tuple[str, ...] = ()):
+    """The plugin's experiment declaration: `hparams` {key: the values it takes}, in this order;
+    `metrics` (metrics.json keys) as `final/<key>` columns, in this order. The plugin lists hyperparameters
+    whose `differs` flag is set first, so the swept keys are flagged and nothing else is."""
+    from tensorboard.plugins.hparams import api_pb2, metadata
+
+    infos = [api_pb2.HParamInfo(name=key, type=_hparam_type(values), differs=key in swept)
+             for key, values in hparams.items()]
+    metric_infos = [api_pb2.MetricInfo(name=api_pb2.MetricName(tag=FINAL_PREFIX + m), display_name=m)
+                    for m in metrics]
+    experiment = api_pb2.Experiment(hparam_infos=infos, metric_infos=metric_infos, time_created_secs=time.time())
+    return _plugin_summary(metadata.EXPERIMENT_TAG, experiment=experiment)
+
+
+def ordered_metrics(objective: str | None) -> list[str]:
+    """FINAL_METRICS with the objective first."""
+    return [m for m in (objective,) if m] + [m for m in FINAL_METRICS if m != objective]
+
+
+def _writer(log_dir: Path):
+    from torch.utils.tensorboard import SummaryWriter
+
+    return SummaryWriter(log_dir=str(log_dir))
+
+
+def write_study_layout(study_dir: Path, swept: dict[str, list[Any]], objective: str) -> None:
+    """Declare the study's HPARAMS table and comparison charts once, at the root of `study_dir` (the log
+    directory `tensorboard --logdir <study_dir>` reads). Written again only when missing."""
+    study_dir = Path(study_dir)
+    if any(study_dir.glob("events.out.tfevents.*")):
+        return
+    from torch.utils.tensorboard.summary import custom_scalars
+
+    writer = _writer(study_dir)
+    try:
+        file_writer = writer._get_file_writer()
+        file_writer.add_summary(experiment_summary(swept, ordered_metrics(objective), tuple(swept)))
+        # The layout summary of torch's helper: {category: {chart: ["Multiline", [tag regexes]]}}.
+        layout = {f"{study_dir.name}: all trials": {title: ["Multiline", [tag]] for title, tag in COMPARISON_CHARTS}}
+        file_writer.add_summary(custom_scalars(layout))
+    finally:
+        writer.close()
+
+
+def write_session(writer, hparams: dict[str, Any], group: str, metrics: dict, step: int, failed: bool) -> None:
+    """One run's session in the HPARAMS table: its hyperparameter values, its group (the configuration
+    its seeds share) and its final metrics, with `writer` a torch SummaryWriter of the run directory."""
+    from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
+
+    start = plugin_data_pb2.SessionStartInfo(group_name=group, start_time_secs=time.time())
+    for key, value in hparams.items():
+        value = _tb_value(value)
+        field = ("bool_value" if isinstance(value, bool) else
+                 "number_value" if isinstance(value, (int, float)) else "string_value")
+        setattr(start.hparams[key], field, value)
+    file_writer = writer._get_file_writer()
+    file_writer.add_summary(_plugin_summary(metadata.SESSION_START_INFO_TAG, session_start_info=start))
+    for key in FINAL_METRICS:
+        if isinstance(metrics.get(key), (int, float)):
+            writer.add_scalar(FINAL_PREFIX + key, float(metrics[key]), step)
+    end = plugin_data_pb2.SessionEndInfo(status=api_pb2.STATUS_FAILURE if failed else api_pb2.STATUS_SUCCESS,
+                                         end_time_secs=time.time())
+    file_writer.add_summary(_plugin_summary(metadata.SESSION_END_INFO_TAG, session_end_info=end))
+    writer.flush()
