@@ -76,13 +76,18 @@ def trial_table(ts) -> str:
     return "\n".join(rows)
 
 
-def test_two_hosts_drain_one_grid_exactly_once(tmp_path, data_cache, database):
-    path = write_sweep(tmp_path, data_cache, GRID)
+def drain_on_two_hosts(path: Path, database: str, tmp_path: Path) -> list:
+    """Run the sweep as two workers with their own output_dirs (two hosts) until both exit 0; the trials."""
     procs = [start(host_cmd(path, database, host, tmp_path)) for host in ("hostA", "hostB")]
     logs = [p.communicate(timeout=900)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], logs
     ts = load_trials(database)
     print("\n" + trial_table(ts))
+    return ts
+
+
+def test_two_hosts_drain_one_grid_exactly_once(tmp_path, data_cache, database):
+    ts = drain_on_two_hosts(write_sweep(tmp_path, data_cache, GRID), database, tmp_path)
     assert [t.state for t in ts] == [TrialState.COMPLETE] * 4
     assert sorted((t.params["model.moe.top_k"], t.params["model.moe.n_experts"]) for t in ts) == \
         [(1, 4), (1, 8), (2, 4), (2, 8)]
@@ -129,12 +134,7 @@ def test_killed_host_is_retried_by_the_other(tmp_path, data_cache, database):
 
 def test_tpe_over_two_workers_runs_exactly_n_trials(tmp_path, data_cache, database):
     body = "sampler: tpe\nn_trials: 6\nspace:\n  optim.lr: {type: float, low: 1.0e-4, high: 1.0e-2, log: true}\n"
-    path = write_sweep(tmp_path, data_cache, body)
-    procs = [start(host_cmd(path, database, host, tmp_path)) for host in ("hostA", "hostB")]
-    logs = [p.communicate(timeout=900)[0] for p in procs]
-    assert [p.returncode for p in procs] == [0, 0], logs
-    ts = load_trials(database)
-    print("\n" + trial_table(ts))
+    ts = drain_on_two_hosts(write_sweep(tmp_path, data_cache, body), database, tmp_path)
     assert len(ts) == 6 and all(t.state == TrialState.COMPLETE for t in ts)
     assert sorted(t.user_attrs["config_id"] for t in ts) == list(range(6))
     assert len({t.user_attrs["worker"] for t in ts}) == 2  # both workers took part

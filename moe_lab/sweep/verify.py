@@ -103,9 +103,9 @@ def verify(sweep: Sweep, arms: list[str] | None = None, seed: int | None = None,
     from moe_lab.sweep.runner import Objective
     from moe_lab.train import run
 
-    names = [p["arm"] for p in sweep.grid()] if sweep.arms is not None else None
     if sweep.arms is None:
         raise MoELabError("--verify: only ablation files (with arms) can be verified")
+    names = [p["arm"] for p in sweep.grid()]
     for name in arms or []:
         if name not in names:
             raise MoELabError(f"--arms: no arm named {name!r}; arms are {', '.join(names)}")
