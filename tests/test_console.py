@@ -77,3 +77,19 @@ def test_only_the_known_harmless_warnings_are_filtered():
     assert [str(w.message) for w in caught] == ["Heartbeat of storage is supposed to be used with Study.optimize.",
                                                 "something a researcher should see"]
     assert len(KNOWN_HARMLESS_WARNINGS) == 2
+
+
+def test_a_trial_shorter_than_one_refresh_still_gets_its_started_line(tmp_path):
+    """Waiting at one snapshot, complete at the next: both lines appear, in order. A trial that had ended
+    before the console began (a resumed sweep) is reported as ended only."""
+    from types import SimpleNamespace
+
+    sweep = SimpleNamespace(study_dir=tmp_path, n_trials=lambda: 2,
+                            cfg=SimpleNamespace(objective=SimpleNamespace(metric="val_loss")))
+    study = optuna.create_study()
+    study.add_trial(optuna.trial.create_trial(value=1.5, user_attrs={"label": "old"}))
+    console = SweepConsole(sweep, study, planned_flops=1.0, stream=io.StringIO(), live=False)
+    assert console.snapshot().events == ["trial 0 done: old, val_loss = 1.5000"]
+    study.add_trial(optuna.trial.create_trial(value=1.25, user_attrs={"label": "fast"}))
+    assert console.snapshot().events == ["trial 1 started: fast", "trial 1 done: fast, val_loss = 1.2500"]
+    assert console.snapshot().events == []

@@ -96,9 +96,11 @@ class SweepConsole:
                 current = [p for p in seeds if p.get("status") == "running"] or seeds[-1:]
                 running.append({"trial": t.number, "label": label, **(current[-1] if current else {})})
             if self._seen.get(t.number) != state and state != "waiting":
-                if state == "running":
+                # A trial shorter than one refresh goes from waiting to ended between two snapshots:
+                # it still gets its "started" line (not one that had ended before the console began).
+                if state == "running" or (self._seen.get(t.number) is None and self._flops_at_start is not None):
                     events.append(f"trial {t.number} started: {label}")
-                else:
+                if state != "running":
                     value = t.value if t.value is not None else t.user_attrs.get("objective_mean")
                     why = t.user_attrs.get("error") or t.user_attrs.get("prune_reason") or ""
                     events.append(f"trial {t.number} {state}: {label}"
