@@ -39,8 +39,8 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from moe_lab.errors import MoELabError
-from moe_lab.formatting import si
-from moe_lab.records import write_text_atomic
+from moe_lab.model.accounting import si
+from moe_lab.artifacts.atomic import write_text_atomic
 from moe_lab.stats import NOISE_Z, Stat, compare, noise_of
 
 STUDY_INFO = "study_info.json"

@@ -16,7 +16,7 @@ from moe_lab.data import DataConfig, TextDataModule
 from moe_lab.errors import MoELabError
 from moe_lab.model import ModelConfig, MoEConfig, MoETransformer
 from moe_lab.runtime import tune_cpu_allocator
-from moe_lab.summary import model_summary
+from moe_lab.model.summary import model_summary
 
 
 def main(argv: list[str] | None = None) -> int:

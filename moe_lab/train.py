@@ -31,13 +31,14 @@ from moe_lab.config import ExperimentConfig, flatten, load_config, to_dict, to_y
 from moe_lab.data import TextDataModule
 from moe_lab.checkpoint import CheckpointError, check_state_dict, read_torch_checkpoint
 from moe_lab.errors import ConfigError, DataError, MoELabError
-from moe_lab.formatting import si
+from moe_lab.model.accounting import si
 from moe_lab.lit import MoELitModule
 from moe_lab.loggers import build_loggers, finalize, next_version
 from moe_lab.model.accounting import count_model
-from moe_lab.records import check_writable_dir, environment_record, write_json_atomic, write_text_atomic
+from moe_lab.artifacts.atomic import check_writable_dir, write_json_atomic, write_text_atomic
+from moe_lab.artifacts.environment import environment_record
 from moe_lab.runtime import lightning_output_captured, lightning_output_to, tune_cpu_allocator
-from moe_lab.summary import model_summary, summary_record
+from moe_lab.model.summary import model_summary, summary_record
 from moe_lab.tb_hparams import HEADLINE_HPARAMS, experiment_summary, ordered_metrics, write_session
 
 CHECKPOINTS = "checkpoints"

@@ -9,7 +9,7 @@ from pathlib import Path
 from lightning.pytorch import Callback
 from lightning.pytorch.utilities import rank_zero_only
 
-from moe_lab.records import write_json_atomic
+from moe_lab.artifacts.atomic import write_json_atomic
 
 PROGRESS = "progress.json"
 

@@ -15,7 +15,7 @@ import time
 
 from moe_lab.errors import MoELabError
 from moe_lab.model.accounting import count_model
-from moe_lab.records import check_writable_dir
+from moe_lab.artifacts.atomic import check_writable_dir
 from moe_lab.sweep.config import Sweep, load_sweep, trial_label
 from moe_lab.sweep.storage import masked_url
 

@@ -36,8 +36,8 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from moe_lab.errors import MoELabError
-from moe_lab.formatting import si
-from moe_lab.records import write_text_atomic
+from moe_lab.model.accounting import si
+from moe_lab.artifacts.atomic import write_text_atomic
 from moe_lab.stats import NOISE_Z, compare
 
 log = logging.getLogger(__name__)
@@ -354,7 +354,7 @@ def write_trials_csv(path: Path, rows: list[ConfigRow], param_keys: list[str]) -
                       r.prune_reason, r.error, r.retries, r.run_time_s]
             writer.writerow([_csv(v) for v in (r.trial, r.config_id, r.state,
                                                *(r.params.get(k) for k in param_keys), *values)])
-    tmp.replace(path)  # atomic, like moe_lab.records
+    tmp.replace(path)  # atomic, like moe_lab.artifacts.atomic
 
 
 def _csv(value: Any) -> Any:

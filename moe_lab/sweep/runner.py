@@ -40,7 +40,7 @@ from optuna.trial import TrialState
 
 from moe_lab.config import load_config
 from moe_lab.errors import MoELabError
-from moe_lab.records import write_json_atomic, write_text_atomic
+from moe_lab.artifacts.atomic import write_json_atomic, write_text_atomic
 from moe_lab.sweep.config import OBJECTIVES, Sweep, trial_label
 from moe_lab.sweep.matching import match_expert_hidden
 from moe_lab.sweep.storage import masked_url, open_storage, recorded_url

@@ -3,7 +3,7 @@
 import json
 import stat
 
-from moe_lab.records import write_json_atomic, write_text_atomic
+from moe_lab.artifacts.atomic import write_json_atomic, write_text_atomic
 
 
 def test_records_get_the_mode_open_gives_other_files(tmp_path):

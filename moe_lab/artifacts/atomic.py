@@ -1,22 +1,13 @@
-"""What every run directory records about itself: environment, revision, metrics (written atomically)."""
+"""Writing run and study records so that a reader, or a crash, never sees half a file."""
 
 from __future__ import annotations
 
 import json
 import os
-import platform
-import subprocess
-import sys
 import tempfile
-from importlib import metadata
 from pathlib import Path
 
-import torch
-
 from moe_lab.errors import ConfigError
-
-PACKAGES = ("moe-lab", "torch", "lightning", "optuna", "datasets", "tokenizers", "omegaconf", "numpy",
-            "tensorboard", "transformers")
 
 
 def check_writable_dir(path: str | Path, key: str) -> None:
@@ -69,43 +60,3 @@ def write_text_atomic(path: Path, text: str) -> None:
     with os.fdopen(fd, "w") as f:
         f.write(text)
     os.replace(tmp, path)
-
-
-def git_revision(cwd: Path | None = None) -> dict:
-    """The commit of the moe_lab checkout in use, and whether it had uncommitted changes."""
-    where = cwd or Path(__file__).resolve().parent
-    try:
-        rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=where, capture_output=True, text=True,
-                             timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=where,
-                               capture_output=True, text=True, timeout=10, check=True).stdout.strip()
-        return {"commit": rev, "dirty": bool(dirty)}
-    except (OSError, subprocess.SubprocessError):
-        return {"commit": None, "dirty": None}
-
-
-def package_versions() -> dict[str, str | None]:
-    versions = {}
-    for name in PACKAGES:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = None
-    return versions
-
-
-def environment_record(**extra) -> dict:
-    return {
-        "python": sys.version.split()[0],
-        "platform": platform.platform(),
-        "packages": package_versions(),
-        "torch": {
-            "threads": torch.get_num_threads(),
-            "cuda_available": torch.cuda.is_available(),
-            "cuda_device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-            "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
-        },
-        "git": git_revision(),
-        "argv": sys.argv,
-        **extra,
-    }
