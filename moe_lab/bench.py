@@ -63,7 +63,7 @@ class ExpertsOnly(torch.nn.Module):
 
     def __init__(self, moe: MoELayer):
         super().__init__()
-        self.experts, self.top_k = moe.experts, moe.top_k
+        self.experts, self.top_k = moe.experts, moe.routed_top_k
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, x.shape[-1])
@@ -110,7 +110,7 @@ def bench_moe(size: MoESize, dtype: torch.dtype, device: str, repeats: int) -> d
         torch.nn.init.normal_(p, 0.0, 0.02)
     naive = NaiveMoELayer(cfg)
     naive.load_state_dict(moe.state_dict())
-    dense = DenseFFN(size.d_model, dims.top_k * dims.hidden, cfg.activation)  # same active params
+    dense = DenseFFN(size.d_model, dims.routed_top_k * dims.routed_hidden, cfg.activation)  # same active params
     contenders = {"moe": moe, "dense_iso": dense, "naive_loop": naive, "experts_only": ExpertsOnly(moe)}
     hf_block = transformers_mixtral_block(size)
     if hf_block is not None:  # the reference the field knows, when transformers is installed

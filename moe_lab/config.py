@@ -22,7 +22,7 @@ from moe_lab.loggers import LOGGERS, missing_package
 from moe_lab.model.config import ModelConfig, validate_model_config
 
 PRECISIONS = ("32-true", "32", "bf16-mixed", "16-mixed", "bf16-true", "64-true")
-COLLAPSE_ACTIONS = ("warn", "stop", "prune")
+COLLAPSE_ACTIONS = ("warn", "stop", "prune")  # what the collapse detector does when it fires
 KEEP_CHECKPOINTS = ("all", "best_weights", "none")
 # Key naming the base file(s) a YAML file extends, resolved relative to that file.
 EXTENDS_KEY = "extends"
@@ -337,6 +337,19 @@ def _validate_loggers(names: list[str]) -> None:
     _check(len(set(names)) == len(names), "trainer.loggers", f"a logger is listed twice: {names}")
 
 
+def check_collapse_settings(min_load_fraction: float, min_entropy_norm: float, action: str,
+                            prefix: str = "") -> None:
+    """The collapse detector's rules, here for the config and for the detector itself (keys `prefix` +
+    name). Both thresholds are in [0, 1): at 1 every expert below uniform load is starved and every
+    router short of uniform entropy has collapsed, i.e. any imbalance at all fires."""
+    _check(0 <= min_load_fraction < 1, f"{prefix}min_load_fraction",
+           f"must be a fraction of uniform load in [0, 1), got {min_load_fraction}")
+    _check(0 <= min_entropy_norm < 1, f"{prefix}min_entropy_norm",
+           f"must be in [0, 1) (0 disables), got {min_entropy_norm}")
+    _check(action in COLLAPSE_ACTIONS, f"{prefix}action",
+           f"unknown value {action!r}; expected one of {', '.join(COLLAPSE_ACTIONS)}")
+
+
 def _validate_monitor(m: MonitorConfig) -> None:
     for name in ("log_every_n_steps", "collapse_patience_steps"):
         value = getattr(m, name)
@@ -344,12 +357,8 @@ def _validate_monitor(m: MonitorConfig) -> None:
     for name in ("heatmap_every_n_steps", "max_experts_logged", "router_grad_every_n_steps"):  # 0: off
         value = getattr(m, name)
         _check(value >= 0, f"monitor.{name}", f"must be >= 0, got {value}")
-    _check(0 <= m.collapse_min_load_fraction < 1, "monitor.collapse_min_load_fraction",
-           f"must be in [0, 1), got {m.collapse_min_load_fraction}")
-    _check(0 <= m.collapse_min_entropy_norm < 1, "monitor.collapse_min_entropy_norm",
-           f"must be in [0, 1), got {m.collapse_min_entropy_norm}")
-    _check(m.collapse_action in COLLAPSE_ACTIONS, "monitor.collapse_action",
-           f"unknown value {m.collapse_action!r}; expected one of {', '.join(COLLAPSE_ACTIONS)}")
+    check_collapse_settings(m.collapse_min_load_fraction, m.collapse_min_entropy_norm, m.collapse_action,
+                            prefix="monitor.collapse_")
     _check(m.dead_router_max_grad_norm >= 0, "monitor.dead_router_max_grad_norm",
            f"must be >= 0, got {m.dead_router_max_grad_norm}")
     _check(m.sample_tokens >= 0, "monitor.sample_tokens", f"must be >= 0, got {m.sample_tokens}")

@@ -126,7 +126,7 @@ def route_tokens(model: MoETransformer, ids: list[int], context: int) -> Routing
     """Run the token stream in windows of `context` tokens; sum expert counts, token-weight entropy."""
     model.eval()
     layers = model.moe_layers
-    n_experts = expert_dims(model.cfg).n_experts
+    n_experts = expert_dims(model.cfg).n_routed_experts
     counts = torch.zeros(len(layers), n_experts, dtype=torch.float64)
     entropy = torch.zeros(len(layers), dtype=torch.float64)
     for start in range(0, len(ids), context):
@@ -164,7 +164,7 @@ def format_model_summary(cfg: ModelConfig) -> str:
         dims = expert_dims(cfg)
         shared = f", shared width {dims.shared_hidden}" if dims.shared_hidden else ""
         lines.append(f"MoE layers {', '.join(map(str, layers))} of {cfg.n_layers} (placement "
-                     f"{cfg.moe.placement}): {dims.n_experts} experts of width {dims.hidden}, top-{dims.top_k}, "
+                     f"{cfg.moe.placement}): {dims.n_routed_experts} experts of width {dims.routed_hidden}, top-{dims.routed_top_k}, "
                      f"router {cfg.moe.router}{shared}")
     else:
         lines.append(f"no MoE layers: all {cfg.n_layers} layers are dense")

@@ -121,13 +121,6 @@ def test_arm_with_an_invalid_experiment_is_named(tmp_path, data_cache):
     assert str(err.value).startswith("arms.top9: invalid experiment: model.moe.top_k")
 
 
-def test_shipped_ablations_are_valid():
-    files = sorted((REPO / "experiments" / "ablations").glob("*.yaml"))
-    assert len(files) == 8
-    for path in files:
-        load_ablation(path)
-
-
 def test_verify_reruns_a_stored_arm_and_says_whether_it_reproduced(tmp_path, data_cache):
     path = write(tmp_path, data_cache)
     sweep = load_ablation(path)

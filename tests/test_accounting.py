@@ -5,6 +5,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from moe_lab.model.accounting import count_model
+from moe_lab.model.routers import ROUTER_REGISTRY
 from moe_lab.model.transformer import MoETransformer
 from tests.helpers import tiny_config
 
@@ -48,6 +49,14 @@ def test_param_counts_equal_module_tree(case):
     counts = count_model(cfg)
     assert {k: v for k, v in counts.params.items() if v} == from_tree
     assert counts.total_params == sum(p.numel() for p in model.parameters())
+
+
+@pytest.mark.parametrize("router", sorted(ROUTER_REGISTRY))
+def test_router_params_of_every_router_equal_its_module(router):
+    cfg = tiny_config(router=router, granularity=2)
+    model = MoETransformer(cfg)
+    in_routers = sum(p.numel() for n, p in model.named_parameters() if ".ffn.router." in n)
+    assert count_model(cfg).params["router"] == in_routers > 0
 
 
 def test_active_expert_params_equal_weights_touched_by_one_token():

@@ -14,6 +14,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from moe_lab.callbacks import ExpertCollapseDetector, ExpertLoadMonitor
 from moe_lab.callbacks import routing_metrics as rm
+from moe_lab.config import load_config
+from moe_lab.errors import ConfigError
 from moe_lab.model.moe import RoutingStats
 
 pytestmark = pytest.mark.filterwarnings("ignore:expert collapse:UserWarning")  # asserted once, below
@@ -201,6 +203,30 @@ def test_resumed_callbacks_continue_streak_and_window(tmp_path):
 def test_detector_rejects_bad_arguments(kwargs, name):
     with pytest.raises(ValueError, match=name):
         ExpertCollapseDetector(**kwargs)
+
+
+def accepted(check) -> bool:
+    try:
+        check()
+    except ConfigError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("value", [-0.1, 0.0, 0.5, 0.999, 1.0, 1.5])
+@pytest.mark.parametrize("option", ["min_load_fraction", "min_entropy_norm"])
+def test_collapse_bounds_agree_between_config_and_detector(option, value):
+    """A collapse setting the experiment config accepts is one the detector accepts, and back."""
+    in_config = accepted(lambda: load_config(None, [f"monitor.collapse_{option}={value}"]))
+    in_detector = accepted(lambda: ExpertCollapseDetector(**{option: value}))
+    assert in_config == in_detector
+
+
+@pytest.mark.parametrize("action", ["warn", "stop", "prune", "explode", "WARN"])
+def test_collapse_actions_agree_between_config_and_detector(action):
+    in_config = accepted(lambda: load_config(None, [f"monitor.collapse_action={action}"]))
+    in_detector = accepted(lambda: ExpertCollapseDetector(action=action))
+    assert in_config == in_detector
 
 
 @pytest.mark.parametrize("kwargs, name", [

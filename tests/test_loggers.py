@@ -12,7 +12,7 @@ import pytest
 
 from moe_lab.config import load_config
 from moe_lab.errors import ConfigError
-from moe_lab.loggers import LOGGERS, missing_package
+from moe_lab.loggers import missing_package
 from moe_lab.tb_logs import read_scalars
 from moe_lab.train import run
 from tests.helpers import write_tiny_experiment
@@ -127,4 +127,3 @@ def test_a_missing_tracker_package_names_its_extra(monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real(name, *a))
     with pytest.raises(ConfigError, match=r"trainer.loggers.*wandb package.*moe-lab\[wandb\]"):
         load_config(None, ["trainer.loggers=[wandb]"])
-    assert set(LOGGERS) == {"tensorboard", "csv", "wandb", "mlflow"}

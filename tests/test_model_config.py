@@ -4,6 +4,8 @@ import pytest
 import torch
 
 from moe_lab.errors import ConfigError
+from moe_lab.model.config import validate_model_config
+from moe_lab.model.routers import ROUTER_REGISTRY
 from moe_lab.model.transformer import MoETransformer
 from tests.helpers import tiny_config
 
@@ -56,3 +58,40 @@ def test_explicit_head_dim_frees_d_model_from_n_heads():
     model = MoETransformer(tiny_config(d_model=30, n_heads=4, head_dim=8, n_kv_heads=2))
     assert model.blocks[0].attn.q_proj.weight.shape == (32, 30)
     assert model.blocks[0].attn.k_proj.weight.shape == (16, 30)
+
+
+# A valid value other than the schema default for every router-specific key: each router must either
+# read the key (the model builds) or refuse it by name (validation), never ignore it silently.
+ROUTER_OPTION_VALUES = dict(renormalize=False, router_jitter=0.1, bias_update_speed=0.01)
+
+
+@pytest.mark.parametrize("router", sorted(ROUTER_REGISTRY))
+@pytest.mark.parametrize("key", sorted(ROUTER_OPTION_VALUES))
+def test_a_router_refuses_the_options_it_ignores(router, key):
+    cfg = tiny_config(router=router, **{key: ROUTER_OPTION_VALUES[key]})
+    if key in ROUTER_REGISTRY[router].options:
+        validate_model_config(cfg)
+        return
+    with pytest.raises(ConfigError) as err:
+        validate_model_config(cfg)
+    assert err.value.key == f"model.moe.{key}" and router in str(err.value)
+
+
+@pytest.mark.parametrize("router", sorted(ROUTER_REGISTRY))
+def test_router_jitter_is_refused_by_every_router_but_topk(router):
+    """The bug: jitter is applied by the topk router only and was silently ignored elsewhere."""
+    cfg = tiny_config(router=router, router_jitter=0.1)
+    if router == "topk":
+        validate_model_config(cfg)
+    else:
+        with pytest.raises(ConfigError, match="model.moe.router_jitter"):
+            validate_model_config(cfg)
+
+
+def test_every_router_specific_key_has_a_test_value():
+    declared = {key for cls in ROUTER_REGISTRY.values() for key in cls.options}
+    assert declared and declared <= set(ROUTER_OPTION_VALUES)
+
+
+def test_options_are_not_checked_on_a_dense_model():
+    validate_model_config(tiny_config(placement="none", router="expert_choice", router_jitter=0.1))

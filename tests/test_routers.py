@@ -52,7 +52,7 @@ def test_topk_slot_major_priority_order():
 
 
 def test_topk_jitter_only_in_training():
-    router, x = router_with_logits("topk", [LOGITS], top_k=2, jitter=0.5)
+    router, x = router_with_logits("topk", [LOGITS], top_k=2, router_jitter=0.5)
     router.eval()
     a = router(x * 1.0, None).logits
     assert torch.equal(a, torch.tensor([LOGITS]))
@@ -123,8 +123,56 @@ def test_expert_choice_each_expert_takes_its_top_c_tokens():
     got = assignments(routing)
     assert [(t, e) for t, e, _ in got] == [(t, e) for t, e, _ in expected]
     assert [w for _, _, w in got] == pytest.approx([w for _, _, w in expected], abs=1e-6)
-    assert routing.bounded
 
 
-def test_registry_names_every_router():
-    assert set(ROUTER_REGISTRY) == {"topk", "noisy_topk", "sigmoid_bias", "expert_choice"}
+ROUTERS = sorted(ROUTER_REGISTRY)
+assert ROUTERS, "no router registered: the registry-driven tests below would pass vacuously"
+
+
+@pytest.mark.parametrize("name", ROUTERS)
+def test_every_router_returns_a_well_formed_routing(name):
+    """What MoELayer relies on, for any router: indices in range, probabilities per token, gate weights
+    in [0, 1]; a token-choice router gives every token top_k distinct experts, a bounded one gives every
+    expert exactly `capacity` distinct tokens."""
+    T, E, k, cap = 12, 4, 2, 5
+    router = ROUTER_REGISTRY[name](16, E, k)
+    routing = router(torch.randn(T, 16, generator=torch.Generator().manual_seed(0)), cap)
+    assert routing.logits.shape == routing.probs.shape == (T, E)
+    torch.testing.assert_close(routing.probs.sum(-1), torch.ones(T))
+    assert ((routing.weight >= 0) & (routing.weight <= 1)).all()
+    assert routing.token_idx.min() >= 0 and routing.token_idx.max() < T
+    assert routing.expert_idx.min() >= 0 and routing.expert_idx.max() < E
+    pairs = set(zip(routing.token_idx.tolist(), routing.expert_idx.tolist()))
+    assert len(pairs) == routing.token_idx.numel()  # no (token, expert) pair twice
+    per_token = torch.bincount(routing.token_idx, minlength=T)
+    per_expert = torch.bincount(routing.expert_idx, minlength=E)
+    if router.token_choice:
+        assert per_token.tolist() == [k] * T
+    if router.bounded:
+        assert per_expert.tolist() == [cap] * E
+
+
+# Two values of each router-specific option: a router that declares an option must behave differently
+# under them (it really reads the option).
+OPTION_PAIRS = dict(renormalize=(True, False), router_jitter=(0.0, 0.5), bias_update_speed=(0.0, 0.1))
+
+
+def routing_after_one_update(name: str, **options) -> torch.Tensor:
+    """Gate weights and choices in training mode, before and after one bias update (if the router has one)."""
+    router, x = router_with_logits(name, [LOGITS, list(reversed(LOGITS)), LOGITS[::2] * 2], top_k=2, **options)
+    router.train()
+    seen = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        routing = router(x, 2)
+        seen += [routing.weight.detach(), routing.expert_idx.float(), routing.logits.detach().flatten()]
+        if router.updates_bias:
+            router.update_bias(torch.bincount(routing.expert_idx, minlength=8).float())
+    return torch.cat(seen)
+
+
+@pytest.mark.parametrize("name", ROUTERS)
+def test_declared_options_change_what_the_router_does(name):
+    for key in ROUTER_REGISTRY[name].options:
+        a, b = (routing_after_one_update(name, **{key: value}) for value in OPTION_PAIRS[key])
+        assert not torch.equal(a, b), f"{name} declares {key} but ignores it"

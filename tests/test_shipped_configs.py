@@ -23,14 +23,20 @@ from moe_lab.sweep.matching import match_expert_hidden
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::DeprecationWarning")
 
-EXPERIMENTS = sorted((REPO / "experiments").glob("*.yaml"))
-SWEEPS = sorted((REPO / "sweeps").glob("*.yaml"))
-ABLATIONS = sorted((REPO / "experiments" / "ablations").glob("*.yaml"))
 
 
-def test_the_globs_find_the_shipped_files():
-    # A glob that finds nothing would make the parametrised tests below pass vacuously.
-    assert EXPERIMENTS and SWEEPS and ABLATIONS
+def shipped(folder: Path) -> list[Path]:
+    """The YAML files in `folder`. Finding none fails the collection of this module: a parametrised
+    test over an empty list would be skipped, and the suite would pass without running a file."""
+    paths = sorted(folder.glob("*.yaml"))
+    if not paths:
+        raise FileNotFoundError(f"no *.yaml in {folder}: nothing shipped to run")
+    return paths
+
+
+EXPERIMENTS = shipped(REPO / "experiments")
+SWEEPS = shipped(REPO / "sweeps")
+ABLATIONS = shipped(REPO / "experiments" / "ablations")
 
 
 def two_steps(out: Path, cache: Path) -> list[str]:

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from moe_lab.model.config import ModelConfig, MoEConfig
 from moe_lab.model.ffn import DenseFFN
 from moe_lab.model.moe import MoELayer
+from moe_lab.model.routers import ROUTER_REGISTRY
 from moe_lab.model.transformer import MoETransformer
 from tests.helpers import randomise, tiny_config
 
@@ -23,7 +24,12 @@ def perturb_future(model, t_changed=5, seq=12, batch=2, seed=0):
     return a[:, :t_changed], b[:, :t_changed]
 
 
-@pytest.mark.parametrize("router", ["topk", "noisy_topk", "sigmoid_bias"])
+TOKEN_CHOICE = sorted(name for name, cls in ROUTER_REGISTRY.items() if cls.token_choice)
+OTHER_CHOICE = sorted(name for name, cls in ROUTER_REGISTRY.items() if not cls.token_choice)
+assert TOKEN_CHOICE, "no token-choice router registered: the tests below would pass vacuously"
+
+
+@pytest.mark.parametrize("router", TOKEN_CHOICE)
 def test_token_choice_is_causal(router):
     model = MoETransformer(tiny_config(router=router, n_kv_heads=2)).double().eval()
     randomise(model)
@@ -31,10 +37,11 @@ def test_token_choice_is_causal(router):
     torch.testing.assert_close(before, after, rtol=0, atol=1e-12)
 
 
-def test_expert_choice_leaks_the_future():
+@pytest.mark.parametrize("router", OTHER_CHOICE)
+def test_expert_choice_leaks_the_future(router):
     """Documented caveat (Zhou et al. 2022 in a causal LM): an expert picks its top-C tokens among
     the whole batch, so changing later tokens changes which earlier tokens get processed."""
-    model = MoETransformer(tiny_config(router="expert_choice")).double().eval()
+    model = MoETransformer(tiny_config(router=router)).double().eval()
     randomise(model, std=1.0)
     leaked = 0
     for seed in range(5):
@@ -121,11 +128,21 @@ def test_tied_embeddings_share_one_tensor_and_untied_do_not():
 
 
 def test_layernorm_and_gelu_variants_run_and_train():
+    torch.manual_seed(0)
     model = MoETransformer(tiny_config(norm="layernorm", activation="gelu"))
     idx = torch.randint(0, 64, (2, 8))
-    out = model(idx, idx)
-    (out.lm_loss + model.router_loss(out)).backward()
-    assert all(p.grad is not None for p in model.parameters())
+    optimiser = torch.optim.Adam(model.parameters(), lr=1e-2)
+    losses = []
+    for step in range(5):
+        optimiser.zero_grad()
+        out = model(idx, idx)
+        (out.lm_loss + model.router_loss(out)).backward()
+        if step == 0:  # every weight, the norms' and the experts' included, is reached by the loss
+            for name, p in model.named_parameters():
+                assert p.grad is not None and p.grad.isfinite().all() and p.grad.abs().sum() > 0, name
+        optimiser.step()
+        losses.append(out.lm_loss.item())
+    assert losses[-1] < losses[0]
 
 
 def test_generate_greedy_matches_manual_argmax_loop():
@@ -157,3 +174,15 @@ def test_update_router_biases_moves_only_sigmoid_bias_routers():
     model.update_router_biases(counts)
     for i in model.moe_layers:
         assert model.blocks[i].ffn.router.selection_bias.tolist() == [-0.5, 0.5, 0.5, 0.5]
+
+
+@pytest.mark.parametrize("router", sorted(ROUTER_REGISTRY))
+def test_a_bias_update_changes_nothing_in_a_router_without_one(router):
+    model = MoETransformer(tiny_config(router=router))
+    before = {name: t.clone() for name, t in model.state_dict().items()}
+    model.update_router_biases({i: torch.tensor([4.0, 0.0, 0.0, 0.0]) for i in model.moe_layers})
+    changed = {name for name, t in model.state_dict().items() if not torch.equal(t, before[name])}
+    if ROUTER_REGISTRY[router].updates_bias:
+        assert changed and all(".ffn.router." in name for name in changed)
+    else:
+        assert not changed

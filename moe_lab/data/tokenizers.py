@@ -16,10 +16,13 @@ import numpy as np
 import tokenizers
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
-from moe_lab.data.cache import DOCS_PER_BATCH, CacheWrites, atomic_directory
 from moe_lab.data.config import DataConfig
+from moe_lab.data.staging import CacheWrites, atomic_directory
 from moe_lab.errors import DataError
 
+# Documents tokenised per encode_batch call: big enough for the tokenizers library to use all cores,
+# small enough that one batch of a huge hub corpus fits in memory.
+DOCS_PER_BATCH = 1024
 INFO_FILE = "tokenizer_info.json"  # kind, descriptor and vocab_size of a saved tokenizer
 HF_FILE = "tokenizer.json"  # the `tokenizers` library's own file, for bpe and pretrained
 

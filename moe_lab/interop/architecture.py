@@ -16,6 +16,10 @@ from typing import Any
 from moe_lab.errors import ConfigError
 from moe_lab.model.config import ModelConfig, expert_dims, head_dim, moe_layer_indices
 
+# The moe_lab router computing what all supported architectures' routers compute: softmax over all
+# experts in fp32, top-k of the probabilities, optionally renormalised.
+HF_ROUTER = "topk"
+
 
 @dataclass(frozen=True)
 class Architecture:
@@ -115,12 +119,23 @@ def trunk_fields(hf: Any) -> dict:
     )
 
 
+def aux_loss_coef_from_hf(router_aux_loss_coef: float, top_k: int) -> float:
+    """transformers' `load_balancing_loss_func` counts all k assignments of a token (its f sums to k,
+    so the loss is k at balance); moe_lab's f sums to 1 (the loss is 1.0 at balance). Scaling the
+    coefficient by k makes the weighted terms equal for one MoE layer; over several, see README."""
+    return float(router_aux_loss_coef) * top_k
+
+
+def aux_loss_coef_to_hf(aux_loss_coef: float, top_k: int) -> float:
+    return float(aux_loss_coef) / top_k
+
+
 def router_fields(hf: Any, n_experts: int, renormalize: bool) -> dict:
-    """MoEConfig fields of a softmax top-k router (all four architectures route this way: softmax over
-    all experts in fp32, top-k of the probabilities, optionally renormalised), dropless."""
-    return dict(n_experts=n_experts, top_k=hf.num_experts_per_tok, router="topk", renormalize=renormalize,
+    """MoEConfig fields of the HF router (HF_ROUTER), dropless."""
+    return dict(n_experts=n_experts, top_k=hf.num_experts_per_tok, router=HF_ROUTER, renormalize=renormalize,
                 capacity_factor=0.0, eval_capacity_factor=0.0,
-                aux_loss_coef=float(hf.router_aux_loss_coef), z_loss_coef=0.0)
+                aux_loss_coef=aux_loss_coef_from_hf(hf.router_aux_loss_coef, hf.num_experts_per_tok),
+                z_loss_coef=0.0)
 
 
 # ------------------------------------------------------------------ moe_lab -> HF config, shared parts
@@ -136,7 +151,7 @@ def trunk_hf_fields(cfg: ModelConfig, arch: str) -> dict:
     require_model(cfg.norm == "rmsnorm", "model.norm", cfg.norm, arch, "'rmsnorm'")
     require_model(cfg.activation == "swiglu", "model.activation", cfg.activation, arch, "'swiglu'")
     if moe_layer_indices(cfg):
-        require_model(moe.router == "topk", "model.moe.router", moe.router, arch, "'topk'")
+        require_model(moe.router == HF_ROUTER, "model.moe.router", moe.router, arch, repr(HF_ROUTER))
         require_model(moe.granularity == 1, "model.moe.granularity", moe.granularity, arch,
                       "1 (export the split experts' sizes instead)")
         # HF MoE blocks are dropless; training-time capacity (capacity_factor) is not part of the
@@ -157,7 +172,7 @@ def trunk_hf_fields(cfg: ModelConfig, arch: str) -> dict:
         initializer_range=cfg.init_std,
         attention_dropout=0.0,
         num_experts_per_tok=moe.top_k,
-        router_aux_loss_coef=moe.aux_loss_coef,
+        router_aux_loss_coef=aux_loss_coef_to_hf(moe.aux_loss_coef, moe.top_k),
     )
 
 

@@ -128,7 +128,7 @@ def missing_hint(link: TensorLink, cfg: ModelConfig, arch: Architecture) -> str:
 def to_moe_lab_state_dict(cfg: ModelConfig, arch: Architecture, hf_state_dict: dict[str, torch.Tensor],
                           source: str) -> dict[str, torch.Tensor]:
     """The moe_lab state dict (tied head included, as MoETransformer.state_dict() has it)."""
-    hf_state_dict = fuse_legacy_experts(hf_state_dict, arch, expert_dims(cfg).n_experts, source)
+    hf_state_dict = fuse_legacy_experts(hf_state_dict, arch, expert_dims(cfg).n_routed_experts, source)
     shapes = expected_shapes(cfg)
     out: dict[str, torch.Tensor] = {}
     used = {HF_HEAD} if cfg.tie_embeddings else set()  # a tied head may be listed; it is the embedding

@@ -36,8 +36,8 @@ def to_hf_fields(cfg: ModelConfig) -> dict:
     require_model(renormalizes(cfg.moe), "model.moe.renormalize", renormalizes(cfg.moe), NAME,
                   "true (Mixtral always renormalises the top-k weights)")
     dims = expert_dims(cfg)
-    return dict(trunk_hf_fields(cfg, NAME), head_dim=head_dim(cfg), intermediate_size=dims.hidden,
-                num_local_experts=dims.n_experts, sliding_window=None, router_jitter_noise=0.0)
+    return dict(trunk_hf_fields(cfg, NAME), head_dim=head_dim(cfg), intermediate_size=dims.routed_hidden,
+                num_local_experts=dims.n_routed_experts, sliding_window=None, router_jitter_noise=0.0)
 
 
 register_architecture(Architecture(

@@ -35,7 +35,7 @@ def to_hf_fields(cfg: ModelConfig) -> dict:
     require_all_moe(cfg, NAME)
     require_no_shared(cfg, NAME)
     dims = expert_dims(cfg)
-    return dict(trunk_hf_fields(cfg, NAME), intermediate_size=dims.hidden, num_experts=dims.n_experts,
+    return dict(trunk_hf_fields(cfg, NAME), intermediate_size=dims.routed_hidden, num_experts=dims.n_routed_experts,
                 norm_topk_prob=renormalizes(cfg.moe), clip_qkv=None, attention_bias=False)
 
 

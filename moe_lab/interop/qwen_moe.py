@@ -69,8 +69,8 @@ def qwen2_to_hf_fields(cfg: ModelConfig) -> dict:
                   name, "true (Qwen2-MoE always gates its shared expert)")
     # All shared experts are one wide FFN in moe_lab, which is what Qwen2-MoE's one shared expert is.
     return dict(trunk_hf_fields(cfg, name), **placement_hf_fields(cfg), intermediate_size=cfg.d_ff,
-                moe_intermediate_size=dims.hidden, shared_expert_intermediate_size=dims.shared_hidden,
-                num_experts=dims.n_experts, norm_topk_prob=renormalizes(cfg.moe), qkv_bias=cfg.attention_bias,
+                moe_intermediate_size=dims.routed_hidden, shared_expert_intermediate_size=dims.shared_hidden,
+                num_experts=dims.n_routed_experts, norm_topk_prob=renormalizes(cfg.moe), qkv_bias=cfg.attention_bias,
                 use_sliding_window=False)
 
 
@@ -90,7 +90,7 @@ def qwen3_to_hf_fields(cfg: ModelConfig) -> dict:
     require_no_shared(cfg, name)
     dims = expert_dims(cfg)
     return dict(trunk_hf_fields(cfg, name), **placement_hf_fields(cfg), head_dim=head_dim(cfg),
-                intermediate_size=cfg.d_ff, moe_intermediate_size=dims.hidden, num_experts=dims.n_experts,
+                intermediate_size=cfg.d_ff, moe_intermediate_size=dims.routed_hidden, num_experts=dims.n_routed_experts,
                 norm_topk_prob=renormalizes(cfg.moe), attention_bias=False, use_sliding_window=False)
 
 

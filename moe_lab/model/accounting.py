@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from moe_lab.model.config import ModelConfig, expert_dims, head_dim, moe_layer_indices
 from moe_lab.model.ffn import gated
+from moe_lab.model.routers import ROUTER_REGISTRY
 
 COMPONENTS = ("embedding", "attention", "dense_ffn", "experts", "shared_experts", "router", "norm", "lm_head")
 
@@ -59,12 +60,11 @@ def count_model(cfg: ModelConfig, seq_len: int | None = None) -> ModelCounts:
     attention_biases = L * (q_width + 2 * kv) if cfg.attention_bias else 0
     qk_norm = {"none": 0, "head": 2 * hd, "full": q_width + kv}[cfg.qk_norm]
     dense_ffn = n_dense * ffn_params(D, cfg.d_ff, cfg.activation)
-    one_expert = ffn_params(D, dims.hidden, cfg.activation)
-    experts = n_moe * dims.n_experts * one_expert
+    one_expert = ffn_params(D, dims.routed_hidden, cfg.activation)
+    experts = n_moe * dims.n_routed_experts * one_expert
     shared_gate = D if cfg.moe.shared_expert_gate else 0  # sigmoid gate [1, D]
     shared = n_moe * (ffn_params(D, dims.shared_hidden, cfg.activation) + shared_gate)
-    router_mats = 2 if cfg.moe.router == "noisy_topk" else 1  # noisy gating has a noise projection
-    router = n_moe * router_mats * D * dims.n_experts
+    router = n_moe * ROUTER_REGISTRY[cfg.moe.router].n_projections * D * dims.n_routed_experts
     params = {
         "embedding": V * D,
         "attention": attention_weights + attention_biases,
@@ -76,7 +76,7 @@ def count_model(cfg: ModelConfig, seq_len: int | None = None) -> ModelCounts:
         "lm_head": 0 if cfg.tie_embeddings else V * D,
     }
     active = {k: float(v) for k, v in params.items()}
-    active["experts"] = float(n_moe * dims.top_k * one_expert)
+    active["experts"] = float(n_moe * dims.routed_top_k * one_expert)
     # Forward FLOPs: 2 per weight used in a matmul; the embedding lookup, norms and bias adds do no
     # matmul. The LM head is a matmul even when its weight is tied to the embedding.
     flops = {"attention": 2.0 * attention_weights + L * 4.0 * S * q_width}  # + scores QK^T and AV

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from moe_lab.errors import ConfigError
+from moe_lab.model.routers import ROUTER_REGISTRY
 
 PLACEMENTS = ("all", "none", "every_n", "last_half", "first_k_dense", "list")
 ACTIVATIONS = ("swiglu", "gelu", "relu")
@@ -36,6 +37,7 @@ class MoEConfig:
     # every token, which cuts the router off from the LM loss, so `true` at k=1 is refused.
     renormalize: Optional[bool] = None
     # Switch Transformer's multiplicative input jitter, U(1-eps, 1+eps), training only; 0 disables.
+    # topk only: each router declares the keys it reads, and validation refuses the others'.
     router_jitter: float = 0.0
     # Tokens an expert may take: ceil(factor * tokens * top_k / n_experts); 0 means dropless.
     # Expert choice always has a capacity: 0 there means factor 1.0.
@@ -92,11 +94,12 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class ExpertDims:
-    """Routed-expert sizes after the granularity split."""
+    """What the MoE layer builds: the routed experts after the granularity split (the config's
+    `n_experts`, `top_k` and `expert_hidden` are before it), and the shared experts' total width."""
 
-    n_experts: int
-    top_k: int
-    hidden: int
+    n_routed_experts: int  # n_experts * granularity: the experts the router chooses among
+    routed_top_k: int  # top_k * granularity: the experts each token is routed to
+    routed_hidden: int  # (expert_hidden or d_ff) / granularity: the width of one routed expert
     shared_hidden: int  # total width of all shared experts together (0 = none)
 
 
@@ -111,9 +114,9 @@ def expert_dims(cfg: ModelConfig) -> ExpertDims:
     hidden = base_hidden // moe.granularity
     shared_one = moe.shared_expert_hidden or hidden
     return ExpertDims(
-        n_experts=moe.n_experts * moe.granularity,
-        top_k=moe.top_k * moe.granularity,
-        hidden=hidden,
+        n_routed_experts=moe.n_experts * moe.granularity,
+        routed_top_k=moe.top_k * moe.granularity,
+        routed_hidden=hidden,
         shared_hidden=moe.n_shared_experts * shared_one,
     )
 
@@ -143,9 +146,9 @@ def moe_layer_indices(cfg: ModelConfig) -> list[int]:
     return sorted(moe.layers)
 
 
-def capacity(factor: float, n_tokens: int, top_k: int, n_experts: int) -> int:
-    """Per-expert token capacity, GShard/Switch: ceil(factor * tokens * k / E)."""
-    return max(1, math.ceil(factor * n_tokens * top_k / n_experts))
+def capacity(factor: float, n_tokens: int, routed_top_k: int, n_routed_experts: int) -> int:
+    """Per-expert token capacity, GShard/Switch: ceil(factor * tokens * k / E), k and E after the split."""
+    return max(1, math.ceil(factor * n_tokens * routed_top_k / n_routed_experts))
 
 
 def _one_of(key: str, value: str, choices: tuple[str, ...]) -> None:
@@ -190,8 +193,6 @@ def _validate_moe(cfg: ModelConfig, prefix: str) -> None:
     moe = cfg.moe
     k = lambda name: f"{prefix}.moe.{name}"  # noqa: E731
     _one_of(k("placement"), moe.placement, PLACEMENTS)
-    from moe_lab.model.routers import ROUTER_REGISTRY  # the registry is the list of valid routers
-
     _one_of(k("router"), moe.router, tuple(ROUTER_REGISTRY))
     _one_of(k("aux_loss_scope"), moe.aux_loss_scope, AUX_LOSS_SCOPES)
     for name in ("router_jitter", "capacity_factor", "eval_capacity_factor", "aux_loss_coef",
@@ -220,8 +221,8 @@ def _validate_moe(cfg: ModelConfig, prefix: str) -> None:
     _at_least(k("top_k"), moe.top_k, 1)
     if moe.top_k > moe.n_experts:
         raise ConfigError(k("top_k"), f"{moe.top_k} > {k('n_experts')}={moe.n_experts}")
-    router_cls = ROUTER_REGISTRY[moe.router]
-    if moe.renormalize and router_cls.token_choice and moe.top_k * moe.granularity == 1:
+    _refuse_ignored_router_options(moe, k)
+    if moe.renormalize and ROUTER_REGISTRY[moe.router].token_choice and moe.top_k * moe.granularity == 1:
         raise ConfigError(k("renormalize"),
                           "true with top_k=1 makes every gate weight p/p = 1.0, so the LM loss never reaches "
                           "the router (only the aux/z losses train it); use false (Switch: raw gate value) "
@@ -232,3 +233,22 @@ def _validate_moe(cfg: ModelConfig, prefix: str) -> None:
     if base_hidden % moe.granularity:
         raise ConfigError(k("granularity"),
                           f"expert width {base_hidden} is not divisible by granularity {moe.granularity}")
+
+
+def router_options(moe: MoEConfig) -> dict:
+    """The keyword arguments of the configured router: the options it declares, resolved."""
+    resolved = {"renormalize": renormalizes(moe)}
+    return {key: resolved.get(key, getattr(moe, key)) for key in ROUTER_REGISTRY[moe.router].options}
+
+
+def _refuse_ignored_router_options(moe: MoEConfig, k) -> None:
+    """A router-specific key (one some router declares in `options`) set away from its default for a
+    router that does not read it would be silently ignored: refuse it, naming the routers that read it."""
+    defaults = MoEConfig()
+    for key in sorted({key for cls in ROUTER_REGISTRY.values() for key in cls.options}):
+        value = getattr(moe, key)
+        if key in ROUTER_REGISTRY[moe.router].options or value == getattr(defaults, key):
+            continue
+        readers = ", ".join(name for name, cls in ROUTER_REGISTRY.items() if key in cls.options)
+        raise ConfigError(k(key), f"{value!r} is ignored by router {moe.router!r}; only {readers} read it "
+                                  f"(leave it at {getattr(defaults, key)!r})")

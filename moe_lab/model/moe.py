@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from moe_lab.model.config import ModelConfig, capacity, expert_dims, renormalizes
+from moe_lab.model.config import ModelConfig, capacity, expert_dims, router_options
 from moe_lab.model.experts import DispatchResult, GroupedExperts
 from moe_lab.model.ffn import DenseFFN
 from moe_lab.model.losses import load_balancing_loss, router_z_loss
@@ -42,48 +42,48 @@ class MoELayer(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         moe, dims = cfg.moe, expert_dims(cfg)
-        self.n_experts, self.top_k = dims.n_experts, dims.top_k
+        # After the granularity split: what the router chooses among and how many it picks per token.
+        self.n_routed_experts, self.routed_top_k = dims.n_routed_experts, dims.routed_top_k
         self.capacity_factor, self.eval_capacity_factor = moe.capacity_factor, moe.eval_capacity_factor
         self.sequence_aux_loss = moe.aux_loss_scope == "sequence"
-        self.router = ROUTER_REGISTRY[moe.router](
-            cfg.d_model, dims.n_experts, dims.top_k, renormalize=renormalizes(moe),
-            jitter=moe.router_jitter, bias_update_speed=moe.bias_update_speed,
-        )
-        self.experts = GroupedExperts(dims.n_experts, cfg.d_model, dims.hidden, cfg.activation)
+        self.router = ROUTER_REGISTRY[moe.router](cfg.d_model, dims.n_routed_experts, dims.routed_top_k,
+                                                  **router_options(moe))
+        self.experts = GroupedExperts(dims.n_routed_experts, cfg.d_model, dims.routed_hidden, cfg.activation)
         # All shared experts together are one wide FFN: the same function as separate experts summed.
         self.shared = DenseFFN(cfg.d_model, dims.shared_hidden, cfg.activation) if dims.shared_hidden else None
         self.shared_gate = nn.Linear(cfg.d_model, 1, bias=False) if moe.shared_expert_gate else None
 
-    def capacity(self, n_tokens: int) -> int | None:
+    def capacity_for(self, n_tokens: int) -> int | None:
+        """Tokens one expert may take out of n_tokens in the current mode (train or eval); None is dropless."""
         factor = self.capacity_factor if self.training else self.eval_capacity_factor
-        if factor == 0 and not isinstance(self.router, ROUTER_REGISTRY["expert_choice"]):
-            return None  # dropless
-        return capacity(factor or 1.0, n_tokens, self.top_k, self.n_experts)
+        if factor == 0 and not self.router.bounded:
+            return None
+        return capacity(factor or 1.0, n_tokens, self.routed_top_k, self.n_routed_experts)
 
     def forward(self, x: torch.Tensor) -> MoEOutput:
         B, S, D = x.shape
-        flat = x.reshape(B * S, D)
-        cap = self.capacity(B * S)
-        routing = self.router(flat, cap)
-        result = self.dispatch(flat, routing, None if routing.bounded else cap)
-        y = result.out.to(x.dtype)
+        x_TD = x.reshape(B * S, D)
+        cap = self.capacity_for(B * S)
+        routing = self.router(x_TD, cap)
+        result = self.dispatch(x_TD, routing, None if self.router.bounded else cap)
+        y_TD = result.out.to(x.dtype)
         if self.shared is not None:
-            y = y + self.shared_output(flat)
-        aux = load_balancing_loss(routing.probs, routing.expert_idx, routing.token_idx, self.n_experts,
+            y_TD = y_TD + self.shared_output(x_TD)
+        aux = load_balancing_loss(routing.probs, routing.expert_idx, routing.token_idx, self.n_routed_experts,
                                   seq_len=S if self.sequence_aux_loss else None)
         z = router_z_loss(routing.logits)
         stats = self.routing_stats(routing, result.expert_counts, result.n_dropped, aux, z)
-        return MoEOutput(y=y.view(B, S, D), aux_loss=aux, z_loss=z, stats=stats)
+        return MoEOutput(y=y_TD.view(B, S, D), aux_loss=aux, z_loss=z, stats=stats)
 
-    def shared_output(self, flat: torch.Tensor) -> torch.Tensor:
-        shared = self.shared(flat)
+    def shared_output(self, x_TD: torch.Tensor) -> torch.Tensor:
+        shared = self.shared(x_TD)
         if self.shared_gate is None:
             return shared
         # One scalar gate per token for the whole shared path (Qwen2-MoE: sigmoid(x W_g) * shared(x)).
-        return torch.sigmoid(self.shared_gate(flat)) * shared
+        return torch.sigmoid(self.shared_gate(x_TD)) * shared
 
-    def dispatch(self, flat: torch.Tensor, routing: Routing, cap: int | None) -> DispatchResult:
-        return self.experts(flat, routing.token_idx, routing.expert_idx, routing.weight, cap)
+    def dispatch(self, x_TD: torch.Tensor, routing: Routing, cap: int | None) -> DispatchResult:
+        return self.experts(x_TD, routing.token_idx, routing.expert_idx, routing.weight, cap)
 
     @torch.no_grad()
     def routing_stats(self, routing: Routing, counts: torch.Tensor, n_dropped: torch.Tensor,
@@ -91,7 +91,7 @@ class MoELayer(nn.Module):
         p = routing.probs
         entropy = -(p * p.clamp_min(1e-30).log()).sum(-1).mean()
         n_tokens = p.shape[0]
-        if routing.bounded:
+        if self.router.bounded:
             picked = torch.zeros(n_tokens, dtype=torch.bool, device=p.device)
             picked[routing.token_idx] = True
             dropped = 1.0 - picked.float().mean()

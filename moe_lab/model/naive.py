@@ -52,8 +52,8 @@ def naive_dispatch(x: torch.Tensor, experts: GroupedExperts, token_idx: torch.Te
 class NaiveMoELayer(MoELayer):
     """MoELayer with the per-expert loop instead of the grouped dispatch; same router and losses."""
 
-    def dispatch(self, flat: torch.Tensor, routing: Routing, cap: int | None) -> DispatchResult:
-        out, dropped = naive_dispatch(flat, self.experts, routing.token_idx, routing.expert_idx,
+    def dispatch(self, x_TD: torch.Tensor, routing: Routing, cap: int | None) -> DispatchResult:
+        out, dropped = naive_dispatch(x_TD, self.experts, routing.token_idx, routing.expert_idx,
                                       routing.weight, cap)
-        counts = torch.bincount(routing.expert_idx, minlength=self.n_experts)
+        counts = torch.bincount(routing.expert_idx, minlength=self.n_routed_experts)
         return DispatchResult(out=out, expert_counts=counts, n_dropped=counts.new_tensor(dropped))

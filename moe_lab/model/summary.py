@@ -22,8 +22,8 @@ def model_summary(cfg: ModelConfig, seq_len: int) -> str:
     if moe_layers:
         d = expert_dims(cfg)
         shared = f", shared width {d.shared_hidden}" if d.shared_hidden else ""
-        lines.append(f"experts: {d.n_experts} x width {d.hidden}, top-{d.top_k}, router {cfg.moe.router}"
-                     f"{shared}, capacity {cfg.moe.capacity_factor or 'dropless'}")
+        lines.append(f"experts: {d.n_routed_experts} x width {d.routed_hidden}, top-{d.routed_top_k}, "
+                     f"router {cfg.moe.router}{shared}, capacity {cfg.moe.capacity_factor or 'dropless'}")
     return "\n".join(lines)
 
 

@@ -114,14 +114,14 @@ class MoETransformer(nn.Module):
 
     @torch.no_grad()
     def update_router_biases(self, expert_counts: dict[int, torch.Tensor]) -> None:
-        """Loss-free balancing step for routers that keep a selection bias (sigmoid_bias).
+        """Loss-free balancing step for the routers that keep a selection bias (`updates_bias`).
 
         expert_counts: layer index -> [E] tokens routed over the optimiser step (summed over
         micro-batches and ranks by the caller, so every rank applies the same update).
         """
         for i, counts in expert_counts.items():
             router = self.blocks[i].ffn.router
-            if hasattr(router, "update_bias"):
+            if router.updates_bias:
                 router.update_bias(counts)
 
     @torch.no_grad()

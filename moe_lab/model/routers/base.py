@@ -22,26 +22,36 @@ class Routing:
     token_idx: torch.Tensor  # [A] int64
     expert_idx: torch.Tensor  # [A] int64
     weight: torch.Tensor  # [A] fp32 gate weight multiplying the expert output
-    # True when the router itself bounds tokens per expert (expert choice): no capacity dropping.
-    bounded: bool = False
 
 
 class Router(nn.Module):
     """Maps token states [T, D] to a `Routing`. The logits are computed in fp32 whatever the autocast
-    dtype: Switch Transformer (sec. 2.4) found the router's softmax the unstable part in bf16."""
+    dtype: Switch Transformer (sec. 2.4) found the router's softmax the unstable part in bf16.
 
-    # Each token picks its experts (top-k family): `renormalize` applies. Expert choice sets False.
+    A router declares what it is and which options it reads in the class attributes below, so no
+    caller tests its class or its name.
+    """
+
+    # Each token picks its experts (top-k family); expert choice sets False.
     token_choice: bool = True
+    # The router bounds the tokens per expert itself (expert choice): it always gets a capacity
+    # (factor 1.0 when the config says 0) and the dispatch drops nothing after it.
+    bounded: bool = False
+    # Keeps a selection bias that its `update_bias(expert_counts)` moves after each optimiser step.
+    updates_bias: bool = False
+    # [E, D] weight matrices the router holds (its gate, plus e.g. a noise projection).
+    n_projections: int = 1
+    # The router-specific `model.moe` keys this router reads, passed to __init__ by name; validation
+    # refuses a non-default value of any other router's key.
+    options: tuple[str, ...] = ("renormalize",)
 
-    def __init__(self, d_model: int, n_experts: int, top_k: int, *, renormalize: bool = True,
-                 jitter: float = 0.0, bias_update_speed: float = 0.0):
+    def __init__(self, d_model: int, n_routed_experts: int, routed_top_k: int, *, renormalize: bool = True):
         super().__init__()
-        self.n_experts = n_experts
-        self.top_k = top_k
+        # After the granularity split: the experts this router chooses among, and per token how many.
+        self.n_routed_experts = n_routed_experts
+        self.routed_top_k = routed_top_k
         self.renormalize = renormalize
-        self.jitter = jitter
-        self.bias_update_speed = bias_update_speed
-        self.gate = nn.Linear(d_model, n_experts, bias=False)
+        self.gate = nn.Linear(d_model, n_routed_experts, bias=False)
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         with torch.autocast(x.device.type, enabled=False):

@@ -19,7 +19,9 @@ from moe_lab.model.routers.base import Router, Routing, register_router
 
 @register_router("expert_choice")
 class ExpertChoiceRouter(Router):
-    token_choice = False  # the weights are the chosen tokens' affinities; nothing to renormalise
+    token_choice = False
+    bounded = True  # each expert takes exactly C tokens: nothing to drop afterwards
+    options = ()  # the weights are the chosen tokens' affinities: nothing to renormalise
 
     def forward(self, x: torch.Tensor, capacity: int | None) -> Routing:
         logits = self.logits(x)
@@ -27,6 +29,6 @@ class ExpertChoiceRouter(Router):
         T = logits.shape[0]
         c = min(T, capacity or T)
         weight, tokens = probs.t().topk(c, dim=-1)  # [E, C]
-        experts = torch.arange(self.n_experts, device=x.device).repeat_interleave(c)
+        experts = torch.arange(self.n_routed_experts, device=x.device).repeat_interleave(c)
         return Routing(logits=logits, probs=probs, token_idx=tokens.reshape(-1), expert_idx=experts,
-                       weight=weight.reshape(-1), bounded=True)
+                       weight=weight.reshape(-1))

@@ -15,9 +15,11 @@ from moe_lab.model.routers.base import Router, Routing, register_router, token_c
 
 @register_router("noisy_topk")
 class NoisyTopKRouter(Router):
-    def __init__(self, d_model: int, n_experts: int, top_k: int, **kw):
-        super().__init__(d_model, n_experts, top_k, **kw)
-        self.noise = nn.Linear(d_model, n_experts, bias=False)
+    n_projections = 2  # the gate and the noise projection
+
+    def __init__(self, d_model: int, n_routed_experts: int, routed_top_k: int, **kw):
+        super().__init__(d_model, n_routed_experts, routed_top_k, **kw)
+        self.noise = nn.Linear(d_model, n_routed_experts, bias=False)
         nn.init.zeros_(self.noise.weight)
 
     def noise_std(self, x: torch.Tensor) -> torch.Tensor:
@@ -31,4 +33,4 @@ class NoisyTopKRouter(Router):
             noisy = clean + torch.randn_like(clean) * self.noise_std(x)
         probs = noisy.softmax(dim=-1)
         # z-loss is taken on the clean logits: the noise is exploration, not something to penalise.
-        return token_choice(clean, probs, probs, probs, self.top_k, self.renormalize)
+        return token_choice(clean, probs, probs, probs, self.routed_top_k, self.renormalize)

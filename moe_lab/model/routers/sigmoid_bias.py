@@ -15,9 +15,14 @@ from moe_lab.model.routers.base import Router, Routing, register_router, token_c
 
 @register_router("sigmoid_bias")
 class SigmoidBiasRouter(Router):
-    def __init__(self, d_model: int, n_experts: int, top_k: int, **kw):
-        super().__init__(d_model, n_experts, top_k, **kw)
-        self.register_buffer("selection_bias", torch.zeros(n_experts))
+    updates_bias = True
+    options = ("renormalize", "bias_update_speed")
+
+    def __init__(self, d_model: int, n_routed_experts: int, routed_top_k: int, *, bias_update_speed: float = 0.0,
+                 **kw):
+        super().__init__(d_model, n_routed_experts, routed_top_k, **kw)
+        self.bias_update_speed = bias_update_speed
+        self.register_buffer("selection_bias", torch.zeros(n_routed_experts))
 
     def forward(self, x: torch.Tensor, capacity: int | None) -> Routing:
         logits = self.logits(x)
@@ -25,7 +30,7 @@ class SigmoidBiasRouter(Router):
         # The distribution the aux loss and entropy see: affinities normalised per token (DeepSeek-V3
         # eq. 18, the complementary sequence-wise balance loss).
         probs = scores / scores.sum(dim=-1, keepdim=True)
-        return token_choice(logits, probs, scores + self.selection_bias, scores, self.top_k,
+        return token_choice(logits, probs, scores + self.selection_bias, scores, self.routed_top_k,
                             self.renormalize)
 
     @torch.no_grad()

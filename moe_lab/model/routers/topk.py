@@ -10,10 +10,17 @@ from moe_lab.model.routers.base import Router, Routing, register_router, token_c
 
 @register_router("topk")
 class TopKRouter(Router):
+    options = ("renormalize", "router_jitter")
+
+    def __init__(self, d_model: int, n_routed_experts: int, routed_top_k: int, *, router_jitter: float = 0.0,
+                 **kw):
+        super().__init__(d_model, n_routed_experts, routed_top_k, **kw)
+        self.jitter = router_jitter
+
     def forward(self, x: torch.Tensor, capacity: int | None) -> Routing:
         if self.training and self.jitter > 0:
             # Switch Transformer's multiplicative jitter on the router input (exploration).
             x = x * torch.empty_like(x).uniform_(1.0 - self.jitter, 1.0 + self.jitter)
         logits = self.logits(x)
         probs = logits.softmax(dim=-1)
-        return token_choice(logits, probs, probs, probs, self.top_k, self.renormalize)
+        return token_choice(logits, probs, probs, probs, self.routed_top_k, self.renormalize)
