@@ -489,3 +489,31 @@ def test_lightning_trainer_runs_on_the_datamodule(tmp_path, small_files):
     assert trainer.global_step == 3
     [metrics] = trainer.validate(model, datamodule=dm, verbose=False)
     assert np.isfinite(metrics["val_loss"])
+
+
+def module_imports(package_dir: Path, package: str) -> dict[str, set[str]]:
+    """Module -> the modules of `package` it imports (module level, deferred and TYPE_CHECKING alike)."""
+    import ast
+
+    modules = {f"{package}.{p.stem}": p for p in package_dir.glob("*.py") if p.stem != "__init__"}
+    graph = {}
+    for name, path in modules.items():
+        found = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                found |= {node.module} | {f"{node.module}.{a.name}" for a in node.names}
+            elif isinstance(node, ast.Import):
+                found |= {a.name for a in node.names}
+        graph[name] = {m for m in found if m in modules and m != name}
+    return graph
+
+
+def test_data_modules_import_each_other_one_way():
+    """No loop between data modules, not even one hidden in a function or under TYPE_CHECKING."""
+    graph = module_imports(Path(cache_module.__file__).parent, "moe_lab.data")
+    assert len(graph) > 5
+    order: list[str] = []  # a topological order exists iff there is no loop
+    while len(order) < len(graph):
+        ready = sorted(m for m in graph if m not in order and graph[m] <= set(order))
+        assert ready, f"import loop among {sorted(set(graph) - set(order))}"
+        order += ready
