@@ -164,8 +164,8 @@ def format_model_summary(cfg: ModelConfig) -> str:
         dims = expert_dims(cfg)
         shared = f", shared width {dims.shared_hidden}" if dims.shared_hidden else ""
         lines.append(f"MoE layers {', '.join(map(str, layers))} of {cfg.n_layers} (placement "
-                     f"{cfg.moe.placement}): {dims.n_routed_experts} experts of width {dims.routed_hidden}, top-{dims.routed_top_k}, "
-                     f"router {cfg.moe.router}{shared}")
+                     f"{cfg.moe.placement}): {dims.n_routed_experts} experts of width {dims.routed_hidden}, "
+                     f"top-{dims.routed_top_k}, router {cfg.moe.router}{shared}")
     else:
         lines.append(f"no MoE layers: all {cfg.n_layers} layers are dense")
     return "\n".join(lines)
