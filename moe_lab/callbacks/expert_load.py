@@ -103,7 +103,7 @@ class ExpertLoadMonitor(Callback):
     # ---- results ----
 
     def summary(self) -> dict:
-        """The last window's headline numbers for metrics.json ({} before the first window)."""
+        """The last window's headline numbers for the run's final metrics ({} before the first window)."""
         return dict(self._last)
 
     def state_dict(self) -> dict:

@@ -1,5 +1,5 @@
-"""A sweep study read back for its report: study_info.json's settings, the Optuna study, and one row per
-configuration, best first.
+"""A sweep study read back for its report: the settings the runner recorded (STUDY_INFO), the Optuna
+study, and one row per configuration, best first.
 
 A configuration is a `config_id`. A trial retried after its worker died shares the config_id of the
 trial it retries; the report shows the latest trial of each config_id and counts the others as retries.
