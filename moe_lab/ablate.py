@@ -11,11 +11,9 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from moe_lab.artifacts.run_dir import CLAIM_METRICS
 from moe_lab.errors import ConfigError
 from moe_lab.sweep.config import Param, Sweep, SweepConfig, _validate, check_sweep, read_structured
-
-CLAIM_METRICS = ("val_loss", "val_bpb", "val_ppl", "best_val_loss", "final_load_cv", "final_max_over_uniform",
-                 "final_dropped_frac", "final_z_loss", "final_aux_loss", "tokens_per_s", "collapse_events_count")
 
 
 @dataclass
@@ -112,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     from moe_lab.sweep.__main__ import cli
 
     def report(study_dir: Path) -> None:
-        from moe_lab.ablation_report import write_ablation_report
+        from moe_lab.report.ablation_results import write_ablation_report
 
         write_ablation_report(study_dir, echo=True)
 

@@ -197,7 +197,7 @@ def format_routing(summary: RoutingSummary) -> str:
 def write_heatmap(logdir: Path, summary: RoutingSummary) -> None:
     from torch.utils.tensorboard import SummaryWriter
 
-    from moe_lab.viz import expert_load_heatmap
+    from moe_lab.callbacks.heatmap import expert_load_heatmap
 
     fig = expert_load_heatmap(load_shares(summary), summary.layers,
                               title=f"expert load over {summary.n_tokens:,} tokens")

@@ -14,7 +14,7 @@ from optuna.trial import TrialState
 from moe_lab.ablate import load_ablation
 from moe_lab.errors import ConfigError
 from moe_lab.sweep.runner import Objective, claim_trial, heartbeat, open_study, run_worker
-from moe_lab.tb_logs import read_scalars
+from moe_lab.report.tb_scalars import read_scalars
 from tests.helpers import write_tiny_experiment
 
 REPO = Path(__file__).resolve().parents[1]

@@ -17,10 +17,12 @@ import pytest
 from omegaconf import OmegaConf
 from torch.utils.tensorboard import SummaryWriter
 
-from moe_lab import report
 from moe_lab.ablate import AblationConfig, ClaimConfig
-from moe_lab.ablation_report import (_arm_of, latex_escape, layer_load_cv, load_ablation_data, val_curves,
-                                     write_ablation_report)
+from moe_lab.report import __main__ as report
+from moe_lab.report.ablation_data import _arm_of, load_ablation_data
+from moe_lab.report.ablation_plots import layer_load_cv, val_curves
+from moe_lab.report.ablation_results import write_ablation_report
+from moe_lab.report.common import latex_escape
 
 ROOT = Path(__file__).resolve().parents[1]
 SEEDS = [0, 1, 2]

@@ -13,7 +13,7 @@ import pytest
 from moe_lab.config import load_config
 from moe_lab.errors import ConfigError
 from moe_lab.loggers import missing_package
-from moe_lab.tb_logs import read_scalars
+from moe_lab.report.tb_scalars import read_scalars
 from moe_lab.train import run
 from tests.helpers import write_tiny_experiment
 

@@ -17,10 +17,13 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState, create_trial
 from torch.utils.tensorboard import SummaryWriter
 
-from moe_lab.report import main
-from moe_lab.sweep.report import format_table, load_study_data, sort_rows, study_curves, write_study_report
-from moe_lab.tb_logs import read_scalars
-from moe_lab.viz import curve_band, ema
+from moe_lab.report.__main__ import main
+from moe_lab.report.figures import curve_band, ema
+from moe_lab.report.sweep_plots import study_curves
+from moe_lab.report.sweep_study import load_study_data, sort_rows
+from moe_lab.report.sweep_summary import write_study_report
+from moe_lab.report.sweep_tables import format_table
+from moe_lab.report.tb_scalars import read_scalars
 
 ROOT = Path(__file__).resolve().parents[1]
 DISTRIBUTIONS = {"model.moe.top_k": CategoricalDistribution([1, 2, 4]),
@@ -263,7 +266,7 @@ def test_readable_colormap_keeps_the_worst_configuration_visible(study):
     import matplotlib.colors as mcolors
     from optuna.visualization.matplotlib import plot_parallel_coordinate
 
-    from moe_lab.sweep.report import _readable_colormaps
+    from moe_lab.report.sweep_plots import _readable_colormaps
 
     ax = plot_parallel_coordinate(load_study_data(study[0]).study)
     lines = next(c for c in ax.collections if c.get_array() is not None and len(c.get_array()))

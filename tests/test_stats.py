@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from moe_lab.stats import NOISE_Z, compare
+from moe_lab.report.stats import NOISE_Z, compare
 
 
 def test_welch_z_hand_worked():

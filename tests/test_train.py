@@ -17,7 +17,7 @@ from moe_lab.checkpoint import load_lightning_checkpoint
 from moe_lab.config import config_from_dict, load_config
 from moe_lab.lit import TOKENS_PER_S
 from moe_lab.model import MoETransformer
-from moe_lab.tb_logs import read_scalars
+from moe_lab.report.tb_scalars import read_scalars
 from moe_lab.train import finish_checkpoints, run
 
 REPO = Path(__file__).resolve().parents[1]

@@ -16,7 +16,7 @@ PREVIOUS_CKPT = "previous.ckpt"
 
 
 # ------------------------------------------------------------------------------------------- metrics
-# What a finished run reports in metrics.json. Every list of metric names in moe_lab (the sweep's
+# What a finished run reports in METRICS. Every list of metric names in moe_lab (the sweep's
 # objectives, the ablation claims and tables, TensorBoard's HPARAMS columns) is derived from these
 # fields' metadata, so a metric is added or renamed here only.
 #   curve:     the logged scalar that tracks it during training (what validation pruning watches)

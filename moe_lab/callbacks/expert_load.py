@@ -103,7 +103,7 @@ class ExpertLoadMonitor(Callback):
     # ---- results ----
 
     def summary(self) -> dict:
-        """The last window's headline numbers for metrics.json ({} before the first window)."""
+        """The last window's headline numbers for the run's final metrics ({} before the first window)."""
         return dict(self._last)
 
     def state_dict(self) -> dict:
@@ -168,7 +168,7 @@ class ExpertLoadMonitor(Callback):
             for layer, frac in fractions.items():
                 add_load_histogram(writer, f"moe/layer{layer}/load", frac, tb_step)
             if heatmap_due and same_width:
-                from moe_lab.viz import expert_load_heatmap  # matplotlib: imported only when drawing
+                from moe_lab.callbacks.heatmap import expert_load_heatmap  # matplotlib: imported only when drawing
 
                 layers = list(fractions)
                 fig = expert_load_heatmap(np.stack([fractions[i] for i in layers]), layers,

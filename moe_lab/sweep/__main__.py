@@ -16,6 +16,7 @@ import time
 from moe_lab.errors import MoELabError
 from moe_lab.model.accounting import count_model
 from moe_lab.artifacts.atomic import check_writable_dir
+from moe_lab.artifacts.study_dir import STUDY_INFO, TRIALS
 from moe_lab.sweep.config import Sweep, load_sweep, trial_label
 from moe_lab.sweep.storage import masked_url
 
@@ -37,7 +38,7 @@ def plan_flops(sweep: Sweep) -> float:
     objective = Objective(sweep)
     total = 0.0
     for params in planned_configurations(sweep):
-        cfg, _ = objective.experiment(params, sweep.study_dir / "trials" / "dry-run", sweep.cfg.seeds[0])
+        cfg, _ = objective.experiment(params, sweep.study_dir / TRIALS / "dry-run", sweep.cfg.seeds[0])
         tokens = cfg.trainer.max_steps * cfg.data.batch_size * cfg.data.block_size
         total += 3 * count_model(cfg.model, cfg.data.block_size).total_flops_per_token * tokens * len(sweep.cfg.seeds)
     return total
@@ -45,9 +46,9 @@ def plan_flops(sweep: Sweep) -> float:
 
 def finished_configurations(sweep: Sweep) -> set[int] | None:
     """Config ids of a study already on disk that completed or were pruned (None: no study yet)."""
-    if not (sweep.study_dir / "study_info.json").is_file():
+    if not (sweep.study_dir / STUDY_INFO).is_file():
         return None
-    from moe_lab.sweep.report import load_study_data
+    from moe_lab.report.sweep_study import load_study_data
 
     rows = load_study_data(sweep.study_dir).rows
     return {r.config_id if r.config_id is not None else r.trial for r in rows if r.state in ("COMPLETE", "PRUNED")}
@@ -79,7 +80,7 @@ def dry_run(sweep: Sweep, workers: int = 1, gflops: float | None = None) -> None
     threads = worker_threads(workers)
     units, rows, end_bytes, live_bytes, measured = [], [], 0, 0, []
     for i, params in enumerate(planned):
-        cfg, matched = objective.experiment(params, sweep.study_dir / "trials" / "dry-run", sweep.cfg.seeds[0])
+        cfg, matched = objective.experiment(params, sweep.study_dir / TRIALS / "dry-run", sweep.cfg.seeds[0])
         counts = count_model(cfg.model, cfg.data.block_size)
         if gflops:  # the old rule of thumb, on request: FLOPs (3x forward) at an assumed rate
             train_s = 3 * counts.total_flops_per_token * cfg.data.batch_size * cfg.data.block_size / (gflops * 1e9)
@@ -163,9 +164,9 @@ def visible_gpus(sweep: Sweep) -> tuple[list[str], int]:
 
 
 def _sweep_report(study_dir) -> None:
-    from moe_lab.report import report_study
+    from moe_lab.report.sweep_summary import write_study_report
 
-    for path in report_study(study_dir).values():
+    for path in write_study_report(study_dir, echo=True).values():
         print(f"  wrote {path}")
 
 

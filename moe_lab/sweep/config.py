@@ -20,6 +20,7 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from moe_lab.artifacts.study_dir import default_storage_url
 from moe_lab.config import KEEP_CHECKPOINTS, ExperimentConfig, _explain, _read_yaml, _valid_keys, load_config
 from moe_lab.errors import ConfigError, MoELabError
 
@@ -111,7 +112,7 @@ class Sweep:
 
     @property
     def storage_url(self) -> str:
-        return self.cfg.storage or f"sqlite:///{(self.study_dir / 'study.db').resolve()}"
+        return self.cfg.storage or default_storage_url(self.study_dir)
 
     def grid(self) -> list[dict[str, Any]]:
         keys = [p.key for p in self.params]

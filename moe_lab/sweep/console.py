@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 from optuna.trial import TrialState
 
+from moe_lab.artifacts.study_dir import TRIALS
 from moe_lab.callbacks.progress_file import PROGRESS
 
 ENDED = {TrialState.COMPLETE: "done", TrialState.PRUNED: "pruned", TrialState.FAIL: "failed"}
@@ -70,7 +71,7 @@ class SweepConsole:
         label, config_id = trial.user_attrs.get("label"), trial.user_attrs.get("config_id", trial.number)
         if label is None:
             return []
-        trial_dir = self.sweep.study_dir / "trials" / f"t{config_id:03d}-{label}"
+        trial_dir = self.sweep.study_dir / TRIALS / f"t{config_id:03d}-{label}"
         out = []
         for path in sorted(trial_dir.glob(f"seed*/{PROGRESS}")):
             try:

@@ -41,6 +41,8 @@ from optuna.trial import TrialState
 from moe_lab.config import load_config
 from moe_lab.errors import MoELabError
 from moe_lab.artifacts.atomic import write_json_atomic, write_text_atomic
+from moe_lab.artifacts.run_dir import METRICS
+from moe_lab.artifacts.study_dir import STUDY_INFO, SWEEP_COPY, TRIALS
 from moe_lab.sweep.config import OBJECTIVES, Sweep, trial_label
 from moe_lab.sweep.matching import match_expert_hidden
 from moe_lab.sweep.storage import masked_url, open_storage, recorded_url
@@ -120,7 +122,7 @@ def study_identity(sweep: Sweep) -> str:
 
 
 def _check_identity(sweep: Sweep) -> None:
-    info_path = sweep.study_dir / "study_info.json"
+    info_path = sweep.study_dir / STUDY_INFO
     if not info_path.is_file():
         return
     recorded = json.loads(info_path.read_text()).get("identity")
@@ -196,10 +198,10 @@ def open_study(sweep: Sweep, retry: bool = False) -> optuna.Study:
                 "sampler": sweep.cfg.sampler, "seeds": list(sweep.cfg.seeds),
                 "compute_matching": sweep.cfg.compute_matching, "base": str(sweep.base_path),
                 "identity": study_identity(sweep)}
-        write_json_atomic(sweep.study_dir / "study_info.json", info)
+        write_json_atomic(sweep.study_dir / STUDY_INFO, info)
         recorded = OmegaConf.structured(sweep.cfg)
         recorded.storage = recorded_url(sweep.cfg.storage) if sweep.cfg.storage else ""
-        write_text_atomic(sweep.study_dir / "sweep.yaml", OmegaConf.to_yaml(recorded))
+        write_text_atomic(sweep.study_dir / SWEEP_COPY, OmegaConf.to_yaml(recorded))
         write_study_layout(sweep.study_dir, {p.key: list(p.choices) or [p.low] for p in sweep.params},
                            sweep.cfg.objective.metric)
     return study
@@ -411,7 +413,7 @@ def earlier_attempts(trial_dir: Path, seed: int, attempt: int) -> list[Path]:
 
 
 def _finished(run_dir: Path) -> dict | None:
-    path = run_dir / "metrics.json"
+    path = run_dir / METRICS
     if path.is_file():
         metrics = json.loads(path.read_text())
         if metrics.get("status") in ("completed", "pruned"):
@@ -471,14 +473,14 @@ class Objective:
         if pruning is not None and pruning.pruned_at is not None:
             metrics["prune_reason"] = f"pruned by the {self.sweep.cfg.pruner} pruner at step {pruning.pruned_at}"
             metrics["status"] = "pruned"
-            write_json_atomic(run_dir / "metrics.json", metrics)
+            write_json_atomic(run_dir / METRICS, metrics)
         return SeedResult(seed, run_dir, metrics)
 
     def __call__(self, trial: optuna.Trial) -> float:
         params = dict(trial.params)
         config_id = config_id_of(trial)
         label = trial.user_attrs.get("label") or trial_label(params)
-        trial_dir = self.sweep.study_dir / "trials" / f"t{config_id:03d}-{label}"
+        trial_dir = self.sweep.study_dir / TRIALS / f"t{config_id:03d}-{label}"
         attempt = attempt_of(trial)
         trial.set_user_attr("config_id", config_id)
         trial.set_user_attr("label", label)

@@ -1,4 +1,5 @@
 """The study's storage: open an Optuna storage from a sweep's URL, with errors a person can act on.
+The one place a storage URL is taken apart (journal:<file>, SQLite file, database server).
 
 Every way a storage URL can be wrong (unparsable, driver not installed, folder missing, server
 unreachable, password refused, database missing) becomes one `MoELabError` naming the storage with
@@ -17,6 +18,7 @@ from sqlalchemy.engine import make_url
 
 from moe_lab.errors import MoELabError
 
+JOURNAL = "journal:"  # journal:<file>: Optuna's file journal, for filesystems where SQLite locking fails
 SCHEMA_RETRIES = 5
 # The SQLAlchemy dialects whose drivers we name in the install hint.
 DRIVER_HINTS = {
@@ -27,7 +29,7 @@ DRIVER_HINTS = {
 
 def masked_url(url: str) -> str:
     """The URL as it may be shown or logged: a password becomes ***."""
-    if url.startswith("journal:"):
+    if url.startswith(JOURNAL):
         return url
     try:
         return make_url(url).render_as_string(hide_password=True)
@@ -36,15 +38,37 @@ def masked_url(url: str) -> str:
 
 
 def recorded_url(url: str) -> str:
-    """The URL as it may be written to disk (study_info.json): without the password, which the
-    database client then takes from PGPASSWORD or ~/.pgpass like any libpq program."""
-    if url.startswith("journal:"):
+    """The URL as it may be written to disk (the study directory's STUDY_INFO): without the password,
+    which the database client then takes from PGPASSWORD or ~/.pgpass like any libpq program."""
+    if url.startswith(JOURNAL):
         return url
     try:
         # URL is a NamedTuple; URL.set(password=None) would keep the password (None = unchanged).
         return make_url(url)._replace(password=None).render_as_string(hide_password=False)
     except sqlalchemy.exc.ArgumentError:
         return url
+
+
+def storage_file(url: str) -> Path | None:
+    """The local file a journal:<file> or SQLite URL keeps its study in; None for a database server
+    (or an in-memory SQLite)."""
+    if url.startswith(JOURNAL):
+        return Path(url.removeprefix(JOURNAL)).expanduser()
+    try:
+        parsed = make_url(url)
+    except sqlalchemy.exc.ArgumentError:
+        return None
+    if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
+        return Path(parsed.database).expanduser()
+    return None
+
+
+def with_storage_file(url: str, path: Path) -> str:
+    """`url` with its study file (storage_file) replaced by `path`: a study directory that was copied
+    or moved holds its storage where the recorded URL no longer points."""
+    if url.startswith(JOURNAL):
+        return f"{JOURNAL}{path}"
+    return make_url(url).set(database=str(path)).render_as_string(hide_password=False)
 
 
 def _hide(text: str, url: str) -> str:
@@ -67,15 +91,17 @@ def _check_folder(path: Path, shown: str, what: str) -> None:
                           f"(mkdir -p {path.parent}) or point the {what} elsewhere")
 
 
-def open_storage(url: str, heartbeat_interval: int, grace_period: int, max_retries: int):
-    """An Optuna storage for `url` (an SQLAlchemy URL or journal:<file>), connected and checked."""
+def open_storage(url: str, heartbeat_interval: int | None = None, grace_period: int | None = None,
+                 max_retries: int = 0):
+    """An Optuna storage for `url` (an SQLAlchemy URL or journal:<file>), connected and checked. The
+    heartbeat settings are a running sweep's (stale trials failed and retried); a reader passes none."""
     shown = masked_url(url)
-    if url.startswith("journal:"):
+    file = storage_file(url)
+    if url.startswith(JOURNAL):
         from optuna.storages.journal import JournalFileBackend, JournalStorage
 
-        path = Path(url.removeprefix("journal:")).expanduser()
-        _check_folder(path, shown, "journal file")
-        return JournalStorage(JournalFileBackend(str(path)))
+        _check_folder(file, shown, "journal file")
+        return JournalStorage(JournalFileBackend(str(file)))
     try:
         parsed = make_url(url)
     except sqlalchemy.exc.ArgumentError:
@@ -87,15 +113,17 @@ def open_storage(url: str, heartbeat_interval: int, grace_period: int, max_retri
         hint = DRIVER_HINTS.get(parsed.get_backend_name(), "install the SQLAlchemy driver it names")
         raise MoELabError(f"storage: {shown}: database driver not available ({_first_line(err)}); "
                           f"{hint}") from None
-    if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
-        _check_folder(Path(parsed.database).expanduser(), shown, "sqlite file")
+    if file is not None:
+        _check_folder(file, shown, "sqlite file")
     from optuna.storages import RetryHeartbeatStaleTrialCallback
 
+    heartbeat = {} if heartbeat_interval is None else dict(
+        heartbeat_interval=heartbeat_interval, grace_period=grace_period,
+        heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=max_retries))
     for attempt in range(SCHEMA_RETRIES + 1):
         try:
             return optuna.storages.RDBStorage(
-                url, heartbeat_interval=heartbeat_interval, grace_period=grace_period,
-                heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=max_retries),
+                url, **heartbeat,
                 # A dead connection (server restarted, idle timeout) is replaced instead of failing a trial.
                 engine_kwargs={"pool_pre_ping": True} if parsed.get_backend_name() != "sqlite" else None,
             )

@@ -2,7 +2,7 @@
 
 `python -m moe_lab.ablate <file> --verify` trains, for each arm (or `--arms a,b`), seed `--seed` (the
 first seed by default) again in a fresh folder `<study>/verify/<time>/`, with the thread count the stored
-run recorded, and compares its objective with the stored run's `metrics.json`:
+run recorded, and compares its objective with the stored run's final metrics:
 
 - identical: the same number to the last bit. Expected whenever torch, the thread count, the device and
   the code (git commit, clean) are the same: CPU training here is deterministic.
@@ -22,6 +22,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from moe_lab.artifacts.run_dir import ENV, METRICS
+from moe_lab.artifacts.study_dir import TRIALS, VERIFY, VERIFY_MD
 from moe_lab.errors import MoELabError
 from moe_lab.sweep.config import Sweep, trial_label
 
@@ -58,18 +60,18 @@ class Verdict:
 def stored_run(sweep: Sweep, params: dict, seed: int) -> Path:
     """The stored run directory of one configuration and seed (trials/t<id>-<label>/seed<seed>)."""
     label = trial_label(params)
-    trials = sweep.study_dir / "trials"  # seed<S>, or seed<S>.retry<N> for a later attempt
+    trials = sweep.study_dir / TRIALS  # seed<S>, or seed<S>.retry<N> for a later attempt
     matches = sorted([*trials.glob(f"t*-{label}/seed{seed}"), *trials.glob(f"t*-{label}/seed{seed}.retry*")])
     complete = [m for m in matches if _status(m) == "completed"]
     if not complete:
-        raise MoELabError(f"--verify: no completed run of {label} seed {seed} under {sweep.study_dir / 'trials'}; "
+        raise MoELabError(f"--verify: no completed run of {label} seed {seed} under {trials}; "
                           f"run the ablation first (same command without --verify)")
     return complete[-1]
 
 
 def _status(run_dir: Path) -> str | None:
     try:
-        return json.loads((run_dir / "metrics.json").read_text()).get("status")
+        return json.loads((run_dir / METRICS).read_text()).get("status")
     except (OSError, ValueError):
         return None
 
@@ -79,7 +81,7 @@ def seed_values(run_dir: Path, metric: str) -> list[float]:
     values = []
     for seed_dir in sorted(run_dir.parent.glob("seed*")):
         if _status(seed_dir) == "completed":
-            value = json.loads((seed_dir / "metrics.json").read_text()).get(metric)
+            value = json.loads((seed_dir / METRICS).read_text()).get(metric)
             if value is not None and math.isfinite(value):
                 values.append(float(value))
     return values
@@ -115,13 +117,13 @@ def verify(sweep: Sweep, arms: list[str] | None = None, seed: int | None = None,
     metric = sweep.cfg.objective.metric
     chosen = [n for n in names if not arms or n in arms]
     stored = {n: stored_run(sweep, {"arm": n}, seed) for n in chosen}  # all found before any training
-    out = sweep.study_dir / "verify" / time.strftime("%Y%m%d-%H%M%S")
+    out = sweep.study_dir / VERIFY / time.strftime("%Y%m%d-%H%M%S")
     objective = Objective(sweep)
     verdicts = []
     for name in chosen:
         stored_dir = stored[name]
-        stored_env = json.loads((stored_dir / "env.json").read_text())
-        stored_value = json.loads((stored_dir / "metrics.json").read_text())[metric]
+        stored_env = json.loads((stored_dir / ENV).read_text())
+        stored_value = json.loads((stored_dir / METRICS).read_text())[metric]
         threads = stored_env.get("torch", {}).get("threads")
         if threads:
             torch.set_num_threads(int(threads))  # the stored run's setting: a chance of bit-identity
@@ -129,7 +131,7 @@ def verify(sweep: Sweep, arms: list[str] | None = None, seed: int | None = None,
         log(f"verify {name} seed {seed}: training again ({cfg.trainer.max_steps} steps, {threads} threads)")
         # A session of the study's HPARAMS table (its own group), not a second experiment declaration.
         result = run(cfg, quiet=True, session=({"arm": name}, f"verify arm={name}"))
-        rerun_env = json.loads((result.run_dir / "env.json").read_text())
+        rerun_env = json.loads((result.run_dir / ENV).read_text())
         values = seed_values(stored_dir, metric)
         tol = tolerance if tolerance is not None else (2 * statistics.stdev(values) if len(values) > 1 else 0.0)
         verdicts.append(Verdict(name, seed, float(stored_value), float(result.metrics.get(metric, math.nan)),
@@ -150,4 +152,4 @@ def verdict_table(metric: str, verdicts: list[Verdict]) -> str:
 
 def write_verdicts(out: Path, metric: str, verdicts: list[Verdict]) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    (out / "verify.md").write_text(verdict_table(metric, verdicts) + "\n")
+    (out / VERIFY_MD).write_text(verdict_table(metric, verdicts) + "\n")

@@ -1,12 +1,12 @@
 """Report on a results directory: `python -m moe_lab.report DIR`.
 
-DIR is a sweep study directory (study_info.json, written by `python -m moe_lab.sweep`): prints the
-results table, one row per configuration, best first, and writes summary.md, trials.csv and plots/
-into DIR (see moe_lab.sweep.report). Reports can be regenerated at any time, also mid-sweep.
+DIR is a sweep study directory (as `python -m moe_lab.sweep` writes it): prints the results table,
+one row per configuration, best first, and writes summary.md, trials.csv and plots/ into DIR (see
+moe_lab.report.sweep_summary). Reports can be regenerated at any time, also mid-sweep.
 
-DIR is an ablation directory (study_info.json with "kind": "ablation", written by
-`python -m moe_lab.ablate`): prints the table per arm and one verdict per claim, and writes results.md,
-results.csv, results.tex and plots/ into DIR (see moe_lab.ablation_report), from the run logs alone.
+DIR is an ablation directory (its study info says "kind": "ablation"; `python -m moe_lab.ablate`
+writes it): prints the table per arm and one verdict per claim, and writes results.md, results.csv,
+results.tex and plots/ into DIR (see moe_lab.report.ablation_results), from the run logs alone.
 
 Each kind of directory has one detection rule in `detect_kind` and one line in REPORTS.
 """
@@ -16,24 +16,21 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
+from moe_lab.artifacts.study_dir import STUDY_INFO
 from moe_lab.errors import MoELabError
 
 
 def report_study(path: Path, html: bool = False) -> dict[str, Path]:
-    from moe_lab.sweep.report import format_table, load_study_data, write_study_report
+    from moe_lab.report.sweep_summary import write_study_report
 
-    data = load_study_data(path)
-    print(f"study {data.info.study_name}: {data.info.objective_metric} ({data.info.direction}), "
-          f"seeds {data.info.seeds}, compute matching {data.info.compute_matching}")
-    print(format_table(data.rows), flush=True)  # before the plots, which take a few seconds
-    return write_study_report(path, data, html=html)
+    return write_study_report(path, html=html, echo=True)
 
 
 def report_ablation(path: Path) -> dict[str, Path]:
-    from moe_lab.ablation_report import write_ablation_report
+    from moe_lab.report.ablation_results import write_ablation_report
 
     return write_ablation_report(path, echo=True)
 
@@ -45,9 +42,9 @@ def detect_kind(path: Path) -> str:
     """Which report a directory gets, from the file that marks it."""
     if not path.is_dir():
         raise MoELabError(f"{path}: no such directory")
-    if (path / "study_info.json").is_file():
-        return "ablation" if _study_kind(path / "study_info.json") == "ablation" else "study"
-    raise MoELabError(f"{path}: no study_info.json; expected a sweep study or ablation directory")
+    if (path / STUDY_INFO).is_file():
+        return "ablation" if _study_kind(path / STUDY_INFO) == "ablation" else "study"
+    raise MoELabError(f"{path}: no {STUDY_INFO}; expected a sweep study or ablation directory")
 
 
 def _study_kind(path: Path) -> str | None:

@@ -1,0 +1,198 @@
+"""The sweep report's figures and the TensorBoard mean-over-seeds runs:
+
+    plots/objective_vs_<key>.png    a grid over one key: the objective per value, each seed and their
+                                    mean (Optuna's plots say nothing about one key)
+    plots/*.png, (*.html)           otherwise Optuna's optimization history, importances, parallel
+                                    coordinate and slice plots (HTML with `report --html`)
+    trials/<config>/mean/           TensorBoard run: val/loss, val/bpb, train/lm_loss, mean over seeds
+    plots/val_loss_curves.png       val/loss per configuration: mean over seeds, min-max band
+    plots/train_loss_curves.png
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import statistics
+import warnings
+from pathlib import Path
+
+import optuna
+from optuna.trial import TrialState
+
+from moe_lab.report.common import is_finite
+from moe_lab.report.sweep_study import StudyData
+
+log = logging.getLogger(__name__)
+
+TRAIN_SMOOTHING = 0.6  # EMA weight for train/lm_loss curves (TensorBoard's slider); val/loss is raw
+
+
+def _optuna_plots() -> dict[str, tuple]:
+    from optuna.visualization import matplotlib as mpl_vis
+
+    vis = optuna.visualization
+    return {name: (getattr(vis, f"plot_{name}"), getattr(mpl_vis, f"plot_{name}"))
+            for name in ("optimization_history", "param_importances", "parallel_coordinate", "slice")}
+
+
+def _cannot_plot(name: str, study: optuna.Study) -> str | None:
+    """Why Optuna cannot draw `name` for this study (checked up front: Optuna would warn and draw an
+    empty figure, or raise), or None."""
+    complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if is_finite(t.value)]
+    if not complete:
+        return "no complete trial yet"
+    if name in ("parallel_coordinate", "slice", "param_importances") and not any(t.params for t in complete):
+        return "the complete trials have no parameters"
+    if name == "param_importances":
+        varying = [k for k in {k for t in complete for k in t.params}
+                   if len({json.dumps(t.params.get(k), default=str) for t in complete}) > 1]
+        if len(complete) < 2 or not varying:
+            return "needs >= 2 complete trials whose parameters differ"
+    return None
+
+
+def _readable_colormaps(fig) -> None:
+    """Optuna's matplotlib parallel-coordinate and slice plots colour by objective or trial with
+    "Blues", whose light end is white on the white background: the worst configuration vanished.
+    Recolour with viridis cut before its pale yellow end, keeping the direction."""
+    import matplotlib.colors as mcolors
+    import numpy as np
+    from matplotlib import colormaps
+
+    visible = mcolors.ListedColormap(colormaps["viridis"](np.linspace(0.0, 0.85, 256)), name="viridis_visible")
+    for ax in fig.axes:
+        for artist in ax.collections:
+            cmap = artist.get_cmap() if hasattr(artist, "get_cmap") else None
+            if cmap is not None and cmap.name.startswith("Blues"):
+                # Blues runs light -> dark, viridis dark -> light: reverse to keep "darker = better".
+                artist.set_cmap(visible if cmap.name.endswith("_r") else visible.reversed())
+
+
+def write_optuna_plots(study: optuna.Study, plots_dir: Path, target_name: str,
+                       html: bool = False) -> tuple[dict[str, Path], dict]:
+    """Each plot as PNG (Optuna's matplotlib backend) and, with `html`, as HTML (plotly;
+    plotly.min.js, 4.8 MB, written once beside them, so they open offline). Returns ({key: path},
+    {plot: why it was skipped})."""
+    import matplotlib
+
+    from moe_lab.report.figures import save_figure
+
+    written, skipped = {}, {}
+    plots_dir.mkdir(parents=True, exist_ok=True)
+    for name, (plotly_fn, mpl_fn) in _optuna_plots().items():
+        reason = _cannot_plot(name, study)
+        if reason is None:
+            try:
+                if html:
+                    page = plots_dir / f"{name}.html"
+                    plotly_fn(study, target_name=target_name).write_html(str(page), include_plotlyjs="directory")
+                    written[f"{name}_html"] = page
+                # Optuna's matplotlib backend is experimental and sets the global ggplot style: both
+                # are contained here, as is matplotlib's notice that a single trial spans no range.
+                with warnings.catch_warnings(), matplotlib.rc_context():
+                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                    warnings.filterwarnings("ignore", "Attempting to set identical", UserWarning)
+                    axes = mpl_fn(study, target_name=target_name)
+                    fig = (axes if hasattr(axes, "figure") else axes.flat[0]).figure
+                    _readable_colormaps(fig)
+                    png = save_figure(fig, plots_dir / f"{name}.png")
+                written[f"{name}_png"] = png
+            except Exception as err:  # a plot the study's data cannot make must not cost the report
+                reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        if reason is not None:
+            skipped[name] = reason
+            log.warning("note: skipped the %s plot: %s", name.replace("_", " "), reason)
+    if (plots_dir / "plotly.min.js").is_file() and written:
+        written["plotly_js"] = plots_dir / "plotly.min.js"
+    return written, skipped
+
+
+def one_key_grid(data: StudyData) -> str | None:
+    """The searched key when the study is a grid over one key (its plots are drawn by hand), else None."""
+    return data.param_keys[0] if data.info.sampler == "grid" and len(data.param_keys) == 1 else None
+
+
+def write_objective_by_value(data: StudyData, key: str, plots_dir: Path) -> dict[str, Path]:
+    """The objective against the one searched value: each seed as a point, the mean over seeds as a
+    line with a ±1 std bar. Values are the x axis in their own order (numbers sorted), evenly spaced."""
+    from moe_lab.report.figures import objective_by_value, save_figure
+
+    rows = [r for r in data.rows if key in r.params and any(is_finite(v) for v in r.objective_values)]
+    if not rows:
+        return {}
+    values = list(dict.fromkeys(r.params[key] for r in rows))
+    if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+        values.sort()
+    seeds = {}
+    for value in values:
+        row = next(r for r in rows if r.params[key] == value)
+        seeds[str(value)] = {seed: v for seed, v in zip(row.seeds, row.objective_values) if is_finite(v)}
+    title = f"{data.info.study_name}: {data.info.objective_metric} by {key}"
+    fig = objective_by_value(seeds, xlabel=key, ylabel=f"{data.info.objective_metric} ({data.info.direction})",
+                             title=title)
+    name = f"objective_vs_{key.rsplit('.', 1)[-1]}"
+    return {name: save_figure(fig, plots_dir / f"{name}.png")}
+
+
+MEAN_RUN = "mean"  # trials/<config>/mean: the TensorBoard run of the mean over seeds
+MEAN_TAGS = ("val/loss", "val/bpb", "train/lm_loss")
+
+
+def write_mean_runs(data: StudyData) -> list[Path]:
+    """Beside a configuration's seed runs, a TensorBoard run `mean` holding the mean over its seeds of
+    MEAN_TAGS at the steps every seed logged, so TensorBoard shows one line per configuration too.
+    Rewritten from the seed runs each time (never appended to)."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    from moe_lab.report.tb_scalars import event_files, read_scalars
+
+    written = []
+    for row in data.rows:
+        if len(row.run_dirs) < 2:
+            continue
+        mean_dir = (data.study_dir / row.run_dirs[0]).parent / MEAN_RUN
+        curves = {tag: [read_scalars(data.study_dir / d, tag) for d in row.run_dirs] for tag in MEAN_TAGS}
+        for old in event_files(mean_dir):
+            old.unlink()
+        if not any(all(runs) for runs in curves.values()):
+            continue
+        with SummaryWriter(str(mean_dir)) as writer:
+            for tag, runs in curves.items():
+                if not all(runs):
+                    continue
+                for step in sorted(set.intersection(*(set(r) for r in runs))):
+                    writer.add_scalar(tag, statistics.fmean(r[step] for r in runs), step)
+        written.append(mean_dir)
+    return written
+
+
+def study_curves(data: StudyData, tag: str) -> dict[str, list[dict[int, float]]]:
+    """{'#<trial> <label>': one {step: value} curve per seed} for the configurations that logged `tag`,
+    best first; a seed without the tag (failed before logging) is left out."""
+    from moe_lab.report.tb_scalars import read_scalars
+
+    curves = {}
+    for row in data.rows:
+        runs = [read_scalars(data.study_dir / d, tag) for d in row.run_dirs]
+        runs = [r for r in runs if r]
+        if runs:
+            curves[f"#{row.trial} {row.label}"] = runs
+    return curves
+
+
+def write_curve_plots(data: StudyData, plots_dir: Path) -> tuple[dict[str, Path], dict]:
+    from moe_lab.report.figures import curves_with_band, save_figure
+
+    written, skipped = {}, {}
+    for key, tag, ylabel, smoothing in (("val_loss_curves", "val/loss", "validation loss", 0.0),
+                                        ("train_loss_curves", "train/lm_loss", "train LM loss", TRAIN_SMOOTHING)):
+        curves = study_curves(data, tag)
+        if not curves:
+            skipped[key] = f"no run directory has logged {tag}"
+            log.warning("note: skipped the %s plot: %s", key.replace("_", " "), skipped[key])
+            continue
+        title = f"{data.info.study_name}: {tag}, mean over seeds, min-max band"
+        fig = curves_with_band(curves, ylabel, title + (f", EMA {smoothing}" if smoothing else ""), smoothing)
+        written[key] = save_figure(fig, plots_dir / f"{key}.png")
+    return written, skipped

@@ -1,0 +1,178 @@
+"""A sweep study read back for its report: the settings the runner recorded (STUDY_INFO), the Optuna
+study, and one row per configuration, best first.
+
+A configuration is a `config_id`. A trial retried after its worker died shares the config_id of the
+trial it retries; the report shows the latest trial of each config_id and counts the others as retries.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from moe_lab.artifacts.study_dir import STUDY_INFO
+from moe_lab.report.common import ReportError, is_finite, load_stored_study, read_json_object, run_metrics
+
+# Non-complete configurations go below the complete ones, in this order.
+STATE_ORDER = ("COMPLETE", "PRUNED", "RUNNING", "WAITING", "FAIL")
+
+
+@dataclass
+class StudyInfo:
+    study_name: str
+    storage_url: str = ""
+    objective_metric: str = "objective"
+    direction: str = ""  # "" = the Optuna study's own direction
+    sampler: str = "?"
+    seeds: list[int] = field(default_factory=list)
+    compute_matching: str = "none"
+    base: str = ""
+
+
+@dataclass
+class ConfigRow:
+    """One configuration: the latest trial of its config_id, flattened from the trial's user attrs."""
+
+    trial: int
+    config_id: int | None
+    state: str
+    label: str
+    params: dict[str, Any]
+    objective_mean: float | None
+    objective_std: float | None
+    objective_values: list[float | None]
+    seeds: list[int]
+    run_dirs: list[str]
+    duration_s: float | None
+    active_params: int | None
+    total_params: int | None
+    expert_hidden: int | None
+    tokens_per_s: float | None  # median over the configuration's runs (seeds), from their final metrics
+    final_load_cv: float | None
+    collapse_events: int | None
+    prune_reason: str | None
+    error: str | None
+    retries: int = 0
+    run_time_s: float | None = None  # median wall time of one run (seed)
+
+    @property
+    def n_seeds(self) -> int:
+        """Seeds that produced a finite objective value (those the mean is over)."""
+        if self.objective_values:
+            return sum(is_finite(v) for v in self.objective_values)
+        return int(is_finite(self.objective_mean))
+
+
+@dataclass
+class StudyData:
+    study_dir: Path
+    info: StudyInfo
+    study: optuna.Study
+    rows: list[ConfigRow]  # best first
+    param_keys: list[str]
+    trial_states: Counter  # state name -> number of Optuna trials (retries included)
+
+
+def load_study_info(study_dir: Path) -> StudyInfo:
+    path = Path(study_dir) / STUDY_INFO
+    if not Path(study_dir).is_dir():
+        raise ReportError(f"{study_dir}: no such directory")
+    if not path.is_file():
+        raise ReportError(f"{study_dir}: no {STUDY_INFO}; expected a sweep study directory")
+    raw = read_json_object(path)
+    if not isinstance(raw.get("study_name"), str):
+        raise ReportError(f"{path}: expected an object with a 'study_name' string")
+    known = {k: v for k, v in raw.items() if k in StudyInfo.__dataclass_fields__ and v is not None}
+    return StudyInfo(**known)
+
+
+def load_study_data(study_dir: str | Path) -> StudyData:
+    study_dir = Path(study_dir)
+    info = load_study_info(study_dir)
+    study = load_stored_study(study_dir, info.study_name, info.storage_url)
+    trials = study.get_trials(deepcopy=False)
+    if not info.direction:
+        info.direction = study.direction.name.lower()
+    param_keys = list(dict.fromkeys(key for t in trials for key in t.params))
+    rows = config_rows(trials, info.direction)
+    for row in rows:
+        _per_run_medians(study_dir, row)
+    return StudyData(study_dir=study_dir, info=info, study=study, rows=rows,
+                     param_keys=param_keys, trial_states=Counter(t.state.name for t in trials))
+
+
+def _per_run_medians(study_dir: Path, row: ConfigRow) -> None:
+    """Throughput and time per run (seed), medians over the configuration's runs, from their final
+    metrics. A trial's own duration counts its seeds one after another and the time it waited for a
+    core; one run's figures do not. Without metrics files the trial's recorded values stay."""
+    runs = [run_metrics(study_dir / run_dir) for run_dir in row.run_dirs]
+    rates = [m["tokens_per_s"] for m in runs if is_finite(m.get("tokens_per_s"))]
+    times = [m["wall_time_s"] for m in runs if is_finite(m.get("wall_time_s"))]
+    if rates:
+        row.tokens_per_s = statistics.median(rates)
+    if times:
+        row.run_time_s = statistics.median(times)
+
+
+def config_rows(trials: list[FrozenTrial], direction: str) -> list[ConfigRow]:
+    """One row per config_id (its latest trial; earlier ones counted as retries), best first."""
+    groups: dict[tuple, list[FrozenTrial]] = {}
+    for trial in sorted(trials, key=lambda t: t.number):
+        config_id = trial.user_attrs.get("config_id")
+        key = ("config", config_id) if config_id is not None else ("trial", trial.number)
+        groups.setdefault(key, []).append(trial)
+    rows = [_row(group[-1], retries=len(group) - 1) for group in groups.values()]
+    return sort_rows(rows, direction)
+
+
+def _row(trial: FrozenTrial, retries: int) -> ConfigRow:
+    attrs = trial.user_attrs
+    mean = attrs.get("objective_mean")
+    if mean is None and trial.state == TrialState.COMPLETE:
+        mean = trial.value
+    duration = attrs.get("duration_s")
+    if duration is None and trial.duration is not None:
+        duration = trial.duration.total_seconds()
+    return ConfigRow(
+        trial=trial.number, config_id=attrs.get("config_id"), state=trial.state.name,
+        label=attrs.get("label") or _label(trial.params), params=dict(trial.params),
+        objective_mean=mean, objective_std=attrs.get("objective_std"),
+        objective_values=list(attrs.get("objective_values") or []), seeds=list(attrs.get("seeds") or []),
+        run_dirs=list(attrs.get("run_dirs") or []), duration_s=duration,
+        active_params=attrs.get("active_params"), total_params=attrs.get("total_params"),
+        expert_hidden=attrs.get("expert_hidden"), tokens_per_s=attrs.get("tokens_per_s"),
+        final_load_cv=attrs.get("final_load_cv"), collapse_events=attrs.get("collapse_events"),
+        prune_reason=attrs.get("prune_reason"), error=attrs.get("error"), retries=retries)
+
+
+def _label(params: dict[str, Any]) -> str:
+    # Imported here: moe_lab.sweep.config pulls in the experiment schema and the data stack (seconds),
+    # which a report needs only for trials the runner never labelled.
+    from moe_lab.sweep.config import trial_label
+
+    return trial_label(params)
+
+
+def sort_rows(rows: list[ConfigRow], direction: str) -> list[ConfigRow]:
+    """Complete configurations by objective (best first; a NaN or missing objective last among them),
+    then the others by state (STATE_ORDER) and trial number."""
+    sign = -1.0 if direction == "maximize" else 1.0
+
+    def key(row: ConfigRow) -> tuple:
+        rank = STATE_ORDER.index(row.state) if row.state in STATE_ORDER else len(STATE_ORDER)
+        if row.state == "COMPLETE" and is_finite(row.objective_mean):
+            return rank, 0, sign * row.objective_mean, row.trial
+        return rank, 1, 0.0, row.trial
+
+    return sorted(rows, key=key)
+
+
+def best_row(rows: list[ConfigRow]) -> ConfigRow | None:
+    """The first complete row with a finite objective (rows come sorted, best first)."""
+    return next((r for r in rows if r.state == "COMPLETE" and is_finite(r.objective_mean)), None)

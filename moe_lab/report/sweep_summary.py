@@ -1,0 +1,163 @@
+"""The results report of a sweep study: summary.md, trials.csv, plots and the mean-over-seeds runs.
+
+Everything is read back from the study directory the sweep runner wrote (its study info, the Optuna
+storage, one run directory per trial and seed), so a report can be regenerated at any time, also while
+the sweep is still running:
+
+    <study_dir>/summary.md    settings, results table, best configuration, state counts, seed noise
+    <study_dir>/trials.csv    one row per configuration, every number the table shows (sweep_tables)
+    <study_dir>/plots/ and trials/<config>/mean/    figures and TensorBoard runs (sweep_plots)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from moe_lab.artifacts.atomic import write_text_atomic
+from moe_lab.artifacts.study_dir import PLOTS, SUMMARY, TRIALS_CSV
+from moe_lab.model.accounting import si
+from moe_lab.report.common import is_finite, matching_means, optional
+from moe_lab.report.stats import NOISE_Z, compare
+from moe_lab.report.sweep_plots import (
+    TRAIN_SMOOTHING,
+    one_key_grid,
+    write_curve_plots,
+    write_mean_runs,
+    write_objective_by_value,
+    write_optuna_plots,
+)
+from moe_lab.report.sweep_study import STATE_ORDER, ConfigRow, StudyData, StudyInfo, best_row, load_study_data
+from moe_lab.report.sweep_tables import LOAD_CAVEAT, format_objective, format_table, markdown_table, write_trials_csv
+
+
+def write_study_report(study_dir: str | Path, data: StudyData | None = None, html: bool = False,
+                       echo: bool = False) -> dict[str, Path]:
+    """Write summary.md, trials.csv, plots/ and the mean-over-seeds TensorBoard runs into the study
+    directory; return {what: path}. `data` (from load_study_data) saves reading the study twice;
+    `html` adds Optuna's interactive plots; `echo` prints the settings and the table first."""
+    data = data or load_study_data(study_dir)
+    if echo:
+        print(f"study {data.info.study_name}: {data.info.objective_metric} ({data.info.direction}), "
+              f"seeds {data.info.seeds}, compute matching {data.info.compute_matching}")
+        print(format_table(data.rows), flush=True)  # before the plots, which take a few seconds
+    plots_dir = data.study_dir / PLOTS
+    target = f"{data.info.objective_metric} (mean over seeds)"
+    key = one_key_grid(data)
+    if key is None:
+        optuna_plots, skipped = write_optuna_plots(data.study, plots_dir, target, html=html)
+    else:
+        optuna_plots, skipped = write_objective_by_value(data, key, plots_dir), {}
+    write_mean_runs(data)
+    curve_plots, skipped_curves = write_curve_plots(data, plots_dir)
+    plots = {**optuna_plots, **curve_plots}
+    paths = {"summary": data.study_dir / SUMMARY, "trials_csv": data.study_dir / TRIALS_CSV}
+    write_trials_csv(paths["trials_csv"], data.rows, data.param_keys)
+    write_text_atomic(paths["summary"], summary_markdown(data, plots, {**skipped, **skipped_curves}))
+    return {**paths, **plots}
+
+
+def summary_markdown(data: StudyData, plots: dict[str, Path], skipped: dict[str, str]) -> str:
+    info, rows = data.info, data.rows
+    order = [s for s in STATE_ORDER if s in data.trial_states] + sorted(set(data.trial_states) - set(STATE_ORDER))
+    states = ", ".join(f"{s} {data.trial_states[s]}" for s in order)
+    retries = sum(r.retries for r in rows)
+    lines = [
+        f"# Sweep report: {info.study_name}",
+        "",
+        f"- objective: `{info.objective_metric}` ({info.direction}), mean ± std over seeds {info.seeds}",
+        f"- sampler: {info.sampler}; base experiment: `{_relative(info.base, data.study_dir) or '?'}`",
+        f"- compute matching: **{info.compute_matching}**: "
+        f"{matching_means(info.compute_matching, 'configuration', 'the expert width (expert_hidden)')}",
+        *_held_constant(data),
+        f"- trials: {sum(data.trial_states.values())} ({states or 'none'}) in {len(rows)} configurations"
+        + (f", {retries} retried" if retries else ""),
+        "",
+        "## Best configuration",
+        "",
+        _best_text(best_row(rows), info),
+        "",
+        "## Results",
+        "",
+        markdown_table(rows) if rows else "No trials yet.",
+        "",
+        *([LOAD_CAVEAT, ""] if rows else []),
+        *seed_noise_lines(rows, info),
+        "## Plots",
+        "",
+    ]
+    by_plot: dict[str, list[Path]] = {}
+    for path in plots.values():
+        if path.suffix in (".html", ".png"):  # not plotly.min.js
+            by_plot.setdefault(path.stem, []).append(path)
+    for name, files in by_plot.items():
+        links = ", ".join(f"[{p.suffix[1:]}]({p.relative_to(data.study_dir).as_posix()})" for p in files)
+        lines.append(f"- {name.replace('_', ' ')}: {links}")
+    lines += [f"- {name.replace('_', ' ')}: skipped ({why})" for name, why in skipped.items()]
+    if "train_loss_curves" in plots and TRAIN_SMOOTHING:
+        lines += ["", f"Train-loss curves are smoothed per seed with an EMA of weight {TRAIN_SMOOTHING} "
+                      "(TensorBoard's smoothing) before the mean; validation curves are raw."]
+    return "\n".join(lines) + "\n"
+
+
+def _relative(path: str, study_dir: Path) -> str:
+    """A path recorded by the runner (absolute, of the machine it ran on) as seen from summary.md."""
+    return os.path.relpath(path, study_dir.resolve()) if path and Path(path).is_absolute() else path
+
+
+def seed_noise_lines(rows: list[ConfigRow], info: StudyInfo) -> list[str]:
+    """The best configuration against each other complete one: is the difference beyond seed noise?
+    (moe_lab.report.stats, the statistics of the ablation report's claims.)"""
+    best = best_row(rows)
+    others = [r for r in rows if r is not best and r.state == "COMPLETE" and is_finite(r.objective_mean)]
+    if best is None or not others:
+        return []
+    lines = ["## Best against the others: beyond seed noise?", "",
+             f"Δ = mean {info.objective_metric} of **{best.label}** − that of the other configuration; "
+             f"seed σ = the pooled seed std of the two; z = Δ / Welch's standard error. |z| ≥ {NOISE_Z:g}: "
+             f"beyond seed noise; |z| < {NOISE_Z:g}: within it (changing the seed alone moves the mean that much).",
+             "", "| against | Δ | seed σ | z | difference |", "| --- | ---: | ---: | ---: | --- |"]
+    best_values = [v for v in best.objective_values if is_finite(v)] or [best.objective_mean]
+    for row in others:
+        values = [v for v in row.objective_values if is_finite(v)] or [row.objective_mean]
+        c = compare(best_values, values, (best.label, row.label))
+        verdict = {"clear": "**beyond seed noise**", "within": "within seed noise"}.get(c.noise, c.why_no_z)
+        label = row.label.replace("|", "\\|")
+        lines.append(f"| {label} | {c.delta:+.4f} | {optional(c.sigma, '{:.4f}')} | "
+                     f"{optional(c.z, '{:+.2f}')} | {verdict} |")
+    return lines + [""]
+
+
+def _held_constant(data: StudyData) -> list[str]:
+    """What the data says is constant: searched keys with one value, and the parameter counts."""
+    lines = []
+    values = {k: {json.dumps(r.params.get(k), default=str) for r in data.rows if k in r.params}
+              for k in data.param_keys}
+    searched = [f"`{k}` ({len(v)} values)" for k, v in values.items() if len(v) > 1]
+    constant = [f"`{k}={json.loads(next(iter(v)))}`" for k, v in values.items() if len(v) == 1]
+    if searched:
+        lines.append(f"- searched: {', '.join(searched)}")
+    if constant:
+        lines.append(f"- constant over the trials so far: {', '.join(constant)}")
+    complete = [r for r in data.rows if r.state == "COMPLETE"]
+    observed = []
+    for name in ("active_params", "total_params", "expert_hidden"):
+        seen = [getattr(r, name) for r in complete if getattr(r, name) is not None]
+        if seen:
+            low, high = si(min(seen)), si(max(seen))
+            observed.append(f"{name} {low}" if low == high else f"{name} {low}–{high}")
+    if observed:
+        lines.append(f"- observed over complete configurations: {', '.join(observed)}")
+    return lines
+
+
+def _best_text(row: ConfigRow | None, info: StudyInfo) -> str:
+    if row is None:
+        return "No complete configuration yet."
+    params = ", ".join(f"`{k}={v}`" for k, v in row.params.items()) or "base"
+    runs = ", ".join(f"`{d}`" for d in row.run_dirs) or "-"
+    return (f"**{row.label}** (trial {row.trial}, config {row.config_id}; {params}): "
+            f"{info.objective_metric} {format_objective(row)}; active params {si(row.active_params)}, "
+            f"total params {si(row.total_params)}, "
+            f"final load CV {optional(row.final_load_cv, '{:.3f}')}. Runs: {runs}.")
