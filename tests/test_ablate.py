@@ -13,7 +13,9 @@ from optuna.trial import TrialState
 
 from moe_lab.ablate import load_ablation
 from moe_lab.errors import ConfigError
-from moe_lab.sweep.runner import Objective, claim_trial, heartbeat, open_study, run_worker
+from moe_lab.sweep.claims import heartbeat
+from moe_lab.sweep.objective import Objective
+from moe_lab.sweep.runner import claim_trial, open_study, run_worker
 from moe_lab.tb_logs import read_scalars
 from tests.helpers import write_tiny_experiment
 
