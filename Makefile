@@ -20,9 +20,10 @@ $(VENV)/.installed: pyproject.toml Makefile
 demo: $(VENV)/.installed
 	$(PY) -m moe_lab.sweep sweeps/topk.yaml --workers 2
 
-# A one-minute look at the model alone (no Lightning, no sweep).
+# A short run of the default MoE experiment (50 steps, about a minute on 2 quiet cores): the model
+# summary, the training bar and the run's result; its curves and text samples are in TensorBoard.
 quick-demo: $(VENV)/.installed
-	$(PY) -m moe_lab.demo
+	$(PY) -m moe_lab.train experiments/shakespeare_moe.yaml trainer.max_steps=50 name=quick_demo
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from moe_lab.artifacts.run_dir import CLAIM_METRICS
+from moe_lab.cli import run_main
 from moe_lab.errors import ConfigError
 from moe_lab.sweep.config import Param, Sweep, SweepConfig, _validate, check_sweep, read_structured
 
@@ -77,7 +78,6 @@ def verify_main(argv: list[str]) -> int:
     did not). See moe_lab/sweep/verify.py for what counts as reproduced."""
     import argparse
 
-    from moe_lab.errors import MoELabError
     from moe_lab.sweep.verify import verdict_table, verify
 
     parser = argparse.ArgumentParser(prog="python -m moe_lab.ablate FILE --verify")
@@ -89,18 +89,18 @@ def verify_main(argv: list[str]) -> int:
     parser.add_argument("--tolerance", type=float, default=None,
                         help="allowed |difference| where settings differ (default: 2 x the arm's seed std)")
     args = parser.parse_args(argv)
-    try:
+
+    def rerun() -> int:
         sweep = load_ablation(args.ablation, args.overrides)
         arms = [a for a in args.arms.split(",") if a] or None
         verdicts = verify(sweep, arms=arms, seed=args.seed, tolerance=args.tolerance)
-    except MoELabError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    print(verdict_table(sweep.cfg.objective.metric, verdicts))
-    failed = [v.arm for v in verdicts if not v.reproduced]
-    print(f"{len(verdicts) - len(failed)} of {len(verdicts)} arms reproduced"
-          + (f"; not reproduced: {', '.join(failed)}" if failed else ""))
-    return 1 if failed else 0
+        print(verdict_table(sweep.cfg.objective.metric, verdicts))
+        failed = [v.arm for v in verdicts if not v.reproduced]
+        print(f"{len(verdicts) - len(failed)} of {len(verdicts)} arms reproduced"
+              + (f"; not reproduced: {', '.join(failed)}" if failed else ""))
+        return 1 if failed else 0
+
+    return run_main(rerun)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,11 +1,11 @@
-"""Benchmarks: `python -m moe_lab.bench moe|train [--json]`.
+"""Benchmark of the MoE layer: `python -m moe_lab.bench moe [--json]`.
 
 moe: forward+backward of one MoE layer against (a) a dense SwiGLU FFN with the same active parameters
 and (b) the same layer with the naive per-expert loop, in one process, contenders interleaved, medians.
 A fourth contender, `experts_only`, is the floor under any dispatch built on these kernels: the same
 experts on tokens already grouped by expert (no router, gather or combine).
-train: tokens/s of the Lightning training step (with moe_lab's callbacks and TensorBoard logging)
-against a plain PyTorch loop over the same model and data, in one process, blocks interleaved.
+The training step's tokens/s is what every `python -m moe_lab.train` run reports (progress bar,
+TensorBoard `train/tokens_per_s`, metrics.json), measured on the real run with its callbacks and loggers.
 """
 
 from __future__ import annotations
@@ -14,24 +14,16 @@ import argparse
 import json
 import statistics
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
-import lightning.pytorch as pl
 import torch
-from lightning.pytorch.loggers import TensorBoardLogger
 
-from moe_lab.config import load_config, to_dict
-from moe_lab.data import TextDataModule
-from moe_lab.lit import MoELitModule
+from moe_lab.cli import run_main, tune_cpu_allocator
 from moe_lab.model.config import ModelConfig, MoEConfig, expert_dims
 from moe_lab.model.ffn import DenseFFN
 from moe_lab.model.moe import MoELayer
 from moe_lab.model.naive import NaiveMoELayer
-from moe_lab.runtime import tune_cpu_allocator
-from moe_lab.train import build_callbacks
 
 
 @dataclass(frozen=True)
@@ -164,106 +156,24 @@ def print_moe_table(rows: list[dict]) -> None:
               + "".join(f"{r[k]:>12.3f}" for k in ratios))
 
 
-class _StepClock(pl.Callback):
-    """Times the interval between consecutive training batch starts: everything Lightning does per
-    step (data fetch, hooks, logging, callbacks) is inside an interval."""
-
-    def __init__(self):
-        self.starts: list[float] = []
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        self.starts.append(time.perf_counter())
-
-
-def _plain_loop(cfg, data, steps: int) -> list[float]:
-    """The same training step without Lightning: forward, router losses, backward, clip, AdamW,
-    schedule, loss-free bias update."""
-    torch.manual_seed(cfg.seed)
-    lit = MoELitModule(to_dict(cfg))
-    model = lit.model
-    opt_cfg = lit.configure_optimizers()
-    opt, sched = opt_cfg["optimizer"], opt_cfg["lr_scheduler"]["scheduler"]
-    starts, batches = [], iter(data.train_dataloader())
-    for _ in range(steps):
-        starts.append(time.perf_counter())
-        x, y = next(batches)
-        out = model(x, y)
-        loss = out.lm_loss + model.router_loss(out)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
-        opt.step()
-        sched.step()
-        model.update_router_biases({i: s.expert_counts for i, s in out.routing.items()})
-        loss.item()  # Lightning reads the loss every step too (progress bar / NaN guard)
-    starts.append(time.perf_counter())
-    return starts
-
-
-def _lightning_loop(cfg, data, steps: int, log_dir: str) -> list[float]:
-    torch.manual_seed(cfg.seed)
-    lit = MoELitModule(to_dict(cfg))
-    clock = _StepClock()
-    callbacks = [cb for name, cb in build_callbacks(cfg, Path(log_dir)).items() if "checkpoint" not in name]
-    trainer = pl.Trainer(max_steps=steps, max_epochs=-1, limit_val_batches=0, num_sanity_val_steps=0,
-                         logger=TensorBoardLogger(log_dir, name="bench"), callbacks=[*callbacks, clock],
-                         enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
-                         gradient_clip_val=cfg.optim.grad_clip, log_every_n_steps=cfg.trainer.log_every_n_steps,
-                         use_distributed_sampler=False, accelerator="cpu", devices=1)
-    trainer.fit(lit, datamodule=data)
-    return clock.starts + [time.perf_counter()]
-
-
-def bench_train(config: str, steps: int, blocks: int, warmup: int) -> dict:
-    cfg = load_config(config, ["trainer.progress_bar=false"])
-    data = TextDataModule(cfg.data, seed=cfg.seed)
-    data.prepare_data()
-    data.setup("fit")
-    cfg.model.vocab_size = data.vocab_size
-    tokens_per_step = cfg.data.batch_size * cfg.data.block_size
-    intervals: dict[str, list[float]] = {"plain": [], "lightning": []}
-    with tempfile.TemporaryDirectory() as tmp:
-        for block in range(blocks):
-            order = ["plain", "lightning"] if block % 2 == 0 else ["lightning", "plain"]
-            for name in order:
-                starts = _plain_loop(cfg, data, steps) if name == "plain" else _lightning_loop(cfg, data, steps, tmp)
-                gaps = [b - a for a, b in zip(starts, starts[1:])]
-                intervals[name] += gaps[warmup:]
-    med = {k: statistics.median(v) for k, v in intervals.items()}
-    return {
-        "config": config, "tokens_per_step": tokens_per_step, "steps_timed": len(intervals["plain"]),
-        "tokens_per_s": {k: round(tokens_per_step / v, 1) for k, v in med.items()},
-        "lightning_overhead": round(med["lightning"] / med["plain"] - 1.0, 4),
-    }
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m moe_lab.bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=["moe", "train"], help="which benchmark to run")
-    parser.add_argument("--config", default="experiments/shakespeare_moe.yaml", help="train: experiment")
-    parser.add_argument("--steps", type=int, default=40, help="train: steps per block")
-    parser.add_argument("--blocks", type=int, default=4, help="train: alternating blocks")
+    parser.add_argument("what", choices=["moe"], help="which benchmark to run")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--json", action="store_true", help="end with one line of JSON")
     parser.add_argument("--default-allocator", action="store_true",
-                        help="keep glibc's default malloc settings (see moe_lab.runtime)")
+                        help="keep glibc's default malloc settings (see moe_lab.cli.tune_cpu_allocator)")
     args = parser.parse_args(argv)
+    tune = args.device == "cpu" and not args.default_allocator
+    return run_main(lambda: bench(args, allocator=tune and tune_cpu_allocator()), tune_allocator=tune)
+
+
+def bench(args: argparse.Namespace, allocator: bool) -> None:
     torch.set_num_threads(args.threads)
-    allocator = tune_cpu_allocator() if args.device == "cpu" and not args.default_allocator else False
-    if args.what == "train":
-        result = bench_train(args.config, args.steps, args.blocks, warmup=5)
-        print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {result['config']}, "
-              f"{result['tokens_per_step']} tokens/step, {result['steps_timed']} steps timed per contender")
-        for name, tps in result["tokens_per_s"].items():
-            print(f"{name:<10}{tps:>12,.0f} tokens/s")
-        print(f"Lightning overhead: {100 * result['lightning_overhead']:+.1f}%")
-        if args.json:
-            print(json.dumps(result))
-        return 0
     dtype = getattr(torch, args.dtype)
     print(f"torch {torch.__version__}, device {args.device}, {torch.get_num_threads()} threads, "
           f"{args.repeats} repeats, forward+backward, heap-retaining allocator: {allocator}")
@@ -273,7 +183,6 @@ def main(argv: list[str] | None = None) -> int:
         keys = ("moe_over_dense_iso", "naive_over_moe", "experts_only_over_dense_iso", "naive_over_experts_only",
                 "hf_mixtral_over_dense_iso", "ms")
         print(json.dumps({r["size"]: {k: r[k] for k in keys if k in r} for r in rows}))
-    return 0
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ cross-field rules) -> the rest of moe_lab. Every error is a `ConfigError` naming
 from __future__ import annotations
 
 import difflib
+import importlib.util
 import typing
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
@@ -18,12 +19,14 @@ from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationE
 
 from moe_lab.data.config import DataConfig, validate_data_config
 from moe_lab.errors import ConfigError
-from moe_lab.loggers import LOGGERS, missing_package
 from moe_lab.model.config import ModelConfig, validate_model_config
 
 PRECISIONS = ("32-true", "32", "bf16-mixed", "16-mixed", "bf16-true", "64-true")
 COLLAPSE_ACTIONS = ("warn", "stop", "prune")  # what the collapse detector does when it fires
 KEEP_CHECKPOINTS = ("all", "best_weights", "none")
+# Experiment trackers (`trainer.loggers`): logger name -> the package it needs (None: installed with
+# moe_lab). moe_lab.training.loggers builds them.
+LOGGERS = {"tensorboard": None, "csv": None, "wandb": "wandb", "mlflow": "mlflow"}
 # Key naming the base file(s) a YAML file extends, resolved relative to that file.
 EXTENDS_KEY = "extends"
 
@@ -67,7 +70,7 @@ class TrainerConfig:
     progress_bar: bool = True
     log_every_n_steps: int = 10
     # Experiment trackers, through Lightning's logger classes: tensorboard | csv | wandb | mlflow
-    # (wandb and mlflow are optional extras; see moe_lab.loggers).
+    # (wandb and mlflow are optional extras; see moe_lab.training.loggers).
     loggers: list[str] = field(default_factory=lambda: ["tensorboard"])
 
 
@@ -192,7 +195,7 @@ def _parse_override(item: str) -> DictConfig:
         raise ConfigError(key, " ".join(str(err).split("\n")[0].split())) from None
 
 
-PRETRAINED_MODEL_FILE = "moe_lab_model.yaml"  # written by moe_lab.checkpoint.save_pretrained
+PRETRAINED_MODEL_FILE = "moe_lab_model.yaml"  # written by moe_lab.interop.checkpoint.save_pretrained
 
 
 def _pretrained_model_section(model_init: str) -> DictConfig:
@@ -326,6 +329,12 @@ def _validate_trainer(t: TrainerConfig) -> None:
     if t.resume not in ("", "auto"):
         _check(Path(t.resume).is_file(), "trainer.resume", f"no such checkpoint: {t.resume}")
     _validate_loggers(t.loggers)
+
+
+def missing_package(logger: str) -> str | None:
+    """The package logger `logger` needs and is not installed, or None."""
+    package = LOGGERS[logger]
+    return package if package and importlib.util.find_spec(package) is None else None
 
 
 def _validate_loggers(names: list[str]) -> None:

@@ -22,8 +22,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from moe_lab.checkpoint import CONFIG_FILE, CheckpointError, build_model, load_lightning_checkpoint, load_pretrained
-from moe_lab.errors import DataError, MoELabError
+from moe_lab.cli import run_main
+from moe_lab.errors import DataError
+from moe_lab.interop.checkpoint import (
+    CONFIG_FILE,
+    CheckpointError,
+    build_model,
+    load_lightning_checkpoint,
+    load_pretrained,
+)
 from moe_lab.model import ModelConfig, MoETransformer, count_model, expert_dims, moe_layer_indices
 
 HF_CONFIG_FILE = "config.json"  # kept equal to moe_lab.interop.hf's, which needs transformers to import
@@ -245,12 +252,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-tokens", type=positive_int, default=2048, help="route at most this many tokens")
     parser.add_argument("--logdir", type=Path, help="write the TensorBoard routing heatmap here")
     args = parser.parse_args(argv)
-    try:
-        inspect(args.path, args.text, args.max_tokens, args.logdir)
-    except MoELabError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
+    return run_main(lambda: inspect(args.path, args.text, args.max_tokens, args.logdir))
 
 
 if __name__ == "__main__":

@@ -4,6 +4,9 @@ deterministic mode, thread count): each test starts from the settings the sessio
 import pytest
 import torch
 
+from moe_lab.cli import tune_cpu_allocator
+
+tune_cpu_allocator()  # as every entry point does: the tests train in this process
 _THREADS = torch.get_num_threads()
 
 

@@ -13,8 +13,10 @@ from optuna.trial import TrialState
 
 from moe_lab.ablate import load_ablation
 from moe_lab.errors import ConfigError
-from moe_lab.sweep.runner import Objective, claim_trial, heartbeat, open_study, run_worker
 from moe_lab.report.tb_scalars import read_scalars
+from moe_lab.sweep.claims import heartbeat
+from moe_lab.sweep.objective import Objective
+from moe_lab.sweep.runner import claim_trial, open_study, run_worker
 from tests.helpers import write_tiny_experiment
 
 REPO = Path(__file__).resolve().parents[1]

@@ -6,11 +6,16 @@ import torch
 from omegaconf import OmegaConf
 from safetensors.torch import load_file, save_file
 
-from moe_lab.checkpoint import (
-    CONFIG_FILE, WEIGHTS_FILE, CheckpointError, build_pretrained, load_lightning_checkpoint, load_pretrained,
+from moe_lab.errors import ConfigError
+from moe_lab.interop.checkpoint import (
+    CONFIG_FILE,
+    WEIGHTS_FILE,
+    CheckpointError,
+    build_pretrained,
+    load_lightning_checkpoint,
+    load_pretrained,
     save_pretrained,
 )
-from moe_lab.errors import ConfigError
 from moe_lab.model import MoETransformer
 from tests.helpers import randomise, tiny_config
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import optuna
 import pytest
 
-from moe_lab.runtime import KNOWN_HARMLESS_WARNINGS, filter_known_harmless_warnings
+from moe_lab.cli import KNOWN_HARMLESS_WARNINGS, filter_known_harmless_warnings
 from moe_lab.sweep.config import load_sweep
 from moe_lab.sweep.console import SweepConsole
 from tests.helpers import write_tiny_experiment

@@ -8,8 +8,8 @@ import torch
 from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from moe_lab.checkpoint import save_pretrained
 from moe_lab.inspect import main, route_tokens
+from moe_lab.interop.checkpoint import save_pretrained
 from moe_lab.model import MoETransformer, count_model
 from tests.helpers import randomise, tiny_config
 

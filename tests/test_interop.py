@@ -12,9 +12,9 @@ from safetensors.torch import load_file, save_file
 
 transformers = pytest.importorskip("transformers")
 
-from moe_lab.checkpoint import CheckpointError, build_pretrained, save_pretrained  # noqa: E402
 from moe_lab.errors import ConfigError  # noqa: E402
 from moe_lab.interop import hf as interop  # noqa: E402
+from moe_lab.interop.checkpoint import CheckpointError, build_pretrained, save_pretrained  # noqa: E402
 from moe_lab.model import MoETransformer  # noqa: E402
 from tests.helpers import randomise, tiny_config  # noqa: E402
 

@@ -10,11 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from moe_lab.config import load_config
+from moe_lab.config import LOGGERS, load_config, missing_package
 from moe_lab.errors import ConfigError
-from moe_lab.loggers import missing_package
 from moe_lab.report.tb_scalars import read_scalars
-from moe_lab.train import run
+from moe_lab.training.run import run
 from tests.helpers import write_tiny_experiment
 
 REPO = Path(__file__).resolve().parents[1]

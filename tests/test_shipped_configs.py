@@ -46,7 +46,7 @@ def two_steps(out: Path, cache: Path) -> list[str]:
 
 
 def train_two_steps(base: Path, overrides: list[str], out: Path, cache: Path) -> dict:
-    from moe_lab.train import run
+    from moe_lab.training.run import run
 
     result = run(load_config(base, overrides + two_steps(out, cache)), quiet=True)
     assert result.metrics["status"] == "completed" and result.metrics["steps"] == 2, result.metrics

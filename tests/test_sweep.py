@@ -216,7 +216,7 @@ def test_collapse_detector_prunes_with_its_reason(tmp_path, data_cache):
 def test_compute_matching_holds_active_params(tmp_path, data_cache):
     body = "sampler: grid\ncompute_matching: active\nspace:\n  model.moe.top_k: [1, 4]\n"
     sweep = load_sweep(write_sweep(tmp_path, data_cache, body))
-    from moe_lab.sweep.runner import Objective
+    from moe_lab.sweep.objective import Objective
 
     objective = Objective(sweep)
     base = count_model(objective.base.model).total_active_params

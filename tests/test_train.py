@@ -13,12 +13,13 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from moe_lab.callbacks.progress import ProgressBar
-from moe_lab.checkpoint import load_lightning_checkpoint
 from moe_lab.config import config_from_dict, load_config
-from moe_lab.lit import TOKENS_PER_S
+from moe_lab.interop.checkpoint import load_lightning_checkpoint
 from moe_lab.model import MoETransformer
 from moe_lab.report.tb_scalars import read_scalars
-from moe_lab.train import finish_checkpoints, run
+from moe_lab.training.lit import TOKENS_PER_S
+from moe_lab.training.results import finish_checkpoints
+from moe_lab.training.run import run
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::DeprecationWarning")
@@ -109,7 +110,7 @@ DIE_AT_STEP = textwrap.dedent("""
     import os, sys
     import lightning.pytorch as pl
     from moe_lab.config import load_config
-    from moe_lab.train import run
+    from moe_lab.training.run import run
 
     class Die(pl.Callback):  # a hard kill: no cleanup, no final checkpoint
         def on_train_batch_end(self, trainer, *args):

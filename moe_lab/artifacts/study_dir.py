@@ -28,3 +28,28 @@ VERIFY_MD = "verify.md"  # one verdict per rerun arm
 def default_storage_url(study_dir: Path) -> str:
     """The storage of a study whose sweep names none: a SQLite file in the study directory."""
     return f"sqlite:///{(Path(study_dir) / STUDY_DB).resolve()}"
+
+
+# ------------------------------------------------------------------------- Optuna user attributes
+# What the sweep records in the study's storage (study.user_attrs / trial.user_attrs) and the console
+# and the reports read back: the key names, spelled here only.
+STUDY_WORK_ENQUEUED = "work_enqueued"  # trials its creator enqueued; set last: other workers wait for it
+STUDY_GRID_ENQUEUED = "grid_enqueued"  # set by studies from before work_enqueued existed
+TRIAL_CONFIG_ID = "config_id"  # the configuration: grid index (or first trial number); retries keep it
+TRIAL_LABEL = "label"  # the configuration in short: "top_k=2", "arm=coef_0"
+TRIAL_ATTEMPT = "attempt"  # 0 for a configuration's first trial, n for its n-th retry
+TRIAL_WORKER = "worker"  # host:pid of the worker that ran it
+TRIAL_ERROR = "error"  # why it failed, one line (None while it has not)
+TRIAL_EXPERT_HIDDEN = "expert_hidden"  # the expert width compute matching chose
+TRIAL_RUN_DIRS = "run_dirs"  # its run directories (one per seed), relative to the study directory
+TRIAL_SEEDS = "seeds"  # the seeds those runs trained
+TRIAL_OBJECTIVE_VALUES = "objective_values"  # the objective metric of each run
+TRIAL_OBJECTIVE_MEAN = "objective_mean"  # their mean over finite values (the trial's value)
+TRIAL_OBJECTIVE_STD = "objective_std"
+TRIAL_COLLAPSE_EVENTS = "collapse_events"  # collapse events, summed over the runs
+TRIAL_DURATION_S = "duration_s"  # wall time of the whole trial
+# Also trial attributes, under their RunMetrics (metrics.json) names: these of the first run, and the
+# mean over runs of TRIAL_MEAN_METRICS; prune_reason is the first run's that has one.
+TRIAL_FIRST_RUN_METRICS = ("active_params", "total_params")
+TRIAL_MEAN_METRICS = ("tokens_per_s", "final_load_cv")
+TRIAL_PRUNE_REASON = "prune_reason"

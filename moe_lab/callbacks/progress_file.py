@@ -11,8 +11,6 @@ from lightning.pytorch.utilities import rank_zero_only
 
 from moe_lab.artifacts.atomic import write_json_atomic
 
-PROGRESS = "progress.json"
-
 
 class ProgressFile(Callback):
     """Writes {status, step, max_steps, train_loss, val_loss, tokens_per_s, flops_per_step, updated} at most

@@ -22,10 +22,10 @@ import transformers
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from moe_lab.checkpoint import CheckpointError, load_pretrained, save_pretrained
-from moe_lab.errors import MoELabError
+from moe_lab.cli import run_main
 from moe_lab.interop import mixtral, olmoe, qwen_moe  # noqa: F401 - register the architectures
 from moe_lab.interop.architecture import ARCHITECTURES, Architecture, get_architecture
+from moe_lab.interop.checkpoint import CheckpointError, load_pretrained, save_pretrained
 from moe_lab.interop.hf_weights import to_hf_state_dict, to_moe_lab_state_dict
 from moe_lab.model.config import ModelConfig, validate_model_config
 
@@ -168,16 +168,15 @@ def main(argv: list[str] | None = None) -> int:
     export.add_argument("--architecture", choices=sorted(ARCHITECTURES),
                         help="HF architecture to write (default: the one the config's features imply)")
     args = parser.parse_args(argv)
-    try:
+
+    def convert_or_export() -> None:
         if args.command == "convert":
             out = convert_hf_dir(args.hf_dir, args.out_dir)
         else:
             out = export_hf_dir(args.moe_lab_dir, args.out_dir, args.architecture)
-    except MoELabError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    print(f"wrote {out}")
-    return 0
+        print(f"wrote {out}")
+
+    return run_main(convert_or_export)
 
 
 if __name__ == "__main__":

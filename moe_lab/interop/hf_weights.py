@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 import torch
 
-from moe_lab.checkpoint import TIED_HEAD, CheckpointError, check_state_dict, expected_shapes
 from moe_lab.interop.architecture import Architecture
+from moe_lab.interop.checkpoint import TIED_HEAD, CheckpointError, check_state_dict, expected_shapes
 from moe_lab.model.config import ModelConfig, expert_dims, moe_layer_indices
 
 # Buffers older checkpoints saved although they are derived from the config.

@@ -13,9 +13,10 @@ import subprocess
 import sys
 import time
 
+from moe_lab.artifacts.atomic import check_writable_dir
+from moe_lab.cli import filter_known_harmless_warnings, run_main
 from moe_lab.errors import MoELabError
 from moe_lab.model.accounting import count_model
-from moe_lab.artifacts.atomic import check_writable_dir
 from moe_lab.artifacts.study_dir import STUDY_INFO, TRIALS
 from moe_lab.sweep.config import Sweep, load_sweep, trial_label
 from moe_lab.sweep.storage import masked_url
@@ -33,7 +34,7 @@ def planned_configurations(sweep: Sweep) -> list[dict]:
 
 def plan_flops(sweep: Sweep) -> float:
     """Training FLOPs (3x forward, all seeds) of the planned configurations: what the console's ETA counts."""
-    from moe_lab.sweep.runner import Objective
+    from moe_lab.sweep.objective import Objective
 
     objective = Objective(sweep)
     total = 0.0
@@ -63,7 +64,7 @@ def worker_threads(workers: int) -> int:
 
 def dry_run(sweep: Sweep, workers: int = 1, gflops: float | None = None) -> None:
     from moe_lab.sweep import estimate
-    from moe_lab.sweep.runner import Objective
+    from moe_lab.sweep.objective import Objective
 
     objective = Objective(sweep)
     planned = planned_configurations(sweep)
@@ -175,8 +176,6 @@ def quiet_console() -> None:
     their exact message, Optuna's per-study info lines are dropped; every other warning still shows."""
     import optuna
 
-    from moe_lab.runtime import filter_known_harmless_warnings
-
     filter_known_harmless_warnings()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -201,7 +200,8 @@ def cli(argv, prog: str, doc: str, loader, reporter) -> int:
     parser.add_argument("--assume-gflops", type=float, default=None,
                         help="--dry-run: estimate from FLOPs at this rate instead of timing steps here")
     args = parser.parse_args(argv)
-    try:
+
+    def sweep_or_dry_run() -> int:
         sweep = loader(args.sweep, args.overrides)
         if args.workers < 1:
             raise MoELabError("--workers: must be >= 1")
@@ -248,12 +248,8 @@ def cli(argv, prog: str, doc: str, loader, reporter) -> int:
         print(f"sweep finished in {time.time() - start:.0f} s", flush=True)
         reporter(sweep.study_dir)
         return 1 if failed_workers else 0
-    except MoELabError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted: run the same command again to resume the study", file=sys.stderr)
-        return 130
+
+    return run_main(sweep_or_dry_run, interrupted="interrupted: run the same command again to resume the study")
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from moe_lab.artifacts.study_dir import default_storage_url
+from moe_lab.artifacts.run_dir import METRIC_CURVES, OBJECTIVE_METRICS
 from moe_lab.config import KEEP_CHECKPOINTS, ExperimentConfig, _explain, _read_yaml, _valid_keys, load_config
 from moe_lab.errors import ConfigError, MoELabError
 
@@ -28,9 +29,6 @@ SAMPLERS = ("grid", "random", "tpe")
 PRUNERS = ("none", "median", "hyperband")
 DIRECTIONS = ("minimize", "maximize")
 MATCHING = ("none", "active", "total")
-# Objective metrics (keys of a run's metrics.json) and the logged curve pruning watches for each.
-OBJECTIVES = {"val_loss": "val/loss", "val_bpb": "val/bpb", "val_ppl": "val/ppl", "best_val_loss": "val/loss",
-              "tokens_per_s": None, "final_load_cv": None}
 
 
 @dataclass
@@ -218,7 +216,7 @@ def _validate(cfg: SweepConfig, needs_space: bool = True) -> None:
         raise ConfigError("base", "a sweep needs a base experiment file")
     if needs_space and not cfg.space:
         raise ConfigError("space", "a sweep needs at least one parameter to search")
-    one_of("objective.metric", cfg.objective.metric, tuple(OBJECTIVES))
+    one_of("objective.metric", cfg.objective.metric, OBJECTIVE_METRICS)
     one_of("objective.direction", cfg.objective.direction, DIRECTIONS)
     one_of("sampler", cfg.sampler, SAMPLERS)
     one_of("pruner", cfg.pruner, PRUNERS)
@@ -234,7 +232,7 @@ def _validate(cfg: SweepConfig, needs_space: bool = True) -> None:
         raise ConfigError("grace_period", f"must exceed heartbeat_interval={cfg.heartbeat_interval}")
     if cfg.max_retries < 0:
         raise ConfigError("max_retries", f"must be >= 0, got {cfg.max_retries}")
-    if cfg.pruner != "none" and OBJECTIVES[cfg.objective.metric] is None:
+    if cfg.pruner != "none" and METRIC_CURVES[cfg.objective.metric] is None:
         raise ConfigError("pruner", f"objective {cfg.objective.metric} has no validation curve to prune on")
 
 

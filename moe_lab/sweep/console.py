@@ -23,6 +23,14 @@ from optuna.trial import TrialState
 
 from moe_lab.artifacts.study_dir import TRIALS
 from moe_lab.callbacks.progress_file import PROGRESS
+from moe_lab.artifacts.run_dir import PROGRESS
+from moe_lab.artifacts.study_dir import (
+    TRIAL_CONFIG_ID,
+    TRIAL_ERROR,
+    TRIAL_LABEL,
+    TRIAL_OBJECTIVE_MEAN,
+    TRIAL_PRUNE_REASON,
+)
 
 ENDED = {TrialState.COMPLETE: "done", TrialState.PRUNED: "pruned", TrialState.FAIL: "failed"}
 
@@ -68,7 +76,7 @@ class SweepConsole:
     # ---- reading
 
     def _progress(self, trial) -> list[dict]:
-        label, config_id = trial.user_attrs.get("label"), trial.user_attrs.get("config_id", trial.number)
+        label, config_id = trial.user_attrs.get(TRIAL_LABEL), trial.user_attrs.get(TRIAL_CONFIG_ID, trial.number)
         if label is None:
             return []
         trial_dir = self.sweep.study_dir / TRIALS / f"t{config_id:03d}-{label}"
@@ -84,13 +92,13 @@ class SweepConsole:
         trials = self.study.get_trials(deepcopy=False)
         latest = {}
         for t in sorted(trials, key=lambda t: t.number):
-            latest[t.user_attrs.get("config_id", t.number)] = t
+            latest[t.user_attrs.get(TRIAL_CONFIG_ID, t.number)] = t
         counts = Counter()
         running, events, done_flops = [], [], 0.0
         for t in latest.values():
             state = ENDED.get(t.state, "running" if t.state == TrialState.RUNNING else "waiting")
             counts[state] += 1
-            label = t.user_attrs.get("label") or "?"
+            label = t.user_attrs.get(TRIAL_LABEL) or "?"
             seeds = self._progress(t)
             done_flops += sum(p.get("step", 0) * p.get("flops_per_step", 0.0) for p in seeds)
             if state == "running":
@@ -102,8 +110,8 @@ class SweepConsole:
                 if state == "running" or (self._seen.get(t.number) is None and self._flops_at_start is not None):
                     events.append(f"trial {t.number} started: {label}")
                 if state != "running":
-                    value = t.value if t.value is not None else t.user_attrs.get("objective_mean")
-                    why = t.user_attrs.get("error") or t.user_attrs.get("prune_reason") or ""
+                    value = t.value if t.value is not None else t.user_attrs.get(TRIAL_OBJECTIVE_MEAN)
+                    why = t.user_attrs.get(TRIAL_ERROR) or t.user_attrs.get(TRIAL_PRUNE_REASON) or ""
                     events.append(f"trial {t.number} {state}: {label}"
                                   + (f", {self.sweep.cfg.objective.metric} = {value:.4f}" if value is not None else "")
                                   + (f" ({why})" if why and state != "done" else ""))

@@ -102,8 +102,8 @@ def verify(sweep: Sweep, arms: list[str] | None = None, seed: int | None = None,
            tolerance: float | None = None, log=print) -> list[Verdict]:
     import torch
 
-    from moe_lab.sweep.runner import Objective
-    from moe_lab.train import run
+    from moe_lab.sweep.objective import Objective
+    from moe_lab.training.run import run
 
     if sweep.arms is None:
         raise MoELabError("--verify: only ablation files (with arms) can be verified")

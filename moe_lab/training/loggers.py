@@ -10,32 +10,14 @@ its older file store ./mlruns unless MLFLOW_ALLOW_FILE_STORE=true).
 
 from __future__ import annotations
 
-import importlib.util
 import os
-import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # Lightning is imported only by the processes that train
     from lightning.pytorch.loggers import Logger
 
-# logger name -> the package it needs (None: installed with moe_lab)
-LOGGERS = {"tensorboard": None, "csv": None, "wandb": "wandb", "mlflow": "mlflow"}
 PROJECT = "moe_lab"  # wandb project / MLflow experiment when the environment names none
-
-
-def missing_package(name: str) -> str | None:
-    """The package logger `name` needs and is not installed, or None."""
-    package = LOGGERS[name]
-    return package if package and importlib.util.find_spec(package) is None else None
-
-
-def next_version(experiment_dir: Path) -> str:
-    """version_<N+1> after the highest version_<N> in `experiment_dir` (Lightning's own numbering, decided
-    here once so that every logger writes into the same run directory)."""
-    numbers = [int(m.group(1)) for d in experiment_dir.glob("version_*")
-               if (m := re.fullmatch(r"version_(\d+)", d.name)) and d.is_dir()]
-    return f"version_{max(numbers) + 1 if numbers else 0}"
 
 
 def build_loggers(names: list[str], output_dir: str, name: str, version: str) -> list[Logger]:

@@ -158,7 +158,7 @@ class MoELitModule(pl.LightningModule):
     def on_train_batch_end(self, outputs, batch, batch_idx):
         # An interval runs from the end of the previous step (or validation) to the end of this one,
         # after the callbacks' hooks: data loading, forward, backward, optimiser, logging and
-        # callbacks are all inside, as in `python -m moe_lab.bench train`.
+        # callbacks are all inside.
         now = time.perf_counter()
         tokens, self._batch_tokens = self._batch_tokens, 0
         self.train_tokens += tokens

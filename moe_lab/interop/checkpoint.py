@@ -18,11 +18,12 @@ from omegaconf.errors import OmegaConfBaseException
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from moe_lab.config import PRETRAINED_MODEL_FILE
 from moe_lab.errors import ConfigError, MoELabError
 from moe_lab.model.config import ModelConfig, validate_model_config
 from moe_lab.model.transformer import MoETransformer
 
-CONFIG_FILE = "moe_lab_model.yaml"
+CONFIG_FILE = PRETRAINED_MODEL_FILE  # moe_lab_model.yaml
 WEIGHTS_FILE = "model.safetensors"
 TIED_HEAD = "lm_head.weight"  # with tie_embeddings this is embed.weight, stored only under that name
 

@@ -23,10 +23,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-# metrics.json keys shown as `final/<key>`, in the order the HPARAMS table lists them (the objective
+from moe_lab.artifacts.run_dir import HPARAM_METRICS
+
+# HPARAM_METRICS (metrics.json keys) are shown as `final/<key>`, in their declared order (the objective
 # of a study is moved first).
-FINAL_METRICS = ("val_loss", "val_bpb", "val_ppl", "best_val_loss", "tokens_per_s", "final_load_cv",
-                 "final_dropped_frac", "collapse_events_count")
 FINAL_PREFIX = "final/"
 # A single run's HPARAMS columns: what distinguishes one MoE run from another at a glance.
 HEADLINE_HPARAMS = ("model.moe.n_experts", "model.moe.top_k", "model.moe.router", "model.d_model",
@@ -78,8 +78,8 @@ def experiment_summary(hparams: dict[str, list[Any]], metrics: list[str], swept:
 
 
 def ordered_metrics(objective: str | None) -> list[str]:
-    """FINAL_METRICS with the objective first."""
-    return [m for m in (objective,) if m] + [m for m in FINAL_METRICS if m != objective]
+    """HPARAM_METRICS with the objective first."""
+    return [m for m in (objective,) if m] + [m for m in HPARAM_METRICS if m != objective]
 
 
 def _writer(log_dir: Path):
@@ -120,7 +120,7 @@ def write_session(writer, hparams: dict[str, Any], group: str, metrics: dict, st
         setattr(start.hparams[key], field, value)
     file_writer = writer._get_file_writer()
     file_writer.add_summary(_plugin_summary(metadata.SESSION_START_INFO_TAG, session_start_info=start))
-    for key in FINAL_METRICS:
+    for key in HPARAM_METRICS:
         if isinstance(metrics.get(key), (int, float)):
             writer.add_scalar(FINAL_PREFIX + key, float(metrics[key]), step)
     end = plugin_data_pb2.SessionEndInfo(status=api_pb2.STATUS_FAILURE if failed else api_pb2.STATUS_SUCCESS,

@@ -1,0 +1,214 @@
+"""A sweep trial's work: train its configuration once per seed, each in its own run directory, and
+record the outcome on the trial (user attributes, named in moe_lab.artifacts.study_dir).
+
+A retry (the same configuration after its worker died) trains in new run directories (seed0.retry1,
+...), reuses seeds an earlier attempt finished, and continues a seed from the newest checkpoint an
+earlier attempt left in this output_dir."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+from moe_lab.artifacts.atomic import write_json_atomic
+from moe_lab.artifacts.run_dir import CHECKPOINTS, LAST_CKPT, METRIC_CURVES, METRICS
+from moe_lab.artifacts.study_dir import (
+    TRIAL_ATTEMPT,
+    TRIAL_COLLAPSE_EVENTS,
+    TRIAL_CONFIG_ID,
+    TRIAL_DURATION_S,
+    TRIAL_ERROR,
+    TRIAL_EXPERT_HIDDEN,
+    TRIAL_FIRST_RUN_METRICS,
+    TRIAL_LABEL,
+    TRIAL_MEAN_METRICS,
+    TRIAL_OBJECTIVE_MEAN,
+    TRIAL_OBJECTIVE_STD,
+    TRIAL_OBJECTIVE_VALUES,
+    TRIAL_PRUNE_REASON,
+    TRIAL_RUN_DIRS,
+    TRIAL_SEEDS,
+    TRIAL_WORKER,
+    TRIALS,
+)
+from moe_lab.config import load_config
+from moe_lab.sweep.claims import TrialTakenAway, fence, still_mine, worker_name
+from moe_lab.sweep.config import Sweep, trial_label
+from moe_lab.sweep.matching import match_expert_hidden
+
+
+@dataclass
+class SeedResult:
+    seed: int
+    run_dir: Path
+    metrics: dict  # the run's metrics.json
+
+
+def config_id_of(trial: optuna.Trial) -> int:
+    """Grid trials carry their grid index; other trials their own number. A retry copies the user
+    attributes of the trial it retries, so it keeps the config id and resumes the same run directories."""
+    return int(trial.user_attrs.get(TRIAL_CONFIG_ID, trial.number))
+
+
+def attempt_of(trial: optuna.Trial) -> int:
+    """0 for the first trial of a configuration, n for its n-th retry (counted from the study)."""
+    config_id = config_id_of(trial)
+    return sum(1 for t in trial.study.get_trials(deepcopy=False)
+               if t.number < trial.number and t.user_attrs.get(TRIAL_CONFIG_ID, t.number) == config_id)
+
+
+def seed_dir_name(seed: int, attempt: int) -> str:
+    return f"seed{seed}" if attempt == 0 else f"seed{seed}.retry{attempt}"
+
+
+def earlier_attempts(trial_dir: Path, seed: int, attempt: int) -> list[Path]:
+    """Run directories of earlier attempts of this seed found in this output_dir, newest first."""
+    return [trial_dir / seed_dir_name(seed, a) for a in range(attempt - 1, -1, -1)
+            if (trial_dir / seed_dir_name(seed, a)).is_dir()]
+
+
+def _finished(run_dir: Path) -> dict | None:
+    path = run_dir / METRICS
+    if path.is_file():
+        metrics = json.loads(path.read_text())
+        if metrics.get("status") in ("completed", "pruned"):
+            return metrics
+    return None
+
+
+class Objective:
+    def __init__(self, sweep: Sweep, quiet: bool = True):
+        self.sweep, self.quiet = sweep, quiet
+        self.base = load_config(sweep.base_path, list(sweep.cfg.overrides))
+
+    def experiment(self, params: dict[str, Any], trial_dir: Path, seed: int, version: str | None = None):
+        overrides = self.sweep.experiment_overrides(params) + [
+            f"seed={seed}", f"output_dir={trial_dir.parent}", f"name={trial_dir.name}",
+            f"version={version or f'seed{seed}'}", "trainer.progress_bar=false",
+            f"trainer.keep_checkpoints={self.sweep.cfg.keep_checkpoints}"]
+        if self.sweep.cfg.collapse_prunes:
+            overrides.append("monitor.collapse_action=prune")
+        cfg = load_config(self.sweep.base_path, overrides)
+        matched = None
+        if self.sweep.cfg.compute_matching != "none":
+            matched = match_expert_hidden(self.base.model, cfg.model, self.sweep.cfg.compute_matching)
+            if matched is not None:
+                cfg.model.moe.expert_hidden = matched.expert_hidden
+        return cfg, matched
+
+    def run_seed(self, trial: optuna.Trial, params: dict, trial_dir: Path, seed: int, report: bool,
+                 attempt: int = 0) -> SeedResult:
+        """Train one seed in this attempt's own run directory. A seed an earlier attempt finished is
+        reused as it is; otherwise training continues from the newest checkpoint an earlier attempt
+        left (copied, so the earlier directory is never written again)."""
+        from moe_lab.callbacks.fence import Fence  # Lightning: only in processes that train
+        from moe_lab.callbacks.pruning import ValidationPruning
+        from moe_lab.training.run import run
+
+        version = seed_dir_name(seed, attempt)
+        cfg, _ = self.experiment(params, trial_dir, seed, version)
+        run_dir = trial_dir / version
+        earlier = earlier_attempts(trial_dir, seed, attempt)
+        for previous in [run_dir, *earlier]:
+            if (metrics := _finished(previous)) is not None:
+                return SeedResult(seed, previous, metrics)
+        ckpt = next((d / CHECKPOINTS / LAST_CKPT for d in [run_dir, *earlier]
+                     if (d / CHECKPOINTS / LAST_CKPT).is_file()), None)
+        if ckpt is not None:
+            target = run_dir / CHECKPOINTS / LAST_CKPT
+            if ckpt != target:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(ckpt, target.with_suffix(".tmp"))
+                target.with_suffix(".tmp").replace(target)
+            cfg.trainer.resume = "auto"
+        monitor = METRIC_CURVES[self.sweep.cfg.objective.metric]
+        pruning = ValidationPruning(trial, monitor) if report and monitor and self.sweep.cfg.pruner != "none" else None
+        callbacks = [Fence(lambda: fence(trial), self.sweep.cfg.heartbeat_interval)] + ([pruning] if pruning else [])
+        result = run(cfg, extra_callbacks=tuple(callbacks), quiet=self.quiet, session=(params, trial_label(params)))
+        fence(trial)  # results of a trial taken away are not reported
+        metrics = dict(result.metrics)
+        if pruning is not None and pruning.pruned_at is not None:
+            metrics["prune_reason"] = f"pruned by the {self.sweep.cfg.pruner} pruner at step {pruning.pruned_at}"
+            metrics["status"] = "pruned"
+            write_json_atomic(run_dir / METRICS, metrics)
+        return SeedResult(seed, run_dir, metrics)
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        params = dict(trial.params)
+        config_id = config_id_of(trial)
+        label = trial.user_attrs.get(TRIAL_LABEL) or trial_label(params)
+        trial_dir = self.sweep.study_dir / TRIALS / f"t{config_id:03d}-{label}"
+        attempt = attempt_of(trial)
+        trial.set_user_attr(TRIAL_CONFIG_ID, config_id)
+        trial.set_user_attr(TRIAL_LABEL, label)
+        trial.set_user_attr(TRIAL_ATTEMPT, attempt)
+        trial.set_user_attr(TRIAL_WORKER, worker_name())
+        trial.set_user_attr(TRIAL_ERROR, None)  # a retry inherits the attributes of the attempt it retries
+        start = time.time()
+        _, matched = self.experiment(params, trial_dir, self.sweep.cfg.seeds[0])
+        if matched is not None:
+            trial.set_user_attr(TRIAL_EXPERT_HIDDEN, matched.expert_hidden)
+        results: list[SeedResult] = []
+        try:
+            for i, seed in enumerate(self.sweep.cfg.seeds):
+                results.append(self.run_seed(trial, params, trial_dir, seed, report=i == 0, attempt=attempt))
+                if results[-1].metrics.get("status") == "pruned":
+                    break
+        except TrialTakenAway:
+            raise
+        except Exception as err:
+            # The seed that failed has a run directory too: record it, so the failure can be read.
+            failing = trial_dir / seed_dir_name(self.sweep.cfg.seeds[len(results)], attempt)
+            if still_mine(trial):
+                self.record(trial, trial_dir, results, start, error=one_line(err),
+                            failed_dir=failing if failing.is_dir() else None)
+            raise
+        fence(trial)
+        value = self.record(trial, trial_dir, results, start)
+        pruned = [r.metrics["prune_reason"] for r in results if r.metrics.get("status") == "pruned"]
+        if pruned:
+            raise optuna.TrialPruned(pruned[0])
+        return value
+
+    def record(self, trial, trial_dir: Path, results: list[SeedResult], start: float, error: str | None = None,
+               failed_dir: Path | None = None):
+        metric = self.sweep.cfg.objective.metric
+        values = [r.metrics.get(metric) for r in results]
+        finite = [v for v in values if v is not None and math.isfinite(v)]
+        mean = statistics.fmean(finite) if finite else float("nan")
+        first = results[0].metrics if results else {}
+        run_dirs = [r.run_dir for r in results] + ([failed_dir] if failed_dir is not None else [])
+        attrs = {
+            TRIAL_RUN_DIRS: [str(d.relative_to(self.sweep.study_dir)) for d in run_dirs],
+            TRIAL_SEEDS: [r.seed for r in results],
+            TRIAL_OBJECTIVE_VALUES: values,
+            TRIAL_OBJECTIVE_MEAN: mean,
+            TRIAL_OBJECTIVE_STD: statistics.stdev(finite) if len(finite) > 1 else 0.0,
+            **{name: first.get(name) for name in TRIAL_FIRST_RUN_METRICS},
+            **{name: _mean(r.metrics.get(name) for r in results) for name in TRIAL_MEAN_METRICS},
+            TRIAL_COLLAPSE_EVENTS: sum(r.metrics.get("collapse_events_count") or 0 for r in results),
+            TRIAL_PRUNE_REASON: next((r.metrics.get("prune_reason") for r in results
+                                      if r.metrics.get("prune_reason")), None),
+            TRIAL_ERROR: error,
+            TRIAL_DURATION_S: time.time() - start,
+        }
+        for key, value in attrs.items():
+            trial.set_user_attr(key, value)
+        return mean
+
+
+def _mean(values) -> float | None:
+    values = [v for v in values if v is not None]
+    return statistics.fmean(values) if values else None
+
+
+def one_line(err: BaseException) -> str:
+    return f"{type(err).__name__}: {err}".splitlines()[0]

@@ -1,0 +1,260 @@
+"""Training one experiment: build the data, the LightningModule, the callbacks, the loggers and the
+Trainer, refuse what cannot run before anything is written, fit (or resume), and leave a complete run
+directory (<output_dir>/<name>/<version>/, file names in moe_lab.artifacts.run_dir)."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import LearningRateMonitor
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
+
+from moe_lab.artifacts.atomic import check_writable_dir, write_text_atomic
+from moe_lab.artifacts.environment import environment_record
+from moe_lab.artifacts.run_dir import (
+    CHECKPOINTS,
+    CONFIG,
+    ENV,
+    LAST_CKPT,
+    MODEL_SUMMARY,
+    PREVIOUS_CKPT,
+    PROGRESS,
+    TOKENIZER_DIR,
+    TRAIN_LOG,
+    RunMetrics,
+    next_version,
+    resolve_resume,
+)
+from moe_lab.callbacks import ExpertCollapseDetector, ExpertLoadMonitor
+from moe_lab.callbacks.checkpoint import RotatingCheckpoint
+from moe_lab.callbacks.nonfinite import NonFiniteLossError, NonFiniteLossGuard
+from moe_lab.callbacks.progress import ProgressBar
+from moe_lab.callbacks.progress_file import ProgressFile
+from moe_lab.config import ExperimentConfig, to_dict, to_yaml
+from moe_lab.data import TextDataModule
+from moe_lab.errors import ConfigError, DataError
+from moe_lab.interop.checkpoint import CheckpointError, check_state_dict, load_pretrained, read_torch_checkpoint
+from moe_lab.model.accounting import count_model
+from moe_lab.model.summary import model_summary
+from moe_lab.training.lit import MoELitModule
+from moe_lab.training.loggers import build_loggers
+from moe_lab.training.output import lightning_output_captured, lightning_output_to
+from moe_lab.training.results import (
+    end_of_run_summary,
+    final_metrics,
+    finish_checkpoints,
+    json_text,
+    log_final,
+    write_metrics,
+    write_record,
+)
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    record: RunMetrics
+    callbacks: dict = field(default_factory=dict)  # name -> callback instance, for sweeps
+
+    @property
+    def metrics(self) -> dict:
+        """The run's metrics.json, as written."""
+        return asdict(self.record)
+
+
+def check_resume_checkpoint(cfg: ExperimentConfig, ckpt: Path) -> None:
+    """Raise ConfigError unless `ckpt` loads and holds the model `cfg` describes. Run before the run
+    directory is touched: a damaged checkpoint must not leave records of a resume that never ran.
+    For resume=auto the message names the run's previous checkpoint when that one is intact."""
+    problem = _checkpoint_problem(cfg, ckpt)
+    if problem is None:
+        return
+    if cfg.trainer.resume != "auto":
+        raise ConfigError("trainer.resume", problem)
+    previous = ckpt.with_name(PREVIOUS_CKPT)
+    if previous.is_file() and _checkpoint_problem(cfg, previous) is None:
+        raise ConfigError("trainer.resume", f"auto: the latest checkpoint is damaged ({problem}); the previous "
+                                            f"one is intact: continue from it with trainer.resume={previous}")
+    raise ConfigError("trainer.resume", f"auto: the latest checkpoint is damaged ({problem}) and no intact "
+                                        f"{PREVIOUS_CKPT} is beside it; start afresh with trainer.resume=''")
+
+
+def _checkpoint_problem(cfg: ExperimentConfig, ckpt: Path) -> str | None:
+    # Lightning loads the file again when it resumes: reading it twice is the price of failing early.
+    try:
+        state = read_torch_checkpoint(ckpt)
+        tensors = state.get("state_dict") if isinstance(state, dict) else None
+        if not isinstance(tensors, dict) or "global_step" not in state:
+            return f"{ckpt}: not a training checkpoint (no state_dict and global_step)"
+        prefix = "model."
+        check_state_dict(cfg.model, {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)},
+                         f"{ckpt} (step {state['global_step']})")
+    except CheckpointError as err:
+        return str(err)
+    return None
+
+
+def build_callbacks(cfg: ExperimentConfig, run_dir: Path, resume_ckpt: Path | None = None) -> dict[str, pl.Callback]:
+    m = cfg.monitor
+    every = cfg.trainer.checkpoint_every_n_steps or cfg.trainer.val_every_n_steps
+    last = run_dir / CHECKPOINTS / LAST_CKPT
+    resumed_from_last = resume_ckpt is not None and resume_ckpt.resolve() == last.resolve()
+    return {
+        "best_checkpoint": RotatingCheckpoint(dirpath=run_dir / CHECKPOINTS, filename="best", monitor="val/loss",
+                                              mode="min", save_top_k=1, auto_insert_metric_name=False,
+                                              enable_version_counter=False),
+        "last_checkpoint": RotatingCheckpoint(dirpath=run_dir / CHECKPOINTS, save_top_k=0, save_last=True,
+                                              every_n_train_steps=every, keep_previous=True,
+                                              trusted=resumed_from_last),
+        "load_monitor": ExpertLoadMonitor(log_every_n_steps=m.log_every_n_steps,
+                                          heatmap_every_n_steps=m.heatmap_every_n_steps,
+                                          max_experts_logged=m.max_experts_logged),
+        "collapse_detector": ExpertCollapseDetector(min_load_fraction=m.collapse_min_load_fraction,
+                                                    patience_steps=m.collapse_patience_steps,
+                                                    min_entropy_norm=m.collapse_min_entropy_norm,
+                                                    action=m.collapse_action,
+                                                    dead_router_max_grad_norm=m.dead_router_max_grad_norm),
+        "lr_monitor": LearningRateMonitor(logging_interval="step"),
+        "nan_guard": NonFiniteLossGuard(),
+        "progress": ProgressFile(run_dir / PROGRESS, flops_per_step(cfg)),
+    }
+
+
+def flops_per_step(cfg: ExperimentConfig) -> float:
+    """Training FLOPs of one optimizer step, counted as 3x the forward (forward + backward), the count the
+    sweep's dry run estimates its cost with."""
+    tokens = cfg.data.batch_size * cfg.data.block_size * cfg.trainer.accumulate_grad_batches
+    return 3 * count_model(cfg.model, cfg.data.block_size).total_flops_per_token * tokens
+
+
+def _precision(value: str) -> str:
+    return {"32": "32-true"}.get(value, value)
+
+
+def _devices(value: str):
+    value = value.replace(" ", "")
+    if value == "auto":
+        return "auto"
+    parts = [int(p) for p in value.split(",") if p]
+    return parts[0] if len(parts) == 1 and "," not in value else parts
+
+
+# Lightning names no key when it refuses a device setting; the first of these its message mentions is it.
+TRAINER_KEYS = ("strategy", "devices", "num_nodes", "precision", "accelerator")
+
+
+def build_trainer(cfg: ExperimentConfig, logger, callbacks: list[pl.Callback], run_dir: Path,
+                  quiet: bool) -> pl.Trainer:
+    """The Trainer; Lightning checks accelerator, devices and strategy here, and writes nothing yet."""
+    t = cfg.trainer
+    try:
+        return pl.Trainer(
+            max_steps=t.max_steps, max_epochs=-1,
+            val_check_interval=t.val_every_n_steps, check_val_every_n_epoch=None,
+            limit_val_batches=t.val_batches or 1.0, num_sanity_val_steps=0,
+            accumulate_grad_batches=t.accumulate_grad_batches, precision=_precision(t.precision),
+            accelerator=t.accelerator, devices=_devices(t.devices), num_nodes=t.num_nodes, strategy=t.strategy,
+            deterministic=t.deterministic, gradient_clip_val=cfg.optim.grad_clip or None,
+            logger=logger, callbacks=[*callbacks, *([ProgressBar()] if t.progress_bar and not quiet else [])],
+            enable_progress_bar=t.progress_bar and not quiet, log_every_n_steps=t.log_every_n_steps,
+            enable_model_summary=False, use_distributed_sampler=False, default_root_dir=run_dir,
+        )
+    except (MisconfigurationException, ValueError, TypeError, ImportError, RuntimeError) as err:
+        reason = " ".join((str(err).strip() or type(err).__name__).split("\n")[0].split())
+        reason = reason.split(". ")[0].rstrip(".")  # the first sentence; the rest is links and lists
+        lowered = reason.lower()
+        name = next((k for k in TRAINER_KEYS if k in lowered), "accelerator")
+        value = getattr(t, name)
+        raise ConfigError(f"trainer.{name}", f"{value!r} cannot be used here "
+                          f"(accelerator={t.accelerator}, devices={t.devices}, strategy={t.strategy}): "
+                          f"{reason}") from None
+
+
+def _print(msg: str, quiet: bool) -> None:
+    if not quiet:
+        print(msg, flush=True)
+
+
+def prepare_data(cfg: ExperimentConfig) -> TextDataModule:
+    data = TextDataModule(cfg.data, seed=cfg.seed)
+    data.prepare_data()
+    data.setup("fit")
+    return data
+
+
+def run(cfg: ExperimentConfig, extra_callbacks: tuple[pl.Callback, ...] = (), quiet: bool = False,
+        session: tuple[dict, str] | None = None) -> RunResult:
+    """Train `cfg` (already validated by load_config). Raises MoELabError for bad data input before
+    anything is written. `session`: (hyperparameters, group) of this run in the TensorBoard HPARAMS table
+    of a study that declared its own columns (moe_lab.training.tb_hparams); None: the run declares itself."""
+    if cfg.trainer.threads:
+        torch.set_num_threads(cfg.trainer.threads)
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    # Everything that can be refused is checked before the run directory exists: output folder,
+    # devices and strategy, data, the checkpoint to resume from.
+    check_writable_dir(cfg.output_dir, "output_dir")
+    experiment_dir = Path(cfg.output_dir) / cfg.name
+    version, resume_ckpt = resolve_resume(experiment_dir, cfg.version, cfg.trainer.resume)
+    version = version or next_version(experiment_dir)
+    loggers = build_loggers(cfg.trainer.loggers, cfg.output_dir, cfg.name, version)
+    run_dir = experiment_dir / version
+    callbacks = build_callbacks(cfg, run_dir, resume_ckpt)
+    data = prepare_data(cfg)
+    if cfg.model_init:  # the pretrained embedding fixes the vocabulary; the tokenizer must fit in it
+        if data.vocab_size > cfg.model.vocab_size:
+            raise DataError(f"data tokenizer has {data.vocab_size} tokens but the model in model_init="
+                            f"{cfg.model_init} has vocab_size {cfg.model.vocab_size}")
+    else:
+        cfg.model.vocab_size = data.vocab_size  # resolved from the tokenizer, recorded in config.yaml
+    if resume_ckpt is not None:
+        check_resume_checkpoint(cfg, resume_ckpt)
+    lit = MoELitModule(to_dict(cfg), val_bytes_per_token=data.bytes_per_token["val"])
+    lit.tokenizer = data.tokenizer
+    if cfg.model_init:
+        _, state = load_pretrained(cfg.model_init)
+        lit.model.load_state_dict(state, strict=True)
+
+    # Last: Lightning logs its device lines while building the Trainer (a quiet run keeps them for its
+    # train.log, written once the run directory exists).
+    with contextlib.ExitStack() as early:
+        captured = early.enter_context(lightning_output_captured()) if quiet else None
+        trainer = build_trainer(cfg, loggers or False, [*callbacks.values(), *extra_callbacks], run_dir, quiet)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    _print(f"run directory: {run_dir}" + (f" (resuming {resume_ckpt})" if resume_ckpt else ""), quiet)
+    summary = model_summary(cfg.model, cfg.data.block_size)
+    _print(summary, quiet)
+    write_record(run_dir, CONFIG, to_yaml(cfg))
+    write_record(run_dir, ENV, json_text(environment_record(data=data.data_record(), seed=cfg.seed)))
+    write_text_atomic(run_dir / MODEL_SUMMARY, summary + "\n")
+    data.save_tokenizer(run_dir / TOKENIZER_DIR)
+
+    # Quiet runs (sweep trials) keep Lightning's own lines in the run's train.log, off the sweep console.
+    output = contextlib.ExitStack()
+    if quiet:
+        with open(run_dir / TRAIN_LOG, "a", encoding="utf-8") as log:  # a resumed run adds to its log
+            log.write(captured.getvalue())
+        output.enter_context(lightning_output_to(run_dir / TRAIN_LOG))
+    start = time.perf_counter()
+    error = None
+    try:
+        trainer.fit(lit, datamodule=data, ckpt_path=resume_ckpt, weights_only=True)
+        if lit.last_val.get("step") != trainer.global_step and not trainer.interrupted:
+            trainer.validate(lit, datamodule=data, verbose=False)  # final metrics at the final step
+    except NonFiniteLossError as err:
+        error = str(err)
+    finally:
+        output.close()
+    metrics = final_metrics(cfg, lit, trainer, callbacks, time.perf_counter() - start, error)
+    if trainer.is_global_zero:
+        finish_checkpoints(run_dir / CHECKPOINTS, cfg.trainer.keep_checkpoints, metrics.status)
+        write_metrics(run_dir, metrics)
+        log_final(cfg, loggers, metrics, trainer.global_step, session)
+    _print(end_of_run_summary(metrics, run_dir, Path(cfg.output_dir)), quiet)
+    if error is not None:
+        raise NonFiniteLossError(error)
+    return RunResult(run_dir=run_dir, record=metrics, callbacks=callbacks)
