@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from optuna.trial import TrialState
 
 from moe_lab.artifacts.study_dir import TRIALS
-from moe_lab.callbacks.progress_file import PROGRESS
 from moe_lab.artifacts.run_dir import PROGRESS
 from moe_lab.artifacts.study_dir import (
     TRIAL_CONFIG_ID,
