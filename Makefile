@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 TORCH  ?= torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-slow bench quick-demo clean-venv
+.PHONY: demo test test-slow lint format bench quick-demo clean-venv
 
 $(VENV)/.installed: pyproject.toml Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -27,6 +27,15 @@ quick-demo: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+
+# Lint and format check (ruff, settings in pyproject.toml); `make format` applies the formatter and the safe fixes.
+lint: $(VENV)/.installed
+	$(PY) -m ruff check moe_lab tests
+	$(PY) -m ruff format --check moe_lab tests
+
+format: $(VENV)/.installed
+	$(PY) -m ruff check --fix moe_lab tests
+	$(PY) -m ruff format moe_lab tests
 
 test-slow: $(VENV)/.installed
 	$(PY) -m pytest -q -m slow $(PYTEST_ARGS)
