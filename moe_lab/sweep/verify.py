@@ -22,6 +22,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from moe_lab.artifacts.run_dir import ENV, METRICS
 from moe_lab.errors import MoELabError
 from moe_lab.sweep.config import Sweep, trial_label
 
@@ -69,7 +70,7 @@ def stored_run(sweep: Sweep, params: dict, seed: int) -> Path:
 
 def _status(run_dir: Path) -> str | None:
     try:
-        return json.loads((run_dir / "metrics.json").read_text()).get("status")
+        return json.loads((run_dir / METRICS).read_text()).get("status")
     except (OSError, ValueError):
         return None
 
@@ -79,7 +80,7 @@ def seed_values(run_dir: Path, metric: str) -> list[float]:
     values = []
     for seed_dir in sorted(run_dir.parent.glob("seed*")):
         if _status(seed_dir) == "completed":
-            value = json.loads((seed_dir / "metrics.json").read_text()).get(metric)
+            value = json.loads((seed_dir / METRICS).read_text()).get(metric)
             if value is not None and math.isfinite(value):
                 values.append(float(value))
     return values
@@ -100,7 +101,6 @@ def verify(sweep: Sweep, arms: list[str] | None = None, seed: int | None = None,
            tolerance: float | None = None, log=print) -> list[Verdict]:
     import torch
 
-    from moe_lab.sweep.objective import Objective
     from moe_lab.training.run import run
 
     if sweep.arms is None:
@@ -116,20 +116,19 @@ def verify(sweep: Sweep, arms: list[str] | None = None, seed: int | None = None,
     chosen = [n for n in names if not arms or n in arms]
     stored = {n: stored_run(sweep, {"arm": n}, seed) for n in chosen}  # all found before any training
     out = sweep.study_dir / "verify" / time.strftime("%Y%m%d-%H%M%S")
-    objective = Objective(sweep)
     verdicts = []
     for name in chosen:
         stored_dir = stored[name]
-        stored_env = json.loads((stored_dir / "env.json").read_text())
-        stored_value = json.loads((stored_dir / "metrics.json").read_text())[metric]
+        stored_env = json.loads((stored_dir / ENV).read_text())
+        stored_value = json.loads((stored_dir / METRICS).read_text())[metric]
         threads = stored_env.get("torch", {}).get("threads")
         if threads:
             torch.set_num_threads(int(threads))  # the stored run's setting: a chance of bit-identity
-        cfg, _ = objective.experiment({"arm": name}, out / stored_dir.parent.name, seed)
+        cfg, _ = sweep.experiment({"arm": name}, sweep.placement(out / stored_dir.parent.name, seed))
         log(f"verify {name} seed {seed}: training again ({cfg.trainer.max_steps} steps, {threads} threads)")
         # A session of the study's HPARAMS table (its own group), not a second experiment declaration.
         result = run(cfg, quiet=True, session=({"arm": name}, f"verify arm={name}"))
-        rerun_env = json.loads((result.run_dir / "env.json").read_text())
+        rerun_env = json.loads((result.run_dir / ENV).read_text())
         values = seed_values(stored_dir, metric)
         tol = tolerance if tolerance is not None else (2 * statistics.stdev(values) if len(values) > 1 else 0.0)
         verdicts.append(Verdict(name, seed, float(stored_value), float(result.metrics.get(metric, math.nan)),
