@@ -14,7 +14,7 @@ from pathlib import Path
 from moe_lab.artifacts.run_dir import CLAIM_METRICS
 from moe_lab.cli import run_main
 from moe_lab.errors import ConfigError
-from moe_lab.sweep.config import Param, Sweep, SweepConfig, _validate, check_sweep, read_structured
+from moe_lab.sweep.config import Param, Sweep, SweepConfig, check_sweep, read_structured, validate_sweep_config
 
 
 @dataclass
@@ -56,7 +56,7 @@ def load_ablation(path: str | Path, overrides: list[str] = ()) -> Sweep:
     for name in cfg.arms:
         if not name or any(c in name for c in "/ ,="):
             raise ConfigError(f"arms.{name}", "arm names are non-empty, without '/', ' ', ',' or '='")
-    _validate(cfg, needs_space=False)
+    validate_sweep_config(cfg, needs_space=False)
     for i, claim in enumerate(cfg.claims):
         where = f"claims[{i}]"
         if claim.metric not in CLAIM_METRICS:

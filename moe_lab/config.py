@@ -2,7 +2,9 @@
 
 Config flows one way: YAML -> OmegaConf structured merge against these dataclasses (unknown keys and
 wrong types are caught here) -> plain dataclass objects -> `validate_experiment` (value and
-cross-field rules) -> the rest of moe_lab. Every error is a `ConfigError` naming the dotted key.
+cross-field rules) -> the rest of moe_lab. Values derived from a config (a sweep's matched expert
+width) are merged in before that one validation (`ExperimentSource.config(values)`); nothing changes a
+validated config. Every error is a `ConfigError` naming the dotted key.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import difflib
 import importlib.util
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any
@@ -112,7 +115,7 @@ class ExperimentConfig:
 # Loading
 
 
-def _read_yaml(path: Path, chain: tuple[Path, ...] = ()) -> DictConfig:
+def read_yaml(path: Path, chain: tuple[Path, ...] = ()) -> DictConfig:
     """A YAML file with the files it `extends` merged underneath it (base first)."""
     path = path.resolve()
     if path in chain:
@@ -134,18 +137,18 @@ def _read_yaml(path: Path, chain: tuple[Path, ...] = ()) -> DictConfig:
     bases = [bases] if isinstance(bases, str) else list(bases)
     merged = OmegaConf.create()
     for base in bases:
-        merged = OmegaConf.merge(merged, _read_yaml(path.parent / str(base), chain + (path,)))
+        merged = OmegaConf.merge(merged, read_yaml(path.parent / str(base), chain + (path,)))
     return OmegaConf.merge(merged, node)
 
 
-def _valid_keys(schema: Any, prefix: str = "") -> list[str]:
+def schema_keys(schema: Any, prefix: str = "") -> list[str]:
     keys = []
     for f in fields(schema):
         key = f"{prefix}{f.name}"
         keys.append(key)
         value = getattr(schema, f.name)
         if is_dataclass(value):
-            keys += _valid_keys(value, key + ".")
+            keys += schema_keys(value, key + ".")
     return keys
 
 
@@ -165,10 +168,10 @@ def _expected_type(schema: Any, key: str) -> str:
     return getattr(node, "__name__", str(node)) if typing.get_origin(node) is None else str(node)
 
 
-def _explain(err: OmegaConfBaseException, schema: Any, key_hint: str = "config") -> ConfigError:
+def explain(err: OmegaConfBaseException, schema: Any, key_hint: str = "config") -> ConfigError:
     key = str(getattr(err, "full_key", "") or key_hint)
     if isinstance(err, ConfigKeyError):
-        close = difflib.get_close_matches(key, _valid_keys(schema), n=1, cutoff=0.6)
+        close = difflib.get_close_matches(key, schema_keys(schema), n=1, cutoff=0.6)
         hint = f"; did you mean {close[0]}?" if close else ""
         return ConfigError(key, f"unknown key{hint}")
     if isinstance(err, ValidationError):
@@ -182,7 +185,7 @@ def _merge(base: DictConfig, update: DictConfig, schema: Any, key_hint: str = "c
     try:
         return OmegaConf.merge(base, update)
     except OmegaConfBaseException as err:
-        raise _explain(err, schema, key_hint) from None
+        raise explain(err, schema, key_hint) from None
 
 
 def _parse_override(item: str) -> DictConfig:
@@ -215,28 +218,65 @@ def _pretrained_model_section(model_init: str) -> DictConfig:
     return OmegaConf.create({"model": node})
 
 
-def load_config(path: str | Path | None, overrides: list[str] = ()) -> ExperimentConfig:
-    """Schema defaults <- (pretrained model section) <- YAML (with its bases) <- overrides, validated."""
-    schema = ExperimentConfig()
-    layers = [_read_yaml(Path(path))] if path is not None else []
-    layers += [_parse_override(item) for item in overrides]
-    model_init = next((str(layer.model_init) for layer in reversed(layers) if "model_init" in layer), "")
-    merged = OmegaConf.structured(schema)
-    if model_init:
-        merged = _merge(merged, _pretrained_model_section(model_init), schema, key_hint="model_init")
-    if path is not None:
-        merged = _merge(merged, layers[0], schema)
-    for item, layer in zip(overrides, layers[-len(overrides):] if overrides else []):
-        # one at a time, so an error names the override at fault
-        merged = _merge(merged, layer, schema, key_hint=item.split("=", 1)[0])
-    try:
-        cfg = OmegaConf.to_object(merged)
-    except OmegaConfBaseException as err:
-        raise _explain(err, schema) from None
-    if not any(OmegaConf.select(layer, "optim.warmup_steps") is not None for layer in layers[len(layers) - len(overrides):]):
-        cfg.optim.warmup_steps = fit_warmup(cfg.optim.warmup_steps, cfg.trainer.max_steps)
-    validate_experiment(cfg)
-    return cfg
+@dataclass(frozen=True)
+class ExperimentSource:
+    """An experiment read from disk once: its YAML file (with the files it extends) and its parsed
+    `key.sub=value` overrides. `config(values)` merges them onto the schema with `values` last (a nested
+    mapping: a sweep's parameters, where a run writes, the matched expert width) and validates the
+    result, the one validation a config gets; `draft(values)` is that merge unvalidated."""
+
+    yaml: DictConfig | None
+    overrides: tuple[tuple[str, DictConfig], ...] = ()  # (as typed, parsed)
+
+    def extended(self, overrides: list[str] | tuple[str, ...]) -> ExperimentSource:
+        """The same experiment with more overrides after its own (an ablation arm's)."""
+        parsed = tuple((item, _parse_override(item)) for item in overrides)
+        return ExperimentSource(self.yaml, self.overrides + parsed)
+
+    def draft(self, values: Mapping[str, Any] | None = None) -> ExperimentConfig:
+        """Schema defaults <- (pretrained model section) <- YAML (with its bases) <- overrides <- values,
+        the warmup fitted to the run (fit_warmup); not validated."""
+        schema = ExperimentConfig()
+        given = [layer for _, layer in self.overrides] + ([OmegaConf.create(dict(values))] if values else [])
+        layers = ([self.yaml] if self.yaml is not None else []) + given
+        model_init = next((str(layer.model_init) for layer in reversed(layers) if "model_init" in layer), "")
+        merged = OmegaConf.structured(schema)
+        if model_init:
+            merged = _merge(merged, _pretrained_model_section(model_init), schema, key_hint="model_init")
+        if self.yaml is not None:
+            merged = _merge(merged, self.yaml, schema)
+        for item, layer in self.overrides:  # one at a time, so an error names the override at fault
+            merged = _merge(merged, layer, schema, key_hint=item.split("=", 1)[0])
+        if values:
+            merged = _merge(merged, given[-1], schema)
+        try:
+            cfg = OmegaConf.to_object(merged)
+        except OmegaConfBaseException as err:
+            raise explain(err, schema) from None
+        if not any(OmegaConf.select(layer, "optim.warmup_steps") is not None for layer in given):
+            cfg.optim.warmup_steps = fit_warmup(cfg.optim.warmup_steps, cfg.trainer.max_steps)
+        return cfg
+
+    def config(self, values: Mapping[str, Any] | None = None) -> ExperimentConfig:
+        cfg = self.draft(values)  # a fresh object: nothing else holds it
+        validate_experiment(cfg)
+        return cfg
+
+
+def read_experiment(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> ExperimentSource:
+    """Read an experiment YAML (None: the schema defaults alone) and parse its overrides."""
+    return ExperimentSource(read_yaml(Path(path)) if path is not None else None).extended(overrides)
+
+
+def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> ExperimentConfig:
+    """The validated experiment of a YAML file and its overrides."""
+    return read_experiment(path, overrides).config()
+
+
+def derive(cfg: ExperimentConfig, values: Mapping[str, Any]) -> ExperimentConfig:
+    """A new config: `cfg` with `values` merged on top, validated as a whole (`cfg` is left as it is):
+    for a value only the data can tell (the tokenizer's vocabulary size) once `cfg` was validated."""
+    return ExperimentSource(OmegaConf.structured(cfg)).config(values)
 
 
 def fit_warmup(warmup_steps: int, max_steps: int) -> int:
@@ -259,18 +299,6 @@ def to_dict(cfg: ExperimentConfig) -> dict:
 
 def to_yaml(cfg: ExperimentConfig) -> str:
     return OmegaConf.to_yaml(OmegaConf.structured(cfg))
-
-
-def flatten(values: dict, prefix: str = "") -> dict[str, Any]:
-    """{"model": {"moe": {"top_k": 2}}} -> {"model.moe.top_k": 2}; lists become strings."""
-    flat: dict[str, Any] = {}
-    for key, value in values.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            flat.update(flatten(value, name + "."))
-        else:
-            flat[name] = str(value) if isinstance(value, (list, tuple)) else value
-    return flat
 
 
 # ---------------------------------------------------------------------------------------------

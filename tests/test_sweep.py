@@ -216,12 +216,9 @@ def test_collapse_detector_prunes_with_its_reason(tmp_path, data_cache):
 def test_compute_matching_holds_active_params(tmp_path, data_cache):
     body = "sampler: grid\ncompute_matching: active\nspace:\n  model.moe.top_k: [1, 4]\n"
     sweep = load_sweep(write_sweep(tmp_path, data_cache, body))
-    from moe_lab.sweep.objective import Objective
-
-    objective = Objective(sweep)
-    base = count_model(objective.base.model).total_active_params
+    base = count_model(sweep.base_config.model).total_active_params
     for k, width in ((1, 64), (4, 16)):  # base: top-2 x width 32
-        cfg, matched = objective.experiment({"model.moe.top_k": k}, tmp_path / "x", 0)
+        cfg, matched = sweep.experiment({"model.moe.top_k": k}, sweep.placement(tmp_path / "x", 0))
         assert cfg.model.moe.expert_hidden == matched.expert_hidden == width
         assert count_model(cfg.model).total_active_params == base
 

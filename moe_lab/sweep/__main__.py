@@ -17,7 +17,7 @@ from moe_lab.artifacts.atomic import check_writable_dir
 from moe_lab.cli import filter_known_harmless_warnings, run_main
 from moe_lab.errors import MoELabError
 from moe_lab.model.accounting import count_model
-from moe_lab.artifacts.study_dir import STUDY_INFO, TRIALS
+from moe_lab.artifacts.study_dir import STUDY_INFO
 from moe_lab.sweep.config import Sweep, load_sweep, trial_label
 from moe_lab.sweep.storage import masked_url
 
@@ -34,12 +34,9 @@ def planned_configurations(sweep: Sweep) -> list[dict]:
 
 def plan_flops(sweep: Sweep) -> float:
     """Training FLOPs (3x forward, all seeds) of the planned configurations: what the console's ETA counts."""
-    from moe_lab.sweep.objective import Objective
-
-    objective = Objective(sweep)
     total = 0.0
     for params in planned_configurations(sweep):
-        cfg, _ = objective.experiment(params, sweep.study_dir / TRIALS / "dry-run", sweep.cfg.seeds[0])
+        cfg, _ = sweep.experiment(params)
         tokens = cfg.trainer.max_steps * cfg.data.batch_size * cfg.data.block_size
         total += 3 * count_model(cfg.model, cfg.data.block_size).total_flops_per_token * tokens * len(sweep.cfg.seeds)
     return total
@@ -64,9 +61,7 @@ def worker_threads(workers: int) -> int:
 
 def dry_run(sweep: Sweep, workers: int = 1, gflops: float | None = None) -> None:
     from moe_lab.sweep import estimate
-    from moe_lab.sweep.objective import Objective
 
-    objective = Objective(sweep)
     planned = planned_configurations(sweep)
     done = finished_configurations(sweep)
     todo = [i for i in range(len(planned)) if done is None or i not in done] if sweep.cfg.sampler == "grid" \
@@ -81,7 +76,7 @@ def dry_run(sweep: Sweep, workers: int = 1, gflops: float | None = None) -> None
     threads = worker_threads(workers)
     units, rows, end_bytes, live_bytes, measured = [], [], 0, 0, []
     for i, params in enumerate(planned):
-        cfg, matched = objective.experiment(params, sweep.study_dir / TRIALS / "dry-run", sweep.cfg.seeds[0])
+        cfg, matched = sweep.experiment(params)
         counts = count_model(cfg.model, cfg.data.block_size)
         if gflops:  # the old rule of thumb, on request: FLOPs (3x forward) at an assumed rate
             train_s = 3 * counts.total_flops_per_token * cfg.data.batch_size * cfg.data.block_size / (gflops * 1e9)
@@ -150,9 +145,7 @@ def device_groups(n_workers: int, per_trial: int, gpu_ids: list[str]) -> list[st
 
 def visible_gpus(sweep: Sweep) -> tuple[list[str], int]:
     """(the GPU ids this process may use, devices per trial), from the base experiment's trainer."""
-    from moe_lab.config import load_config
-
-    trainer = load_config(sweep.base_path, list(sweep.cfg.overrides)).trainer
+    trainer = sweep.base_config.trainer
     if trainer.accelerator not in ("auto", "gpu", "cuda"):
         return [], 1
     import torch

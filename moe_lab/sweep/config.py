@@ -12,7 +12,10 @@ each configuration is trained with, and a search space over dotted experiment ke
 from __future__ import annotations
 
 import difflib
+import functools
 import itertools
+import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,8 +25,17 @@ from omegaconf.errors import OmegaConfBaseException
 
 from moe_lab.artifacts.study_dir import default_storage_url
 from moe_lab.artifacts.run_dir import METRIC_CURVES, OBJECTIVE_METRICS
-from moe_lab.config import KEEP_CHECKPOINTS, ExperimentConfig, _explain, _read_yaml, _valid_keys, load_config
+from moe_lab.config import (
+    KEEP_CHECKPOINTS,
+    ExperimentConfig,
+    ExperimentSource,
+    explain,
+    read_experiment,
+    read_yaml,
+    schema_keys,
+)
 from moe_lab.errors import ConfigError, MoELabError
+from moe_lab.sweep.matching import Matched, match_expert_hidden
 
 SAMPLERS = ("grid", "random", "tpe")
 PRUNERS = ("none", "median", "hyperband")
@@ -95,6 +107,9 @@ class Sweep:
     path: Path
     params: list[Param]
     arms: dict[str, list[str]] | None = None
+    # Validated configurations without placement, by parameters: checks, estimates and the console
+    # ask for them again.
+    _configurations: dict[str, tuple] = field(default_factory=dict, init=False, repr=False)
 
     @property
     def name(self) -> str:
@@ -119,10 +134,82 @@ class Sweep:
     def n_trials(self) -> int:
         return self.cfg.n_trials or len(self.grid())
 
-    def experiment_overrides(self, params: dict[str, Any]) -> list[str]:
-        if self.arms is not None:
-            return list(self.cfg.overrides) + list(self.arms[params["arm"]])
-        return list(self.cfg.overrides) + [f"{k}={_yaml_value(v)}" for k, v in params.items()]
+    # ------------------------------------------------------------------ the experiments it trains
+    @functools.cached_property
+    def source(self) -> ExperimentSource:
+        """The base experiment with the sweep's overrides, read once per sweep process."""
+        return read_experiment(self.base_path, list(self.cfg.overrides))
+
+    @functools.cached_property
+    def base_config(self) -> ExperimentConfig:
+        """The base experiment as the sweep's overrides leave it: what compute matching holds constant."""
+        return self.source.config()
+
+    def run_values(self) -> dict[str, Any]:
+        """What the sweep sets in every run it trains."""
+        values: dict[str, Any] = {"trainer": {"progress_bar": False, "keep_checkpoints": self.cfg.keep_checkpoints}}
+        if self.cfg.collapse_prunes:
+            values["monitor"] = {"collapse_action": "prune"}
+        return values
+
+    def experiment(self, params: dict[str, Any], placement: dict[str, Any] | None = None,
+                   ) -> tuple[ExperimentConfig, Matched | None]:
+        """The validated experiment of one configuration, and the expert width compute matching chose
+        for it (None: not resized): the base experiment with the arm's overrides or the parameters'
+        values, the sweep's run values, `placement` (seed and where the run writes) and the matched width,
+        all merged before the one validation."""
+        key = json.dumps(params, sort_keys=True, default=str)
+        if placement is None and key in self._configurations:
+            return self._configurations[key]
+        source = self.source.extended(self.arms[params["arm"]]) if self.arms is not None else self.source
+        values = merged_values(nested(params) if self.arms is None else {}, self.run_values(), placement)
+        matched = self._matched(source, values)
+        if matched is not None:
+            values = merged_values(values, {"model": {"moe": {"expert_hidden": matched.expert_hidden}}})
+        result = source.config(values), matched
+        if placement is None:
+            self._configurations[key] = result
+        return result
+
+    def _matched(self, source: ExperimentSource, values: dict[str, Any]) -> Matched | None:
+        if self.cfg.compute_matching == "none":
+            return None
+        try:
+            model = source.draft(values).model
+            return match_expert_hidden(self.base_config.model, model, self.cfg.compute_matching)
+        except (ArithmeticError, ValueError, KeyError, IndexError):
+            return None  # a model that cannot be counted is not resized; validation names its fault
+
+    @staticmethod
+    def placement(trial_dir: Path, seed: int, version: str | None = None) -> dict[str, Any]:
+        """Where one run of a trial writes: <study>/trials/<trial>/<version>, version seed<S> by default."""
+        return {"seed": seed, "output_dir": str(trial_dir.parent), "name": trial_dir.name,
+                "version": version or f"seed{seed}"}
+
+
+def nested(dotted: Mapping[str, Any]) -> dict[str, Any]:
+    """{"model.moe.top_k": 2} -> {"model": {"moe": {"top_k": 2}}} (tuples become lists): a sweep's
+    parameters as values to merge."""
+    out: dict[str, Any] = {}
+    for key, value in dotted.items():
+        *parents, last = key.split(".")
+        node = out
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[last] = list(value) if isinstance(value, tuple) else value
+    return out
+
+
+def merged_values(*parts: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Nested value mappings merged left to right (a later leaf wins)."""
+    out: dict[str, Any] = {}
+    for part in parts:
+        for key, value in (part or {}).items():
+            if isinstance(value, Mapping) and isinstance(out.get(key), dict):
+                out[key] = merged_values(out[key], value)
+            else:
+                out[key] = dict(value) if isinstance(value, Mapping) else value
+    return out
 
 
 def _yaml_value(value: Any) -> str:
@@ -178,19 +265,19 @@ def read_structured(path: Path, schema: Any, overrides: list[str]) -> Any:
     """A YAML file (with the files it extends) merged onto a dataclass schema, errors naming the key."""
     merged = OmegaConf.structured(schema)
     try:
-        merged = OmegaConf.merge(merged, _read_yaml(path), OmegaConf.from_dotlist(list(overrides)))
+        merged = OmegaConf.merge(merged, read_yaml(path), OmegaConf.from_dotlist(list(overrides)))
         return OmegaConf.to_object(merged)
     except OmegaConfBaseException as err:
-        raise _explain(err, schema) from None
+        raise explain(err, schema) from None
 
 
 def load_sweep(path: str | Path, overrides: list[str] = ()) -> Sweep:
     """Read and validate a sweep file; every configuration of a grid is validated as an experiment."""
     path = Path(path)
     cfg: SweepConfig = read_structured(path, SweepConfig(), overrides)
-    _validate(cfg)
+    validate_sweep_config(cfg)
     params = [_parse_param(key, spec) for key, spec in cfg.space.items()]
-    valid = _valid_keys(ExperimentConfig())
+    valid = schema_keys(ExperimentConfig())
     for p in params:
         if p.key not in valid:
             close = difflib.get_close_matches(p.key, valid, n=1, cutoff=0.6)
@@ -207,7 +294,7 @@ def check_sweep(sweep: Sweep) -> None:
     _check_configurations(sweep)
 
 
-def _validate(cfg: SweepConfig, needs_space: bool = True) -> None:
+def validate_sweep_config(cfg: SweepConfig, needs_space: bool = True) -> None:
     def one_of(key: str, value: str, choices: tuple) -> None:
         if value not in choices:
             raise ConfigError(key, f"unknown value {value!r}; expected one of {', '.join(choices)}")
@@ -246,7 +333,7 @@ def _check_configurations(sweep: Sweep) -> None:
                       for p in sweep.params for v in (p.choices or (p.low, p.high))]
     for params in candidates:
         try:
-            load_config(sweep.base_path, sweep.experiment_overrides(params))
+            sweep.experiment(params)
         except MoELabError as err:
             described = ", ".join(f"{k}={v}" for k, v in params.items())
             where = f"arms.{params['arm']}" if sweep.arms is not None else f"space ({described})"

@@ -7,18 +7,16 @@ earlier attempt left in this output_dir."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import shutil
 import statistics
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import optuna
 
-from moe_lab.artifacts.atomic import write_json_atomic
 from moe_lab.artifacts.run_dir import CHECKPOINTS, LAST_CKPT, METRIC_CURVES, METRICS
 from moe_lab.artifacts.study_dir import (
     TRIAL_ATTEMPT,
@@ -39,13 +37,11 @@ from moe_lab.artifacts.study_dir import (
     TRIAL_WORKER,
     TRIALS,
 )
-from moe_lab.config import load_config
 from moe_lab.sweep.claims import TrialTakenAway, fence, still_mine, worker_name
 from moe_lab.sweep.config import Sweep, trial_label
-from moe_lab.sweep.matching import match_expert_hidden
 
 
-@dataclass
+@dataclasses.dataclass
 class SeedResult:
     seed: int
     run_dir: Path
@@ -87,22 +83,6 @@ def _finished(run_dir: Path) -> dict | None:
 class Objective:
     def __init__(self, sweep: Sweep, quiet: bool = True):
         self.sweep, self.quiet = sweep, quiet
-        self.base = load_config(sweep.base_path, list(sweep.cfg.overrides))
-
-    def experiment(self, params: dict[str, Any], trial_dir: Path, seed: int, version: str | None = None):
-        overrides = self.sweep.experiment_overrides(params) + [
-            f"seed={seed}", f"output_dir={trial_dir.parent}", f"name={trial_dir.name}",
-            f"version={version or f'seed{seed}'}", "trainer.progress_bar=false",
-            f"trainer.keep_checkpoints={self.sweep.cfg.keep_checkpoints}"]
-        if self.sweep.cfg.collapse_prunes:
-            overrides.append("monitor.collapse_action=prune")
-        cfg = load_config(self.sweep.base_path, overrides)
-        matched = None
-        if self.sweep.cfg.compute_matching != "none":
-            matched = match_expert_hidden(self.base.model, cfg.model, self.sweep.cfg.compute_matching)
-            if matched is not None:
-                cfg.model.moe.expert_hidden = matched.expert_hidden
-        return cfg, matched
 
     def run_seed(self, trial: optuna.Trial, params: dict, trial_dir: Path, seed: int, report: bool,
                  attempt: int = 0) -> SeedResult:
@@ -111,35 +91,30 @@ class Objective:
         left (copied, so the earlier directory is never written again)."""
         from moe_lab.callbacks.fence import Fence  # Lightning: only in processes that train
         from moe_lab.callbacks.pruning import ValidationPruning
+        from moe_lab.training.results import write_metrics
         from moe_lab.training.run import run
 
         version = seed_dir_name(seed, attempt)
-        cfg, _ = self.experiment(params, trial_dir, seed, version)
         run_dir = trial_dir / version
         earlier = earlier_attempts(trial_dir, seed, attempt)
         for previous in [run_dir, *earlier]:
             if (metrics := _finished(previous)) is not None:
                 return SeedResult(seed, previous, metrics)
-        ckpt = next((d / CHECKPOINTS / LAST_CKPT for d in [run_dir, *earlier]
-                     if (d / CHECKPOINTS / LAST_CKPT).is_file()), None)
-        if ckpt is not None:
-            target = run_dir / CHECKPOINTS / LAST_CKPT
-            if ckpt != target:
-                target.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(ckpt, target.with_suffix(".tmp"))
-                target.with_suffix(".tmp").replace(target)
-            cfg.trainer.resume = "auto"
+        placement = self.sweep.placement(trial_dir, seed, version)
+        if self._continue_from_checkpoint(run_dir, earlier):
+            placement["trainer"] = {"resume": "auto"}
+        cfg, _ = self.sweep.experiment(params, placement)
         monitor = METRIC_CURVES[self.sweep.cfg.objective.metric]
         pruning = ValidationPruning(trial, monitor) if report and monitor and self.sweep.cfg.pruner != "none" else None
         callbacks = [Fence(lambda: fence(trial), self.sweep.cfg.heartbeat_interval)] + ([pruning] if pruning else [])
         result = run(cfg, extra_callbacks=tuple(callbacks), quiet=self.quiet, session=(params, trial_label(params)))
         fence(trial)  # results of a trial taken away are not reported
-        metrics = dict(result.metrics)
+        record = result.record
         if pruning is not None and pruning.pruned_at is not None:
-            metrics["prune_reason"] = f"pruned by the {self.sweep.cfg.pruner} pruner at step {pruning.pruned_at}"
-            metrics["status"] = "pruned"
-            write_json_atomic(run_dir / METRICS, metrics)
-        return SeedResult(seed, run_dir, metrics)
+            record = dataclasses.replace(record, status="pruned", prune_reason=f"pruned by the "
+                                         f"{self.sweep.cfg.pruner} pruner at step {pruning.pruned_at}")
+            write_metrics(run_dir, record)
+        return SeedResult(seed, run_dir, dataclasses.asdict(record))
 
     def __call__(self, trial: optuna.Trial) -> float:
         params = dict(trial.params)
@@ -153,7 +128,7 @@ class Objective:
         trial.set_user_attr(TRIAL_WORKER, worker_name())
         trial.set_user_attr(TRIAL_ERROR, None)  # a retry inherits the attributes of the attempt it retries
         start = time.time()
-        _, matched = self.experiment(params, trial_dir, self.sweep.cfg.seeds[0])
+        _, matched = self.sweep.experiment(params)  # the configuration the checks validated already
         if matched is not None:
             trial.set_user_attr(TRIAL_EXPERT_HIDDEN, matched.expert_hidden)
         results: list[SeedResult] = []
@@ -203,6 +178,22 @@ class Objective:
         for key, value in attrs.items():
             trial.set_user_attr(key, value)
         return mean
+
+
+    @staticmethod
+    def _continue_from_checkpoint(run_dir: Path, earlier: list[Path]) -> bool:
+        """Put the newest last.ckpt of this or an earlier attempt in place for this run to resume from;
+        False when there is none."""
+        ckpt = next((d / CHECKPOINTS / LAST_CKPT for d in [run_dir, *earlier]
+                     if (d / CHECKPOINTS / LAST_CKPT).is_file()), None)
+        if ckpt is None:
+            return False
+        target = run_dir / CHECKPOINTS / LAST_CKPT
+        if ckpt != target:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(ckpt, target.with_suffix(".tmp"))
+            target.with_suffix(".tmp").replace(target)
+        return True
 
 
 def _mean(values) -> float | None:

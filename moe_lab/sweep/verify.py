@@ -102,7 +102,6 @@ def verify(sweep: Sweep, arms: list[str] | None = None, seed: int | None = None,
            tolerance: float | None = None, log=print) -> list[Verdict]:
     import torch
 
-    from moe_lab.sweep.objective import Objective
     from moe_lab.training.run import run
 
     if sweep.arms is None:
@@ -118,7 +117,6 @@ def verify(sweep: Sweep, arms: list[str] | None = None, seed: int | None = None,
     chosen = [n for n in names if not arms or n in arms]
     stored = {n: stored_run(sweep, {"arm": n}, seed) for n in chosen}  # all found before any training
     out = sweep.study_dir / VERIFY / time.strftime("%Y%m%d-%H%M%S")
-    objective = Objective(sweep)
     verdicts = []
     for name in chosen:
         stored_dir = stored[name]
@@ -127,7 +125,7 @@ def verify(sweep: Sweep, arms: list[str] | None = None, seed: int | None = None,
         threads = stored_env.get("torch", {}).get("threads")
         if threads:
             torch.set_num_threads(int(threads))  # the stored run's setting: a chance of bit-identity
-        cfg, _ = objective.experiment({"arm": name}, out / stored_dir.parent.name, seed)
+        cfg, _ = sweep.experiment({"arm": name}, sweep.placement(out / stored_dir.parent.name, seed))
         log(f"verify {name} seed {seed}: training again ({cfg.trainer.max_steps} steps, {threads} threads)")
         # A session of the study's HPARAMS table (its own group), not a second experiment declaration.
         result = run(cfg, quiet=True, session=({"arm": name}, f"verify arm={name}"))

@@ -13,7 +13,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 from torchmetrics import MeanMetric
 
-from moe_lab.config import config_from_dict
+from moe_lab.config import ExperimentConfig, config_from_dict, to_dict
 from moe_lab.model import MoETransformer, RoutingStats
 
 LN2 = math.log(2.0)
@@ -46,13 +46,15 @@ def warmup_cosine(step: int, warmup: int, total: int, min_ratio: float) -> float
 
 
 class MoELitModule(pl.LightningModule):
-    def __init__(self, config: dict, val_bytes_per_token: float = 1.0):
-        """config: the resolved experiment config as a plain dict (saved in every checkpoint, so a
-        checkpoint alone rebuilds the model); val_bytes_per_token converts nats/token to bits/byte."""
+    def __init__(self, config: ExperimentConfig | dict, val_bytes_per_token: float = 1.0):
+        """config: the validated experiment; val_bytes_per_token converts nats/token to bits/byte.
+        Every checkpoint holds the config as a plain dict (hyper_parameters.config), so a checkpoint
+        alone rebuilds the model; Lightning's load_from_checkpoint passes that dict back here."""
         super().__init__()
+        self.cfg = config_from_dict(config) if isinstance(config, dict) else config
         # logger=False: hyperparameters go to TensorBoard once, at the end, with the final metrics.
-        self.save_hyperparameters({"config": config, "val_bytes_per_token": val_bytes_per_token}, logger=False)
-        self.cfg = config_from_dict(config)
+        self.save_hyperparameters({"config": to_dict(self.cfg), "val_bytes_per_token": val_bytes_per_token},
+                                  logger=False)
         self.model = MoETransformer(self.cfg.model)
         self.val_bytes_per_token = val_bytes_per_token
         self.tokenizer = None  # set by the caller for text samples; not part of the checkpoint

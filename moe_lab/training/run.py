@@ -35,7 +35,7 @@ from moe_lab.callbacks.checkpoint import RotatingCheckpoint
 from moe_lab.callbacks.nonfinite import NonFiniteLossError, NonFiniteLossGuard
 from moe_lab.callbacks.progress import ProgressBar
 from moe_lab.callbacks.progress_file import ProgressFile
-from moe_lab.config import ExperimentConfig, to_dict, to_yaml
+from moe_lab.config import ExperimentConfig, derive, to_yaml
 from moe_lab.data import TextDataModule
 from moe_lab.errors import ConfigError, DataError
 from moe_lab.interop.checkpoint import CheckpointError, check_state_dict, load_pretrained, read_torch_checkpoint
@@ -187,6 +187,21 @@ def prepare_data(cfg: ExperimentConfig) -> TextDataModule:
     return data
 
 
+def with_tokenizer_vocabulary(cfg: ExperimentConfig, vocab_size: int) -> ExperimentConfig:
+    """The experiment whose model.vocab_size is the tokenizer's (recorded in config.yaml and every
+    checkpoint). The tokenizer exists only once the data the config describes was prepared, so this one
+    value is merged in after the validation (into a new config, validated whole; `cfg` is unchanged).
+    A pretrained model (model_init) keeps its vocabulary: the tokenizer must fit in it."""
+    if cfg.model_init:
+        if vocab_size > cfg.model.vocab_size:
+            raise DataError(f"data tokenizer has {vocab_size} tokens but the model in model_init="
+                            f"{cfg.model_init} has vocab_size {cfg.model.vocab_size}")
+        return cfg
+    if vocab_size == cfg.model.vocab_size:
+        return cfg
+    return derive(cfg, {"model": {"vocab_size": vocab_size}})
+
+
 def run(cfg: ExperimentConfig, extra_callbacks: tuple[pl.Callback, ...] = (), quiet: bool = False,
         session: tuple[dict, str] | None = None) -> RunResult:
     """Train `cfg` (already validated by load_config). Raises MoELabError for bad data input before
@@ -205,15 +220,10 @@ def run(cfg: ExperimentConfig, extra_callbacks: tuple[pl.Callback, ...] = (), qu
     run_dir = experiment_dir / version
     callbacks = build_callbacks(cfg, run_dir, resume_ckpt)
     data = prepare_data(cfg)
-    if cfg.model_init:  # the pretrained embedding fixes the vocabulary; the tokenizer must fit in it
-        if data.vocab_size > cfg.model.vocab_size:
-            raise DataError(f"data tokenizer has {data.vocab_size} tokens but the model in model_init="
-                            f"{cfg.model_init} has vocab_size {cfg.model.vocab_size}")
-    else:
-        cfg.model.vocab_size = data.vocab_size  # resolved from the tokenizer, recorded in config.yaml
+    cfg = with_tokenizer_vocabulary(cfg, data.vocab_size)
     if resume_ckpt is not None:
         check_resume_checkpoint(cfg, resume_ckpt)
-    lit = MoELitModule(to_dict(cfg), val_bytes_per_token=data.bytes_per_token["val"])
+    lit = MoELitModule(cfg, val_bytes_per_token=data.bytes_per_token["val"])
     lit.tokenizer = data.tokenizer
     if cfg.model_init:
         _, state = load_pretrained(cfg.model_init)

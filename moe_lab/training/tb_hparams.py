@@ -38,6 +38,19 @@ COMPARISON_CHARTS = (("val loss", r"val/loss"), ("load CV (mean over layers)", r
                      ("train LM loss", r"train/lm_loss"))
 
 
+def flatten(values: dict, prefix: str = "") -> dict[str, Any]:
+    """Hyperparameters as the HPARAMS table names them: {"model": {"moe": {"top_k": 2}}} ->
+    {"model.moe.top_k": 2}; lists become strings."""
+    flat: dict[str, Any] = {}
+    for key, value in values.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, name + "."))
+        else:
+            flat[name] = str(value) if isinstance(value, (list, tuple)) else value
+    return flat
+
+
 def _hparam_type(values: list[Any]):
     from tensorboard.plugins.hparams import api_pb2
 
