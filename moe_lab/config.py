@@ -2,9 +2,8 @@
 
 Config flows one way: YAML -> OmegaConf structured merge against these dataclasses (unknown keys and
 wrong types are caught here) -> plain dataclass objects -> `validate_experiment` (value and
-cross-field rules) -> the rest of moe_lab. Values derived from a config (a sweep's matched expert
-width) are merged in before that one validation (`ExperimentSource.config(values)`); nothing changes a
-validated config. Every error is a `ConfigError` naming the dotted key.
+cross-field rules) -> the rest of moe_lab. Derived values (a sweep's matched expert width) are merged in before
+that one validation (`ExperimentSource.config(values)`); nothing changes a validated config. Errors name the key.
 """
 
 from __future__ import annotations
