@@ -9,7 +9,6 @@ The runs keep each file's model and data settings; only the budget, outputs and 
 
 from __future__ import annotations
 
-import functools
 import itertools
 from pathlib import Path
 
@@ -18,7 +17,6 @@ import pytest
 from moe_lab.ablate import load_ablation
 from moe_lab.config import load_config
 from moe_lab.sweep.config import load_sweep
-from moe_lab.sweep.matching import match_expert_hidden
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::DeprecationWarning")
@@ -68,18 +66,11 @@ def space_points(sweep) -> list[dict]:
 
 
 def matched_overrides(sweep, params: dict) -> list[str]:
-    if sweep.cfg.compute_matching == "none":
-        return sweep.experiment_overrides(params)
-    base = _base_config(sweep.base_path, tuple(sweep.cfg.overrides))
-    cfg = load_config(sweep.base_path, sweep.experiment_overrides(params))
-    matched = match_expert_hidden(base.model, cfg.model, sweep.cfg.compute_matching)
+    """The configuration as command-line overrides of the base: what a user would type to rerun it."""
+    chosen = list(sweep.arms[params["arm"]]) if sweep.arms is not None else [f"{k}={v}" for k, v in params.items()]
+    _, matched = sweep.experiment(params)  # validates the configuration, matched width included
     extra = [f"model.moe.expert_hidden={matched.expert_hidden}"] if matched else []
-    return sweep.experiment_overrides(params) + extra
-
-
-@functools.cache
-def _base_config(path: Path, overrides: tuple[str, ...]):
-    return load_config(path, list(overrides))
+    return list(sweep.cfg.overrides) + chosen + extra
 
 
 @pytest.mark.parametrize("path", SWEEPS, ids=lambda p: p.name)
