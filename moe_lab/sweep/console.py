@@ -71,6 +71,7 @@ class SweepConsole:
         self._start = time.time()
         self._seen: dict[int, str] = {}  # trial number -> last state reported
         self._flops_at_start: float | None = None
+        self._primed = False  # a first snapshot has been taken
 
     # ---- reading
 
@@ -106,7 +107,7 @@ class SweepConsole:
             if self._seen.get(t.number) != state and state != "waiting":
                 # A trial shorter than one refresh goes from waiting to ended between two snapshots:
                 # it still gets its "started" line (not one that had ended before the console began).
-                if state == "running" or (self._seen.get(t.number) is None and self._flops_at_start is not None):
+                if state == "running" or (self._seen.get(t.number) is None and self._primed):
                     events.append(f"trial {t.number} started: {label}")
                 if state != "running":
                     value = t.value if t.value is not None else t.user_attrs.get(TRIAL_OBJECTIVE_MEAN)
@@ -119,6 +120,7 @@ class SweepConsole:
         elapsed = time.time() - self._start
         if self._flops_at_start is None:
             self._flops_at_start = done_flops
+        self._primed = True  # trials seen from now on ended while the console watched
         measured = (done_flops - self._flops_at_start) / elapsed if elapsed > 0 else 0.0
         left = max(0.0, self.planned_flops - done_flops)
         eta = left / measured if measured > 0 else None
