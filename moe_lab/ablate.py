@@ -60,15 +60,21 @@ def load_ablation(path: str | Path, overrides: list[str] = ()) -> Sweep:
     for i, claim in enumerate(cfg.claims):
         where = f"claims[{i}]"
         if claim.metric not in CLAIM_METRICS:
-            raise ConfigError(f"{where}.metric", f"unknown metric {claim.metric!r}; expected one of {', '.join(CLAIM_METRICS)}")
+            raise ConfigError(
+                f"{where}.metric", f"unknown metric {claim.metric!r}; expected one of {', '.join(CLAIM_METRICS)}"
+            )
         if bool(claim.less_than) == bool(claim.at_most):
             raise ConfigError(where, "a claim needs exactly one of less_than or at_most")
         for key in ("arm", "less_than", "at_most"):
             value = getattr(claim, key)
             if (value or key == "arm") and value not in cfg.arms:
                 raise ConfigError(f"{where}.{key}", f"no arm named {value!r}; arms are {', '.join(cfg.arms)}")
-    sweep = Sweep(cfg=cfg, path=path, params=[Param("arm", "categorical", choices=tuple(cfg.arms))],
-                  arms={name: list(ov) for name, ov in cfg.arms.items()})
+    sweep = Sweep(
+        cfg=cfg,
+        path=path,
+        params=[Param("arm", "categorical", choices=tuple(cfg.arms))],
+        arms={name: list(ov) for name, ov in cfg.arms.items()},
+    )
     check_sweep(sweep)
     return sweep
 
@@ -86,8 +92,12 @@ def verify_main(argv: list[str]) -> int:
     parser.add_argument("--verify", action="store_true", required=True)
     parser.add_argument("--arms", default="", help="comma-separated arms to rerun (default: all)")
     parser.add_argument("--seed", type=int, default=None, help="the seed to rerun (default: the first)")
-    parser.add_argument("--tolerance", type=float, default=None,
-                        help="allowed |difference| where settings differ (default: 2 x the arm's seed std)")
+    parser.add_argument(
+        "--tolerance",
+        type=float,
+        default=None,
+        help="allowed |difference| where settings differ (default: 2 x the arm's seed std)",
+    )
     args = parser.parse_args(argv)
 
     def rerun() -> int:
@@ -96,8 +106,10 @@ def verify_main(argv: list[str]) -> int:
         verdicts = verify(sweep, arms=arms, seed=args.seed, tolerance=args.tolerance)
         print(verdict_table(sweep.cfg.objective.metric, verdicts))
         failed = [v.arm for v in verdicts if not v.reproduced]
-        print(f"{len(verdicts) - len(failed)} of {len(verdicts)} arms reproduced"
-              + (f"; not reproduced: {', '.join(failed)}" if failed else ""))
+        print(
+            f"{len(verdicts) - len(failed)} of {len(verdicts)} arms reproduced"
+            + (f"; not reproduced: {', '.join(failed)}" if failed else "")
+        )
         return 1 if failed else 0
 
     return run_main(rerun)

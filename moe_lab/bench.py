@@ -5,7 +5,7 @@ and (b) the same layer with the naive per-expert loop, in one process, contender
 A fourth contender, `experts_only`, is the floor under any dispatch built on these kernels: the same
 experts on tokens already grouped by expert (no router, gather or combine).
 The training step's tokens/s is what every `python -m moe_lab.train` run reports (progress bar,
-TensorBoard `train/tokens_per_s`, metrics.json), measured on the real run with its callbacks and loggers.
+TensorBoard `train/tokens_per_s`, the final metrics), measured on the real run with its callbacks and loggers.
 """
 
 from __future__ import annotations
@@ -43,8 +43,12 @@ MOE_SIZES = (
 
 
 def layer_config(size: MoESize) -> ModelConfig:
-    return ModelConfig(d_model=size.d_model, n_heads=4, d_ff=size.expert_hidden,
-                       moe=MoEConfig(n_experts=size.n_experts, top_k=size.top_k))
+    return ModelConfig(
+        d_model=size.d_model,
+        n_heads=4,
+        d_ff=size.expert_hidden,
+        moe=MoEConfig(n_experts=size.n_experts, top_k=size.top_k),
+    )
 
 
 class ExpertsOnly(torch.nn.Module):
@@ -75,7 +79,7 @@ def time_contenders(contenders: dict, x: torch.Tensor, repeats: int, warmup: int
     times: dict[str, list[float]] = {name: [] for name in contenders}
     names = list(contenders)
     for rep in range(warmup + repeats):
-        order = names[rep % len(names):] + names[:rep % len(names)]
+        order = names[rep % len(names) :] + names[: rep % len(names)]
         for name in order:
             module = contenders[name]
             xi = x.detach().requires_grad_()
@@ -114,8 +118,11 @@ def bench_moe(size: MoESize, dtype: torch.dtype, device: str, repeats: int) -> d
         torch.cuda.synchronize()
     med = time_contenders(contenders, x, repeats)
     extra = {"hf_mixtral_over_dense_iso": round(med["hf_mixtral"] / med["dense_iso"], 3)} if hf_block else {}
-    return {**extra,
-        "size": size.name, "dtype": str(dtype).removeprefix("torch."), "device": device,
+    return {
+        **extra,
+        "size": size.name,
+        "dtype": str(dtype).removeprefix("torch."),
+        "device": device,
         "ms": {k: round(v * 1e3, 3) for k, v in med.items()},
         "moe_over_dense_iso": round(med["moe"] / med["dense_iso"], 3),
         "naive_over_moe": round(med["naive_loop"] / med["moe"], 3),
@@ -133,8 +140,12 @@ def transformers_mixtral_block(size: MoESize):
     except ImportError:
         return None
     hf_logging.set_verbosity_error()  # it warns that a standalone block has no experts_implementation
-    config = MixtralConfig(hidden_size=size.d_model, intermediate_size=size.expert_hidden,
-                           num_local_experts=size.n_experts, num_experts_per_tok=size.top_k)
+    config = MixtralConfig(
+        hidden_size=size.d_model,
+        intermediate_size=size.expert_hidden,
+        num_local_experts=size.n_experts,
+        num_experts_per_tok=size.top_k,
+    )
     block = MixtralSparseMoeBlock(config)
     for p in block.parameters():
         torch.nn.init.normal_(p, 0.0, 0.02)
@@ -144,29 +155,45 @@ def transformers_mixtral_block(size: MoESize):
 def print_moe_table(rows: list[dict]) -> None:
     hf = all("hf_mixtral" in r["ms"] for r in rows)
     times = ["moe", "dense_iso", "naive_loop", "experts_only"] + (["hf_mixtral"] if hf else [])
-    ratios = ["moe_over_dense_iso", "naive_over_moe", "experts_only_over_dense_iso", "naive_over_experts_only"] \
-        + (["hf_mixtral_over_dense_iso"] if hf else [])
-    short = {"moe_over_dense_iso": "moe/dense", "naive_over_moe": "naive/moe", "hf_mixtral_over_dense_iso": "hf/dense",
-             "experts_only_over_dense_iso": "floor/dense", "naive_over_experts_only": "naive/floor"}
+    ratios = ["moe_over_dense_iso", "naive_over_moe", "experts_only_over_dense_iso", "naive_over_experts_only"] + (
+        ["hf_mixtral_over_dense_iso"] if hf else []
+    )
+    short = {
+        "moe_over_dense_iso": "moe/dense",
+        "naive_over_moe": "naive/moe",
+        "hf_mixtral_over_dense_iso": "hf/dense",
+        "experts_only_over_dense_iso": "floor/dense",
+        "naive_over_experts_only": "naive/floor",
+    }
     names = {"dense_iso": "dense", "naive_loop": "naive", "experts_only": "floor", "hf_mixtral": "hf"}
-    print(f"{'size':<6} {'dtype':<9}" + "".join(f"{names.get(t, t) + ' ms':>10}" for t in times)
-          + "".join(f"{short[k]:>12}" for k in ratios))
+    print(
+        f"{'size':<6} {'dtype':<9}"
+        + "".join(f"{names.get(t, t) + ' ms':>10}" for t in times)
+        + "".join(f"{short[k]:>12}" for k in ratios)
+    )
     for r in rows:
-        print(f"{r['size']:<6} {r['dtype']:<9}" + "".join(f"{r['ms'][t]:>10.2f}" for t in times)
-              + "".join(f"{r[k]:>12.3f}" for k in ratios))
+        print(
+            f"{r['size']:<6} {r['dtype']:<9}"
+            + "".join(f"{r['ms'][t]:>10.2f}" for t in times)
+            + "".join(f"{r[k]:>12.3f}" for k in ratios)
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m moe_lab.bench", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m moe_lab.bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("what", choices=["moe"], help="which benchmark to run")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--json", action="store_true", help="end with one line of JSON")
-    parser.add_argument("--default-allocator", action="store_true",
-                        help="keep glibc's default malloc settings (see moe_lab.cli.tune_cpu_allocator)")
+    parser.add_argument(
+        "--default-allocator",
+        action="store_true",
+        help="keep glibc's default malloc settings (see moe_lab.cli.tune_cpu_allocator)",
+    )
     args = parser.parse_args(argv)
     tune = args.device == "cpu" and not args.default_allocator
     return run_main(lambda: bench(args, allocator=tune and tune_cpu_allocator()), tune_allocator=tune)
@@ -175,13 +202,21 @@ def main(argv: list[str] | None = None) -> int:
 def bench(args: argparse.Namespace, allocator: bool) -> None:
     torch.set_num_threads(args.threads)
     dtype = getattr(torch, args.dtype)
-    print(f"torch {torch.__version__}, device {args.device}, {torch.get_num_threads()} threads, "
-          f"{args.repeats} repeats, forward+backward, heap-retaining allocator: {allocator}")
+    print(
+        f"torch {torch.__version__}, device {args.device}, {torch.get_num_threads()} threads, "
+        f"{args.repeats} repeats, forward+backward, heap-retaining allocator: {allocator}"
+    )
     rows = [bench_moe(size, dtype, args.device, args.repeats) for size in MOE_SIZES]
     print_moe_table(rows)
     if args.json:
-        keys = ("moe_over_dense_iso", "naive_over_moe", "experts_only_over_dense_iso", "naive_over_experts_only",
-                "hf_mixtral_over_dense_iso", "ms")
+        keys = (
+            "moe_over_dense_iso",
+            "naive_over_moe",
+            "experts_only_over_dense_iso",
+            "naive_over_experts_only",
+            "hf_mixtral_over_dense_iso",
+            "ms",
+        )
         print(json.dumps({r["size"]: {k: r[k] for k in keys if k in r} for r in rows}))
 
 

@@ -25,8 +25,7 @@ EXIT_INTERRUPTED = 130  # 128 + SIGINT
 _M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3
 
 
-def run_main(body: Callable[[], int | None], interrupted: str = "interrupted",
-             tune_allocator: bool = True) -> int:
+def run_main(body: Callable[[], int | None], interrupted: str = "interrupted", tune_allocator: bool = True) -> int:
     """Run an entry point's `body` and turn its outcome into an exit code (None counts as 0)."""
     if tune_allocator:
         tune_cpu_allocator()

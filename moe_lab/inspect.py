@@ -57,6 +57,7 @@ class RoutingSummary:
 
 # ------------------------------------------------------------------------------------------ loading
 
+
 def load_source(path: Path) -> Source:
     if not path.exists():
         raise CheckpointError(f"{path}: not found")
@@ -73,19 +74,23 @@ def load_source(path: Path) -> Source:
         # The trainer writes RUN/checkpoints/*.ckpt and its tokenizer to RUN/tokenizer/.
         tokenizer = saved_tokenizer([path.parent.parent / "tokenizer", path.parent]) or ByteTokenizer()
         return Source(cfg, state_dict, tokenizer, "trainer checkpoint")
-    raise CheckpointError(f"{path}: not a moe_lab model directory ({CONFIG_FILE}), a trainer checkpoint "
-                          f"(*.ckpt) or a Hugging Face checkpoint directory ({HF_CONFIG_FILE})")
+    raise CheckpointError(
+        f"{path}: not a moe_lab model directory ({CONFIG_FILE}), a trainer checkpoint "
+        f"(*.ckpt) or a Hugging Face checkpoint directory ({HF_CONFIG_FILE})"
+    )
 
 
 def load_hf_source(path: Path) -> Source:
     try:
         from moe_lab.interop.hf import load_hf_dir
     except ImportError as err:
-        raise CheckpointError(f"{path}: reading Hugging Face checkpoints needs transformers "
-                              f"(pip install 'moe-lab[hf]'): {err}") from None
+        raise CheckpointError(
+            f"{path}: reading Hugging Face checkpoints needs transformers (pip install 'moe-lab[hf]'): {err}"
+        ) from None
     if not (path / HF_TOKENIZER_FILE).is_file():
-        raise CheckpointError(f"{path / HF_TOKENIZER_FILE}: not found; the text is tokenized with the "
-                              f"checkpoint's own tokenizer")
+        raise CheckpointError(
+            f"{path / HF_TOKENIZER_FILE}: not found; the text is tokenized with the checkpoint's own tokenizer"
+        )
     cfg, state_dict = load_hf_dir(path)
     return Source(cfg, state_dict, hf_tokenizer(path / HF_TOKENIZER_FILE), "Hugging Face checkpoint")
 
@@ -121,12 +126,14 @@ def read_tokens(text_file: Path, tokenizer, vocab_size: int, max_tokens: int) ->
     if not ids:
         raise DataError(f"{text_file}: no tokens to route")
     if max(ids) >= vocab_size:
-        raise DataError(f"{text_file}: the {tokenizer.kind} tokenizer gives id {max(ids)}, "
-                        f"beyond model.vocab_size={vocab_size}")
+        raise DataError(
+            f"{text_file}: the {tokenizer.kind} tokenizer gives id {max(ids)}, beyond model.vocab_size={vocab_size}"
+        )
     return ids
 
 
 # ------------------------------------------------------------------------------------------ routing
+
 
 @torch.no_grad()
 def route_tokens(model: MoETransformer, ids: list[int], context: int) -> RoutingSummary:
@@ -137,13 +144,12 @@ def route_tokens(model: MoETransformer, ids: list[int], context: int) -> Routing
     counts = torch.zeros(len(layers), n_experts, dtype=torch.float64)
     entropy = torch.zeros(len(layers), dtype=torch.float64)
     for start in range(0, len(ids), context):
-        window = torch.tensor(ids[start:start + context]).unsqueeze(0)
+        window = torch.tensor(ids[start : start + context]).unsqueeze(0)
         routing = model(window).routing
         for row, layer in enumerate(layers):
             counts[row] += routing[layer].expert_counts.double()
             entropy[row] += routing[layer].entropy.double() * window.numel()
-    return RoutingSummary(layers=layers, counts=counts.numpy(), entropy=(entropy / len(ids)).numpy(),
-                          n_tokens=len(ids))
+    return RoutingSummary(layers=layers, counts=counts.numpy(), entropy=(entropy / len(ids)).numpy(), n_tokens=len(ids))
 
 
 def load_shares(summary: RoutingSummary) -> np.ndarray:
@@ -154,25 +160,34 @@ def load_shares(summary: RoutingSummary) -> np.ndarray:
 
 # ------------------------------------------------------------------------------------------ tables
 
+
 def format_model_summary(cfg: ModelConfig) -> str:
     counts = count_model(cfg)
     lines = [f"{'component':<16}{'params':>14}{'active':>14}{'fwd FLOPs/token':>18}"]
     for name in counts.params:
-        lines.append(f"{name:<16}{counts.params[name]:>14,}{counts.active_params[name]:>14,.0f}"
-                     f"{counts.flops_per_token[name]:>18,.0f}")
-    lines.append(f"{'total':<16}{counts.total_params:>14,}{counts.total_active_params:>14,.0f}"
-                 f"{counts.total_flops_per_token:>18,.0f}")
+        lines.append(
+            f"{name:<16}{counts.params[name]:>14,}{counts.active_params[name]:>14,.0f}"
+            f"{counts.flops_per_token[name]:>18,.0f}"
+        )
+    lines.append(
+        f"{'total':<16}{counts.total_params:>14,}{counts.total_active_params:>14,.0f}"
+        f"{counts.total_flops_per_token:>18,.0f}"
+    )
     share = counts.total_active_params / counts.total_params
-    lines.append(f"active parameters per token: {counts.total_active_params:,.0f} of {counts.total_params:,} "
-                 f"({share:.1%}); FLOPs per token at context {cfg.max_seq_len}: "
-                 f"{counts.total_flops_per_token:,.0f}")
+    lines.append(
+        f"active parameters per token: {counts.total_active_params:,.0f} of {counts.total_params:,} "
+        f"({share:.1%}); FLOPs per token at context {cfg.max_seq_len}: "
+        f"{counts.total_flops_per_token:,.0f}"
+    )
     layers = moe_layer_indices(cfg)
     if layers:
         dims = expert_dims(cfg)
         shared = f", shared width {dims.shared_hidden}" if dims.shared_hidden else ""
-        lines.append(f"MoE layers {', '.join(map(str, layers))} of {cfg.n_layers} (placement "
-                     f"{cfg.moe.placement}): {dims.n_routed_experts} experts of width {dims.routed_hidden}, "
-                     f"top-{dims.routed_top_k}, router {cfg.moe.router}{shared}")
+        lines.append(
+            f"MoE layers {', '.join(map(str, layers))} of {cfg.n_layers} (placement "
+            f"{cfg.moe.placement}): {dims.n_routed_experts} experts of width {dims.routed_hidden}, "
+            f"top-{dims.routed_top_k}, router {cfg.moe.router}{shared}"
+        )
     else:
         lines.append(f"no MoE layers: all {cfg.n_layers} layers are dense")
     return "\n".join(lines)
@@ -182,15 +197,17 @@ def format_routing(summary: RoutingSummary) -> str:
     """Per-layer routing summary and expert load, load given relative to uniform (1.00 = balanced)."""
     n_experts = summary.counts.shape[1]
     rel = load_shares(summary) * n_experts
-    lines = [f"routing over {summary.n_tokens:,} tokens (load = share of assignments x n_experts; "
-             f"1.00 is uniform)",
-             f"{'layer':>5}{'assignments':>13}{'entropy':>9}{'/ln E':>7}{'max load':>10}{'min load':>10}"
-             f"{'idle':>6}"]
+    lines = [
+        f"routing over {summary.n_tokens:,} tokens (load = share of assignments x n_experts; 1.00 is uniform)",
+        f"{'layer':>5}{'assignments':>13}{'entropy':>9}{'/ln E':>7}{'max load':>10}{'min load':>10}{'idle':>6}",
+    ]
     max_entropy = math.log(n_experts) if n_experts > 1 else 1.0
     for row, layer in enumerate(summary.layers):
-        lines.append(f"{layer:>5}{summary.counts[row].sum():>13,.0f}{summary.entropy[row]:>9.3f}"
-                     f"{summary.entropy[row] / max_entropy:>7.3f}"
-                     f"{rel[row].max():>10.2f}{rel[row].min():>10.2f}{int((summary.counts[row] == 0).sum()):>6}")
+        lines.append(
+            f"{layer:>5}{summary.counts[row].sum():>13,.0f}{summary.entropy[row]:>9.3f}"
+            f"{summary.entropy[row] / max_entropy:>7.3f}"
+            f"{rel[row].max():>10.2f}{rel[row].min():>10.2f}{int((summary.counts[row] == 0).sum()):>6}"
+        )
     lines.append("")
     lines.append("expert load")
     for first in range(0, n_experts, LOAD_COLUMNS):
@@ -206,8 +223,9 @@ def write_heatmap(logdir: Path, summary: RoutingSummary) -> None:
 
     from moe_lab.callbacks.heatmap import expert_load_heatmap
 
-    fig = expert_load_heatmap(load_shares(summary), summary.layers,
-                              title=f"expert load over {summary.n_tokens:,} tokens")
+    fig = expert_load_heatmap(
+        load_shares(summary), summary.layers, title=f"expert load over {summary.n_tokens:,} tokens"
+    )
     with SummaryWriter(log_dir=str(logdir)) as writer:
         writer.add_figure("routing/expert_load", fig, global_step=0)  # closes the figure
         for row, layer in enumerate(summary.layers):
@@ -215,6 +233,7 @@ def write_heatmap(logdir: Path, summary: RoutingSummary) -> None:
 
 
 # ------------------------------------------------------------------------------------------ CLI
+
 
 def positive_int(value: str) -> int:
     n = int(value)
@@ -245,8 +264,9 @@ def inspect(path: Path, text_file: Path, max_tokens: int, logdir: Path | None) -
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m moe_lab.inspect", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m moe_lab.inspect", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("path", type=Path, help="moe_lab model directory, *.ckpt, or HF checkpoint directory")
     parser.add_argument("--text", type=Path, required=True, help="UTF-8 text file to route")
     parser.add_argument("--max-tokens", type=positive_int, default=2048, help="route at most this many tokens")

@@ -1,7 +1,7 @@
 """Train one experiment: `python -m moe_lab.train CONFIG [key.sub=value ...]`.
 
 Writes <output_dir>/<name>/<version>/ with TensorBoard events, config.yaml, env.json,
-model_summary.txt, the tokenizer, checkpoints/ (best.ckpt, last.ckpt) and metrics.json.
+model_summary.txt, the tokenizer, checkpoints/ (best.ckpt, last.ckpt) and the final metrics (moe_lab.artifacts.run_dir).
 `trainer.resume=auto` continues the latest run of the experiment from its last checkpoint.
 """
 
@@ -14,8 +14,9 @@ from moe_lab.cli import run_main
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m moe_lab.train", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m moe_lab.train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("config", help="experiment YAML (see experiments/)")
     parser.add_argument("overrides", nargs="*", help="key.sub=value overrides")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")

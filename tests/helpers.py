@@ -8,8 +8,9 @@ from moe_lab.model.config import ModelConfig, MoEConfig
 
 
 def tiny_config(**moe_overrides) -> ModelConfig:
-    model_keys = {k: moe_overrides.pop(k) for k in list(moe_overrides)
-                  if k in ModelConfig.__dataclass_fields__ and k != "moe"}
+    model_keys = {
+        k: moe_overrides.pop(k) for k in list(moe_overrides) if k in ModelConfig.__dataclass_fields__ and k != "moe"
+    }
     base = dict(vocab_size=64, d_model=32, n_layers=2, n_heads=4, d_ff=48, max_seq_len=32)
     base.update(model_keys)
     moe = dict(n_experts=4, top_k=2)

@@ -49,8 +49,7 @@ def start() -> Server:
     """Start a server; raises RuntimeError saying why it could not."""
     bin_dir = server_binaries()
     if bin_dir is None:
-        raise RuntimeError("no PostgreSQL server binaries in /usr/lib/postgresql/*/bin "
-                           "(apt-get install postgresql)")
+        raise RuntimeError("no PostgreSQL server binaries in /usr/lib/postgresql/*/bin (apt-get install postgresql)")
     start_time = time.perf_counter()
     root = Path(tempfile.mkdtemp(prefix="moe-lab-pg-"))
     data, pwfile = root / "data", root / "pw"
@@ -60,9 +59,24 @@ def start() -> Server:
         shutil.chown(pwfile, "postgres")
     os.chmod(root, 0o700)
     port = free_port()
-    run = lambda cmd: subprocess.run(_as_server_user(cmd), capture_output=True, text=True, timeout=120)
-    done = run([str(bin_dir / "initdb"), "-D", str(data), "-U", USER, f"--pwfile={pwfile}",
-                "--auth=scram-sha-256", "-E", "UTF8", "--no-sync"])
+
+    def run(cmd):
+        return subprocess.run(_as_server_user(cmd), capture_output=True, text=True, timeout=120)
+
+    done = run(
+        [
+            str(bin_dir / "initdb"),
+            "-D",
+            str(data),
+            "-U",
+            USER,
+            f"--pwfile={pwfile}",
+            "--auth=scram-sha-256",
+            "-E",
+            "UTF8",
+            "--no-sync",
+        ]
+    )
     if done.returncode != 0:
         raise RuntimeError(f"initdb failed: {done.stderr.strip()[-500:]}")
     options = f"-c listen_addresses=127.0.0.1 -p {port} -k {root} -c fsync=off"
@@ -75,8 +89,11 @@ def start() -> Server:
 
 def stop(server: Server) -> None:
     bin_dir = server_binaries()
-    subprocess.run(_as_server_user([str(bin_dir / "pg_ctl"), "-D", str(server.root / "data"), "-m", "immediate",
-                                    "stop"]), capture_output=True, timeout=60)
+    subprocess.run(
+        _as_server_user([str(bin_dir / "pg_ctl"), "-D", str(server.root / "data"), "-m", "immediate", "stop"]),
+        capture_output=True,
+        timeout=60,
+    )
     shutil.rmtree(server.root, ignore_errors=True)
 
 
@@ -84,7 +101,8 @@ def create_database(server: Server, name: str) -> str:
     """A fresh database on the server; returns its URL."""
     import psycopg
 
-    with psycopg.connect(host="127.0.0.1", port=server.port, user=USER, password=PASSWORD, dbname="postgres",
-                         autocommit=True) as conn:
+    with psycopg.connect(
+        host="127.0.0.1", port=server.port, user=USER, password=PASSWORD, dbname="postgres", autocommit=True
+    ) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
     return server.url(name)

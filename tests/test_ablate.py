@@ -20,8 +20,9 @@ from moe_lab.sweep.runner import claim_trial, open_study, run_worker
 from tests.helpers import write_tiny_experiment
 
 REPO = Path(__file__).resolve().parents[1]
-pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::DeprecationWarning",
-                                        "ignore::optuna.exceptions.ExperimentalWarning")
+pytestmark = pytest.mark.filterwarnings(
+    "ignore::UserWarning", "ignore::DeprecationWarning", "ignore::optuna.exceptions.ExperimentalWarning"
+)
 
 ABLATION = """
 paper: "Test paper, Table 1"
@@ -48,13 +49,18 @@ def write(tmp_path: Path, data_cache: Path, extra: str = "") -> Path:
 
 def test_two_arm_two_seed_ablation_end_to_end(tmp_path, data_cache):
     path = write(tmp_path, data_cache)
-    proc = subprocess.run([sys.executable, "-m", "moe_lab.ablate", str(path)], cwd=REPO, capture_output=True,
-                          text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-m", "moe_lab.ablate", str(path)], cwd=REPO, capture_output=True, text=True, timeout=600
+    )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     study = tmp_path / "out" / "abl"
     runs = sorted(str(p.relative_to(study)) for p in study.glob("trials/*/seed*/metrics.json"))
-    assert runs == ["trials/t000-arm=top1/seed0/metrics.json", "trials/t000-arm=top1/seed1/metrics.json",
-                    "trials/t001-arm=top2/seed0/metrics.json", "trials/t001-arm=top2/seed1/metrics.json"]
+    assert runs == [
+        "trials/t000-arm=top1/seed0/metrics.json",
+        "trials/t000-arm=top1/seed1/metrics.json",
+        "trials/t001-arm=top2/seed0/metrics.json",
+        "trials/t001-arm=top2/seed1/metrics.json",
+    ]
     for name in ("results.md", "results.csv", "results.tex", "plots/val_curves.png", "plots/load_balance.png"):
         assert (study / name).is_file(), name
     md = (study / "results.md").read_text()
@@ -90,23 +96,37 @@ def test_same_arm_and_seed_in_fresh_processes_give_identical_metrics(tmp_path, d
     outputs = []
     for i in range(2):
         out = tmp_path / f"run{i}"
-        proc = subprocess.run([sys.executable, "-m", "moe_lab.train", str(tmp_path / "tiny.yaml"),
-                               f"output_dir={out}", "seed=3"], cwd=REPO, capture_output=True, text=True, timeout=300)
+        proc = subprocess.run(
+            [sys.executable, "-m", "moe_lab.train", str(tmp_path / "tiny.yaml"), f"output_dir={out}", "seed=3"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert proc.returncode == 0, proc.stderr[-3000:]
         run_dir = out / "tiny" / "version_0"
         metrics = json.loads((run_dir / "metrics.json").read_text())
-        outputs.append((metrics["val_loss"], metrics["final_load_cv"], read_scalars(run_dir, "train/lm_loss"),
-                        read_scalars(run_dir, "moe/layer0/expert1")))
+        outputs.append(
+            (
+                metrics["val_loss"],
+                metrics["final_load_cv"],
+                read_scalars(run_dir, "train/lm_loss"),
+                read_scalars(run_dir, "moe/layer0/expert1"),
+            )
+        )
     assert outputs[0] == outputs[1]
     assert len(outputs[0][2]) == 4
 
 
-@pytest.mark.parametrize("extra,key", [
-    ("sampler: tpe\n", "sampler"),
-    ("  - {metric: val_loss, arm: top3, less_than: top1}\n", "claims[1].arm"),
-    ("  - {metric: accuracy, arm: top2, less_than: top1}\n", "claims[1].metric"),
-    ("  - {metric: val_loss, arm: top2}\n", "claims[1]"),
-])
+@pytest.mark.parametrize(
+    "extra,key",
+    [
+        ("sampler: tpe\n", "sampler"),
+        ("  - {metric: val_loss, arm: top3, less_than: top1}\n", "claims[1].arm"),
+        ("  - {metric: accuracy, arm: top2, less_than: top1}\n", "claims[1].metric"),
+        ("  - {metric: val_loss, arm: top2}\n", "claims[1]"),
+    ],
+)
 def test_bad_ablation_files_name_the_key(tmp_path, data_cache, extra, key):
     path = write(tmp_path, data_cache, extra)
     with pytest.raises(ConfigError) as err:
@@ -116,8 +136,11 @@ def test_bad_ablation_files_name_the_key(tmp_path, data_cache, extra, key):
 
 def test_arm_with_an_invalid_experiment_is_named(tmp_path, data_cache):
     path = write(tmp_path, data_cache)
-    path.write_text(path.read_text().replace("top2: [model.moe.top_k=2]", "top9: [model.moe.top_k=9]")
-                    .replace("arm: top2", "arm: top9"))
+    path.write_text(
+        path.read_text()
+        .replace("top2: [model.moe.top_k=2]", "top9: [model.moe.top_k=9]")
+        .replace("arm: top2", "arm: top9")
+    )
     with pytest.raises(ConfigError) as err:
         load_ablation(path)
     assert str(err.value).startswith("arms.top9: invalid experiment: model.moe.top_k")
@@ -157,8 +180,13 @@ def test_verify_tolerates_seed_noise_only_where_settings_differ():
 
 def test_verify_without_stored_results_is_one_error_line(tmp_path, data_cache):
     path = write(tmp_path, data_cache)
-    proc = subprocess.run([sys.executable, "-m", "moe_lab.ablate", str(path), "--verify"], cwd=REPO,
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "moe_lab.ablate", str(path), "--verify"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 2
     assert proc.stderr.startswith("error: --verify: no completed run of arm=top1 seed 0")
     assert len(proc.stderr.strip().splitlines()) == 1

@@ -27,20 +27,28 @@ from moe_lab.report.common import latex_escape
 ROOT = Path(__file__).resolve().parents[1]
 SEEDS = [0, 1, 2]
 STEPS = [10, 20, 30]
-ARMS = {"dense": ["model.moe.placement=none"],
-        "e8_top1": ["model.moe.n_experts=8", "model.moe.top_k=1"],
-        "e8_top2": ["model.moe.n_experts=8", "model.moe.top_k=2"]}
+ARMS = {
+    "dense": ["model.moe.placement=none"],
+    "e8_top1": ["model.moe.n_experts=8", "model.moe.top_k=1"],
+    "e8_top2": ["model.moe.n_experts=8", "model.moe.top_k=2"],
+}
 # Per arm, per seed: metrics.json values (None: the run failed). e8_top1's seed 2 failed.
 RUNS = {
-    "dense": [dict(val_loss=1.90, val_bpb=2.70, tokens_per_s=12000.0, final_load_cv=None, collapse=0),
-              dict(val_loss=1.91, val_bpb=2.72, tokens_per_s=12100.0, final_load_cv=None, collapse=0),
-              dict(val_loss=1.89, val_bpb=2.68, tokens_per_s=11900.0, final_load_cv=None, collapse=0)],
-    "e8_top1": [dict(val_loss=1.86, val_bpb=2.66, tokens_per_s=9000.0, final_load_cv=0.30, collapse=1),
-                dict(val_loss=1.92, val_bpb=2.74, tokens_per_s=9100.0, final_load_cv=0.34, collapse=0),
-                None],
-    "e8_top2": [dict(val_loss=1.81, val_bpb=2.60, tokens_per_s=8000.0, final_load_cv=0.10, collapse=0),
-                dict(val_loss=1.82, val_bpb=2.61, tokens_per_s=8100.0, final_load_cv=0.12, collapse=0),
-                dict(val_loss=1.80, val_bpb=2.59, tokens_per_s=8200.0, final_load_cv=0.11, collapse=0)],
+    "dense": [
+        dict(val_loss=1.90, val_bpb=2.70, tokens_per_s=12000.0, final_load_cv=None, collapse=0),
+        dict(val_loss=1.91, val_bpb=2.72, tokens_per_s=12100.0, final_load_cv=None, collapse=0),
+        dict(val_loss=1.89, val_bpb=2.68, tokens_per_s=11900.0, final_load_cv=None, collapse=0),
+    ],
+    "e8_top1": [
+        dict(val_loss=1.86, val_bpb=2.66, tokens_per_s=9000.0, final_load_cv=0.30, collapse=1),
+        dict(val_loss=1.92, val_bpb=2.74, tokens_per_s=9100.0, final_load_cv=0.34, collapse=0),
+        None,
+    ],
+    "e8_top2": [
+        dict(val_loss=1.81, val_bpb=2.60, tokens_per_s=8000.0, final_load_cv=0.10, collapse=0),
+        dict(val_loss=1.82, val_bpb=2.61, tokens_per_s=8100.0, final_load_cv=0.12, collapse=0),
+        dict(val_loss=1.80, val_bpb=2.59, tokens_per_s=8200.0, final_load_cv=0.11, collapse=0),
+    ],
 }
 CLAIMS = [
     ClaimConfig(metric="val_loss", arm="e8_top2", less_than="dense"),  # held, clearly
@@ -65,15 +73,30 @@ def layer_cv(cv: float, layer: int) -> float:
 
 def make_run(run_dir: Path, arm: str, seed: int, values: dict | None) -> None:
     moe = arm != "dense"
-    metrics = {"status": "failed", "error": "non-finite loss at step 120", "steps": 120, "val_loss": None,
-               "val_bpb": None, "active_params": 1_000_000, "total_params": 3_000_000 if moe else 1_000_000}
+    metrics = {
+        "status": "failed",
+        "error": "non-finite loss at step 120",
+        "steps": 120,
+        "val_loss": None,
+        "val_bpb": None,
+        "active_params": 1_000_000,
+        "total_params": 3_000_000 if moe else 1_000_000,
+    }
     scalars = {}
     if values is not None:
-        metrics.update(status="completed", error=None, steps=STEPS[-1], val_loss=values["val_loss"],
-                       val_bpb=values["val_bpb"], tokens_per_s=values["tokens_per_s"],
-                       final_load_cv=values["final_load_cv"], final_dropped_frac=0.01 * seed if moe else None,
-                       collapse_events=[{"step": 20}] * values["collapse"],
-                       collapse_events_count=values["collapse"], moe_layers=[0, 1] if moe else [])
+        metrics.update(
+            status="completed",
+            error=None,
+            steps=STEPS[-1],
+            val_loss=values["val_loss"],
+            val_bpb=values["val_bpb"],
+            tokens_per_s=values["tokens_per_s"],
+            final_load_cv=values["final_load_cv"],
+            final_dropped_frac=0.01 * seed if moe else None,
+            collapse_events=[{"step": 20}] * values["collapse"],
+            collapse_events_count=values["collapse"],
+            moe_layers=[0, 1] if moe else [],
+        )
         scalars["val/loss"] = {s: values["val_loss"] + 0.5 * (len(STEPS) - 1 - i) for i, s in enumerate(STEPS)}
         scalars["train/lm_loss"] = {s: values["val_loss"] + 0.1 for s in STEPS}
         if moe:
@@ -82,28 +105,64 @@ def make_run(run_dir: Path, arm: str, seed: int, values: dict | None) -> None:
                 scalars[f"moe/layer{layer}/expert0"] = {30: 0.125}
     run_dir.mkdir(parents=True)
     (run_dir / "metrics.json").write_text(json.dumps(metrics))
-    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(
-        {"seed": seed, "model": {"n_layers": 2}, "data": {"batch_size": 4, "block_size": 16},
-         "trainer": {"max_steps": 30, "accumulate_grad_batches": 1}})))
+    (run_dir / "config.yaml").write_text(
+        OmegaConf.to_yaml(
+            OmegaConf.create(
+                {
+                    "seed": seed,
+                    "model": {"n_layers": 2},
+                    "data": {"batch_size": 4, "block_size": 16},
+                    "trainer": {"max_steps": 30, "accumulate_grad_batches": 1},
+                }
+            )
+        )
+    )
     other_checkout = arm == "e8_top2" and seed == 2
-    (run_dir / "env.json").write_text(json.dumps({
-        "python": "3.11.9", "platform": "Linux-test", "packages": {"torch": "2.5.1", "lightning": "2.4.0"},
-        "git": {"commit": "def456" if other_checkout else "abc123", "dirty": other_checkout},
-        "data": {"data_hash": "d41d8cd9"}, "torch": {"cuda_device": None}}))
+    (run_dir / "env.json").write_text(
+        json.dumps(
+            {
+                "python": "3.11.9",
+                "platform": "Linux-test",
+                "packages": {"torch": "2.5.1", "lightning": "2.4.0"},
+                "git": {"commit": "def456" if other_checkout else "abc123", "dirty": other_checkout},
+                "data": {"data_hash": "d41d8cd9"},
+                "torch": {"cuda_device": None},
+            }
+        )
+    )
     if scalars:
         write_events(run_dir, scalars)
 
 
 def make_ablation(study_dir: Path) -> Path:
-    cfg = AblationConfig(name="demo_ablation", base="../sweep_base.yaml", seeds=SEEDS, compute_matching="active",
-                         paper="Switch Transformer (Fedus et al. 2022), Table 1", claim="MoE beats dense.",
-                         caveat="tiny fake runs", arms=ARMS, claims=CLAIMS)
+    cfg = AblationConfig(
+        name="demo_ablation",
+        base="../sweep_base.yaml",
+        seeds=SEEDS,
+        compute_matching="active",
+        paper="Switch Transformer (Fedus et al. 2022), Table 1",
+        claim="MoE beats dense.",
+        caveat="tiny fake runs",
+        arms=ARMS,
+        claims=CLAIMS,
+    )
     study_dir.mkdir(parents=True)
     (study_dir / "sweep.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
-    (study_dir / "study_info.json").write_text(json.dumps({
-        "kind": "ablation", "study_name": "demo_ablation", "storage_url": "sqlite:////nowhere/study.db",
-        "objective_metric": "val_loss", "direction": "minimize", "sampler": "grid", "seeds": SEEDS,
-        "compute_matching": "active", "base": "/somewhere/experiments/sweep_base.yaml"}))
+    (study_dir / "study_info.json").write_text(
+        json.dumps(
+            {
+                "kind": "ablation",
+                "study_name": "demo_ablation",
+                "storage_url": "sqlite:////nowhere/study.db",
+                "objective_metric": "val_loss",
+                "direction": "minimize",
+                "sampler": "grid",
+                "seeds": SEEDS,
+                "compute_matching": "active",
+                "base": "/somewhere/experiments/sweep_base.yaml",
+            }
+        )
+    )
     for number, arm in enumerate(ARMS):
         for seed, values in enumerate(RUNS[arm]):
             make_run(study_dir / "trials" / f"t{number:03d}-arm={arm}" / f"seed{seed}", arm, seed, values)
@@ -137,14 +196,18 @@ def welch(a: list[float], b: list[float], margin: float = 0.0) -> tuple[float, f
 def test_table_means_and_stds(ablation):
     study_dir, paths = ablation
     text = paths["results_md"].read_text()
-    table = {line.split(" | ")[0].removeprefix("| "): line.split(" | ") for line in text.splitlines()
-             if line.startswith("| ") and " | " in line}
+    table = {
+        line.split(" | ")[0].removeprefix("| "): line.split(" | ")
+        for line in text.splitlines()
+        if line.startswith("| ") and " | " in line
+    }
     for arm in ARMS:
         cells = table[arm]
         for column, key in ((2, "val_loss"), (3, "val_bpb")):
             values = completed(arm, key)
-            assert cells[column] == (f"{statistics.fmean(values):.4f} ± {statistics.stdev(values):.4f} "
-                                     f"(n={len(values)})")
+            assert cells[column] == (
+                f"{statistics.fmean(values):.4f} ± {statistics.stdev(values):.4f} (n={len(values)})"
+            )
         assert cells[1] == f"{len(completed(arm, 'val_loss'))}/3"
     assert table["e8_top1"][1] == "2/3"  # seed 2 failed
     assert table["e8_top2"][4] == "8.10k" and table["dense"][5] == "1.00M" and table["e8_top2"][6] == "3.00M"
@@ -182,22 +245,32 @@ def test_verdicts(ablation):
 
     untested = verdict_line(text, "final_load_cv: e8_top2 < dense")
     assert "not tested: no completed seed of dense recorded final_load_cv" in untested
-    assert ("**3 of 5 claims held** (1 of them within seed noise). Did not reproduce at this scale: "
-            "final_load_cv: e8_top1 < e8_top2. Not tested (an arm has no completed seed with a value for the metric): "
-            "final_load_cv: e8_top2 < dense.") in text
+    assert (
+        "**3 of 5 claims held** (1 of them within seed noise). Did not reproduce at this scale: "
+        "final_load_cv: e8_top1 < e8_top2. Not tested (an arm has no completed seed with a value for the metric): "
+        "final_load_cv: e8_top2 < dense."
+    ) in text
 
 
 def test_markdown_settings_and_provenance(ablation):
     text = ablation[1]["results_md"].read_text()
     assert text.startswith("# Ablation: demo_ablation\n")
-    for expected in ("- paper: Switch Transformer (Fedus et al. 2022), Table 1", "- claim: MoE beats dense.",
-                     "- **caveat:** tiny fake runs", "- seeds: [0, 1, 2]", "compute matching: **active**",
-                     "30 steps × 4 sequences × 16 tokens = 1,920 training tokens per run (all arms)",
-                     "- git commit: `abc123` clean (8 runs), `def456` dirty (1 run)",
-                     "- torch: 2.5.1 (all 9 runs)", "- lightning: 2.4.0 (all 9 runs)",
-                     "- data hash: `d41d8cd9` (all 9 runs)", "- device: cpu (all 9 runs)",
-                     "- `e8_top2`: `model.moe.n_experts=8`, `model.moe.top_k=2`",
-                     "- val curves: [png](plots/val_curves.png)", "- load balance: [png](plots/load_balance.png)"):
+    for expected in (
+        "- paper: Switch Transformer (Fedus et al. 2022), Table 1",
+        "- claim: MoE beats dense.",
+        "- **caveat:** tiny fake runs",
+        "- seeds: [0, 1, 2]",
+        "compute matching: **active**",
+        "30 steps × 4 sequences × 16 tokens = 1,920 training tokens per run (all arms)",
+        "- git commit: `abc123` clean (8 runs), `def456` dirty (1 run)",
+        "- torch: 2.5.1 (all 9 runs)",
+        "- lightning: 2.4.0 (all 9 runs)",
+        "- data hash: `d41d8cd9` (all 9 runs)",
+        "- device: cpu (all 9 runs)",
+        "- `e8_top2`: `model.moe.n_experts=8`, `model.moe.top_k=2`",
+        "- val curves: [png](plots/val_curves.png)",
+        "- load balance: [png](plots/load_balance.png)",
+    ):
         assert expected in text, expected
     assert "/somewhere" not in text and "/nowhere" not in text  # no absolute paths
 
@@ -305,7 +378,7 @@ def test_dispatch_by_kind(ablation, tmp_path, monkeypatch, capsys):
         (sweep_dir / "study_info.json").write_text(json.dumps(info))
         assert report.detect_kind(sweep_dir) == "study"
         called = []
-        monkeypatch.setitem(report.REPORTS, "study", lambda path: called.append(path) or {})
+        monkeypatch.setitem(report.REPORTS, "study", lambda path, called=called: called.append(path) or {})
         assert report.main([str(sweep_dir)]) == 0 and called == [sweep_dir]
     assert report.main([str(study_dir)]) == 0
     assert "val_loss: e8_top2 < dense — held" in capsys.readouterr().out
@@ -313,7 +386,8 @@ def test_dispatch_by_kind(ablation, tmp_path, monkeypatch, capsys):
 
 def test_cli(ablation):
     study_dir, _ = ablation
-    proc = subprocess.run([sys.executable, "-m", "moe_lab.report", str(study_dir)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "moe_lab.report", str(study_dir)], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 0, proc.stderr
     assert "3 of 5 claims held" in proc.stdout and str(study_dir / "results.md") in proc.stdout

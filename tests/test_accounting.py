@@ -11,12 +11,20 @@ from tests.helpers import tiny_config
 
 CONFIGS = {
     "moe_all": dict(),
-    "every_other_shared_untied": dict(n_layers=4, placement="every_n", n_shared_experts=2,
-                                      tie_embeddings=False, n_kv_heads=2),
+    "every_other_shared_untied": dict(
+        n_layers=4, placement="every_n", n_shared_experts=2, tie_embeddings=False, n_kv_heads=2
+    ),
     "fine_grained_noisy": dict(granularity=2, router="noisy_topk", placement="first_k_dense"),
     "dense_gelu": dict(placement="none", activation="gelu"),
-    "gated_shared_qkv_bias": dict(n_layers=3, placement="list", layers=[0, 2], n_shared_experts=1,
-                                  shared_expert_hidden=24, shared_expert_gate=True, attention_bias=True),
+    "gated_shared_qkv_bias": dict(
+        n_layers=3,
+        placement="list",
+        layers=[0, 2],
+        n_shared_experts=1,
+        shared_expert_hidden=24,
+        shared_expert_gate=True,
+        attention_bias=True,
+    ),
     "qk_norm_full_gqa": dict(qk_norm="full", n_kv_heads=2),
     "qk_norm_head_wide_heads": dict(qk_norm="head", head_dim=16, n_kv_heads=2, tie_embeddings=False),
 }
@@ -31,9 +39,12 @@ def component_of(name: str) -> str:
         return "norm"
     if ".attn." in name:
         return "attention"
-    for part, comp in ((".ffn.experts.", "experts"), (".ffn.shared.", "shared_experts"),
-                       (".ffn.shared_gate.", "shared_experts"),
-                       (".ffn.router.", "router")):
+    for part, comp in (
+        (".ffn.experts.", "experts"),
+        (".ffn.shared.", "shared_experts"),
+        (".ffn.shared_gate.", "shared_experts"),
+        (".ffn.router.", "router"),
+    ):
         if part in name:
             return comp
     return "dense_ffn"

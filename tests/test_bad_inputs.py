@@ -15,9 +15,10 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable, NamedTuple
+from typing import NamedTuple
 
 import pytest
 
@@ -36,32 +37,39 @@ class Case(NamedTuple):
 
 # ----------------------------------------------------------------------------------- case setups
 
+
 def write(rel: str, content: str | bytes) -> Callable[[Path, Path], None]:
     """A file in the case folder; "{tmp}" in text content becomes the case folder's path."""
+
     def setup(tmp: Path, run: Path) -> None:
         path = tmp / rel
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(content if isinstance(content, bytes) else content.replace("{tmp}", str(tmp)).encode())
+
     return setup
 
 
 def unwritable(rel: str) -> Callable[[Path, Path], None]:
     """A folder this process cannot create anything in: read-only permissions, or a link to /sys
     (read-only even for root, whom permissions do not stop)."""
+
     def setup(tmp: Path, run: Path) -> None:
         if os.geteuid() == 0:
             (tmp / rel).symlink_to("/sys")
         else:
             (tmp / rel).mkdir()
             (tmp / rel).chmod(0o500)
+
     return setup
 
 
 def truncate(rel: str, keep: float = 0.5) -> Callable[[Path, Path], None]:
     """Cut a file of the trained run to a fraction of its size, as a crash mid-write would."""
+
     def setup(tmp: Path, run: Path) -> None:
         path = run / rel
         path.write_bytes(path.read_bytes()[: int(path.stat().st_size * keep)])
+
     return setup
 
 
@@ -69,58 +77,132 @@ def both(*setups: Callable[[Path, Path], None]) -> Callable[[Path, Path], None]:
     def setup(tmp: Path, run: Path) -> None:
         for s in setups:
             s(tmp, run)
+
     return setup
 
 
 TRAIN = "moe_lab.train"
 CASES = [
-    Case("output_dir is a file", TRAIN, "{exp} output_dir={tmp}/afile", write("afile", "x"),
-         "output_dir: {tmp}/afile is a file"),
-    Case("output_dir under a file", TRAIN, "{exp} output_dir={tmp}/afile/runs", write("afile", "x"),
-         "output_dir: {tmp}/afile/runs would be under {tmp}/afile"),
-    Case("output_dir not writable", TRAIN, "{exp} output_dir={tmp}/ro/runs", unwritable("ro"),
-         "output_dir: cannot write in {tmp}/ro"),
-    Case("model_init yaml malformed", TRAIN, "{exp} output_dir={runs} model_init={tmp}/pre",
-         write("pre/moe_lab_model.yaml", "d_model: [32\n"),
-         "model_init: cannot parse {tmp}/pre/moe_lab_model.yaml"),
-    Case("model_init folder missing", TRAIN, "{exp} output_dir={runs} model_init={tmp}/nowhere",
-         names="model_init: no such directory: {tmp}/nowhere"),
-    Case("resume=auto, last.ckpt truncated", TRAIN, "{exp} output_dir={runs} trainer.resume=auto",
-         truncate("checkpoints/last.ckpt"), "{run}/checkpoints/last.ckpt"),
-    Case("resume=auto, last and previous truncated", TRAIN, "{exp} output_dir={runs} trainer.resume=auto",
-         both(truncate("checkpoints/last.ckpt"), truncate("checkpoints/previous.ckpt")),
-         "{run}/checkpoints/last.ckpt"),
-    Case("resume=garbage.ckpt", TRAIN, "{exp} output_dir={runs} trainer.resume={tmp}/garbage.ckpt",
-         write("garbage.ckpt", b"not a checkpoint\n" * 10),
-         "trainer.resume: {tmp}/garbage.ckpt"),
-    Case("accelerator=gpu without one", TRAIN, "{exp} output_dir={runs} trainer.accelerator=gpu",
-         names="trainer.accelerator: 'gpu'"),
-    Case("strategy=bogus", TRAIN, "{exp} output_dir={runs} trainer.strategy=bogus",
-         names="trainer.strategy: 'bogus'"),
+    Case(
+        "output_dir is a file",
+        TRAIN,
+        "{exp} output_dir={tmp}/afile",
+        write("afile", "x"),
+        "output_dir: {tmp}/afile is a file",
+    ),
+    Case(
+        "output_dir under a file",
+        TRAIN,
+        "{exp} output_dir={tmp}/afile/runs",
+        write("afile", "x"),
+        "output_dir: {tmp}/afile/runs would be under {tmp}/afile",
+    ),
+    Case(
+        "output_dir not writable",
+        TRAIN,
+        "{exp} output_dir={tmp}/ro/runs",
+        unwritable("ro"),
+        "output_dir: cannot write in {tmp}/ro",
+    ),
+    Case(
+        "model_init yaml malformed",
+        TRAIN,
+        "{exp} output_dir={runs} model_init={tmp}/pre",
+        write("pre/moe_lab_model.yaml", "d_model: [32\n"),
+        "model_init: cannot parse {tmp}/pre/moe_lab_model.yaml",
+    ),
+    Case(
+        "model_init folder missing",
+        TRAIN,
+        "{exp} output_dir={runs} model_init={tmp}/nowhere",
+        names="model_init: no such directory: {tmp}/nowhere",
+    ),
+    Case(
+        "resume=auto, last.ckpt truncated",
+        TRAIN,
+        "{exp} output_dir={runs} trainer.resume=auto",
+        truncate("checkpoints/last.ckpt"),
+        "{run}/checkpoints/last.ckpt",
+    ),
+    Case(
+        "resume=auto, last and previous truncated",
+        TRAIN,
+        "{exp} output_dir={runs} trainer.resume=auto",
+        both(truncate("checkpoints/last.ckpt"), truncate("checkpoints/previous.ckpt")),
+        "{run}/checkpoints/last.ckpt",
+    ),
+    Case(
+        "resume=garbage.ckpt",
+        TRAIN,
+        "{exp} output_dir={runs} trainer.resume={tmp}/garbage.ckpt",
+        write("garbage.ckpt", b"not a checkpoint\n" * 10),
+        "trainer.resume: {tmp}/garbage.ckpt",
+    ),
+    Case(
+        "accelerator=gpu without one",
+        TRAIN,
+        "{exp} output_dir={runs} trainer.accelerator=gpu",
+        names="trainer.accelerator: 'gpu'",
+    ),
+    Case("strategy=bogus", TRAIN, "{exp} output_dir={runs} trainer.strategy=bogus", names="trainer.strategy: 'bogus'"),
     Case("empty YAML", TRAIN, "{tmp}/empty.yaml", write("empty.yaml", ""), "{tmp}/empty.yaml is empty"),
-    Case("max_steps=0", TRAIN, "{exp} output_dir={runs} trainer.max_steps=0",
-         names="trainer.max_steps: must be >= 1"),
-    Case("data file shorter than a block", TRAIN,
-         "{exp} output_dir={runs} data.source=files data.train_files=[{tmp}/short.txt]",
-         write("short.txt", "tiny text\n" * 3), "{tmp}/short.txt"),
-    Case("non-UTF-8 .txt", TRAIN, "{exp} output_dir={runs} data.source=files data.train_files=[{tmp}/latin1.txt]",
-         write("latin1.txt", "ok line\n".encode() * 40 + "caf\xe9\n".encode("latin-1") + b"more\n" * 40),
-         "{tmp}/latin1.txt: cannot be read as text: not UTF-8 text: byte 0xe9 at offset 323 (line 41)"),
-    Case("malformed jsonl", TRAIN, "{exp} output_dir={runs} data.source=files data.train_files=[{tmp}/bad.jsonl]",
-         write("bad.jsonl", '{"text": "a fine row"}\n' * 20 + '{"text": "broken\n'), "{tmp}/bad.jsonl"),
-    Case("report: storage file missing", "moe_lab.report", "{tmp}/study",
-         write("study/study_info.json", json.dumps({"study_name": "s", "storage_url": "sqlite:///{tmp}/study/study.db"})),
-         "(looked for {tmp}/study/study.db)"),
-    Case("hf convert: config.json is a list", "moe_lab.interop.hf", "convert {tmp}/hf {tmp}/out",
-         write("hf/config.json", "[1, 2]"), "{tmp}/hf/config.json: expected a JSON object"),
-    Case("sweep output_dir is a file", "moe_lab.sweep",
-         "{tmp}/sweep.yaml output_dir={tmp}/afile", write("afile", "x"), "output_dir: {tmp}/afile is a file"),
-    Case("sweep output_dir not writable", "moe_lab.sweep", "{tmp}/sweep.yaml output_dir={tmp}/ro/sweeps",
-         unwritable("ro"), "output_dir: cannot write in {tmp}/ro"),
+    Case("max_steps=0", TRAIN, "{exp} output_dir={runs} trainer.max_steps=0", names="trainer.max_steps: must be >= 1"),
+    Case(
+        "data file shorter than a block",
+        TRAIN,
+        "{exp} output_dir={runs} data.source=files data.train_files=[{tmp}/short.txt]",
+        write("short.txt", "tiny text\n" * 3),
+        "{tmp}/short.txt",
+    ),
+    Case(
+        "non-UTF-8 .txt",
+        TRAIN,
+        "{exp} output_dir={runs} data.source=files data.train_files=[{tmp}/latin1.txt]",
+        write("latin1.txt", b"ok line\n" * 40 + "caf\xe9\n".encode("latin-1") + b"more\n" * 40),
+        "{tmp}/latin1.txt: cannot be read as text: not UTF-8 text: byte 0xe9 at offset 323 (line 41)",
+    ),
+    Case(
+        "malformed jsonl",
+        TRAIN,
+        "{exp} output_dir={runs} data.source=files data.train_files=[{tmp}/bad.jsonl]",
+        write("bad.jsonl", '{"text": "a fine row"}\n' * 20 + '{"text": "broken\n'),
+        "{tmp}/bad.jsonl",
+    ),
+    Case(
+        "report: storage file missing",
+        "moe_lab.report",
+        "{tmp}/study",
+        write(
+            "study/study_info.json", json.dumps({"study_name": "s", "storage_url": "sqlite:///{tmp}/study/study.db"})
+        ),
+        "(looked for {tmp}/study/study.db)",
+    ),
+    Case(
+        "hf convert: config.json is a list",
+        "moe_lab.interop.hf",
+        "convert {tmp}/hf {tmp}/out",
+        write("hf/config.json", "[1, 2]"),
+        "{tmp}/hf/config.json: expected a JSON object",
+    ),
+    Case(
+        "sweep output_dir is a file",
+        "moe_lab.sweep",
+        "{tmp}/sweep.yaml output_dir={tmp}/afile",
+        write("afile", "x"),
+        "output_dir: {tmp}/afile is a file",
+    ),
+    Case(
+        "sweep output_dir not writable",
+        "moe_lab.sweep",
+        "{tmp}/sweep.yaml output_dir={tmp}/ro/sweeps",
+        unwritable("ro"),
+        "output_dir: cannot write in {tmp}/ro",
+    ),
 ]
 
 
 # ------------------------------------------------------------------------------------- machinery
+
 
 def tree_digest(*roots: Path) -> dict[str, str]:
     """Every file, folder and link under `roots` -> a hash of its content (or link target)."""
@@ -140,8 +222,9 @@ def tree_digest(*roots: Path) -> dict[str, str]:
 
 def run_cli(module: str, args: list[str], cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONWARNINGS": "ignore"}
-    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", module, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
+    )
 
 
 @pytest.fixture(scope="module")
@@ -216,8 +299,10 @@ def test_no_case_changed_the_data_cache(batch):
 
 # ------------------------------------------------------------------------- the pieces behind them
 
-@pytest.mark.parametrize("prefix, bad", [(b"", b"\xff"), (b"a" * 5, b"\xe9 "), ("é".encode() * 3, b"\x80"),
-                                         (b"x\n" * 4, "€".encode()[:2])])  # last: file ends mid-character
+
+@pytest.mark.parametrize(
+    "prefix, bad", [(b"", b"\xff"), (b"a" * 5, b"\xe9 "), ("é".encode() * 3, b"\x80"), (b"x\n" * 4, "€".encode()[:2])]
+)  # last: file ends mid-character
 @pytest.mark.parametrize("chunk_size", [1, 2, 3, 1 << 20])  # a character cut across chunks must not count
 def test_first_invalid_utf8_agrees_with_a_whole_file_decode(tmp_path, prefix, bad, chunk_size):
     from moe_lab.data.corpora import _first_invalid_utf8
@@ -237,8 +322,10 @@ def test_previous_checkpoint_is_the_one_last_replaced(trained):
     import torch
 
     _, _, run = trained
-    steps = {name: torch.load(run / "checkpoints" / name, weights_only=True)["global_step"]
-             for name in ("last.ckpt", "previous.ckpt")}
+    steps = {
+        name: torch.load(run / "checkpoints" / name, weights_only=True)["global_step"]
+        for name in ("last.ckpt", "previous.ckpt")
+    }
     assert steps == {"last.ckpt": 2, "previous.ckpt": 1}  # checkpoints every step (val_every_n_steps=1)
     assert not list((run / "checkpoints").glob(".*"))  # no temporary file left behind
 

@@ -26,7 +26,7 @@ def test_experts_only_floor_runs_every_copy_through_its_expert():
     for e in range(3):
         rows = range(bounds[e], bounds[e + 1])
         y = expert_mlp(copies[list(rows)], layer.experts, e)
-        for r, yr in zip(rows, y):
+        for r, yr in zip(rows, y, strict=True):
             expected[r % 7] += 0.5 * yr
     torch.testing.assert_close(out.view(-1, cfg.d_model), expected, rtol=1e-12, atol=1e-12)
 
@@ -37,9 +37,12 @@ def test_moe_json_ratios_are_the_timings(monkeypatch, capsys):
     assert bench.main(["moe", "--repeats", "2", "--json", "--default-allocator"]) == 0
     row = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["tiny"]
     ms = row["ms"]
-    pairs = {"moe_over_dense_iso": ("moe", "dense_iso"), "naive_over_moe": ("naive_loop", "moe"),
-             "experts_only_over_dense_iso": ("experts_only", "dense_iso"),
-             "naive_over_experts_only": ("naive_loop", "experts_only")}
+    pairs = {
+        "moe_over_dense_iso": ("moe", "dense_iso"),
+        "naive_over_moe": ("naive_loop", "moe"),
+        "experts_only_over_dense_iso": ("experts_only", "dense_iso"),
+        "naive_over_experts_only": ("naive_loop", "experts_only"),
+    }
     for key, (num, den) in pairs.items():
         ratio = ms[num] / ms[den]
         # ratios are rounded to 3 decimals and ms to microseconds: allow exactly that much

@@ -50,9 +50,14 @@ def test_metrics_reduce_over_experts_per_layer():
 
 def stats(counts, entropy_norm: float = 0.9, dropped: float = 0.0) -> RoutingStats:
     n = len(counts)
-    return RoutingStats(expert_counts=torch.tensor(counts, dtype=torch.float32), dropped_frac=torch.tensor(dropped),
-                        entropy=torch.tensor(entropy_norm * math.log(n)), mean_topk_weight=torch.tensor(0.5),
-                        aux_loss=torch.tensor(0.01), z_loss=torch.tensor(1e-3))
+    return RoutingStats(
+        expert_counts=torch.tensor(counts, dtype=torch.float32),
+        dropped_frac=torch.tensor(dropped),
+        entropy=torch.tensor(entropy_norm * math.log(n)),
+        mean_topk_weight=torch.tensor(0.5),
+        aux_loss=torch.tensor(0.01),
+        z_loss=torch.tensor(1e-3),
+    )
 
 
 def test_accumulator_sums_counts_and_averages_scalars():
@@ -94,16 +99,24 @@ class SyntheticRouting(L.LightningModule):
 
 def fit(schedule, callbacks, tmp_path, max_steps: int, ckpt_path=None, **trainer_kw) -> L.Trainer:
     trainer_kw = {"log_every_n_steps": 1, **trainer_kw}
-    trainer = L.Trainer(max_steps=max_steps, accelerator="cpu", callbacks=callbacks,
-                        logger=TensorBoardLogger(tmp_path, name="tb"), enable_progress_bar=False,
-                        enable_model_summary=False, enable_checkpointing=False, **trainer_kw)
+    trainer = L.Trainer(
+        max_steps=max_steps,
+        accelerator="cpu",
+        callbacks=callbacks,
+        logger=TensorBoardLogger(tmp_path, name="tb"),
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        **trainer_kw,
+    )
     trainer.fit(SyntheticRouting(schedule), ckpt_path=ckpt_path)
     return trainer
 
 
 def read_events(trainer) -> EventAccumulator:
-    ea = EventAccumulator(trainer.logger.log_dir,
-                          size_guidance={"scalars": 0, "histograms": 0, "images": 0, "tensors": 0})
+    ea = EventAccumulator(
+        trainer.logger.log_dir, size_guidance={"scalars": 0, "histograms": 0, "images": 0, "tensors": 0}
+    )
     ea.Reload()
     return ea
 
@@ -120,8 +133,9 @@ def test_collapse_fires_when_patience_is_exactly_reached(tmp_path):
     with pytest.warns(UserWarning, match="expert 2 of layer 2 below 10% of uniform load for 5 steps"):
         trainer = fit(layer2_starved_on(starved), [detector], tmp_path, max_steps=16)
     assert trainer.global_step == 16  # action "warn" does not stop
-    assert detector.events == [{"step": 10, "layer": 2, "expert": 2, "kind": "starved_expert",
-                                "load": pytest.approx(0.01)}]  # once, though it stays starved
+    assert detector.events == [
+        {"step": 10, "layer": 2, "expert": 2, "kind": "starved_expert", "load": pytest.approx(0.01)}
+    ]  # once, though it stays starved
     assert detector.prune_reason is None
     ea = read_events(trainer)
     counts = {e.step + 1: e.value for e in ea.Scalars("moe/collapse_events")}  # TB step = global_step - 1
@@ -132,7 +146,10 @@ def test_collapse_fires_when_patience_is_exactly_reached(tmp_path):
 
 def test_balanced_router_never_fires(tmp_path):
     rng = np.random.default_rng(0)
-    noisy = lambda step, micro: {0: stats((25 + rng.integers(-5, 6, 4)).tolist()), 1: stats(BALANCED)}
+
+    def noisy(step, micro):
+        return {0: stats((25 + rng.integers(-5, 6, 4)).tolist()), 1: stats(BALANCED)}
+
     detector = ExpertCollapseDetector(patience_steps=2, min_entropy_norm=0.5, action="stop")
     trainer = fit(noisy, [detector], tmp_path, max_steps=30)
     assert trainer.global_step == 30 and detector.events == [] and detector.prune_reason is None
@@ -156,8 +173,9 @@ def test_low_entropy_fires_and_stop_ends_training(tmp_path):
 
     detector = ExpertCollapseDetector(min_entropy_norm=0.2, patience_steps=4, action="stop")
     trainer = fit(schedule, [detector], tmp_path, max_steps=30)
-    assert detector.events == [{"step": 8, "layer": 1, "expert": None, "kind": "low_entropy",
-                                "entropy_norm": pytest.approx(0.05)}]
+    assert detector.events == [
+        {"step": 8, "layer": 1, "expert": None, "kind": "low_entropy", "entropy_norm": pytest.approx(0.05)}
+    ]
     assert trainer.global_step == 8 and trainer.should_stop and detector.prune_reason is None
 
 
@@ -182,8 +200,9 @@ def test_resumed_callbacks_continue_streak_and_window(tmp_path):
     trainer.save_checkpoint(tmp_path / "mid.ckpt")
     assert first.events == []
     resumed, resumed_monitor = callbacks()
-    resumed_trainer = fit(starved, [resumed, resumed_monitor], tmp_path / "b", max_steps=12,
-                          ckpt_path=tmp_path / "mid.ckpt")
+    resumed_trainer = fit(
+        starved, [resumed, resumed_monitor], tmp_path / "b", max_steps=12, ckpt_path=tmp_path / "mid.ckpt"
+    )
     assert [e["step"] for e in whole.events] == [e["step"] for e in resumed.events] == [8]
     assert resumed.events == whole.events
 
@@ -195,11 +214,16 @@ def test_resumed_callbacks_continue_streak_and_window(tmp_path):
     assert resumed_monitor.summary() == whole_monitor.summary()
 
 
-@pytest.mark.parametrize("kwargs, name", [
-    ({"min_load_fraction": -0.1}, "min_load_fraction"), ({"patience_steps": 0}, "patience_steps"),
-    ({"min_entropy_norm": 1.5}, "min_entropy_norm"), ({"action": "explode"}, "action"),
-    ({"check_from_step": -1}, "check_from_step"),
-])
+@pytest.mark.parametrize(
+    "kwargs, name",
+    [
+        ({"min_load_fraction": -0.1}, "min_load_fraction"),
+        ({"patience_steps": 0}, "patience_steps"),
+        ({"min_entropy_norm": 1.5}, "min_entropy_norm"),
+        ({"action": "explode"}, "action"),
+        ({"check_from_step": -1}, "check_from_step"),
+    ],
+)
 def test_detector_rejects_bad_arguments(kwargs, name):
     with pytest.raises(ValueError, match=name):
         ExpertCollapseDetector(**kwargs)
@@ -229,10 +253,14 @@ def test_collapse_actions_agree_between_config_and_detector(action):
     assert in_config == in_detector
 
 
-@pytest.mark.parametrize("kwargs, name", [
-    ({"log_every_n_steps": 0}, "log_every_n_steps"), ({"heatmap_every_n_steps": -1}, "heatmap_every_n_steps"),
-    ({"max_experts_logged": 2.5}, "max_experts_logged"),
-])
+@pytest.mark.parametrize(
+    "kwargs, name",
+    [
+        ({"log_every_n_steps": 0}, "log_every_n_steps"),
+        ({"heatmap_every_n_steps": -1}, "heatmap_every_n_steps"),
+        ({"max_experts_logged": 2.5}, "max_experts_logged"),
+    ],
+)
 def test_monitor_rejects_bad_arguments(kwargs, name):
     with pytest.raises(ValueError, match=name):
         ExpertLoadMonitor(**kwargs)
@@ -248,24 +276,28 @@ def fed_counts(step, micro, layer):
 
 
 def monitor_schedule(step, micro):
-    return {layer: stats(fed_counts(step, micro, layer), entropy_norm=0.5, dropped=0.01 * step)
-            for layer in (0, 2)}
+    return {layer: stats(fed_counts(step, micro, layer), entropy_norm=0.5, dropped=0.01 * step) for layer in (0, 2)}
 
 
 def expected_window(steps, layer):
     counts = np.sum([fed_counts(s, m, layer) for s in steps for m in (0, 1)], axis=0)
     frac = counts / counts.sum()
     std = np.sqrt(np.mean((counts - counts.mean()) ** 2))  # population std, written out
-    return {"frac": frac, "load_cv": std / counts.mean(), "max_over_uniform": counts.max() / counts.mean(),
-            "dropped_frac": np.mean([0.01 * s for s in steps]), "tokens_min": counts.min() / len(steps),
-            "tokens_max": counts.max() / len(steps), "tokens_std": std / len(steps)}
+    return {
+        "frac": frac,
+        "load_cv": std / counts.mean(),
+        "max_over_uniform": counts.max() / counts.mean(),
+        "dropped_frac": np.mean([0.01 * s for s in steps]),
+        "tokens_min": counts.min() / len(steps),
+        "tokens_max": counts.max() / len(steps),
+        "tokens_std": std / len(steps),
+    }
 
 
 def test_load_monitor_writes_scalars_histograms_and_heatmap(tmp_path):
     monitor = ExpertLoadMonitor(log_every_n_steps=3, heatmap_every_n_steps=6)
     # Trainer logging every 50 steps must not hide or delay the monitor's windows.
-    trainer = fit(monitor_schedule, [monitor], tmp_path, max_steps=7, accumulate_grad_batches=2,
-                  log_every_n_steps=50)
+    trainer = fit(monitor_schedule, [monitor], tmp_path, max_steps=7, accumulate_grad_batches=2, log_every_n_steps=50)
     ea = read_events(trainer)
     windows = {2: [1, 2, 3], 5: [4, 5, 6], 6: [7]}  # TB step (global_step - 1) -> optimizer steps summed
     for layer in (0, 2):
@@ -311,9 +343,16 @@ def test_load_monitor_caps_per_expert_scalars(tmp_path):
 
 def test_load_monitor_without_a_logger_still_summarises(tmp_path):
     monitor = ExpertLoadMonitor(log_every_n_steps=2)
-    trainer = L.Trainer(max_steps=4, accelerator="cpu", logger=False, callbacks=[monitor],
-                        enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
-                        default_root_dir=tmp_path)
+    trainer = L.Trainer(
+        max_steps=4,
+        accelerator="cpu",
+        logger=False,
+        callbacks=[monitor],
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        default_root_dir=tmp_path,
+    )
     trainer.fit(SyntheticRouting(lambda step, micro: {0: stats([6, 2, 0, 0])}))
     assert monitor.summary()["final_max_over_uniform"] == pytest.approx(3.0)
     assert monitor.summary()["final_dead_experts"] == 2
@@ -336,9 +375,16 @@ class SyntheticRouterGrad(SyntheticRouting):
 
 
 def fit_grads(grad_schedule, detector, tmp_path, max_steps, **trainer_kw):
-    trainer = L.Trainer(max_steps=max_steps, accelerator="cpu", callbacks=[detector], logger=False,
-                        enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
-                        **trainer_kw)
+    trainer = L.Trainer(
+        max_steps=max_steps,
+        accelerator="cpu",
+        callbacks=[detector],
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        **trainer_kw,
+    )
     trainer.fit(SyntheticRouterGrad(lambda s, m: {0: stats(BALANCED), 1: stats(BALANCED)}, grad_schedule))
     return trainer
 
@@ -354,8 +400,7 @@ def test_dead_router_fires_after_patience_of_measured_steps(tmp_path):
     detector = ExpertCollapseDetector(patience_steps=7, dead_router_max_grad_norm=1e-8, action="stop")
     with pytest.warns(UserWarning, match="router of layer 1 gets no gradient from the LM loss"):
         trainer = fit_grads(grads, detector, tmp_path, max_steps=40)
-    assert detector.events == [{"step": 16, "layer": 1, "expert": None, "kind": "dead_router",
-                                "grad_norm": 5e-10}]
+    assert detector.events == [{"step": 16, "layer": 1, "expert": None, "kind": "dead_router", "grad_norm": 5e-10}]
     assert trainer.global_step == 16
 
 

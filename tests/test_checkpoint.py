@@ -34,8 +34,9 @@ def assert_same_tensors(a: dict, b: dict) -> None:
 
 @pytest.mark.parametrize("tied", [True, False])
 def test_pretrained_directory_round_trip_is_exact(tied, tmp_path):
-    model = trained_model(tie_embeddings=tied, qk_norm="head", n_shared_experts=1, shared_expert_gate=True,
-                          router="sigmoid_bias")  # new options and a persistent buffer survive too
+    model = trained_model(
+        tie_embeddings=tied, qk_norm="head", n_shared_experts=1, shared_expert_gate=True, router="sigmoid_bias"
+    )  # new options and a persistent buffer survive too
     save_pretrained(tmp_path, model.cfg, model.state_dict())
     on_disk = load_file(tmp_path / WEIGHTS_FILE)
     assert ("lm_head.weight" in on_disk) is not tied  # a tied embedding is stored once
@@ -77,11 +78,14 @@ def test_missing_or_misshapen_tensor_is_named(tmp_path):
         build_pretrained(tmp_path)
 
 
-@pytest.mark.parametrize("edit,key", [
-    ({"n_layer": 3}, "model.n_layer"),  # unknown key
-    ({"moe": {"top_k": 9}}, "model.moe.top_k"),  # invalid value
-    ({"qk_norm": "rms"}, "model.qk_norm"),
-])
+@pytest.mark.parametrize(
+    "edit,key",
+    [
+        ({"n_layer": 3}, "model.n_layer"),  # unknown key
+        ({"moe": {"top_k": 9}}, "model.moe.top_k"),  # invalid value
+        ({"qk_norm": "rms"}, "model.qk_norm"),
+    ],
+)
 def test_bad_config_file_names_the_key(edit, key, tmp_path):
     model = trained_model()
     save_pretrained(tmp_path, model.cfg, model.state_dict())
@@ -95,10 +99,12 @@ def test_bad_config_file_names_the_key(edit, key, tmp_path):
 def lightning_checkpoint(model: MoETransformer) -> dict:
     """What the trainer's checkpoint holds, built by hand: prefixed state dict, plain-dict hparams."""
     return {
-        "epoch": 1, "global_step": 10,
+        "epoch": 1,
+        "global_step": 10,
         "state_dict": {"model." + k: v for k, v in model.state_dict().items()} | {"ema.step": torch.tensor(3)},
-        "hyper_parameters": {"config": {"model": OmegaConf.to_container(OmegaConf.structured(model.cfg)),
-                                        "optim": {"lr": 1e-3}}},
+        "hyper_parameters": {
+            "config": {"model": OmegaConf.to_container(OmegaConf.structured(model.cfg)), "optim": {"lr": 1e-3}}
+        },
     }
 
 

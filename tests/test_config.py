@@ -121,8 +121,13 @@ def test_resume_from_missing_checkpoint(arm, tmp_path):
 
 def test_cli_config_error_exits_2_with_one_line_and_writes_nothing(arm, tmp_path):
     out = tmp_path / "runs"
-    proc = subprocess.run([sys.executable, "-m", "moe_lab.train", str(arm), "model.moe.top_k=9",
-                           f"output_dir={out}"], capture_output=True, text=True, cwd=REPO, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "moe_lab.train", str(arm), "model.moe.top_k=9", f"output_dir={out}"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+    )
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and proc.stderr.startswith("error: model.moe.top_k:")
     assert "Traceback" not in proc.stderr
@@ -130,8 +135,12 @@ def test_cli_config_error_exits_2_with_one_line_and_writes_nothing(arm, tmp_path
 
 
 def test_cli_print_config_shows_resolved_values(arm):
-    proc = subprocess.run([sys.executable, "-m", "moe_lab.train", str(arm), "--print-config"],
-                          capture_output=True, text=True, cwd=REPO, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "moe_lab.train", str(arm), "--print-config"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "top_k: 1" in proc.stdout and "n_experts: 4" in proc.stdout
-

@@ -10,15 +10,23 @@ from pathlib import Path
 import optuna
 import pytest
 
-from moe_lab.cli import KNOWN_HARMLESS_WARNINGS, filter_known_harmless_warnings
+from moe_lab.cli import filter_known_harmless_warnings
 from moe_lab.sweep.config import load_sweep
 from moe_lab.sweep.console import SweepConsole
 from tests.helpers import write_tiny_experiment
 
 REPO = Path(__file__).resolve().parents[1]
 # What a sweep console used to repeat for every trial and seed (issue 14).
-NOISE = ("GPU available", "TPU available", "litlogger", "LeafSpec", "`Trainer.fit` stopped",
-         "Heartbeat of storage", "A new study created", "Warning")
+NOISE = (
+    "GPU available",
+    "TPU available",
+    "litlogger",
+    "LeafSpec",
+    "`Trainer.fit` stopped",
+    "Heartbeat of storage",
+    "A new study created",
+    "Warning",
+)
 
 
 @pytest.fixture(scope="module")
@@ -27,8 +35,9 @@ def tiny_sweep(tmp_path_factory, data_cache):
     write_tiny_experiment(tmp / "tiny.yaml", data_cache, steps=2)
     path = tmp / "sweep.yaml"
     path.write_text(f"base: tiny.yaml\noutput_dir: {tmp / 'out'}\nsampler: grid\nspace:\n  model.moe.top_k: [1, 2]\n")
-    proc = subprocess.run([sys.executable, "-m", "moe_lab.sweep", str(path)], cwd=REPO, capture_output=True,
-                          text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-m", "moe_lab.sweep", str(path)], cwd=REPO, capture_output=True, text=True, timeout=600
+    )
     assert proc.returncode == 0, proc.stderr
     return load_sweep(path), proc.stdout + proc.stderr
 
@@ -70,12 +79,14 @@ def test_only_the_known_harmless_warnings_are_filtered():
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         filter_known_harmless_warnings()
-        warnings.warn("Heartbeat of storage is supposed to be used with Study.optimize.", UserWarning)
-        warnings.warn("`isinstance(treespec, LeafSpec)` is deprecated, use ...", FutureWarning)
-        warnings.warn("Heartbeat of storage is supposed to be used with Study.optimize.", RuntimeWarning)
-        warnings.warn("something a researcher should see", UserWarning)
-    assert [str(w.message) for w in caught] == ["Heartbeat of storage is supposed to be used with Study.optimize.",
-                                                "something a researcher should see"]
+        warnings.warn("Heartbeat of storage is supposed to be used with Study.optimize.", UserWarning, stacklevel=1)
+        warnings.warn("`isinstance(treespec, LeafSpec)` is deprecated, use ...", FutureWarning, stacklevel=1)
+        warnings.warn("Heartbeat of storage is supposed to be used with Study.optimize.", RuntimeWarning, stacklevel=1)
+        warnings.warn("something a researcher should see", UserWarning, stacklevel=1)
+    assert [str(w.message) for w in caught] == [
+        "Heartbeat of storage is supposed to be used with Study.optimize.",
+        "something a researcher should see",
+    ]
 
 
 def test_a_trial_shorter_than_one_refresh_still_gets_its_started_line(tmp_path):
@@ -83,8 +94,9 @@ def test_a_trial_shorter_than_one_refresh_still_gets_its_started_line(tmp_path):
     before the console began (a resumed sweep) is reported as ended only."""
     from types import SimpleNamespace
 
-    sweep = SimpleNamespace(study_dir=tmp_path, n_trials=lambda: 2,
-                            cfg=SimpleNamespace(objective=SimpleNamespace(metric="val_loss")))
+    sweep = SimpleNamespace(
+        study_dir=tmp_path, n_trials=lambda: 2, cfg=SimpleNamespace(objective=SimpleNamespace(metric="val_loss"))
+    )
     study = optuna.create_study()
     study.add_trial(optuna.trial.create_trial(value=1.5, user_attrs={"label": "old"}))
     console = SweepConsole(sweep, study, planned_flops=1.0, stream=io.StringIO(), live=False)

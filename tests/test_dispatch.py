@@ -4,10 +4,10 @@ import pytest
 import torch
 
 from moe_lab.model import grouped_gemm
-from moe_lab.model.routers import ROUTER_REGISTRY
 from moe_lab.model.ffn import DenseFFN
 from moe_lab.model.moe import MoELayer
 from moe_lab.model.naive import NaiveMoELayer
+from moe_lab.model.routers import ROUTER_REGISTRY
 from tests.helpers import randomise, tiny_config
 
 ROUTERS = sorted(ROUTER_REGISTRY)
@@ -18,8 +18,11 @@ def run_layer(layer, x, seed=0):
     torch.manual_seed(seed)  # identical router noise / jitter for both implementations
     xi = x.clone().requires_grad_()
     out = layer(xi)
-    loss = (out.y * torch.linspace(-1, 1, out.y.numel(), dtype=x.dtype).view_as(out.y)).sum() \
-        + 0.3 * out.aux_loss + 0.2 * out.z_loss
+    loss = (
+        (out.y * torch.linspace(-1, 1, out.y.numel(), dtype=x.dtype).view_as(out.y)).sum()
+        + 0.3 * out.aux_loss
+        + 0.2 * out.z_loss
+    )
     loss.backward()
     grads = {n: p.grad.clone() for n, p in layer.named_parameters()}
     return out, xi.grad, grads
@@ -38,8 +41,12 @@ CASES = [(router, cf, shared) for router in ROUTERS for cf in (0.0, 1.0) for sha
 
 @pytest.mark.parametrize("router,capacity_factor,n_shared", CASES)
 def test_vectorised_equals_naive_float64(router, capacity_factor, n_shared):
-    cfg = tiny_config(router=router, capacity_factor=capacity_factor, n_shared_experts=n_shared,
-                      router_jitter=0.1 if "router_jitter" in ROUTER_REGISTRY[router].options else 0.0)
+    cfg = tiny_config(
+        router=router,
+        capacity_factor=capacity_factor,
+        n_shared_experts=n_shared,
+        router_jitter=0.1 if "router_jitter" in ROUTER_REGISTRY[router].options else 0.0,
+    )
     fast, naive = pair(cfg, torch.float64)
     x = torch.randn(3, 10, cfg.d_model, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     out_f, gx_f, g_f = run_layer(fast, x)
@@ -114,8 +121,7 @@ def test_dropped_counts_equal_brute_force(factor, cap):
     x = torch.randn(2, 12, cfg.d_model, dtype=torch.float64)
     routing = layer.router(x.view(-1, cfg.d_model), None)
     dropped, kept = brute_force_dropped(routing.expert_idx.tolist(), cap)
-    result = layer.experts(x.view(-1, cfg.d_model), routing.token_idx, routing.expert_idx,
-                           routing.weight, cap)
+    result = layer.experts(x.view(-1, cfg.d_model), routing.token_idx, routing.expert_idx, routing.weight, cap)
     assert dropped > 0
     assert int(result.n_dropped) == dropped
     out = layer(x)

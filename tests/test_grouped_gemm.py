@@ -13,7 +13,7 @@ COUNTS = [3, 0, 5, 4]  # an empty group included: its weight gradient must be ze
 def reference(x, w, g, counts):
     """Per expert with plain matmuls: y_e = x_e w_e^T, dx_e = g_e w_e, dw_e = g_e^T x_e."""
     ys, dxs, dws = [], [], []
-    for e, (xe, ge) in enumerate(zip(x.split(counts), g.split(counts))):
+    for e, (xe, ge) in enumerate(zip(x.split(counts), g.split(counts), strict=True)):
         ys.append(xe @ w[e].t())
         dxs.append(ge @ w[e])
         dws.append(ge.t() @ xe)

@@ -10,12 +10,27 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "moe_lab"
 # Lowest first: a module may import its own layer and the layers below, never one above.
-LAYERS = (("errors",), ("artifacts", "model", "data", "cli"), ("config",), ("callbacks", "interop"),
-          ("training",), ("sweep",), ("report",))
+LAYERS = (
+    ("errors",),
+    ("artifacts", "model", "data", "cli"),
+    ("config",),
+    ("callbacks", "interop"),
+    ("training",),
+    ("sweep",),
+    ("report",),
+)
 # Entry points (`python -m ...`): they wire the layers together and may import any of them.
-ENTRY_POINTS = {"moe_lab.train", "moe_lab.ablate", "moe_lab.bench", "moe_lab.inspect", "moe_lab.sweep.__main__",
-                "moe_lab.report.__main__", "moe_lab.interop.hf"}
-TOP_LEVEL = {"__init__.py", "config.py", "errors.py", "cli.py", "train.py", "ablate.py", "bench.py", "inspect.py"}
+ENTRY_POINTS = {
+    "moe_lab.train",
+    "moe_lab.ablate",
+    "moe_lab.bench",
+    "moe_lab.inspect",
+    "moe_lab.sweep.__main__",
+    "moe_lab.report.__main__",
+    "moe_lab.interop.hf",
+}
+TOP_LEVEL = {"__init__.py", "errors.py", "cli.py", "train.py", "ablate.py", "bench.py", "inspect.py"}
+TOP_LEVEL_PACKAGES = {"config", "artifacts", "model", "data", "callbacks", "interop", "training", "sweep", "report"}
 MAX_LINES = 400
 
 
@@ -62,8 +77,13 @@ def test_the_source_was_found():
 
 
 def test_imports_go_downwards_only():
-    upward = [f"{a} -> {b}" for a in GRAPH if a not in ENTRY_POINTS and a != "moe_lab"
-              for b in GRAPH[a] if b not in ENTRY_POINTS and b != "moe_lab" and layer_of(b) > layer_of(a)]
+    upward = [
+        f"{a} -> {b}"
+        for a in GRAPH
+        if a not in ENTRY_POINTS and a != "moe_lab"
+        for b in GRAPH[a]
+        if b not in ENTRY_POINTS and b != "moe_lab" and layer_of(b) > layer_of(a)
+    ]
     assert not upward, upward
 
 
@@ -74,7 +94,7 @@ def test_no_import_loops():
         state[name] = 1
         for target in GRAPH[name]:
             if state.get(target) == 1:
-                pytest.fail("import loop: " + " -> ".join(path[path.index(target):] + [target]))
+                pytest.fail("import loop: " + " -> ".join(path[path.index(target) :] + [target]))
             if target not in state:
                 visit(target, path + [target])
         state[name] = 2
@@ -85,14 +105,21 @@ def test_no_import_loops():
 
 
 def test_no_private_names_across_modules():
-    private = [f"{a} imports {b}.{n}" for a, targets in GRAPH.items() for b, names in targets.items()
-               for n in names if n.startswith("_") and not n.startswith("__")]
+    private = [
+        f"{a} imports {b}.{n}"
+        for a, targets in GRAPH.items()
+        for b, names in targets.items()
+        for n in names
+        if n.startswith("_") and not n.startswith("__")
+    ]
     assert not private, private
 
 
 def test_top_level_holds_entry_points_and_foundations_only():
     loose = sorted(p.name for p in PACKAGE.glob("*.py") if p.name not in TOP_LEVEL)
     assert not loose, loose
+    packages = {p.parent.name for p in PACKAGE.glob("*/__init__.py")}
+    assert packages == TOP_LEVEL_PACKAGES, packages ^ TOP_LEVEL_PACKAGES
 
 
 def test_no_module_over_the_limit():

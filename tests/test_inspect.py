@@ -24,8 +24,9 @@ def text_file(tmp_path):
 
 
 def byte_model(**overrides) -> MoETransformer:
-    model = MoETransformer(tiny_config(vocab_size=256, n_layers=3, placement="list", layers=[0, 2], n_experts=6,
-                                       **overrides)).eval()
+    model = MoETransformer(
+        tiny_config(vocab_size=256, n_layers=3, placement="list", layers=[0, 2], n_experts=6, **overrides)
+    ).eval()
     randomise(model)
     return model
 
@@ -40,8 +41,9 @@ def run(capsys, *argv) -> tuple[int, str, str]:
 def test_moe_lab_directory_prints_tables_and_writes_heatmap(tmp_path, text_file, capsys):
     model = byte_model()
     save_pretrained(tmp_path / "model", model.cfg, model.state_dict())
-    code, out, err = run(capsys, tmp_path / "model", "--text", text_file, "--max-tokens", 100,
-                         "--logdir", tmp_path / "logs")
+    code, out, err = run(
+        capsys, tmp_path / "model", "--text", text_file, "--max-tokens", 100, "--logdir", tmp_path / "logs"
+    )
     assert code == 0, err
     counts = count_model(model.cfg)
     assert f"{counts.total_params:,}" in out and "MoE layers 0, 2 of 3" in out
@@ -60,7 +62,8 @@ def test_routed_counts_equal_the_routers_own_choices():
     choices = {}
     for i in model.moe_layers:
         model.blocks[i].ffn.router.register_forward_hook(
-            lambda mod, args, out, i=i: choices.setdefault(i, []).append(out.expert_idx))
+            lambda mod, args, out, i=i: choices.setdefault(i, []).append(out.expert_idx)
+        )
     summary = route_tokens(model, ids, context=32)  # three windows: 32 + 32 + 26
     for row, layer in enumerate(summary.layers):
         expected = torch.bincount(torch.cat(choices[layer]), minlength=6).double()
@@ -84,9 +87,13 @@ def test_trainer_checkpoint(with_tokenizer, tmp_path, text_file, capsys):
     model = byte_model()
     run_dir = tmp_path / "run"  # the trainer's layout: RUN/checkpoints/last.ckpt, RUN/tokenizer/
     (run_dir / "checkpoints").mkdir(parents=True)
-    torch.save({"state_dict": {"model." + k: v for k, v in model.state_dict().items()},
-                "hyper_parameters": {"config": {"model": OmegaConf.to_container(OmegaConf.structured(model.cfg))}}},
-               run_dir / "checkpoints" / "last.ckpt")
+    torch.save(
+        {
+            "state_dict": {"model." + k: v for k, v in model.state_dict().items()},
+            "hyper_parameters": {"config": {"model": OmegaConf.to_container(OmegaConf.structured(model.cfg))}},
+        },
+        run_dir / "checkpoints" / "last.ckpt",
+    )
     if with_tokenizer:
         HFTokenizer(word_tokenizer(TEXT), "bpe").save(run_dir / "tokenizer")
     code, out, err = run(capsys, run_dir / "checkpoints" / "last.ckpt", "--text", text_file)
@@ -98,9 +105,19 @@ def test_trainer_checkpoint(with_tokenizer, tmp_path, text_file, capsys):
 
 def test_hugging_face_directory_uses_its_own_tokenizer(tmp_path, text_file, capsys):
     transformers = pytest.importorskip("transformers")
-    hf = transformers.MixtralForCausalLM(transformers.MixtralConfig(
-        vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, num_local_experts=4, num_experts_per_tok=2, max_position_embeddings=4096))
+    hf = transformers.MixtralForCausalLM(
+        transformers.MixtralConfig(
+            vocab_size=64,
+            hidden_size=32,
+            intermediate_size=48,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            num_local_experts=4,
+            num_experts_per_tok=2,
+            max_position_embeddings=4096,
+        )
+    )
     hf.save_pretrained(tmp_path / "hf")
     code, out, err = run(capsys, tmp_path / "hf", "--text", text_file)
     assert code == 2 and err.startswith("error: ") and "tokenizer.json: not found" in err
@@ -128,7 +145,11 @@ def test_token_ids_beyond_the_vocabulary_are_an_error(tmp_path, text_file, capsy
 
 
 def test_missing_checkpoint_is_one_error_line(tmp_path, text_file):
-    result = subprocess.run([sys.executable, "-m", "moe_lab.inspect", str(tmp_path / "missing"), "--text",
-                             str(text_file)], capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "moe_lab.inspect", str(tmp_path / "missing"), "--text", str(text_file)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 2
     assert result.stderr == f"error: {tmp_path / 'missing'}: not found\n"

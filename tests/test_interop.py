@@ -19,21 +19,52 @@ from moe_lab.model import MoETransformer  # noqa: E402
 from tests.helpers import randomise, tiny_config  # noqa: E402
 
 VOCAB = 96
-TRUNK = dict(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-             max_position_embeddings=64, num_experts_per_tok=2, rms_norm_eps=1e-6,
-             rope_parameters={"rope_type": "default", "rope_theta": 10000.0}, attn_implementation="eager")
+TRUNK = dict(
+    vocab_size=VOCAB,
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=64,
+    num_experts_per_tok=2,
+    rms_norm_eps=1e-6,
+    rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
+    attn_implementation="eager",
+)
 # Each covers a different corner: GQA and untied head (Mixtral), norm_topk_prob false (OLMoE), a dense
 # layer between MoE layers, q/k/v biases and a gated shared expert (Qwen2-MoE), heads wider than
 # hidden / n_heads, every-other-layer MoE and a tied head (Qwen3-MoE).
 HF_MODELS = {
     "mixtral": ("MixtralConfig", "MixtralForCausalLM", dict(intermediate_size=48, num_local_experts=4)),
     "olmoe": ("OlmoeConfig", "OlmoeForCausalLM", dict(intermediate_size=48, num_experts=8, norm_topk_prob=False)),
-    "qwen2_moe": ("Qwen2MoeConfig", "Qwen2MoeForCausalLM",
-                  dict(num_hidden_layers=3, mlp_only_layers=[1], intermediate_size=56, moe_intermediate_size=24,
-                       shared_expert_intermediate_size=40, num_experts=8, qkv_bias=True, norm_topk_prob=False)),
-    "qwen3_moe": ("Qwen3MoeConfig", "Qwen3MoeForCausalLM",
-                  dict(num_hidden_layers=4, decoder_sparse_step=2, head_dim=16, intermediate_size=56,
-                       moe_intermediate_size=24, num_experts=8, norm_topk_prob=True, tie_word_embeddings=True)),
+    "qwen2_moe": (
+        "Qwen2MoeConfig",
+        "Qwen2MoeForCausalLM",
+        dict(
+            num_hidden_layers=3,
+            mlp_only_layers=[1],
+            intermediate_size=56,
+            moe_intermediate_size=24,
+            shared_expert_intermediate_size=40,
+            num_experts=8,
+            qkv_bias=True,
+            norm_topk_prob=False,
+        ),
+    ),
+    "qwen3_moe": (
+        "Qwen3MoeConfig",
+        "Qwen3MoeForCausalLM",
+        dict(
+            num_hidden_layers=4,
+            decoder_sparse_step=2,
+            head_dim=16,
+            intermediate_size=56,
+            moe_intermediate_size=24,
+            num_experts=8,
+            norm_topk_prob=True,
+            tie_word_embeddings=True,
+        ),
+    ),
 }
 ARCHS = list(HF_MODELS)
 
@@ -80,6 +111,7 @@ def assert_same_tensors(a: dict, b: dict) -> None:
 
 # ------------------------------------------------------------------------------ numerics vs transformers
 
+
 @pytest.mark.parametrize("arch", ARCHS)
 def test_logits_and_expert_choices_match_transformers(arch):
     hf = build_hf(arch)
@@ -94,7 +126,7 @@ def test_logits_and_expert_choices_match_transformers(arch):
     assert max_rel_diff(out.logits, ref.logits) < 1e-5
     assert len(ref.router_logits) == len(hf_choices) == len(our_choices) == len(model.moe_layers) > 0
     k = model.cfg.moe.top_k
-    for hf_logits, (_, hf_weight, hf_idx), ours in zip(ref.router_logits, hf_choices, our_choices):
+    for hf_logits, (_, hf_weight, hf_idx), ours in zip(ref.router_logits, hf_choices, our_choices, strict=True):
         torch.testing.assert_close(ours.logits, hf_logits.float(), rtol=1e-5, atol=1e-6)
         T = hf_idx.shape[0]
         # moe_lab lists assignments slot-major: every token's 1st choice, then every 2nd.
@@ -104,9 +136,12 @@ def test_logits_and_expert_choices_match_transformers(arch):
 
 
 # One MoE layer, so transformers' pooling over layers and moe_lab's mean over layers coincide.
-ONE_MOE_LAYER = {"mixtral": dict(num_hidden_layers=1), "olmoe": dict(num_hidden_layers=1),
-                 "qwen2_moe": dict(num_hidden_layers=1, mlp_only_layers=[]),
-                 "qwen3_moe": dict(num_hidden_layers=1, decoder_sparse_step=1)}
+ONE_MOE_LAYER = {
+    "mixtral": dict(num_hidden_layers=1),
+    "olmoe": dict(num_hidden_layers=1),
+    "qwen2_moe": dict(num_hidden_layers=1, mlp_only_layers=[]),
+    "qwen3_moe": dict(num_hidden_layers=1, decoder_sparse_step=1),
+}
 
 
 def hf_balancing_term(hf, idx) -> torch.Tensor:
@@ -114,8 +149,11 @@ def hf_balancing_term(hf, idx) -> torch.Tensor:
     with torch.no_grad():
         ref = hf(idx, output_router_logits=True)
     func = sys.modules[type(hf).__module__].load_balancing_loss_func
-    aux = func(ref.router_logits, hf.config.num_local_experts if hf.config.model_type == "mixtral"
-               else hf.config.num_experts, hf.config.num_experts_per_tok)
+    aux = func(
+        ref.router_logits,
+        hf.config.num_local_experts if hf.config.model_type == "mixtral" else hf.config.num_experts,
+        hf.config.num_experts_per_tok,
+    )
     torch.testing.assert_close(aux, ref.aux_loss)
     return hf.config.router_aux_loss_coef * aux
 
@@ -188,8 +226,15 @@ def test_state_dict_round_trip_is_identical(arch):
 NATIVE = {  # moe_lab configs never seen by transformers, exported and compared the other way round
     "mixtral": dict(n_kv_heads=2, tie_embeddings=False),
     "olmoe": dict(qk_norm="full", renormalize=False),
-    "qwen2_moe": dict(n_layers=3, placement="every_n", n_shared_experts=2, shared_expert_gate=True,
-                      attention_bias=True, expert_hidden=24, renormalize=False),
+    "qwen2_moe": dict(
+        n_layers=3,
+        placement="every_n",
+        n_shared_experts=2,
+        shared_expert_gate=True,
+        attention_bias=True,
+        expert_hidden=24,
+        renormalize=False,
+    ),
     "qwen3_moe": dict(qk_norm="head", head_dim=16, n_kv_heads=2, placement="first_k_dense", n_layers=3),
 }
 
@@ -206,6 +251,7 @@ def test_exported_moe_lab_model_computes_the_same_logits(arch):
 
 
 # ------------------------------------------------------------------------------ files and the CLI
+
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_cli_converts_a_saved_checkpoint_and_exports_it_back(arch, tmp_path, capsys):
@@ -234,14 +280,19 @@ def test_sharded_checkpoint_converts(tmp_path):
 
 
 def test_cli_entry_point_reports_a_missing_directory(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "moe_lab.interop.hf", "convert", str(tmp_path / "nope"),
-                             str(tmp_path / "out")], capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "moe_lab.interop.hf", "convert", str(tmp_path / "nope"), str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 2
     assert result.stderr.startswith("error: ") and "config.json" in result.stderr
     assert "Traceback" not in result.stderr and result.stderr.count("\n") == 1
 
 
 # ------------------------------------------------------------------------------ errors
+
 
 def convert_error(capsys, hf_dir, out_dir) -> str:
     capsys.readouterr()  # drop save_pretrained's progress bars
@@ -251,12 +302,15 @@ def convert_error(capsys, hf_dir, out_dir) -> str:
     return err
 
 
-@pytest.mark.parametrize("arch,tensor", [
-    ("mixtral", "model.layers.1.self_attn.k_proj.weight"),
-    ("mixtral", "model.layers.0.block_sparse_moe.experts.2.w3.weight"),
-    ("qwen2_moe", "model.layers.2.mlp.shared_expert_gate.weight"),
-    ("qwen3_moe", "model.layers.3.self_attn.q_norm.weight"),
-])
+@pytest.mark.parametrize(
+    "arch,tensor",
+    [
+        ("mixtral", "model.layers.1.self_attn.k_proj.weight"),
+        ("mixtral", "model.layers.0.block_sparse_moe.experts.2.w3.weight"),
+        ("qwen2_moe", "model.layers.2.mlp.shared_expert_gate.weight"),
+        ("qwen3_moe", "model.layers.3.self_attn.q_norm.weight"),
+    ],
+)
 def test_missing_tensor_is_named(arch, tensor, tmp_path, capsys):
     build_hf(arch).save_pretrained(tmp_path / "hf")
     weights = load_file(tmp_path / "hf" / "model.safetensors")
@@ -274,17 +328,20 @@ def test_missing_tensor_in_memory_is_named():
         interop.from_hf(hf.config, state_dict)
 
 
-@pytest.mark.parametrize("arch,field,value", [
-    ("mixtral", "num_local_experts", 8),  # more experts than the checkpoint holds
-    ("mixtral", "hidden_act", "gelu"),
-    ("olmoe", "intermediate_size", 40),  # experts narrower than the checkpoint's
-    ("olmoe", "clip_qkv", 8.0),
-    ("qwen2_moe", "shared_expert_intermediate_size", 32),
-    ("qwen2_moe", "use_sliding_window", True),
-    ("qwen3_moe", "attention_bias", True),
-    ("qwen3_moe", "decoder_sparse_step", 1),  # makes layer 0 an MoE layer, the checkpoint has it dense
-    ("qwen3_moe", "tie_word_embeddings", False),  # the checkpoint stores no separate head
-])
+@pytest.mark.parametrize(
+    "arch,field,value",
+    [
+        ("mixtral", "num_local_experts", 8),  # more experts than the checkpoint holds
+        ("mixtral", "hidden_act", "gelu"),
+        ("olmoe", "intermediate_size", 40),  # experts narrower than the checkpoint's
+        ("olmoe", "clip_qkv", 8.0),
+        ("qwen2_moe", "shared_expert_intermediate_size", 32),
+        ("qwen2_moe", "use_sliding_window", True),
+        ("qwen3_moe", "attention_bias", True),
+        ("qwen3_moe", "decoder_sparse_step", 1),  # makes layer 0 an MoE layer, the checkpoint has it dense
+        ("qwen3_moe", "tie_word_embeddings", False),  # the checkpoint stores no separate head
+    ],
+)
 def test_mismatched_or_unsupported_config_field_is_named(arch, field, value, tmp_path, capsys):
     build_hf(arch).save_pretrained(tmp_path / "hf")
     config_path = tmp_path / "hf" / "config.json"
@@ -295,31 +352,38 @@ def test_mismatched_or_unsupported_config_field_is_named(arch, field, value, tmp
 
 
 def test_unsupported_architecture_is_named(tmp_path, capsys):
-    llama = transformers.LlamaForCausalLM(transformers.LlamaConfig(
-        vocab_size=VOCAB, hidden_size=32, intermediate_size=48, num_hidden_layers=1, num_attention_heads=4))
+    llama = transformers.LlamaForCausalLM(
+        transformers.LlamaConfig(
+            vocab_size=VOCAB, hidden_size=32, intermediate_size=48, num_hidden_layers=1, num_attention_heads=4
+        )
+    )
     with pytest.raises(ConfigError, match="'llama' is not supported; expected one of mixtral, olmoe"):
         interop.from_hf_model(llama)
     llama.save_pretrained(tmp_path / "llama")
     assert "'llama'" in convert_error(capsys, tmp_path / "llama", tmp_path / "out")
 
 
-@pytest.mark.parametrize("overrides,architecture,key", [
-    (dict(activation="gelu"), None, "model.activation"),
-    (dict(router="sigmoid_bias"), None, "model.moe.router"),
-    (dict(renormalize=False), None, "model.moe.renormalize"),
-    (dict(placement="every_n"), "mixtral", "model.moe.placement"),
-    (dict(n_shared_experts=1), None, "model.moe.shared_expert_gate"),
-    (dict(), "olmoe", "model.qk_norm"),
-    (dict(qk_norm="full", head_dim=16), None, "model.head_dim"),
-])
+@pytest.mark.parametrize(
+    "overrides,architecture,key",
+    [
+        (dict(activation="gelu"), None, "model.activation"),
+        (dict(router="sigmoid_bias"), None, "model.moe.router"),
+        (dict(renormalize=False), None, "model.moe.renormalize"),
+        (dict(placement="every_n"), "mixtral", "model.moe.placement"),
+        (dict(n_shared_experts=1), None, "model.moe.shared_expert_gate"),
+        (dict(), "olmoe", "model.qk_norm"),
+        (dict(qk_norm="full", head_dim=16), None, "model.head_dim"),
+    ],
+)
 def test_unexportable_option_is_named(overrides, architecture, key, tmp_path, capsys):
     model = MoETransformer(tiny_config(**overrides))
     with pytest.raises(ConfigError) as err:
         interop.to_hf_config(model.cfg, architecture)
     assert err.value.key == key
     save_pretrained(tmp_path / "moe", model.cfg, model.state_dict())
-    argv = ["export", str(tmp_path / "moe"), str(tmp_path / "hf")] + (["--architecture", architecture]
-                                                                       if architecture else [])
+    argv = ["export", str(tmp_path / "moe"), str(tmp_path / "hf")] + (
+        ["--architecture", architecture] if architecture else []
+    )
     capsys.readouterr()
     assert interop.main(argv) == 2
     assert capsys.readouterr().err.startswith(f"error: {key}: ")
@@ -340,9 +404,14 @@ def test_fine_tune_of_a_converted_model_through_the_train_cli(arch, tmp_path, da
         f"data: {{block_size: 32, batch_size: 2, cache_dir: {data_cache}}}\n"
         "optim: {lr: 1.0e-12, warmup_steps: 1, weight_decay: 0.0}\n"
         "trainer: {max_steps: 2, val_every_n_steps: 2, val_batches: 1, progress_bar: false}\n"
-        "monitor: {sample_tokens: 0, heatmap_every_n_steps: 0}\n")
-    proc = subprocess.run([sys.executable, "-m", "moe_lab.train", str(tmp_path / "finetune.yaml")],
-                          capture_output=True, text=True, timeout=300)
+        "monitor: {sample_tokens: 0, heatmap_every_n_steps: 0}\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "moe_lab.train", str(tmp_path / "finetune.yaml")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     run_dir = tmp_path / "runs" / "finetune" / "version_0"
     assert json.loads((run_dir / "metrics.json").read_text())["status"] == "completed"

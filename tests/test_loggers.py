@@ -10,15 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from moe_lab.config import LOGGERS, load_config, missing_package
+from moe_lab.config import load_config, missing_package
 from moe_lab.errors import ConfigError
 from moe_lab.report.tb_scalars import read_scalars
 from moe_lab.training.run import run
 from tests.helpers import write_tiny_experiment
 
 REPO = Path(__file__).resolve().parents[1]
-pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::DeprecationWarning",
-                                        "ignore::FutureWarning")
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::DeprecationWarning", "ignore::FutureWarning")
 
 
 def wandb_records(path: Path):
@@ -32,10 +31,10 @@ def wandb_records(path: Path):
         if block - pos % block < 7:  # a block's tail too short for a chunk header is padding
             pos += block - pos % block
             continue
-        _, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
+        _, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
         if kind == 0:
             break
-        chunks.append(data[pos + 7:pos + 7 + length])
+        chunks.append(data[pos + 7 : pos + 7 + length])
         pos += 7 + length
         if kind in (1, 4):  # FULL or LAST: a whole record
             record = wandb_internal_pb2.Record()
@@ -106,8 +105,19 @@ def test_csv_wandb_mlflow_each_record_a_two_step_run(tmp_path, data_cache, offli
 def test_unknown_logger_is_one_error_line(tmp_path, data_cache):
     base = write_tiny_experiment(tmp_path / "tiny.yaml", data_cache, steps=2)
     out = tmp_path / "out"
-    proc = subprocess.run([sys.executable, "-m", "moe_lab.train", str(base), f"output_dir={out}",
-                           "trainer.loggers=[tensorboard,neptune]"], cwd=REPO, capture_output=True, text=True)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "moe_lab.train",
+            str(base),
+            f"output_dir={out}",
+            "trainer.loggers=[tensorboard,neptune]",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 2
     assert proc.stderr.startswith("error: trainer.loggers") and "unknown logger 'neptune'" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1

@@ -56,7 +56,7 @@ def test_sequence_scope_averages_per_sequence_losses():
     per_seq = []
     for s in range(2):
         sel = (token_idx >= 5 * s) & (token_idx < 5 * (s + 1))
-        per_seq.append(load_balancing_loss(probs[5 * s:5 * (s + 1)], expert_idx[sel], token_idx[sel] - 5 * s, 3))
+        per_seq.append(load_balancing_loss(probs[5 * s : 5 * (s + 1)], expert_idx[sel], token_idx[sel] - 5 * s, 3))
     got = load_balancing_loss(probs, expert_idx, token_idx, 3, seq_len=5)
     assert got.item() == pytest.approx(sum(per_seq).item() / 2)
     # Batch scope generally differs from the mean of the per-sequence losses.
@@ -90,8 +90,8 @@ def test_z_loss_matches_formula():
 def test_router_losses_reach_the_router_weights(router):
     layer = MoELayer(tiny_config(router=router))
     out = layer(torch.randn(2, 6, 32))
-    grad_aux, = torch.autograd.grad(out.aux_loss, layer.router.gate.weight, retain_graph=True)
-    grad_z, = torch.autograd.grad(out.z_loss, layer.router.gate.weight)
+    (grad_aux,) = torch.autograd.grad(out.aux_loss, layer.router.gate.weight, retain_graph=True)
+    (grad_z,) = torch.autograd.grad(out.z_loss, layer.router.gate.weight)
     assert grad_z.abs().sum() > 0
     if not ROUTER_REGISTRY[router].bounded:  # expert choice is balanced by construction: f is uniform
         assert grad_aux.abs().sum() > 0

@@ -16,10 +16,23 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 ACTIVATE = "source .venv/bin/activate"
 # A model of seconds; appended to experiment commands, and as `overrides=[...]` to sweep commands.
-TINY = ["model.d_model=32", "model.n_layers=2", "model.n_heads=2", "model.d_ff=64", "model.max_seq_len=32",
-        "model.moe.n_experts=4", "model.moe.top_k=2", "model.moe.expert_hidden=32", "data.block_size=32",
-        "data.batch_size=4", "trainer.max_steps=2", "trainer.val_every_n_steps=2", "trainer.val_batches=1",
-        "monitor.sample_tokens=0", "monitor.heatmap_every_n_steps=0"]
+TINY = [
+    "model.d_model=32",
+    "model.n_layers=2",
+    "model.n_heads=2",
+    "model.d_ff=64",
+    "model.max_seq_len=32",
+    "model.moe.n_experts=4",
+    "model.moe.top_k=2",
+    "model.moe.expert_hidden=32",
+    "data.block_size=32",
+    "data.batch_size=4",
+    "trainer.max_steps=2",
+    "trainer.val_every_n_steps=2",
+    "trainer.val_batches=1",
+    "monitor.sample_tokens=0",
+    "monitor.heatmap_every_n_steps=0",
+]
 
 
 def readme_commands() -> list[str]:
@@ -61,10 +74,16 @@ def shell(tmp_path: Path, commands: list[str]) -> subprocess.CompletedProcess:
     else:  # the tests run from another environment: an activate script that puts it first on PATH
         (work / ".venv" / "bin").mkdir(parents=True)
         (work / ".venv" / "bin" / "activate").write_text(
-            f'export PATH={shlex.quote(str(Path(sys.executable).parent))}:"$PATH"\n')
+            f'export PATH={shlex.quote(str(Path(sys.executable).parent))}:"$PATH"\n'
+        )
     script = "set -e\n" + "\n".join(f"echo '$ {c}'\n{c}" for c in commands) + "\n"
-    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "XDG_CACHE_HOME": str(tmp_path / "cache"),
-           "MOE_LAB_CACHE": str(tmp_path / "cache"), "PYTHONPATH": os.environ.get("PYTHONPATH", "")}
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "HOME": str(tmp_path),
+        "XDG_CACHE_HOME": str(tmp_path / "cache"),
+        "MOE_LAB_CACHE": str(tmp_path / "cache"),
+        "PYTHONPATH": os.environ.get("PYTHONPATH", ""),
+    }
     return subprocess.run(["bash", "-c", script], cwd=work, env=env, capture_output=True, text=True, timeout=900)
 
 
@@ -88,8 +107,12 @@ def test_first_hour_commands_work_as_typed(tmp_path):
     sweep = [c for c in _pick(commands, "python -m moe_lab.sweep sweeps/topk.yaml") if "--workers" not in c]
     report = _pick(commands, "python -m moe_lab.report sweeps_out/topk")
     board = _pick(commands, "tensorboard --logdir sweeps_out/topk")
-    script = [ACTIVATE, "python -c 'import torch, moe_lab'", *map(tiny, smoke + sweep + report),
-              *(f"{c} --inspect" for c in board)]  # --inspect reads the logs and exits, no server
+    script = [
+        ACTIVATE,
+        "python -c 'import torch, moe_lab'",
+        *map(tiny, smoke + sweep + report),
+        *(f"{c} --inspect" for c in board),
+    ]  # --inspect reads the logs and exits, no server
     proc = shell(tmp_path, script)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     out = proc.stdout
@@ -104,8 +127,13 @@ def test_first_hour_commands_work_as_typed(tmp_path):
 @pytest.mark.slow
 def test_every_readme_experiment_sweep_and_ablation_command_works_as_typed(tmp_path):
     commands = readme_commands()
-    runnable = _pick(commands, "python -m moe_lab.train experiments/", "python -m moe_lab.sweep sweeps/",
-                     "python -m moe_lab.report sweeps_out/", "python -m moe_lab.ablate experiments/",
-                     "python -m moe_lab.report ablations_out/")
+    runnable = _pick(
+        commands,
+        "python -m moe_lab.train experiments/",
+        "python -m moe_lab.sweep sweeps/",
+        "python -m moe_lab.report sweeps_out/",
+        "python -m moe_lab.ablate experiments/",
+        "python -m moe_lab.report ablations_out/",
+    )
     proc = shell(tmp_path, [ACTIVATE, *map(tiny, runnable)])
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

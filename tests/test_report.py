@@ -26,16 +26,24 @@ from moe_lab.report.sweep_tables import format_table
 from moe_lab.report.tb_scalars import read_scalars
 
 ROOT = Path(__file__).resolve().parents[1]
-DISTRIBUTIONS = {"model.moe.top_k": CategoricalDistribution([1, 2, 4]),
-                 "optim.lr": FloatDistribution(1e-4, 1e-2, log=True)}
+DISTRIBUTIONS = {
+    "model.moe.top_k": CategoricalDistribution([1, 2, 4]),
+    "optim.lr": FloatDistribution(1e-4, 1e-2, log=True),
+}
 STEPS = [10, 20, 30]
 # Per trial: state, params, user attrs (besides run_dirs, label, config_id), val/loss per seed (float32-exact).
 LONG_ERROR = "RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB; " + "x" * 80
 TRIALS = [
     (TrialState.COMPLETE, 0, {"model.moe.top_k": 1, "optim.lr": 1e-3}, [2.5, 2.75], None, None),
     (TrialState.FAIL, 1, {"model.moe.top_k": 2, "optim.lr": 3e-3}, [], None, "worker died"),  # retried: #4
-    (TrialState.PRUNED, 2, {"model.moe.top_k": 4, "optim.lr": 1e-4}, [3.25], "pruned by the median pruner at step 20",
-     None),
+    (
+        TrialState.PRUNED,
+        2,
+        {"model.moe.top_k": 4, "optim.lr": 1e-4},
+        [3.25],
+        "pruned by the median pruner at step 20",
+        None,
+    ),
     (TrialState.FAIL, 3, {"model.moe.top_k": 2, "optim.lr": 1e-2}, [], None, LONG_ERROR),
     (TrialState.COMPLETE, 1, {"model.moe.top_k": 2, "optim.lr": 3e-3}, [2.0, 2.25], None, None),
     (TrialState.COMPLETE, 4, {"model.moe.top_k": 1, "optim.lr": 1e-2}, [2.375, None], None, None),
@@ -61,16 +69,27 @@ def write_events(run_dir: Path, tag: str, curve: dict[int, float]) -> None:
 def trial_attrs(number: int, config_id: int, params: dict, values: list, prune_reason, error) -> dict:
     finite = [v for v in values if v is not None]
     seeds = list(range(len(values)))
-    attrs = {"config_id": config_id, "label": label(params), "seeds": seeds,
-             "run_dirs": [f"trials/t{config_id:03d}-{label(params)}/seed{s}" for s in seeds],
-             "objective_values": values, "prune_reason": prune_reason, "error": error,
-             "duration_s": 30.0 + 45.0 * number}
+    attrs = {
+        "config_id": config_id,
+        "label": label(params),
+        "seeds": seeds,
+        "run_dirs": [f"trials/t{config_id:03d}-{label(params)}/seed{s}" for s in seeds],
+        "objective_values": values,
+        "prune_reason": prune_reason,
+        "error": error,
+        "duration_s": 30.0 + 45.0 * number,
+    }
     if finite:
-        attrs.update(objective_mean=statistics.fmean(finite),
-                     objective_std=statistics.stdev(finite) if len(finite) > 1 else 0.0,
-                     active_params=1_200_000 + 1000 * number, total_params=3_400_000 * params["model.moe.top_k"],
-                     expert_hidden=64 * params["model.moe.top_k"], tokens_per_s=10_000.0 + number,
-                     final_load_cv=0.1 * (number + 1), collapse_events=number % 2)
+        attrs.update(
+            objective_mean=statistics.fmean(finite),
+            objective_std=statistics.stdev(finite) if len(finite) > 1 else 0.0,
+            active_params=1_200_000 + 1000 * number,
+            total_params=3_400_000 * params["model.moe.top_k"],
+            expert_hidden=64 * params["model.moe.top_k"],
+            tokens_per_s=10_000.0 + number,
+            final_load_cv=0.1 * (number + 1),
+            collapse_events=number % 2,
+        )
     return attrs
 
 
@@ -82,16 +101,24 @@ def make_study(study_dir: Path, trials, storage_url: str | None = None) -> list[
     for number, (state, config_id, params, values, prune_reason, error) in enumerate(trials):
         attrs = trial_attrs(number, config_id, params, values, prune_reason, error)
         value = attrs["objective_mean"] if state == TrialState.COMPLETE else None
-        study.add_trial(create_trial(state=state, value=value, params=params, distributions=DISTRIBUTIONS,
-                                     user_attrs=attrs))
-        for seed, (run_dir, v) in enumerate(zip(attrs["run_dirs"], values)):
+        study.add_trial(
+            create_trial(state=state, value=value, params=params, distributions=DISTRIBUTIONS, user_attrs=attrs)
+        )
+        for seed, (run_dir, v) in enumerate(zip(attrs["run_dirs"], values, strict=True)):
             if v is not None:
                 write_events(study_dir / run_dir, "val/loss", seed_curve(v, seed))
                 write_events(study_dir / run_dir, "train/lm_loss", seed_curve(v + 0.5, seed))
         all_attrs.append(attrs)
-    info = {"study_name": "demo", "storage_url": storage_url or db, "objective_metric": "val_loss",
-            "direction": "minimize", "sampler": "grid", "seeds": [0, 1], "compute_matching": "active",
-            "base": "experiments/tiny.yaml"}
+    info = {
+        "study_name": "demo",
+        "storage_url": storage_url or db,
+        "objective_metric": "val_loss",
+        "direction": "minimize",
+        "sampler": "grid",
+        "seeds": [0, 1],
+        "compute_matching": "active",
+        "base": "experiments/tiny.yaml",
+    }
     (study_dir / "study_info.json").write_text(json.dumps(info))
     return all_attrs
 
@@ -128,7 +155,7 @@ def test_table_one_row_per_config_best_first(study):
     assert lines[-1].startswith("time/run and tok/s/run are medians") and "not results" in lines[-1]
     assert "PRUNED" in body[3] and "pruned by the median pruner at step 20" in body[3]
     assert "FAIL" in body[4] and LONG_ERROR[:40] in body[4] and LONG_ERROR not in body[4]  # truncated
-    assert {line.index(r.state) for line, r in zip(body, rows)} == {lines[0].index("state")}  # aligned
+    assert {line.index(r.state) for line, r in zip(body, rows, strict=True)} == {lines[0].index("state")}  # aligned
 
 
 def test_maximize_puts_the_highest_objective_first(study):
@@ -142,9 +169,22 @@ def test_trials_csv_reads_back_the_attrs(study):
         reader = csv.DictReader(f)
         header, rows = reader.fieldnames, list(reader)
     assert header[:5] == ["trial", "config_id", "state", "model.moe.top_k", "optim.lr"]
-    assert header[5:] == ["objective_mean", "objective_std", "n_seeds", "objective_values", "duration_s",
-                          "active_params", "total_params", "tokens_per_s", "final_load_cv", "collapse_events",
-                          "prune_reason", "error", "retries", "run_time_s"]
+    assert header[5:] == [
+        "objective_mean",
+        "objective_std",
+        "n_seeds",
+        "objective_values",
+        "duration_s",
+        "active_params",
+        "total_params",
+        "tokens_per_s",
+        "final_load_cv",
+        "collapse_events",
+        "prune_reason",
+        "error",
+        "retries",
+        "run_time_s",
+    ]
     assert [int(r["trial"]) for r in rows] == EXPECTED_ORDER
     for row in rows:
         number = int(row["trial"])
@@ -194,8 +234,12 @@ def test_plots_written(study):
 def test_curves_are_the_mean_over_seeds(study):
     study_dir, attrs, _ = study
     curves = study_curves(load_study_data(study_dir), "val/loss")
-    assert list(curves) == ["#4 top_k=2,lr=0.003", "#5 top_k=1,lr=0.01", "#0 top_k=1,lr=0.001",
-                            "#2 top_k=4,lr=0.0001"]  # the failed configurations logged nothing
+    assert list(curves) == [
+        "#4 top_k=2,lr=0.003",
+        "#5 top_k=1,lr=0.01",
+        "#0 top_k=1,lr=0.001",
+        "#2 top_k=4,lr=0.0001",
+    ]  # the failed configurations logged nothing
     steps, mean, low, high = curve_band(curves["#4 top_k=2,lr=0.003"])
     seed0, seed1 = seed_curve(2.0, 0), seed_curve(2.25, 1)
     assert steps.tolist() == STEPS
@@ -230,8 +274,7 @@ def test_too_few_trials_skips_plots_and_finds_a_moved_db(tmp_path, caplog):
     with caplog.at_level(logging.WARNING):
         paths = write_study_report(study_dir)
     assert "param_importances_png" not in paths and "optimization_history_png" in paths
-    assert any("param importances" in r.getMessage() and "2 complete trials" in r.getMessage()
-               for r in caplog.records)
+    assert any("param importances" in r.getMessage() and "2 complete trials" in r.getMessage() for r in caplog.records)
     assert "param importances: skipped" in paths["summary"].read_text()
 
 
@@ -247,8 +290,9 @@ def test_cli_bad_directory_exits_2(tmp_path, make):
     target = tmp_path / "nothing"
     if make == "no_info":
         target.mkdir()
-    proc = subprocess.run([sys.executable, "-m", "moe_lab.report", str(target)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-m", "moe_lab.report", str(target)], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
     assert proc.returncode == 2
     assert proc.stderr.startswith(f"error: {target}: ") and "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
@@ -282,6 +326,7 @@ def test_readable_colormap_keeps_the_worst_configuration_visible(study):
     best = min(lines.get_array())
     assert mcolors.rgb_to_hsv(lines.to_rgba(best)[:3])[2] < mcolors.rgb_to_hsv(lines.to_rgba(worst)[:3])[2]
     import matplotlib.pyplot as plt
+
     plt.close(ax.figure)
 
 
@@ -295,29 +340,53 @@ def make_one_key_grid(study_dir: Path, runs: dict[int, list[tuple[float, float, 
         name = f"t{config_id:03d}-top_k={top_k}"
         run_dirs = [f"trials/{name}/seed{s}" for s in range(len(per_seed))]
         values = [v for v, _, _ in per_seed]
-        for seed, (run_dir, (value, rate, wall)) in enumerate(zip(run_dirs, per_seed)):
+        for seed, (run_dir, (value, rate, wall)) in enumerate(zip(run_dirs, per_seed, strict=True)):
             write_events(study_dir / run_dir, "val/loss", seed_curve(value, seed))
             write_events(study_dir / run_dir, "train/lm_loss", seed_curve(value + 0.5, seed))
-            (study_dir / run_dir / "metrics.json").write_text(json.dumps(
-                {"status": "completed", "val_loss": value, "tokens_per_s": rate, "wall_time_s": wall}))
-        attrs = {"config_id": config_id, "label": f"top_k={top_k}", "seeds": list(range(len(per_seed))),
-                 "run_dirs": run_dirs, "objective_values": values, "objective_mean": statistics.fmean(values),
-                 "objective_std": statistics.stdev(values), "active_params": 1_000_000,
-                 "total_params": 2_000_000 * top_k, "tokens_per_s": statistics.fmean(r for _, r, _ in per_seed),
-                 "duration_s": 999.0}
-        study.add_trial(create_trial(state=TrialState.COMPLETE, value=statistics.fmean(values),
-                                     params={"model.moe.top_k": top_k},
-                                     distributions={"model.moe.top_k": DISTRIBUTIONS["model.moe.top_k"]},
-                                     user_attrs=attrs))
-    info = {"study_name": "grid1", "storage_url": db, "objective_metric": "val_loss", "direction": "minimize",
-            "sampler": "grid", "seeds": [0, 1, 2], "compute_matching": "active", "base": "x.yaml"}
+            (study_dir / run_dir / "metrics.json").write_text(
+                json.dumps({"status": "completed", "val_loss": value, "tokens_per_s": rate, "wall_time_s": wall})
+            )
+        attrs = {
+            "config_id": config_id,
+            "label": f"top_k={top_k}",
+            "seeds": list(range(len(per_seed))),
+            "run_dirs": run_dirs,
+            "objective_values": values,
+            "objective_mean": statistics.fmean(values),
+            "objective_std": statistics.stdev(values),
+            "active_params": 1_000_000,
+            "total_params": 2_000_000 * top_k,
+            "tokens_per_s": statistics.fmean(r for _, r, _ in per_seed),
+            "duration_s": 999.0,
+        }
+        study.add_trial(
+            create_trial(
+                state=TrialState.COMPLETE,
+                value=statistics.fmean(values),
+                params={"model.moe.top_k": top_k},
+                distributions={"model.moe.top_k": DISTRIBUTIONS["model.moe.top_k"]},
+                user_attrs=attrs,
+            )
+        )
+    info = {
+        "study_name": "grid1",
+        "storage_url": db,
+        "objective_metric": "val_loss",
+        "direction": "minimize",
+        "sampler": "grid",
+        "seeds": [0, 1, 2],
+        "compute_matching": "active",
+        "base": "x.yaml",
+    }
     (study_dir / "study_info.json").write_text(json.dumps(info))
 
 
 def test_a_grid_over_one_key_gets_its_own_plot_mean_runs_and_per_run_medians(tmp_path):
     # Three seeds, one of them on a loaded machine: the median ignores it, a mean would not.
-    runs = {4: [(2.5, 1000.0, 90.0), (2.625, 3000.0, 60.0), (2.75, 50000.0, 30.0)],
-            1: [(2.25, 2000.0, 50.0), (2.5, 2500.0, 40.0), (2.375, 100.0, 700.0)]}
+    runs = {
+        4: [(2.5, 1000.0, 90.0), (2.625, 3000.0, 60.0), (2.75, 50000.0, 30.0)],
+        1: [(2.25, 2000.0, 50.0), (2.5, 2500.0, 40.0), (2.375, 100.0, 700.0)],
+    }
     study_dir = tmp_path / "grid1"
     make_one_key_grid(study_dir, runs)
     paths = write_study_report(study_dir)
@@ -326,8 +395,11 @@ def test_a_grid_over_one_key_gets_its_own_plot_mean_runs_and_per_run_medians(tmp
     assert paths["objective_vs_top_k"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # Optuna's history / importance / parallel / slice plots say nothing about one key: not drawn,
     # and without --html no plotly.min.js.
-    assert sorted(p.name for p in plots.iterdir()) == ["objective_vs_top_k.png", "train_loss_curves.png",
-                                                        "val_loss_curves.png"]
+    assert sorted(p.name for p in plots.iterdir()) == [
+        "objective_vs_top_k.png",
+        "train_loss_curves.png",
+        "val_loss_curves.png",
+    ]
     rows = load_study_data(study_dir).rows
     assert [r.label for r in rows] == ["top_k=1", "top_k=4"]
     assert [r.tokens_per_s for r in rows] == [2000.0, 3000.0] and [r.run_time_s for r in rows] == [50.0, 60.0]

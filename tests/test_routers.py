@@ -20,8 +20,10 @@ def router_with_logits(name: str, logits_rows: list[list[float]], top_k: int, **
 
 
 def assignments(routing):
-    return [(int(t), int(e), float(w)) for t, e, w in
-            zip(routing.token_idx, routing.expert_idx, routing.weight.detach())]
+    return [
+        (int(t), int(e), float(w))
+        for t, e, w in zip(routing.token_idx, routing.expert_idx, routing.weight.detach(), strict=True)
+    ]
 
 
 def test_topk_mixtral_renormalised_top2():
@@ -76,7 +78,7 @@ def test_noisy_topk_eval_is_clean_topk_and_train_adds_softplus_noise():
     torch.manual_seed(123)
     noise = torch.randn(1, 8)[0].tolist()
     std = math.log1p(math.exp(0.7))
-    noisy = [l + n * std for l, n in zip(LOGITS, noise)]
+    noisy = [logit + n * std for logit, n in zip(LOGITS, noise, strict=True)]
     top = sorted(range(8), key=lambda i: -noisy[i])[:2]
     denom = sum(math.exp(noisy[i]) for i in top)
     got = assignments(routing)
@@ -114,8 +116,7 @@ def test_expert_choice_each_expert_takes_its_top_c_tokens():
     rows = [[2.0, 0.0], [1.0, 1.5], [0.0, 0.1], [3.0, -1.0]]  # 4 tokens, 2 experts
     router, x = router_with_logits("expert_choice", rows, top_k=1)
     routing = router(x, capacity=2)
-    probs = [[math.exp(a) / (math.exp(a) + math.exp(b)), math.exp(b) / (math.exp(a) + math.exp(b))]
-             for a, b in rows]
+    probs = [[math.exp(a) / (math.exp(a) + math.exp(b)), math.exp(b) / (math.exp(a) + math.exp(b))] for a, b in rows]
     expected = []
     for e in range(2):
         best = sorted(range(4), key=lambda t: -probs[t][e])[:2]
@@ -142,7 +143,7 @@ def test_every_router_returns_a_well_formed_routing(name):
     assert ((routing.weight >= 0) & (routing.weight <= 1)).all()
     assert routing.token_idx.min() >= 0 and routing.token_idx.max() < T
     assert routing.expert_idx.min() >= 0 and routing.expert_idx.max() < E
-    pairs = set(zip(routing.token_idx.tolist(), routing.expert_idx.tolist()))
+    pairs = set(zip(routing.token_idx.tolist(), routing.expert_idx.tolist(), strict=True))
     assert len(pairs) == routing.token_idx.numel()  # no (token, expert) pair twice
     per_token = torch.bincount(routing.token_idx, minlength=T)
     per_expert = torch.bincount(routing.expert_idx, minlength=E)

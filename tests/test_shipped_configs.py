@@ -22,7 +22,6 @@ REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::DeprecationWarning")
 
 
-
 def shipped(folder: Path) -> list[Path]:
     """The YAML files in `folder`. Finding none fails the collection of this module: a parametrised
     test over an empty list would be skipped, and the suite would pass without running a file."""
@@ -38,9 +37,18 @@ ABLATIONS = shipped(REPO / "experiments" / "ablations")
 
 
 def two_steps(out: Path, cache: Path) -> list[str]:
-    return [f"output_dir={out}", f"data.cache_dir={cache}", "trainer.max_steps=2", "trainer.val_every_n_steps=2",
-            "trainer.val_batches=1", "trainer.progress_bar=false", "optim.warmup_steps=1",
-            "monitor.sample_tokens=0", "monitor.heatmap_every_n_steps=0", "data.batch_size=2"]
+    return [
+        f"output_dir={out}",
+        f"data.cache_dir={cache}",
+        "trainer.max_steps=2",
+        "trainer.val_every_n_steps=2",
+        "trainer.val_batches=1",
+        "trainer.progress_bar=false",
+        "optim.warmup_steps=1",
+        "monitor.sample_tokens=0",
+        "monitor.heatmap_every_n_steps=0",
+        "data.batch_size=2",
+    ]
 
 
 def train_two_steps(base: Path, overrides: list[str], out: Path, cache: Path) -> dict:
@@ -104,6 +112,7 @@ def test_space_points_cover_every_value_of_a_sampled_space():
     class S:
         class cfg:  # noqa: N801 - mimics Sweep.cfg
             sampler = "tpe"
+
         params = [P("a", (1, 2)), P("b", ("x", "y", "z"))]
 
     got = space_points(S())

@@ -24,14 +24,17 @@ from moe_lab.sweep.runner import run_worker
 from tests.helpers import write_tiny_experiment
 
 REPO = Path(__file__).resolve().parents[1]
-pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::DeprecationWarning",
-                                        "ignore::optuna.exceptions.ExperimentalWarning")
+pytestmark = pytest.mark.filterwarnings(
+    "ignore::UserWarning", "ignore::DeprecationWarning", "ignore::optuna.exceptions.ExperimentalWarning"
+)
+
 
 def write_sweep(tmp_path: Path, data_cache: Path, body: str, steps: int = 4, grace: int = 2) -> Path:
     write_tiny_experiment(tmp_path / "tiny.yaml", data_cache, steps=steps)
     path = tmp_path / "sweep.yaml"
-    path.write_text(f"base: tiny.yaml\noutput_dir: {tmp_path / 'out'}\nheartbeat_interval: 1\n"
-                    f"grace_period: {grace}\n" + body)
+    path.write_text(
+        f"base: tiny.yaml\noutput_dir: {tmp_path / 'out'}\nheartbeat_interval: 1\ngrace_period: {grace}\n" + body
+    )
     return path
 
 
@@ -53,8 +56,12 @@ def test_grid_runs_every_point_exactly_once(tmp_path, data_cache, capsys):
     ts = trials(path)
     done = by_state(ts, TrialState.COMPLETE)
     assert len(ts) == len(done) == 4
-    assert sorted((t.params["model.moe.top_k"], t.params["model.moe.n_experts"]) for t in done) == \
-        [(1, 4), (1, 8), (2, 4), (2, 8)]
+    assert sorted((t.params["model.moe.top_k"], t.params["model.moe.n_experts"]) for t in done) == [
+        (1, 4),
+        (1, 8),
+        (2, 4),
+        (2, 8),
+    ]
     for t in done:  # objective = the run's final val_loss, read back from its metrics.json
         run_dir = tmp_path / "out" / "sweep" / t.user_attrs["run_dirs"][0]
         metrics = json.loads((run_dir / "metrics.json").read_text())
@@ -78,8 +85,9 @@ def sweep_cmd(path: Path, *extra: str) -> list[str]:
 
 def test_sigkill_mid_trial_then_rerun_completes_without_loss_or_duplicates(tmp_path, data_cache):
     path = write_sweep(tmp_path, data_cache, "sampler: grid\nspace:\n  model.moe.top_k: [1, 2, 3]\n", steps=40)
-    proc = subprocess.Popen(sweep_cmd(path), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        sweep_cmd(path), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+    )
     trial_dirs = tmp_path / "out" / "sweep" / "trials"
     deadline = time.time() + 240
     # Kill while the second configuration is training (its run directory has a checkpoint).
@@ -107,17 +115,24 @@ def test_sigkill_mid_trial_then_rerun_completes_without_loss_or_duplicates(tmp_p
 
 
 def event_file_pids(run_dir: Path) -> set[str]:
-    """The processes that wrote TensorBoard events into a run directory (events.out.tfevents.<time>.<host>.<pid>.<n>)."""
+    """The processes that wrote TensorBoard events into a run directory.
+
+    Event files are named events.out.tfevents.<time>.<host>.<pid>.<n>."""
     return {p.name.split(".")[-2] for p in run_dir.glob("events.out.tfevents.*")}
 
 
 def test_worker_paused_past_the_grace_period_drops_its_trial(tmp_path, data_cache):
     """SIGSTOP one of two workers mid-trial until the other has failed and retried its trial, then
     SIGCONT: the paused worker notices, stops that trial without writing results, and exits 0."""
-    path = write_sweep(tmp_path, data_cache, "sampler: grid\nseeds: [0, 1]\nspace:\n  model.moe.top_k: [1, 2]\n",
-                       steps=30, grace=6)
-    procs = [subprocess.Popen(sweep_cmd(path, "--worker-only"), cwd=REPO, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True) for _ in range(2)]
+    path = write_sweep(
+        tmp_path, data_cache, "sampler: grid\nseeds: [0, 1]\nspace:\n  model.moe.top_k: [1, 2]\n", steps=30, grace=6
+    )
+    procs = [
+        subprocess.Popen(
+            sweep_cmd(path, "--worker-only"), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+        for _ in range(2)
+    ]
     trial_dirs, deadline = tmp_path / "out" / "sweep" / "trials", time.time() + 600
 
     def wait_for(pattern):
@@ -129,7 +144,9 @@ def test_worker_paused_past_the_grace_period_drops_its_trial(tmp_path, data_cach
     ckpt = wait_for("t*/seed0/checkpoints/last.ckpt")[0]
     paused = next(p for p in procs if str(p.pid) in event_file_pids(ckpt.parent.parent))
     os.kill(paused.pid, signal.SIGSTOP)
-    wait_for(f"{ckpt.parent.parent.parent.name}/seed0.retry1/checkpoints/last.ckpt")  # the retry is training
+    # The retry has been claimed once its run directory exists. Not its last.ckpt: the retry resumes from
+    # the paused attempt's checkpoint, may finish within one poll and then deletes last.ckpt.
+    wait_for(f"{ckpt.parent.parent.parent.name}/seed0.retry1")
     os.kill(paused.pid, signal.SIGCONT)
     logs = [p.communicate(timeout=900)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], logs
@@ -137,7 +154,9 @@ def test_worker_paused_past_the_grace_period_drops_its_trial(tmp_path, data_cach
     ts = trials(path)
     done = by_state(ts, TrialState.COMPLETE)
     assert sorted(t.user_attrs["config_id"] for t in done) == [0, 1]  # one result per configuration
-    assert [t.user_attrs["config_id"] for t in by_state(ts, TrialState.FAIL)] == [int(ckpt.parent.parent.parent.name[1:4])]
+    assert [t.user_attrs["config_id"] for t in by_state(ts, TrialState.FAIL)] == [
+        int(ckpt.parent.parent.parent.name[1:4])
+    ]
     run_dirs = [p for p in trial_dirs.glob("t*/seed*") if p.is_dir()]
     assert all(len(event_file_pids(d)) == 1 for d in run_dirs), {d.name: event_file_pids(d) for d in run_dirs}
     # The paused attempt wrote no result; the counted ones are the retry's, each complete.
@@ -150,8 +169,12 @@ def test_worker_paused_past_the_grace_period_drops_its_trial(tmp_path, data_cach
 def test_two_concurrent_workers_never_run_the_same_grid_point(tmp_path, data_cache):
     path = write_sweep(tmp_path, data_cache, GRID)
     load_sweep(path)
-    procs = [subprocess.Popen(sweep_cmd(path, "--worker-only"), cwd=REPO, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True) for _ in range(2)]
+    procs = [
+        subprocess.Popen(
+            sweep_cmd(path, "--worker-only"), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+        for _ in range(2)
+    ]
     logs = [p.communicate(timeout=600)[0] for p in procs]
     assert all(p.returncode == 0 for p in procs), logs
     ts = trials(path)
@@ -188,12 +211,11 @@ def test_retry_failed_enqueues_only_configurations_that_never_succeeded(tmp_path
     assert run_worker(sweep, log=lambda m: None) == 0  # failures are final unless asked
     assert run_worker(sweep, log=lambda m: None, retry=True) == 1  # only the failed lr=1e30 again
     ts = trials(sweep.path)
-    assert sorted((t.user_attrs["config_id"], t.state.name) for t in ts) == \
-        [(0, "FAIL"), (0, "FAIL"), (1, "COMPLETE")]
+    assert sorted((t.user_attrs["config_id"], t.state.name) for t in ts) == [(0, "FAIL"), (0, "FAIL"), (1, "COMPLETE")]
 
 
 def test_median_pruner_stops_a_hopeless_trial(tmp_path, data_cache):
-    body = ("sampler: grid\npruner: median\nspace:\n  optim.lr: [0.01, 1.0e-7]\n")
+    body = "sampler: grid\npruner: median\nspace:\n  optim.lr: [0.01, 1.0e-7]\n"
     path = write_sweep(tmp_path, data_cache, body, steps=12)
     run_worker(load_sweep(path), log=lambda m: None)
     pruned = by_state(trials(path), TrialState.PRUNED)
@@ -204,8 +226,10 @@ def test_median_pruner_stops_a_hopeless_trial(tmp_path, data_cache):
 
 
 def test_collapse_detector_prunes_with_its_reason(tmp_path, data_cache):
-    body = ("sampler: grid\noverrides: [monitor.collapse_min_load_fraction=0.99, "
-            "monitor.collapse_patience_steps=2]\nspace:\n  model.moe.aux_loss_coef: [0.0]\n")
+    body = (
+        "sampler: grid\noverrides: [monitor.collapse_min_load_fraction=0.99, "
+        "monitor.collapse_patience_steps=2]\nspace:\n  model.moe.aux_loss_coef: [0.0]\n"
+    )
     path = write_sweep(tmp_path, data_cache, body, steps=12)
     run_worker(load_sweep(path), log=lambda m: None)
     (t,) = trials(path)
@@ -223,17 +247,20 @@ def test_compute_matching_holds_active_params(tmp_path, data_cache):
         assert count_model(cfg.model).total_active_params == base
 
 
-@pytest.mark.parametrize("body,key", [
-    ("space:\n  model.moe.topk: [1, 2]\n", "space.model.moe.topk"),
-    ("samplr: grid\nspace:\n  model.moe.top_k: [1]\n", "samplr"),
-    ("space:\n  optim.lr: {type: float, low: 0.1, high: 0.01}\n", "space.optim.lr"),
-    ("space:\n  optim.lr: {type: float, low: 0.0, high: 0.1, log: true}\n", "space.optim.lr"),
-    ("space:\n  optim.lr: {type: float, low: 0.001, high: 0.1}\n", "space.optim.lr"),  # grid of a range
-    ("sampler: tpe\nspace:\n  model.moe.top_k: [1]\n", "n_trials"),
-    ("space:\n  model.moe.top_k: [1, 9]\n", "space (model.moe.top_k=9)"),
-    ("space: {}\n", "space"),
-    ("pruner: sometimes\nspace:\n  model.moe.top_k: [1]\n", "pruner"),
-])
+@pytest.mark.parametrize(
+    "body,key",
+    [
+        ("space:\n  model.moe.topk: [1, 2]\n", "space.model.moe.topk"),
+        ("samplr: grid\nspace:\n  model.moe.top_k: [1]\n", "samplr"),
+        ("space:\n  optim.lr: {type: float, low: 0.1, high: 0.01}\n", "space.optim.lr"),
+        ("space:\n  optim.lr: {type: float, low: 0.0, high: 0.1, log: true}\n", "space.optim.lr"),
+        ("space:\n  optim.lr: {type: float, low: 0.001, high: 0.1}\n", "space.optim.lr"),  # grid of a range
+        ("sampler: tpe\nspace:\n  model.moe.top_k: [1]\n", "n_trials"),
+        ("space:\n  model.moe.top_k: [1, 9]\n", "space (model.moe.top_k=9)"),
+        ("space: {}\n", "space"),
+        ("pruner: sometimes\nspace:\n  model.moe.top_k: [1]\n", "pruner"),
+    ],
+)
 def test_bad_sweep_files_name_the_key(tmp_path, data_cache, body, key):
     path = write_sweep(tmp_path, data_cache, body)
     with pytest.raises(ConfigError) as err:
@@ -248,11 +275,11 @@ def test_cli_bad_sweep_exits_2_without_traceback(tmp_path, data_cache):
     assert "Traceback" not in proc.stderr and not (tmp_path / "out").exists()
 
 
-def test_dry_run_times_the_models_here_caches_them_and_schedules_the_runs(tmp_path, data_cache, capsys,
-                                                                       monkeypatch):
+def test_dry_run_times_the_models_here_caches_them_and_schedules_the_runs(tmp_path, data_cache, capsys, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    path = write_sweep(tmp_path, data_cache, "sampler: grid\nseeds: [0, 1]\nspace:\n  model.moe.top_k: [1, 2]\n",
-                       steps=10)
+    path = write_sweep(
+        tmp_path, data_cache, "sampler: grid\nseeds: [0, 1]\nspace:\n  model.moe.top_k: [1, 2]\n", steps=10
+    )
     sweep = load_sweep(path)
     dry_run(sweep, workers=2)
     first = capsys.readouterr().out

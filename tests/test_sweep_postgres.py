@@ -20,8 +20,9 @@ from tests import postgres_server
 from tests.helpers import write_tiny_experiment
 
 REPO = Path(__file__).resolve().parents[1]
-pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::DeprecationWarning",
-                                        "ignore::optuna.exceptions.ExperimentalWarning")
+pytestmark = pytest.mark.filterwarnings(
+    "ignore::UserWarning", "ignore::DeprecationWarning", "ignore::optuna.exceptions.ExperimentalWarning"
+)
 GRID = "sampler: grid\nspace:\n  model.moe.top_k: [1, 2]\n  model.moe.n_experts: [4, 8]\n"
 
 
@@ -60,8 +61,9 @@ def start(cmd: list[str]) -> subprocess.Popen:
     # Reports read the storage URL from study_info.json, which holds no password: libpq takes it
     # from PGPASSWORD, as on a real host.
     env = {**os.environ, "PGPASSWORD": postgres_server.PASSWORD}
-    return subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env=env, start_new_session=True)
+    return subprocess.Popen(
+        cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True
+    )
 
 
 def load_trials(url: str):
@@ -71,8 +73,11 @@ def load_trials(url: str):
 
 
 def trial_table(ts) -> str:
-    rows = [f"{t.number:>3} {t.state.name:<8} {json.dumps(t.params):<48} {t.user_attrs.get('worker', '-'):<22} "
-            f"attempt {t.user_attrs.get('attempt', '-')}  {t.user_attrs.get('error') or ''}" for t in ts]
+    rows = [
+        f"{t.number:>3} {t.state.name:<8} {json.dumps(t.params):<48} {t.user_attrs.get('worker', '-'):<22} "
+        f"attempt {t.user_attrs.get('attempt', '-')}  {t.user_attrs.get('error') or ''}"
+        for t in ts
+    ]
     return "\n".join(rows)
 
 
@@ -89,10 +94,16 @@ def drain_on_two_hosts(path: Path, database: str, tmp_path: Path) -> list:
 def test_two_hosts_drain_one_grid_exactly_once(tmp_path, data_cache, database):
     ts = drain_on_two_hosts(write_sweep(tmp_path, data_cache, GRID), database, tmp_path)
     assert [t.state for t in ts] == [TrialState.COMPLETE] * 4
-    assert sorted((t.params["model.moe.top_k"], t.params["model.moe.n_experts"]) for t in ts) == \
-        [(1, 4), (1, 8), (2, 4), (2, 8)]
+    assert sorted((t.params["model.moe.top_k"], t.params["model.moe.n_experts"]) for t in ts) == [
+        (1, 4),
+        (1, 8),
+        (2, 4),
+        (2, 8),
+    ]
     workers = {t.user_attrs["worker"] for t in ts}
-    ran_on = {host: sorted(p.name for p in (tmp_path / host / "pg" / "trials").glob("t*")) for host in ("hostA", "hostB")}
+    ran_on = {
+        host: sorted(p.name for p in (tmp_path / host / "pg" / "trials").glob("t*")) for host in ("hostA", "hostB")
+    }
     # Each grid point trained on exactly one host, and each host's summary lists all four.
     assert sorted(ran_on["hostA"] + ran_on["hostB"]) == sorted({*ran_on["hostA"], *ran_on["hostB"]})
     assert len(ran_on["hostA"]) + len(ran_on["hostB"]) == 4, (ran_on, workers)
@@ -125,8 +136,9 @@ def test_killed_host_is_retried_by_the_other(tmp_path, data_cache, database):
     assert retry.user_attrs["attempt"] == 1 and retry.user_attrs["worker"] != failed[0].user_attrs["worker"]
     # Host B could not see host A's checkpoint: the retry trained from scratch, all 40 steps, in its
     # own attempt directory; the half-trained seed on host A is not a result.
-    assert retry.user_attrs["run_dirs"] == [f"trials/t{retry.user_attrs['config_id']:03d}-"
-                                            f"{retry.user_attrs['label']}/seed0.retry1"]
+    assert retry.user_attrs["run_dirs"] == [
+        f"trials/t{retry.user_attrs['config_id']:03d}-{retry.user_attrs['label']}/seed0.retry1"
+    ]
     metrics = json.loads((tmp_path / "hostB" / "pg" / retry.user_attrs["run_dirs"][0] / "metrics.json").read_text())
     assert metrics["steps"] == 40 and metrics["status"] == "completed"
     assert retry.value == pytest.approx(metrics["val_loss"])
@@ -144,13 +156,14 @@ def test_tpe_over_two_workers_runs_exactly_n_trials(tmp_path, data_cache, databa
 @pytest.mark.parametrize("case", ["wrong password", "unreachable host", "missing database"])
 def test_storage_that_cannot_work_is_one_error_line(tmp_path, data_cache, server, case):
     wrong = "not-the-" + postgres_server.PASSWORD
-    url = {"wrong password": server.url(password=wrong),
-           "unreachable host": server.url(port=postgres_server.free_port()),
-           "missing database": server.url("no_such_db")}[case]
+    url = {
+        "wrong password": server.url(password=wrong),
+        "unreachable host": server.url(port=postgres_server.free_port()),
+        "missing database": server.url("no_such_db"),
+    }[case]
     path = write_sweep(tmp_path, data_cache, "sampler: grid\nspace:\n  model.moe.top_k: [1]\n")
     before = sorted(p.name for p in tmp_path.iterdir())
-    proc = subprocess.run(host_cmd(path, url, "hostA", tmp_path), cwd=REPO, capture_output=True, text=True,
-                          timeout=120)
+    proc = subprocess.run(host_cmd(path, url, "hostA", tmp_path), cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("error: storage: cannot open postgresql")
     assert f"127.0.0.1:{url.rsplit(':', 1)[1].split('/')[0]}" in proc.stderr  # names the storage

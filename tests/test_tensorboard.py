@@ -16,8 +16,9 @@ from moe_lab.sweep.config import load_sweep
 from moe_lab.sweep.runner import run_worker
 from tests.helpers import write_tiny_experiment
 
-pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::DeprecationWarning",
-                                        "ignore::optuna.exceptions.ExperimentalWarning")
+pytestmark = pytest.mark.filterwarnings(
+    "ignore::UserWarning", "ignore::DeprecationWarning", "ignore::optuna.exceptions.ExperimentalWarning"
+)
 
 
 def free_port() -> int:
@@ -37,8 +38,10 @@ def get(url: str, body: dict | None = None):
 def finished_sweep(tmp_path, data_cache):
     write_tiny_experiment(tmp_path / "tiny.yaml", data_cache, steps=2)
     path = tmp_path / "sweep.yaml"
-    path.write_text(f"base: tiny.yaml\noutput_dir: {tmp_path / 'out'}\nsampler: grid\nseeds: [0, 1]\n"
-                    "space:\n  model.moe.top_k: [1, 2]\n")
+    path.write_text(
+        f"base: tiny.yaml\noutput_dir: {tmp_path / 'out'}\nsampler: grid\nseeds: [0, 1]\n"
+        "space:\n  model.moe.top_k: [1, 2]\n"
+    )
     sweep = load_sweep(path)
     assert run_worker(sweep, log=lambda m: None) == 2
     return sweep
@@ -47,9 +50,24 @@ def finished_sweep(tmp_path, data_cache):
 @pytest.fixture
 def tensorboard(finished_sweep):
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "tensorboard.main", "--logdir", str(finished_sweep.study_dir),
-                             "--host", "127.0.0.1", "--port", str(port), "--load_fast=false", "--reload_interval=1"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tensorboard.main",
+            "--logdir",
+            str(finished_sweep.study_dir),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--load_fast=false",
+            "--reload_interval=1",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         yield f"http://127.0.0.1:{port}"
     finally:
@@ -85,10 +103,17 @@ def test_tensorboard_lists_trials_swept_hparams_and_final_metrics(finished_sweep
     metrics = [m["name"]["tag"] for m in experiment["metricInfos"]]
     assert metrics[0] == "final/val_loss" and "final/final_load_cv" in metrics
 
-    groups = get(f"{tensorboard}/data/plugin/hparams/session_groups", {
-        "experimentName": "", "allowedStatuses": ["STATUS_UNKNOWN", "STATUS_SUCCESS", "STATUS_FAILURE"],
-        "colParams": [{"hparam": "model.moe.top_k"}, {"metric": {"tag": "final/val_loss"}}],
-        "aggregationType": "AGGREGATION_AVG", "startIndex": 0, "sliceSize": 100})["sessionGroups"]
+    groups = get(
+        f"{tensorboard}/data/plugin/hparams/session_groups",
+        {
+            "experimentName": "",
+            "allowedStatuses": ["STATUS_UNKNOWN", "STATUS_SUCCESS", "STATUS_FAILURE"],
+            "colParams": [{"hparam": "model.moe.top_k"}, {"metric": {"tag": "final/val_loss"}}],
+            "aggregationType": "AGGREGATION_AVG",
+            "startIndex": 0,
+            "sliceSize": 100,
+        },
+    )["sessionGroups"]
     assert {g["name"] for g in groups} == set(run_dirs)  # one row per configuration, named by it
     for group in groups:
         trial = next(t for t in trials if t.user_attrs["label"] == group["name"])

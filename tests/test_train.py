@@ -26,13 +26,31 @@ pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::Deprecat
 
 
 def tiny(out: Path, cache: Path, *extra: str) -> list[str]:
-    return [f"output_dir={out}", f"data.cache_dir={cache}", "name=tiny",
-            "model.d_model=32", "model.n_layers=2", "model.n_heads=2", "model.d_ff=64",
-            "model.max_seq_len=32", "model.moe.n_experts=4", "model.moe.top_k=2", "model.moe.expert_hidden=32",
-            "data.block_size=32", "data.batch_size=4", "trainer.max_steps=12", "trainer.val_every_n_steps=6",
-            "trainer.val_batches=2", "trainer.log_every_n_steps=1", "trainer.progress_bar=false",
-            "optim.warmup_steps=2", "monitor.log_every_n_steps=2", "monitor.heatmap_every_n_steps=6",
-            "monitor.sample_tokens=8", *extra]
+    return [
+        f"output_dir={out}",
+        f"data.cache_dir={cache}",
+        "name=tiny",
+        "model.d_model=32",
+        "model.n_layers=2",
+        "model.n_heads=2",
+        "model.d_ff=64",
+        "model.max_seq_len=32",
+        "model.moe.n_experts=4",
+        "model.moe.top_k=2",
+        "model.moe.expert_hidden=32",
+        "data.block_size=32",
+        "data.batch_size=4",
+        "trainer.max_steps=12",
+        "trainer.val_every_n_steps=6",
+        "trainer.val_batches=2",
+        "trainer.log_every_n_steps=1",
+        "trainer.progress_bar=false",
+        "optim.warmup_steps=2",
+        "monitor.log_every_n_steps=2",
+        "monitor.heatmap_every_n_steps=6",
+        "monitor.sample_tokens=8",
+        *extra,
+    ]
 
 
 def scalars(run_dir: Path, tag: str) -> dict[int, float]:
@@ -50,16 +68,25 @@ def test_short_run_writes_every_output(tmp_path, data_cache):
     result = run(cfg, quiet=True)
     d = result.run_dir
     assert d == tmp_path / "tiny" / "version_0"
-    for name in ("config.yaml", "env.json", "metrics.json", "model_summary.txt", "hparams.yaml",
-                 "checkpoints/best.ckpt", "checkpoints/last.ckpt", "tokenizer/tokenizer_info.json"):
+    for name in (
+        "config.yaml",
+        "env.json",
+        "metrics.json",
+        "model_summary.txt",
+        "hparams.yaml",
+        "checkpoints/best.ckpt",
+        "checkpoints/last.ckpt",
+        "tokenizer/tokenizer_info.json",
+    ):
         assert (d / name).is_file(), name
     metrics = json.loads((d / "metrics.json").read_text())
     assert metrics["status"] == "completed" and metrics["steps"] == 12
     # Each tensor once: the model's own state dict, under `model.` (no second copy under another name).
     ckpt = torch.load(d / "checkpoints/last.ckpt", weights_only=True)
     model = MoETransformer(config_from_dict(ckpt["hyper_parameters"]["config"]).model)
-    assert {k for k in ckpt["state_dict"] if not k.startswith("val_loss.")} == \
-        {"model." + k for k in model.state_dict()}
+    assert {k for k in ckpt["state_dict"] if not k.startswith("val_loss.")} == {
+        "model." + k for k in model.state_dict()
+    }
     assert metrics["val_loss"] == pytest.approx(scalars(d, "val/loss")[11], rel=1e-6)
     # bits per byte from the loss: byte tokenizer -> loss / ln 2
     assert metrics["val_bpb"] == pytest.approx(metrics["val_loss"] / 0.6931471805599453, rel=1e-6)
@@ -72,13 +99,25 @@ def test_short_run_writes_every_output(tmp_path, data_cache):
     for events in d.glob("events.out.tfevents.*"):
         acc = EventAccumulator(str(events), size_guidance={"scalars": 0, "tensors": 0})
         acc.Reload()
-        for kind, names in acc.Tags().items():
+        for names in acc.Tags().values():
             if isinstance(names, list):
                 tags |= set(names)
         tags |= set(acc.summary_metadata)  # hparams and text summaries live here
-    for tag in ("train/lm_loss", "train/aux_loss", "train/z_loss", "val/loss", "val/bpb", "val/ppl",
-                "moe/layer0/expert3", "moe/layer1/load_cv", "moe/load_cv_mean", "moe/layer0/load",
-                "moe/load_heatmap", "_hparams_/session_start_info", "final/val_loss"):
+    for tag in (
+        "train/lm_loss",
+        "train/aux_loss",
+        "train/z_loss",
+        "val/loss",
+        "val/bpb",
+        "val/ppl",
+        "moe/layer0/expert3",
+        "moe/layer1/load_cv",
+        "moe/load_cv_mean",
+        "moe/layer0/load",
+        "moe/load_heatmap",
+        "_hparams_/session_start_info",
+        "final/val_loss",
+    ):
         assert tag in tags, tag
     assert any(t.startswith("samples") for t in tags)
 
@@ -86,9 +125,17 @@ def test_short_run_writes_every_output(tmp_path, data_cache):
 def test_top1_router_health_is_logged_and_alive(tmp_path, data_cache):
     """Switch top-1 with the default (auto) gate: the LM-loss gradient on each router is measured every
     3 steps, logged per layer, and is far from the dead-router threshold, so no collapse event fires."""
-    cfg = load_config(REPO / "experiments/shakespeare_moe.yaml",
-                      tiny(tmp_path, data_cache, "model.moe.top_k=1", "monitor.router_grad_every_n_steps=3",
-                           "monitor.collapse_patience_steps=1", "monitor.sample_tokens=0"))
+    cfg = load_config(
+        REPO / "experiments/shakespeare_moe.yaml",
+        tiny(
+            tmp_path,
+            data_cache,
+            "model.moe.top_k=1",
+            "monitor.router_grad_every_n_steps=3",
+            "monitor.collapse_patience_steps=1",
+            "monitor.sample_tokens=0",
+        ),
+    )
     result = run(cfg, quiet=True)
     for layer in (0, 1):
         norms = scalars(result.run_dir, f"moe/layer{layer}/router_lm_grad_norm")
@@ -100,8 +147,10 @@ def test_top1_router_health_is_logged_and_alive(tmp_path, data_cache):
 def test_same_seed_twice_gives_identical_losses(tmp_path, data_cache):
     losses = []
     for i in range(2):
-        cfg = load_config(REPO / "experiments/shakespeare_moe.yaml",
-                          tiny(tmp_path / str(i), data_cache, "trainer.max_steps=6", "trainer.deterministic=true"))
+        cfg = load_config(
+            REPO / "experiments/shakespeare_moe.yaml",
+            tiny(tmp_path / str(i), data_cache, "trainer.max_steps=6", "trainer.deterministic=true"),
+        )
         losses.append(scalars(run(cfg, quiet=True).run_dir, "train/lm_loss"))
     assert len(losses[0]) == 6 and losses[0] == losses[1]
 
@@ -143,8 +192,10 @@ def test_resume_after_a_kill_continues_at_the_right_step_with_identical_losses(t
 
 
 def test_nan_loss_fails_the_run_with_its_reason(tmp_path, data_cache):
-    cfg = load_config(REPO / "experiments/shakespeare_moe.yaml", tiny(tmp_path, data_cache, "optim.lr=1e30",
-                                                                       "optim.grad_clip=0", "trainer.max_steps=6"))
+    cfg = load_config(
+        REPO / "experiments/shakespeare_moe.yaml",
+        tiny(tmp_path, data_cache, "optim.lr=1e30", "optim.grad_clip=0", "trainer.max_steps=6"),
+    )
     with pytest.raises(FloatingPointError, match="non-finite training loss"):
         run(cfg, quiet=True)
     metrics = json.loads((tmp_path / "tiny" / "version_0" / "metrics.json").read_text())
@@ -153,9 +204,21 @@ def test_nan_loss_fails_the_run_with_its_reason(tmp_path, data_cache):
 
 def test_data_error_exits_2_and_writes_nothing(tmp_path, data_cache):
     out = tmp_path / "runs"
-    proc = subprocess.run([sys.executable, "-m", "moe_lab.train", str(REPO / "experiments/shakespeare_moe.yaml"),
-                           *tiny(out, data_cache), "data.source=files", f"data.train_files=[{tmp_path}/none.txt]"],
-                          capture_output=True, text=True, cwd=REPO, timeout=120)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "moe_lab.train",
+            str(REPO / "experiments/shakespeare_moe.yaml"),
+            *tiny(out, data_cache),
+            "data.source=files",
+            f"data.train_files=[{tmp_path}/none.txt]",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+    )
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.startswith("error:") and "none.txt" in proc.stderr and "Traceback" not in proc.stderr
     assert not out.exists()
@@ -165,14 +228,23 @@ def test_ddp_two_cpu_processes_log_the_single_process_expert_loads(tmp_path, dat
     """2 gloo ranks x batch 2 see the same global batches as 1 process x batch 4 (the sampler shards
     each global batch), and the logged loads are all-reduced: the first window must match exactly."""
     config = str(REPO / "experiments/shakespeare_moe.yaml")
-    common = ["trainer.max_steps=4", "monitor.log_every_n_steps=1", "trainer.val_every_n_steps=4",
-              "model.moe.aux_loss_coef=0", "trainer.accelerator=cpu"]
+    common = [
+        "trainer.max_steps=4",
+        "monitor.log_every_n_steps=1",
+        "trainer.val_every_n_steps=4",
+        "model.moe.aux_loss_coef=0",
+        "trainer.accelerator=cpu",
+    ]
     single = tiny(tmp_path / "single", data_cache, *common, "data.batch_size=4", "trainer.devices=1")
-    ddp = tiny(tmp_path / "ddp", data_cache, *common, "data.batch_size=2", "trainer.devices=2",
-               "trainer.strategy=ddp")
+    ddp = tiny(tmp_path / "ddp", data_cache, *common, "data.batch_size=2", "trainer.devices=2", "trainer.strategy=ddp")
     for args in (single, ddp):
-        proc = subprocess.run([sys.executable, "-m", "moe_lab.train", config, *args], cwd=REPO,
-                              capture_output=True, text=True, timeout=600)
+        proc = subprocess.run(
+            [sys.executable, "-m", "moe_lab.train", config, *args],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         assert proc.returncode == 0, proc.stderr[-3000:]
     tag = "moe/layer0/expert{}"
     for expert in range(4):
@@ -216,8 +288,9 @@ def test_finished_runs_keep_what_keep_checkpoints_says(tmp_path, data_cache):
     full = run(cfg, quiet=True).run_dir / "checkpoints"
     best = torch.load(full / "best.ckpt", weights_only=True)
     # Bytes of the weights, each storage once (a tensor may be held under two names).
-    n_weights = sum({t.untyped_storage().data_ptr(): t.untyped_storage().nbytes()
-                     for t in best["state_dict"].values()}.values())
+    n_weights = sum(
+        {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in best["state_dict"].values()}.values()
+    )
 
     def copy() -> Path:
         target = tmp_path / f"copy{len(list(tmp_path.glob('copy*')))}"
@@ -238,7 +311,9 @@ def test_finished_runs_keep_what_keep_checkpoints_says(tmp_path, data_cache):
     # AdamW's two moments were twice the weights; what is left is the weights plus a little metadata.
     assert (lean / "best.ckpt").stat().st_size < 1.1 * n_weights < 0.4 * (full / "best.ckpt").stat().st_size
     model_cfg, state = load_lightning_checkpoint(lean / "best.ckpt")
-    assert model_cfg.moe.n_experts == 4 and state.keys() == {k[len("model."):] for k in best["state_dict"] if k.startswith("model.")}
+    assert model_cfg.moe.n_experts == 4 and state.keys() == {
+        k[len("model.") :] for k in best["state_dict"] if k.startswith("model.")
+    }
     gone = copy()
     finish_checkpoints(gone, "none", "pruned")
     assert not gone.exists()

@@ -77,8 +77,7 @@ def reference_dense_logits(model: MoETransformer, idx: torch.Tensor) -> torch.Te
     for layer in range(cfg.n_layers):
         p = f"blocks.{layer}."
         h = rms(x, sd[p + "attn_norm.weight"])
-        q, k, v = (F.linear(h, sd[p + f"attn.{n}_proj.weight"]).view(B, S, H, hd).transpose(1, 2)
-                   for n in "qkv")
+        q, k, v = (F.linear(h, sd[p + f"attn.{n}_proj.weight"]).view(B, S, H, hd).transpose(1, 2) for n in "qkv")
         att = (rope(q) @ rope(k).transpose(-1, -2)) / math.sqrt(hd) + mask
         y = (att.softmax(-1) @ v).transpose(1, 2).reshape(B, S, -1)
         x = x + F.linear(y, sd[p + "attn.o_proj.weight"])
@@ -89,8 +88,9 @@ def reference_dense_logits(model: MoETransformer, idx: torch.Tensor) -> torch.Te
 
 
 def test_model_without_moe_layers_equals_reference_dense_transformer():
-    cfg = ModelConfig(vocab_size=50, d_model=32, n_layers=2, n_heads=4, d_ff=40, max_seq_len=16,
-                      moe=MoEConfig(placement="none"))
+    cfg = ModelConfig(
+        vocab_size=50, d_model=32, n_layers=2, n_heads=4, d_ff=40, max_seq_len=16, moe=MoEConfig(placement="none")
+    )
     model = MoETransformer(cfg).double().eval()
     randomise(model, std=0.2)
     idx = torch.randint(0, 50, (2, 9))
@@ -101,15 +101,18 @@ def test_model_without_moe_layers_equals_reference_dense_transformer():
     assert out.routing == {} and out.aux_loss.item() == 0.0
 
 
-@pytest.mark.parametrize("placement,extra,expected", [
-    ("all", {}, [0, 1, 2, 3, 4, 5]),
-    ("none", {}, []),
-    ("every_n", {"every_n": 2}, [1, 3, 5]),
-    ("every_n", {"every_n": 3}, [2, 5]),
-    ("last_half", {}, [3, 4, 5]),
-    ("first_k_dense", {"first_k_dense": 1}, [1, 2, 3, 4, 5]),
-    ("list", {"layers": [4, 0]}, [0, 4]),
-])
+@pytest.mark.parametrize(
+    "placement,extra,expected",
+    [
+        ("all", {}, [0, 1, 2, 3, 4, 5]),
+        ("none", {}, []),
+        ("every_n", {"every_n": 2}, [1, 3, 5]),
+        ("every_n", {"every_n": 3}, [2, 5]),
+        ("last_half", {}, [3, 4, 5]),
+        ("first_k_dense", {"first_k_dense": 1}, [1, 2, 3, 4, 5]),
+        ("list", {"layers": [4, 0]}, [0, 4]),
+    ],
+)
 def test_placement_puts_moe_layers_exactly_where_asked(placement, extra, expected):
     model = MoETransformer(tiny_config(n_layers=6, placement=placement, **extra))
     moe_blocks = [i for i, b in enumerate(model.blocks) if isinstance(b.ffn, MoELayer)]
@@ -163,8 +166,7 @@ def test_generate_samples_only_from_top_k():
     randomise(model, std=0.5)
     prompt = torch.randint(0, 64, (64, 3))
     allowed = model(prompt).logits[:, -1].topk(3).indices
-    sampled = model.generate(prompt, 1, temperature=2.0, top_k=3,
-                             generator=torch.Generator().manual_seed(0))[:, -1]
+    sampled = model.generate(prompt, 1, temperature=2.0, top_k=3, generator=torch.Generator().manual_seed(0))[:, -1]
     assert (sampled.unsqueeze(1) == allowed).any(1).all()
 
 

@@ -11,18 +11,35 @@ from pathlib import Path
 
 import torch
 
-PACKAGES = ("moe-lab", "torch", "lightning", "optuna", "datasets", "tokenizers", "omegaconf", "numpy",
-            "tensorboard", "transformers")
+PACKAGES = (
+    "moe-lab",
+    "torch",
+    "lightning",
+    "optuna",
+    "datasets",
+    "tokenizers",
+    "omegaconf",
+    "numpy",
+    "tensorboard",
+    "transformers",
+)
 
 
 def git_revision(cwd: Path | None = None) -> dict:
     """The commit of the moe_lab checkout in use, and whether it had uncommitted changes."""
     where = cwd or Path(__file__).resolve().parent
     try:
-        rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=where, capture_output=True, text=True,
-                             timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=where,
-                               capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+        rev = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=where, capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=where,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
         return {"commit": rev, "dirty": bool(dirty)}
     except (OSError, subprocess.SubprocessError):
         return {"commit": None, "dirty": None}

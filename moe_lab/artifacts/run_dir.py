@@ -30,10 +30,25 @@ VERSION_PREFIX = "version_"  # <output_dir>/<name>/version_N: Lightning's run nu
 #   objective: a sweep may optimise it;  claim: an ablation claim may compare it
 #   hparams:   a column of TensorBoard's HPARAMS table (`final/<name>`), in field order
 
-def _metric(curve: str | None = None, title: str | None = None, objective: bool = False, claim: bool = True,
-            hparams: bool = False):
-    return field(default=None, metadata={"metric": True, "curve": curve, "title": title, "objective": objective,
-                                         "claim": claim, "hparams": hparams})
+
+def _metric(
+    curve: str | None = None,
+    title: str | None = None,
+    objective: bool = False,
+    claim: bool = True,
+    hparams: bool = False,
+):
+    return field(
+        default=None,
+        metadata={
+            "metric": True,
+            "curve": curve,
+            "title": title,
+            "objective": objective,
+            "claim": claim,
+            "hparams": hparams,
+        },
+    )
 
 
 @dataclass
@@ -80,11 +95,15 @@ METRIC_CURVES = {f.name: f.metadata["curve"] for f in fields(RunMetrics) if f.me
 
 # -------------------------------------------------------------------------------- finding runs
 
+
 def next_version(experiment_dir: Path) -> str:
     """version_<N+1> after the highest version_<N> in `experiment_dir` (Lightning's own numbering, decided
     here once so that every logger writes into the same run directory)."""
-    numbers = [int(m.group(1)) for d in Path(experiment_dir).glob(f"{VERSION_PREFIX}*")
-               if (m := re.fullmatch(rf"{VERSION_PREFIX}(\d+)", d.name)) and d.is_dir()]
+    numbers = [
+        int(m.group(1))
+        for d in Path(experiment_dir).glob(f"{VERSION_PREFIX}*")
+        if (m := re.fullmatch(rf"{VERSION_PREFIX}(\d+)", d.name)) and d.is_dir()
+    ]
     return f"{VERSION_PREFIX}{max(numbers) + 1 if numbers else 0}"
 
 

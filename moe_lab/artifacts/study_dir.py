@@ -48,7 +48,7 @@ TRIAL_OBJECTIVE_MEAN = "objective_mean"  # their mean over finite values (the tr
 TRIAL_OBJECTIVE_STD = "objective_std"
 TRIAL_COLLAPSE_EVENTS = "collapse_events"  # collapse events, summed over the runs
 TRIAL_DURATION_S = "duration_s"  # wall time of the whole trial
-# Also trial attributes, under their RunMetrics (metrics.json) names: these of the first run, and the
+# Also trial attributes, under their RunMetrics field names: these of the first run, and the
 # mean over runs of TRIAL_MEAN_METRICS; prune_reason is the first run's that has one.
 TRIAL_FIRST_RUN_METRICS = ("active_params", "total_params")
 TRIAL_MEAN_METRICS = ("tokens_per_s", "final_load_cv")

@@ -13,7 +13,11 @@ from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 
 from moe_lab.callbacks.expert_load import check_int, tensorboard_writers
 from moe_lab.callbacks.routing_metrics import (
-    RoutingAccumulator, load_fractions, normalised_entropy, routing_from_outputs, starved_experts,
+    RoutingAccumulator,
+    load_fractions,
+    normalised_entropy,
+    routing_from_outputs,
+    starved_experts,
 )
 from moe_lab.config import check_collapse_settings
 
@@ -38,9 +42,15 @@ class ExpertCollapseDetector(Callback):
     `moe/collapse_events` (running count) is logged every step.
     """
 
-    def __init__(self, min_load_fraction: float = 0.1, patience_steps: int = 100,
-                 min_entropy_norm: float = 0.0, action: str = "warn", check_from_step: int = 0,
-                 dead_router_max_grad_norm: float | None = None):
+    def __init__(
+        self,
+        min_load_fraction: float = 0.1,
+        patience_steps: int = 100,
+        min_entropy_norm: float = 0.0,
+        action: str = "warn",
+        check_from_step: int = 0,
+        dead_router_max_grad_norm: float | None = None,
+    ):
         check_collapse_settings(min_load_fraction, min_entropy_norm, action)
         check_int("patience_steps", patience_steps, 1)
         check_int("check_from_step", check_from_step, 0)
@@ -91,10 +101,11 @@ class ExpertCollapseDetector(Callback):
         run = np.where(starved, run + 1, 0)
         self._starved_run[layer] = run
         frac = load_fractions(counts)
-        return [{"step": step, "layer": layer, "expert": int(j), "kind": "starved_expert",
-                 "load": float(frac[j])}
-                for j in np.flatnonzero(run >= self.patience_steps)
-                if not self._fired(layer, int(j), "starved_expert")]
+        return [
+            {"step": step, "layer": layer, "expert": int(j), "kind": "starved_expert", "load": float(frac[j])}
+            for j in np.flatnonzero(run >= self.patience_steps)
+            if not self._fired(layer, int(j), "starved_expert")
+        ]
 
     def _check_entropy(self, step: int, layer: int, entropy_norm: float) -> list[dict]:
         if self.min_entropy_norm <= 0.0:
@@ -104,8 +115,9 @@ class ExpertCollapseDetector(Callback):
         self._low_entropy_run[layer] = run
         if run < self.patience_steps or self._fired(layer, None, "low_entropy"):
             return []
-        return [{"step": step, "layer": layer, "expert": None, "kind": "low_entropy",
-                 "entropy_norm": float(entropy_norm)}]
+        return [
+            {"step": step, "layer": layer, "expert": None, "kind": "low_entropy", "entropy_norm": float(entropy_norm)}
+        ]
 
     def _check_router_grad(self, step: int, layer: int, grad_norm: float) -> list[dict]:
         if self.dead_router_max_grad_norm is None:
@@ -127,11 +139,14 @@ class ExpertCollapseDetector(Callback):
         """One human-readable line, e.g. 'expert 3 of layer 1 below 10% of uniform load for 100 steps
         (step 250)'."""
         if event["kind"] == "starved_expert":
-            what = (f"expert {event['expert']} of layer {event['layer']} below "
-                    f"{self.min_load_fraction:.0%} of uniform load")
+            what = (
+                f"expert {event['expert']} of layer {event['layer']} below {self.min_load_fraction:.0%} of uniform load"
+            )
         elif event["kind"] == "dead_router":
-            what = (f"router of layer {event['layer']} gets no gradient from the LM loss "
-                    f"(norm <= {self.dead_router_max_grad_norm:g})")
+            what = (
+                f"router of layer {event['layer']} gets no gradient from the LM loss "
+                f"(norm <= {self.dead_router_max_grad_norm:g})"
+            )
         else:
             what = f"router entropy of layer {event['layer']} below {self.min_entropy_norm:g} x ln(E)"
         return f"{what} for {self.patience_steps} steps (step {event['step']})"
@@ -167,8 +182,7 @@ class ExpertCollapseDetector(Callback):
     def load_state_dict(self, state_dict: dict) -> None:
         self.events = [dict(e) for e in state_dict["events"]]
         self.prune_reason = state_dict["prune_reason"]
-        self._starved_run = {int(k): np.asarray(v, dtype=np.int64)
-                             for k, v in state_dict["starved_run"].items()}
+        self._starved_run = {int(k): np.asarray(v, dtype=np.int64) for k, v in state_dict["starved_run"].items()}
         self._low_entropy_run = {int(k): int(v) for k, v in state_dict["low_entropy_run"].items()}
         # Checkpoints written before the dead-router check have no such entry.
         self._dead_router_since = {int(k): int(v) for k, v in state_dict.get("dead_router_since", {}).items()}

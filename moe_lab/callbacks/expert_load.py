@@ -21,8 +21,15 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 
 from moe_lab.callbacks.routing_metrics import (
-    LayerTotals, RoutingAccumulator, dead_experts, load_cv, load_fractions, max_over_uniform,
-    normalised_entropy, routing_from_outputs, token_spread,
+    LayerTotals,
+    RoutingAccumulator,
+    dead_experts,
+    load_cv,
+    load_fractions,
+    max_over_uniform,
+    normalised_entropy,
+    routing_from_outputs,
+    token_spread,
 )
 from moe_lab.errors import ConfigError
 
@@ -66,8 +73,7 @@ class ExpertLoadMonitor(Callback):
     window (a histogram of the fractions themselves would hide which expert is starved).
     """
 
-    def __init__(self, log_every_n_steps: int = 10, heatmap_every_n_steps: int = 200,
-                 max_experts_logged: int = 64):
+    def __init__(self, log_every_n_steps: int = 10, heatmap_every_n_steps: int = 200, max_experts_logged: int = 64):
         check_int("log_every_n_steps", log_every_n_steps, 1)
         check_int("heatmap_every_n_steps", heatmap_every_n_steps, 0)
         check_int("max_experts_logged", max_experts_logged, 0)
@@ -123,11 +129,13 @@ class ExpertLoadMonitor(Callback):
         fractions = {layer: load_fractions(t.counts) for layer, t in totals.items()}
         cvs = [m["load_cv"] for m in per_layer.values()]
         headline = {f"moe/layer{layer}/{k}": v for layer, m in per_layer.items() for k, v in m.items()}
-        headline.update({
-            "moe/load_cv_mean": float(np.mean(cvs)),
-            "moe/load_cv_max": float(np.max(cvs)),
-            "moe/dropped_frac_mean": float(np.mean([m["dropped_frac"] for m in per_layer.values()])),
-        })
+        headline.update(
+            {
+                "moe/load_cv_mean": float(np.mean(cvs)),
+                "moe/load_cv_max": float(np.max(cvs)),
+                "moe/dropped_frac_mean": float(np.mean([m["dropped_frac"] for m in per_layer.values()])),
+            }
+        )
         scalars = dict(headline)
         for layer, frac in fractions.items():
             if len(frac) <= self.max_experts_logged:
@@ -171,8 +179,11 @@ class ExpertLoadMonitor(Callback):
                 from moe_lab.callbacks.heatmap import expert_load_heatmap  # matplotlib: imported only when drawing
 
                 layers = list(fractions)
-                fig = expert_load_heatmap(np.stack([fractions[i] for i in layers]), layers,
-                                          title=f"expert load, steps {step - n_steps + 1}-{step}")
+                fig = expert_load_heatmap(
+                    np.stack([fractions[i] for i in layers]),
+                    layers,
+                    title=f"expert load, steps {step - n_steps + 1}-{step}",
+                )
                 writer.add_figure("moe/load_heatmap", fig, global_step=tb_step, close=True)
 
 
@@ -187,7 +198,13 @@ def add_load_histogram(writer, tag: str, fractions: np.ndarray, step: int) -> No
         return
     idx = np.arange(len(fractions), dtype=np.float64)
     writer.add_histogram_raw(
-        tag, min=float(loaded[0]) - 0.5, max=float(loaded[-1]) + 0.5, num=float(fractions.sum()),
-        sum=float((idx * fractions).sum()), sum_squares=float((idx**2 * fractions).sum()),
-        bucket_limits=idx + 0.5, bucket_counts=fractions, global_step=step,
+        tag,
+        min=float(loaded[0]) - 0.5,
+        max=float(loaded[-1]) + 0.5,
+        num=float(fractions.sum()),
+        sum=float((idx * fractions).sum()),
+        sum_squares=float((idx**2 * fractions).sum()),
+        bucket_limits=idx + 0.5,
+        bucket_counts=fractions,
+        global_step=step,
     )

@@ -30,10 +30,12 @@ class _StepRunBar:
 
 
 if _RICH_AVAILABLE:
+
     class ProgressBar(_StepRunBar, RichProgressBar):
         def _get_train_description(self, current_epoch: int) -> str:
             # Lightning appends "/{max_epochs - 1}", which is "/-2" for a run bounded by steps.
             return f"epoch {current_epoch}"
 else:
+
     class ProgressBar(_StepRunBar, TQDMProgressBar):
         pass

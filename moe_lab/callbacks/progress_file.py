@@ -27,11 +27,19 @@ class ProgressFile(Callback):
             v = metrics.get(name)
             return None if v is None else float(v)
 
-        write_json_atomic(self.path, {
-            "status": status, "step": int(trainer.global_step), "max_steps": int(trainer.max_steps),
-            "train_loss": value("train/lm_loss"), "val_loss": value("val/loss"),
-            "tokens_per_s": value("train/tokens_per_s"), "flops_per_step": self.flops_per_step,
-            "updated": time.time()})
+        write_json_atomic(
+            self.path,
+            {
+                "status": status,
+                "step": int(trainer.global_step),
+                "max_steps": int(trainer.max_steps),
+                "train_loss": value("train/lm_loss"),
+                "val_loss": value("val/loss"),
+                "tokens_per_s": value("train/tokens_per_s"),
+                "flops_per_step": self.flops_per_step,
+                "updated": time.time(),
+            },
+        )
         self._last_write = time.monotonic()
 
     @rank_zero_only

@@ -129,8 +129,9 @@ class RoutingAccumulator:
         out = {}
         for layer in sorted(self._sums):
             row, n = self._sums[layer].detach().cpu().double().numpy(), self._n[layer]
-            out[layer] = LayerTotals(counts=row[:-2], dropped_frac=float(row[-2] / n),
-                                     entropy=float(row[-1] / n), n_micro=n)
+            out[layer] = LayerTotals(
+                counts=row[:-2], dropped_frac=float(row[-2] / n), entropy=float(row[-1] / n), n_micro=n
+            )
         return out
 
     def pop(self) -> dict[int, LayerTotals]:

@@ -11,8 +11,10 @@ from moe_lab.errors import DataError
 def check_block_fits(split: TokenSplit, block_size: int, what: str) -> None:
     """DataError unless `split` holds one training example: block_size + 1 tokens (x and its shifted y)."""
     if split.n_tokens < block_size + 1:
-        raise DataError(f"{what} has {split.n_tokens} tokens but data.block_size={block_size} needs at least "
-                        f"{block_size + 1}; lower data.block_size or add text")
+        raise DataError(
+            f"{what} has {split.n_tokens} tokens but data.block_size={block_size} needs at least "
+            f"{block_size + 1}; lower data.block_size or add text"
+        )
 
 
 class TokenBlocks(Dataset):

@@ -66,12 +66,14 @@ def token_dtype(vocab_size: int) -> str:
     return "uint16" if vocab_size <= 2**16 else "uint32"
 
 
-def entry_dir(
-    cache_dir: Path, corpus_descriptor: str, tokenizer: Tokenizer, split_hashes: dict[str, str]
-) -> Path:
+def entry_dir(cache_dir: Path, corpus_descriptor: str, tokenizer: Tokenizer, split_hashes: dict[str, str]) -> Path:
     key = json.dumps(
-        {"version": CACHE_FORMAT_VERSION, "corpus": corpus_descriptor, "tokenizer": tokenizer.descriptor,
-         "content": split_hashes},
+        {
+            "version": CACHE_FORMAT_VERSION,
+            "corpus": corpus_descriptor,
+            "tokenizer": tokenizer.descriptor,
+            "content": split_hashes,
+        },
         sort_keys=True,
     )
     return cache_dir / "tokens" / f"{tokenizer.kind}-{hashlib.sha256(key.encode()).hexdigest()[:20]}"
@@ -93,8 +95,13 @@ def load_or_tokenize(
         meta = json.loads((entry / "meta.json").read_text())
     else:
         with atomic_directory(entry, writes) as tmp:
-            meta = {"corpus": corpus_descriptor, "tokenizer": tokenizer.descriptor, "content": split_hashes,
-                    "dtype": token_dtype(tokenizer.vocab_size), "splits": {}}
+            meta = {
+                "corpus": corpus_descriptor,
+                "tokenizer": tokenizer.descriptor,
+                "content": split_hashes,
+                "dtype": token_dtype(tokenizer.vocab_size),
+                "splits": {},
+            }
             for name, docs in splits.items():
                 path = tmp / f"{name}.bin"
                 meta["splits"][name] = _write_tokens(path, docs, tokenizer, separator, meta["dtype"])

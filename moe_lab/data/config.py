@@ -83,6 +83,15 @@ def validate_data_config(cfg: DataConfig, prefix: str = "data") -> None:
         fail("num_workers", f"must be >= 0, got {cfg.num_workers}")
     if not 0.0 < cfg.val_fraction < 1.0:
         fail("val_fraction", f"must be strictly between 0 and 1, got {cfg.val_fraction}")
+    _validate_source(cfg, fail)
+    if cfg.tokenizer == "bpe" and cfg.bpe_vocab_size < MIN_BPE_VOCAB_SIZE:
+        fail("bpe_vocab_size", f"must be >= {MIN_BPE_VOCAB_SIZE} (256 bytes + 1 merge), got {cfg.bpe_vocab_size}")
+    if cfg.tokenizer == "pretrained" and not cfg.pretrained_tokenizer:
+        fail("pretrained_tokenizer", "tokenizer=pretrained needs a name (e.g. gpt2)")
+
+
+def _validate_source(cfg: DataConfig, fail) -> None:
+    """The keys each corpus source needs."""
     if cfg.source == "files" and not cfg.train_files:
         fail("train_files", "source=files needs at least one training file")
     if cfg.source == "hub" and not cfg.hub_name:
@@ -94,7 +103,3 @@ def validate_data_config(cfg: DataConfig, prefix: str = "data") -> None:
         for name in cfg.val_plays:
             if name not in known:
                 fail("val_plays", unknown_play_message(name, known))
-    if cfg.tokenizer == "bpe" and cfg.bpe_vocab_size < MIN_BPE_VOCAB_SIZE:
-        fail("bpe_vocab_size", f"must be >= {MIN_BPE_VOCAB_SIZE} (256 bytes + 1 merge), got {cfg.bpe_vocab_size}")
-    if cfg.tokenizer == "pretrained" and not cfg.pretrained_tokenizer:
-        fail("pretrained_tokenizer", "tokenizer=pretrained needs a name (e.g. gpt2)")

@@ -22,8 +22,15 @@ from moe_lab.errors import DataError
 # so every run of an experiment is evaluated on the same text.
 VAL_SPLIT_SEED = 0
 
-TEXT_SUFFIXES = {".txt": "text", ".text": "text", ".md": "text", ".json": "json", ".jsonl": "json",
-                 ".ndjson": "json", ".parquet": "parquet"}
+TEXT_SUFFIXES = {
+    ".txt": "text",
+    ".text": "text",
+    ".md": "text",
+    ".json": "json",
+    ".jsonl": "json",
+    ".ndjson": "json",
+    ".parquet": "parquet",
+}
 COMPRESSION_SUFFIXES = {".gz", ".bz2", ".xz", ".zst", ".zip"}
 
 
@@ -35,6 +42,7 @@ class Corpus:
 
 
 # ----------------------------------------------------------------------------------------- shakespeare
+
 
 def load_shakespeare(cfg: DataConfig, hf_cache_dir: Path) -> Corpus:
     """The 38 plays as documents; plays named in cfg.val_plays are the validation split."""
@@ -54,6 +62,7 @@ def load_shakespeare(cfg: DataConfig, hf_cache_dir: Path) -> Corpus:
 
 
 # --------------------------------------------------------------------------------------- local files
+
 
 def _expand(patterns: list[str], key: str) -> list[Path]:
     """Paths and glob patterns -> existing files, in the order given."""
@@ -89,8 +98,9 @@ def _load_file(path: Path, cfg: DataConfig, hf_cache_dir: Path) -> datasets.Data
     options = {"sample_by": "document"} if fmt == "text" else {}
     try:
         with _quiet_progress():  # one bar per small local file is noise; hub downloads keep theirs
-            raw = datasets.load_dataset(fmt, data_files=[str(path)], split="train", cache_dir=str(hf_cache_dir),
-                                        **options)
+            raw = datasets.load_dataset(
+                fmt, data_files=[str(path)], split="train", cache_dir=str(hf_cache_dir), **options
+            )
     except Exception as err:  # the builders raise many kinds; the person needs the file and the reason
         raise DataError(f"{path}: cannot be read as {fmt}: {_load_failure(path, err)}") from None
     field = "text" if fmt == "text" else cfg.text_field
@@ -120,11 +130,11 @@ def load_files(cfg: DataConfig, hf_cache_dir: Path) -> Corpus:
 
 # ---------------------------------------------------------------------------------- Hugging Face hub
 
+
 def _load_hub_split(cfg: DataConfig, split: str, hf_cache_dir: Path, key: str) -> datasets.Dataset:
     origin = f"{cfg.hub_name}[{split}]"
     try:
-        raw = datasets.load_dataset(cfg.hub_name, cfg.hub_config or None, split=split,
-                                    cache_dir=str(hf_cache_dir))
+        raw = datasets.load_dataset(cfg.hub_name, cfg.hub_config or None, split=split, cache_dir=str(hf_cache_dir))
     except Exception as err:  # network, unknown name, unknown split: all end here
         raise DataError(f"{key}: cannot load {origin}: {_first_line(err)}") from err
     docs = _text_column(raw, cfg.text_field, origin, "data.text_field")
@@ -172,10 +182,12 @@ def split_by_fraction(docs: datasets.Dataset, val_fraction: float) -> tuple[data
         val_rows = np.sort(np.random.default_rng(VAL_SPLIT_SEED).permutation(len(docs))[:n_val])
         train_rows = np.setdiff1d(np.arange(len(docs)), val_rows)
         return docs.select(train_rows), docs.select(val_rows)
-    heads, tails = zip(*(_split_tail(text, val_fraction) for text in docs["text"]))
+    heads, tails = zip(*(_split_tail(text, val_fraction) for text in docs["text"]), strict=True)
     names = list(docs["doc"])
-    return (datasets.Dataset.from_dict({"doc": names, "text": list(heads)}),
-            datasets.Dataset.from_dict({"doc": names, "text": list(tails)}))
+    return (
+        datasets.Dataset.from_dict({"doc": names, "text": list(heads)}),
+        datasets.Dataset.from_dict({"doc": names, "text": list(tails)}),
+    )
 
 
 def _split_tail(text: str, val_fraction: float) -> tuple[str, str]:
@@ -249,7 +261,7 @@ def _first_invalid_utf8(path: Path, chunk_size: int = 1 << 20) -> tuple[int, int
             try:
                 decoder.decode(chunk)
             except UnicodeDecodeError as err:
-                newlines += err.object[pending:err.start].count(b"\n")
+                newlines += err.object[pending : err.start].count(b"\n")
                 return offset - pending + err.start, newlines + 1, err.object[err.start]
             offset += len(chunk)
             newlines += chunk.count(b"\n")

@@ -8,10 +8,10 @@ import lightning.pytorch as pl
 from torch.utils.data import DataLoader
 
 from moe_lab.data.blocks import TokenBlocks, check_block_fits
-from moe_lab.data.sampler import EpochBatchSampler, ResumableDataLoader
 from moe_lab.data.cache import SPLITS, TokenSplit, content_hash, load_or_tokenize
 from moe_lab.data.config import DataConfig, resolve_cache_dir, validate_data_config
 from moe_lab.data.corpora import load_corpus
+from moe_lab.data.sampler import EpochBatchSampler, ResumableDataLoader
 from moe_lab.data.staging import CacheWrites
 from moe_lab.data.tokenizers import Tokenizer, build_tokenizer
 

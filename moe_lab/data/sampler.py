@@ -8,7 +8,7 @@ its checkpoint had not trained on, so the step-for-step data stream equals an un
 
 from __future__ import annotations
 
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 import torch.distributed as dist
@@ -40,8 +40,8 @@ class EpochBatchSampler(Sampler[list[int]]):
         start, self.skip_batches = self.skip_batches, 0
         self.epoch += 1
         for k in range(start, len(self)):
-            chunk = order[k * global_batch:(k + 1) * global_batch]
-            yield chunk[rank * self.batch_size:(rank + 1) * self.batch_size] or chunk[: self.batch_size]
+            chunk = order[k * global_batch : (k + 1) * global_batch]
+            yield chunk[rank * self.batch_size : (rank + 1) * self.batch_size] or chunk[: self.batch_size]
 
 
 class ResumableDataLoader(DataLoader):
@@ -51,8 +51,7 @@ class ResumableDataLoader(DataLoader):
     batches: Lightning fetches one batch ahead, so the loader's own count would be off by one.
     """
 
-    def __init__(self, *args, batch_sampler: EpochBatchSampler,
-                 position_fn: Callable[[], tuple[int, int]], **kwargs):
+    def __init__(self, *args, batch_sampler: EpochBatchSampler, position_fn: Callable[[], tuple[int, int]], **kwargs):
         super().__init__(*args, batch_sampler=batch_sampler, **kwargs)
         self.position_fn = position_fn
 

@@ -92,8 +92,12 @@ class HFTokenizer:
 
 def _write_info(directory: Path, tok: Tokenizer) -> None:
     directory.mkdir(parents=True, exist_ok=True)
-    info = {"kind": tok.kind, "descriptor": tok.descriptor, "vocab_size": tok.vocab_size,
-            "name": getattr(tok, "name", "")}
+    info = {
+        "kind": tok.kind,
+        "descriptor": tok.descriptor,
+        "vocab_size": tok.vocab_size,
+        "name": getattr(tok, "name", ""),
+    }
     (directory / INFO_FILE).write_text(json.dumps(info, indent=2))
 
 
@@ -110,8 +114,10 @@ def load_saved_tokenizer(directory: Path) -> Tokenizer:
 
 # ------------------------------------------------------------------------------------------ builders
 
-def build_byte(cfg: DataConfig, train: datasets.Dataset, train_hash: str, cache_dir: Path,
-               writes: CacheWrites | None = None) -> ByteTokenizer:
+
+def build_byte(
+    cfg: DataConfig, train: datasets.Dataset, train_hash: str, cache_dir: Path, writes: CacheWrites | None = None
+) -> ByteTokenizer:
     return ByteTokenizer()
 
 
@@ -127,8 +133,9 @@ def train_bpe(texts: Iterator[list[str]], vocab_size: int) -> tokenizers.Tokeniz
     return tokenizer
 
 
-def build_bpe(cfg: DataConfig, train: datasets.Dataset, train_hash: str, cache_dir: Path,
-              writes: CacheWrites | None = None) -> HFTokenizer:
+def build_bpe(
+    cfg: DataConfig, train: datasets.Dataset, train_hash: str, cache_dir: Path, writes: CacheWrites | None = None
+) -> HFTokenizer:
     """Train on the train split only (validation text must stay unseen), or reuse the cached result."""
     entry = cache_dir / "tokenizers" / f"bpe-{cfg.bpe_vocab_size}-{train_hash[:20]}"
     if (entry / HF_FILE).is_file():
@@ -140,8 +147,9 @@ def build_bpe(cfg: DataConfig, train: datasets.Dataset, train_hash: str, cache_d
         return HFTokenizer(tokenizers.Tokenizer.from_file(str(tmp / HF_FILE)), "bpe")
 
 
-def build_pretrained(cfg: DataConfig, train: datasets.Dataset, train_hash: str, cache_dir: Path,
-                     writes: CacheWrites | None = None) -> HFTokenizer:
+def build_pretrained(
+    cfg: DataConfig, train: datasets.Dataset, train_hash: str, cache_dir: Path, writes: CacheWrites | None = None
+) -> HFTokenizer:
     name = cfg.pretrained_tokenizer
     try:
         tokenizer = tokenizers.Tokenizer.from_pretrained(name)
@@ -158,8 +166,9 @@ TOKENIZER_BUILDERS: dict[str, Callable[[DataConfig, datasets.Dataset, str, Path,
 }
 
 
-def build_tokenizer(cfg: DataConfig, train: datasets.Dataset, train_hash: str, cache_dir: Path,
-                    writes: CacheWrites | None = None) -> Tokenizer:
+def build_tokenizer(
+    cfg: DataConfig, train: datasets.Dataset, train_hash: str, cache_dir: Path, writes: CacheWrites | None = None
+) -> Tokenizer:
     """The tokenizer named by cfg.tokenizer; those that learn from data see only `train`. A trained one
     is written to the cache through `writes` when given (see CacheWrites)."""
     return TOKENIZER_BUILDERS[cfg.tokenizer](cfg, train, train_hash, cache_dir, writes)

@@ -49,12 +49,14 @@ def register_architecture(arch: Architecture) -> Architecture:
 
 def get_architecture(model_type: str, key: str = "model_type") -> Architecture:
     if model_type not in ARCHITECTURES:
-        raise ConfigError(key, f"architecture {model_type!r} is not supported; expected one of "
-                               f"{', '.join(sorted(ARCHITECTURES))}")
+        raise ConfigError(
+            key, f"architecture {model_type!r} is not supported; expected one of {', '.join(sorted(ARCHITECTURES))}"
+        )
     return ARCHITECTURES[model_type]
 
 
 # ------------------------------------------------------------------ HF config -> moe_lab, shared parts
+
 
 def hf_key(hf: Any, name: str) -> str:
     return f"{hf.model_type}.{name}"
@@ -76,19 +78,27 @@ def hf_head_dim(hf: Any) -> int:
 
 def require_default_head_dim(hf: Any, why: str) -> None:
     default = hf.hidden_size // hf.num_attention_heads
-    require_hf(hf, "head_dim", lambda v: v in (None, default) and hf.hidden_size % hf.num_attention_heads == 0,
-               f"{why}; expected hidden_size / num_attention_heads = {default}")
+    require_hf(
+        hf,
+        "head_dim",
+        lambda v: v in (None, default) and hf.hidden_size % hf.num_attention_heads == 0,
+        f"{why}; expected hidden_size / num_attention_heads = {default}",
+    )
 
 
 def rope_theta(hf: Any) -> float:
     params = getattr(hf, "rope_parameters", None) or {}
     rope_type = params.get("rope_type", "default")
     if rope_type != "default":
-        raise ConfigError(hf_key(hf, "rope_parameters.rope_type"),
-                          f"{rope_type!r} is not supported: moe_lab has plain RoPE only; expected 'default'")
+        raise ConfigError(
+            hf_key(hf, "rope_parameters.rope_type"),
+            f"{rope_type!r} is not supported: moe_lab has plain RoPE only; expected 'default'",
+        )
     if params.get("partial_rotary_factor", 1.0) != 1.0:
-        raise ConfigError(hf_key(hf, "rope_parameters.partial_rotary_factor"),
-                          f"{params['partial_rotary_factor']!r} is not supported; expected 1.0")
+        raise ConfigError(
+            hf_key(hf, "rope_parameters.partial_rotary_factor"),
+            f"{params['partial_rotary_factor']!r} is not supported; expected 1.0",
+        )
     return float(params.get("rope_theta", getattr(hf, "rope_theta", 10000.0)))
 
 
@@ -132,13 +142,20 @@ def aux_loss_coef_to_hf(aux_loss_coef: float, top_k: int) -> float:
 
 def router_fields(hf: Any, n_experts: int, renormalize: bool) -> dict:
     """MoEConfig fields of the HF router (HF_ROUTER), dropless."""
-    return dict(n_experts=n_experts, top_k=hf.num_experts_per_tok, router=HF_ROUTER, renormalize=renormalize,
-                capacity_factor=0.0, eval_capacity_factor=0.0,
-                aux_loss_coef=aux_loss_coef_from_hf(hf.router_aux_loss_coef, hf.num_experts_per_tok),
-                z_loss_coef=0.0)
+    return dict(
+        n_experts=n_experts,
+        top_k=hf.num_experts_per_tok,
+        router=HF_ROUTER,
+        renormalize=renormalize,
+        capacity_factor=0.0,
+        eval_capacity_factor=0.0,
+        aux_loss_coef=aux_loss_coef_from_hf(hf.router_aux_loss_coef, hf.num_experts_per_tok),
+        z_loss_coef=0.0,
+    )
 
 
 # ------------------------------------------------------------------ moe_lab -> HF config, shared parts
+
 
 def require_model(ok: bool, key: str, value: Any, arch: str, expected: str) -> None:
     if not ok:
@@ -152,12 +169,22 @@ def trunk_hf_fields(cfg: ModelConfig, arch: str) -> dict:
     require_model(cfg.activation == "swiglu", "model.activation", cfg.activation, arch, "'swiglu'")
     if moe_layer_indices(cfg):
         require_model(moe.router == HF_ROUTER, "model.moe.router", moe.router, arch, repr(HF_ROUTER))
-        require_model(moe.granularity == 1, "model.moe.granularity", moe.granularity, arch,
-                      "1 (export the split experts' sizes instead)")
+        require_model(
+            moe.granularity == 1,
+            "model.moe.granularity",
+            moe.granularity,
+            arch,
+            "1 (export the split experts' sizes instead)",
+        )
         # HF MoE blocks are dropless; training-time capacity (capacity_factor) is not part of the
         # function a trained model computes, eval-time capacity is.
-        require_model(moe.eval_capacity_factor == 0, "model.moe.eval_capacity_factor",
-                      moe.eval_capacity_factor, arch, "0 (dropless)")
+        require_model(
+            moe.eval_capacity_factor == 0,
+            "model.moe.eval_capacity_factor",
+            moe.eval_capacity_factor,
+            arch,
+            "0 (dropless)",
+        )
     return dict(
         vocab_size=cfg.vocab_size,
         hidden_size=cfg.d_model,
@@ -183,10 +210,16 @@ def require_default_model_head_dim(cfg: ModelConfig, arch: str, why: str) -> Non
 
 def require_all_moe(cfg: ModelConfig, arch: str) -> None:
     layers = moe_layer_indices(cfg)
-    require_model(len(layers) == cfg.n_layers, "model.moe.placement", cfg.moe.placement, arch,
-                  "'all' (every layer an MoE layer)")
+    require_model(
+        len(layers) == cfg.n_layers, "model.moe.placement", cfg.moe.placement, arch, "'all' (every layer an MoE layer)"
+    )
 
 
 def require_no_shared(cfg: ModelConfig, arch: str) -> None:
-    require_model(expert_dims(cfg).shared_hidden == 0, "model.moe.n_shared_experts",
-                  cfg.moe.n_shared_experts, arch, "0 (no shared experts)")
+    require_model(
+        expert_dims(cfg).shared_hidden == 0,
+        "model.moe.n_shared_experts",
+        cfg.moe.n_shared_experts,
+        arch,
+        "0 (no shared experts)",
+    )

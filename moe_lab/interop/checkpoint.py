@@ -59,8 +59,10 @@ def check_state_dict(cfg: ModelConfig, state_dict: dict[str, torch.Tensor], sour
         if name not in state_dict:
             raise CheckpointError(f"{source}: tensor {name!r} is missing")
         if state_dict[name].shape != shape:
-            raise CheckpointError(f"{source}: tensor {name!r} has shape {list(state_dict[name].shape)}, "
-                                  f"the model config gives {list(shape)}")
+            raise CheckpointError(
+                f"{source}: tensor {name!r} has shape {list(state_dict[name].shape)}, "
+                f"the model config gives {list(shape)}"
+            )
     extra = sorted(set(state_dict) - set(shapes))
     if extra:
         raise CheckpointError(f"{source}: tensor {extra[0]!r} is not part of the model the config describes")
@@ -82,8 +84,11 @@ def save_pretrained(directory: str | Path, cfg: ModelConfig, state_dict: dict[st
     check_state_dict(cfg, state_dict, "state dict to save")
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    tensors = {name: t.detach().contiguous() for name, t in state_dict.items()
-               if not (cfg.tie_embeddings and name == TIED_HEAD)}  # safetensors refuses shared storage
+    tensors = {
+        name: t.detach().contiguous()
+        for name, t in state_dict.items()
+        if not (cfg.tie_embeddings and name == TIED_HEAD)
+    }  # safetensors refuses shared storage
     save_file(tensors, str(directory / WEIGHTS_FILE), metadata={"format": "pt"})
     (directory / CONFIG_FILE).write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
     return directory
@@ -95,8 +100,9 @@ def load_pretrained(directory: str | Path) -> tuple[ModelConfig, dict[str, torch
     config_path, weights_path = directory / CONFIG_FILE, directory / WEIGHTS_FILE
     for path in (config_path, weights_path):
         if not path.is_file():
-            raise CheckpointError(f"{path}: not found (a moe_lab model directory holds {CONFIG_FILE} "
-                                  f"and {WEIGHTS_FILE})")
+            raise CheckpointError(
+                f"{path}: not found (a moe_lab model directory holds {CONFIG_FILE} and {WEIGHTS_FILE})"
+            )
     try:
         data = OmegaConf.to_container(OmegaConf.load(config_path))
     except Exception as err:  # YAML syntax errors come in several types
@@ -127,13 +133,16 @@ def read_torch_checkpoint(path: Path) -> object:
     # torch.save writes a zip archive; a file cut short loses the archive's directory at its end. Said
     # here in a few words, before torch.load's long advice about pickles and miniz.
     if not zipfile.is_zipfile(path):
-        raise CheckpointError(f"{path}: not a torch checkpoint (not a complete zip archive: truncated, or "
-                              f"another kind of file)")
+        raise CheckpointError(
+            f"{path}: not a torch checkpoint (not a complete zip archive: truncated, or another kind of file)"
+        )
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        raise CheckpointError(f"{path}: holds objects other than tensors and plain containers, which are "
-                              f"never unpickled ({str(err).splitlines()[0][:200]})") from None
+        raise CheckpointError(
+            f"{path}: holds objects other than tensors and plain containers, which are "
+            f"never unpickled ({str(err).splitlines()[0][:200]})"
+        ) from None
     except (RuntimeError, EOFError, OSError, ValueError) as err:
         first = (str(err).strip().splitlines() or [type(err).__name__])[0]
         raise CheckpointError(f"{path}: not a torch checkpoint: {first}") from None
@@ -162,12 +171,11 @@ def load_lightning_checkpoint(path: str | Path) -> tuple[ModelConfig, dict[str, 
     section of the experiment config under `hyper_parameters.config.model` as a plain dict."""
     path = Path(path)
     ckpt = read_torch_checkpoint(path)
-    model_section = ckpt.get("hyper_parameters", {}).get("config", {}).get("model") \
-        if isinstance(ckpt, dict) else None
+    model_section = ckpt.get("hyper_parameters", {}).get("config", {}).get("model") if isinstance(ckpt, dict) else None
     if not isinstance(model_section, dict):
         raise CheckpointError(f"{path}: no model config under hyper_parameters.config.model")
     prefix = "model."
-    state_dict = {k[len(prefix):]: v for k, v in ckpt.get("state_dict", {}).items() if k.startswith(prefix)}
+    state_dict = {k[len(prefix) :]: v for k, v in ckpt.get("state_dict", {}).items() if k.startswith(prefix)}
     if not state_dict:
         raise CheckpointError(f"{path}: state_dict has no '{prefix}*' tensors")
     cfg = model_config_from_dict(model_section, str(path))

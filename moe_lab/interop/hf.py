@@ -37,8 +37,10 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
 
 # ------------------------------------------------------------------------------------ HF -> moe_lab
 
-def from_hf(hf_config: Any, state_dict: dict[str, torch.Tensor],
-            source: str = "state dict") -> tuple[ModelConfig, dict[str, torch.Tensor]]:
+
+def from_hf(
+    hf_config: Any, state_dict: dict[str, torch.Tensor], source: str = "state dict"
+) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
     """moe_lab config and state dict of an HF config + state dict (transformers 5 or per-expert layout)."""
     arch = get_architecture(getattr(hf_config, "model_type", type(hf_config).__name__))
     cfg = arch.to_model_config(hf_config)
@@ -55,8 +57,10 @@ def read_hf_dir(directory: str | Path) -> tuple[Any, dict[str, torch.Tensor]]:
     directory = Path(directory)
     config_path = directory / HF_CONFIG_FILE
     if not config_path.is_file():
-        raise CheckpointError(f"{config_path}: not found (a Hugging Face checkpoint directory holds "
-                              f"{HF_CONFIG_FILE} and {HF_WEIGHTS_FILE})")
+        raise CheckpointError(
+            f"{config_path}: not found (a Hugging Face checkpoint directory holds "
+            f"{HF_CONFIG_FILE} and {HF_WEIGHTS_FILE})"
+        )
     try:
         raw = json.loads(config_path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
@@ -79,8 +83,10 @@ def read_safetensors(directory: Path) -> dict[str, torch.Tensor]:
     elif (directory / HF_WEIGHTS_FILE).is_file():
         files = [HF_WEIGHTS_FILE]
     else:
-        raise CheckpointError(f"{directory / HF_WEIGHTS_FILE}: not found (nor {HF_WEIGHTS_INDEX}; "
-                              f"pickled pytorch_model.bin files are not read)")
+        raise CheckpointError(
+            f"{directory / HF_WEIGHTS_FILE}: not found (nor {HF_WEIGHTS_INDEX}; "
+            f"pickled pytorch_model.bin files are not read)"
+        )
     tensors: dict[str, torch.Tensor] = {}
     for name in files:
         path = directory / name
@@ -108,6 +114,7 @@ def convert_hf_dir(hf_dir: str | Path, out_dir: str | Path) -> Path:
 
 # ------------------------------------------------------------------------------------ moe_lab -> HF
 
+
 def default_architecture(cfg: ModelConfig) -> str:
     """The one supported architecture whose distinctive feature `cfg` has; its exporter checks the rest."""
     if cfg.moe.n_shared_experts or cfg.moe.shared_expert_gate or cfg.attention_bias:
@@ -121,16 +128,18 @@ def to_hf_config(cfg: ModelConfig, architecture: str | None = None) -> Any:
     return getattr(transformers, arch.config_class)(**arch.to_hf_fields(cfg))
 
 
-def to_hf(cfg: ModelConfig, state_dict: dict[str, torch.Tensor], architecture: str | None = None,
-          source: str = "state dict") -> tuple[Any, dict[str, torch.Tensor]]:
+def to_hf(
+    cfg: ModelConfig, state_dict: dict[str, torch.Tensor], architecture: str | None = None, source: str = "state dict"
+) -> tuple[Any, dict[str, torch.Tensor]]:
     """HF config object and transformers 5 state dict of a moe_lab model."""
     hf_config = to_hf_config(cfg, architecture)
     arch: Architecture = ARCHITECTURES[hf_config.model_type]
     return hf_config, to_hf_state_dict(cfg, arch, state_dict, source)
 
 
-def to_hf_model(cfg: ModelConfig, state_dict: dict[str, torch.Tensor], architecture: str | None = None,
-                source: str = "state dict") -> torch.nn.Module:
+def to_hf_model(
+    cfg: ModelConfig, state_dict: dict[str, torch.Tensor], architecture: str | None = None, source: str = "state dict"
+) -> torch.nn.Module:
     """The transformers model (eval mode) computing what MoETransformer(cfg) with `state_dict` computes."""
     hf_config, hf_state_dict = to_hf(cfg, state_dict, architecture, source)
     model = getattr(transformers, ARCHITECTURES[hf_config.model_type].model_class)(hf_config)
@@ -155,9 +164,11 @@ def copy_tokenizer_files(src: Path, dst: Path) -> None:
 
 # ------------------------------------------------------------------------------------------- CLI
 
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m moe_lab.interop.hf", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m moe_lab.interop.hf", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     convert = commands.add_parser("convert", help="local HF checkpoint directory -> moe_lab directory")
     convert.add_argument("hf_dir", type=Path)
@@ -165,8 +176,11 @@ def main(argv: list[str] | None = None) -> int:
     export = commands.add_parser("export", help="moe_lab directory -> HF checkpoint directory")
     export.add_argument("moe_lab_dir", type=Path)
     export.add_argument("out_dir", type=Path)
-    export.add_argument("--architecture", choices=sorted(ARCHITECTURES),
-                        help="HF architecture to write (default: the one the config's features imply)")
+    export.add_argument(
+        "--architecture",
+        choices=sorted(ARCHITECTURES),
+        help="HF architecture to write (default: the one the config's features imply)",
+    )
     args = parser.parse_args(argv)
 
     def convert_or_export() -> None:
@@ -181,4 +195,3 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
-

@@ -38,7 +38,8 @@ def tensor_links(cfg: ModelConfig, arch: Architecture) -> list[TensorLink]:
     moe_layers = set(moe_layer_indices(cfg))
     heads = {"q": "num_attention_heads", "k": "num_key_value_heads", "v": "num_key_value_heads"}
     for i in range(cfg.n_layers):
-        def link(ours: str, theirs: list[str], fields: tuple[str, ...]) -> None:
+
+        def link(ours: str, theirs: list[str], fields: tuple[str, ...], i: int = i) -> None:
             links.append(TensorLink(f"blocks.{i}.{ours}", tuple(f"model.layers.{i}.{t}" for t in theirs), fields))
 
         link("attn_norm.weight", ["input_layernorm.weight"], ("hidden_size",))
@@ -59,8 +60,11 @@ def tensor_links(cfg: ModelConfig, arch: Architecture) -> list[TensorLink]:
             link("ffn.experts.w_out", ["mlp.experts.down_proj"], experts)
             if expert_dims(cfg).shared_hidden:
                 shared = ("shared_expert_intermediate_size", "hidden_size")
-                link("ffn.shared.w_in.weight", ["mlp.shared_expert.gate_proj.weight",
-                                                "mlp.shared_expert.up_proj.weight"], shared)
+                link(
+                    "ffn.shared.w_in.weight",
+                    ["mlp.shared_expert.gate_proj.weight", "mlp.shared_expert.up_proj.weight"],
+                    shared,
+                )
                 link("ffn.shared.w_out.weight", ["mlp.shared_expert.down_proj.weight"], shared)
             if cfg.moe.shared_expert_gate:
                 link("ffn.shared_gate.weight", ["mlp.shared_expert_gate.weight"], ("hidden_size",))
@@ -74,8 +78,9 @@ def tensor_links(cfg: ModelConfig, arch: Architecture) -> list[TensorLink]:
     return links
 
 
-def fuse_legacy_experts(state_dict: dict[str, torch.Tensor], arch: Architecture, n_experts: int,
-                        source: str) -> dict[str, torch.Tensor]:
+def fuse_legacy_experts(
+    state_dict: dict[str, torch.Tensor], arch: Architecture, n_experts: int, source: str
+) -> dict[str, torch.Tensor]:
     """Stack per-expert tensors (`<block>.experts.<j>.<proj>.weight`) into the transformers 5 layout
     and rename Mixtral's `block_sparse_moe` to `mlp`; a state dict already fused passes unchanged."""
     gate, up, down = arch.legacy_expert_names
@@ -92,12 +97,15 @@ def fuse_legacy_experts(state_dict: dict[str, torch.Tensor], arch: Architecture,
     for block, tensors in blocks.items():
         found = sorted({j for j, _ in tensors})
         if found != list(range(n_experts)) and found == list(range(len(found))):
-            raise CheckpointError(f"{source}: {block} holds {len(found)} experts, the config's "
-                                  f"{arch.n_experts_field} is {n_experts}")
+            raise CheckpointError(
+                f"{source}: {block} holds {len(found)} experts, the config's {arch.n_experts_field} is {n_experts}"
+            )
         for j in found:
             if j >= n_experts:
-                raise CheckpointError(f"{source}: tensor {block}.experts.{j}.{gate}.weight is beyond the "
-                                      f"config's {arch.n_experts_field} = {n_experts}")
+                raise CheckpointError(
+                    f"{source}: tensor {block}.experts.{j}.{gate}.weight is beyond the "
+                    f"config's {arch.n_experts_field} = {n_experts}"
+                )
         stacks = {}
         for proj in (gate, up, down):
             names = [f"{block}.experts.{j}.{proj}.weight" for j in range(n_experts)]
@@ -105,8 +113,10 @@ def fuse_legacy_experts(state_dict: dict[str, torch.Tensor], arch: Architecture,
                 if (j, proj) not in tensors:
                     raise CheckpointError(f"{source}: tensor {name!r} is missing")
                 if tensors[j, proj].shape != tensors[0, proj].shape:
-                    raise CheckpointError(f"{source}: tensor {name!r} has shape {list(tensors[j, proj].shape)}, "
-                                          f"expert 0 has {list(tensors[0, proj].shape)}")
+                    raise CheckpointError(
+                        f"{source}: tensor {name!r} has shape {list(tensors[j, proj].shape)}, "
+                        f"expert 0 has {list(tensors[0, proj].shape)}"
+                    )
             stacks[proj] = torch.stack([tensors[j, proj] for j in range(n_experts)])
         out[rename(block) + ".experts.gate_up_proj"] = torch.cat([stacks[gate], stacks[up]], dim=1)
         out[rename(block) + ".experts.down_proj"] = stacks[down]
@@ -125,8 +135,9 @@ def missing_hint(link: TensorLink, cfg: ModelConfig, arch: Architecture) -> str:
     return f" (the config makes layer {layer} {kind} layer: {', '.join(arch.placement_fields)})"
 
 
-def to_moe_lab_state_dict(cfg: ModelConfig, arch: Architecture, hf_state_dict: dict[str, torch.Tensor],
-                          source: str) -> dict[str, torch.Tensor]:
+def to_moe_lab_state_dict(
+    cfg: ModelConfig, arch: Architecture, hf_state_dict: dict[str, torch.Tensor], source: str
+) -> dict[str, torch.Tensor]:
     """The moe_lab state dict (tied head included, as MoETransformer.state_dict() has it)."""
     hf_state_dict = fuse_legacy_experts(hf_state_dict, arch, expert_dims(cfg).n_routed_experts, source)
     shapes = expected_shapes(cfg)
@@ -141,8 +152,10 @@ def to_moe_lab_state_dict(cfg: ModelConfig, arch: Architecture, hf_state_dict: d
                 raise CheckpointError(f"{source}: tensor {name!r} is missing{missing_hint(link, cfg, arch)}")
             got = list(hf_state_dict[name].shape)
             if got != part_shape:
-                raise CheckpointError(f"{source}: tensor {name!r} has shape {got}, the config gives "
-                                      f"{part_shape} (from {', '.join(link.fields)})")
+                raise CheckpointError(
+                    f"{source}: tensor {name!r} has shape {got}, the config gives "
+                    f"{part_shape} (from {', '.join(link.fields)})"
+                )
             parts.append(hf_state_dict[name])
             used.add(name)
         out[link.ours] = parts[0] if len(parts) == 1 else torch.cat(parts, dim=0)
@@ -154,13 +167,14 @@ def to_moe_lab_state_dict(cfg: ModelConfig, arch: Architecture, hf_state_dict: d
     return out
 
 
-def to_hf_state_dict(cfg: ModelConfig, arch: Architecture, state_dict: dict[str, torch.Tensor],
-                     source: str) -> dict[str, torch.Tensor]:
+def to_hf_state_dict(
+    cfg: ModelConfig, arch: Architecture, state_dict: dict[str, torch.Tensor], source: str
+) -> dict[str, torch.Tensor]:
     """The transformers 5 state dict (tied head included, as the HF model's state_dict() has it)."""
     check_state_dict(cfg, state_dict, source)
     out: dict[str, torch.Tensor] = {}
     for link in tensor_links(cfg, arch):
-        for name, part in zip(link.theirs, state_dict[link.ours].chunk(len(link.theirs), dim=0)):
+        for name, part in zip(link.theirs, state_dict[link.ours].chunk(len(link.theirs), dim=0), strict=True):
             out[name] = part
     if cfg.tie_embeddings:
         out[HF_HEAD] = out["model.embed_tokens.weight"]

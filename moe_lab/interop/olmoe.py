@@ -10,9 +10,17 @@ from __future__ import annotations
 from typing import Any
 
 from moe_lab.interop.architecture import (
-    Architecture, register_architecture, require_all_moe, require_default_head_dim,
-    require_default_model_head_dim, require_hf, require_model, require_no_shared, router_fields,
-    trunk_fields, trunk_hf_fields,
+    Architecture,
+    register_architecture,
+    require_all_moe,
+    require_default_head_dim,
+    require_default_model_head_dim,
+    require_hf,
+    require_model,
+    require_no_shared,
+    router_fields,
+    trunk_fields,
+    trunk_hf_fields,
 )
 from moe_lab.model.config import ModelConfig, MoEConfig, expert_dims, renormalizes
 
@@ -35,14 +43,27 @@ def to_hf_fields(cfg: ModelConfig) -> dict:
     require_all_moe(cfg, NAME)
     require_no_shared(cfg, NAME)
     dims = expert_dims(cfg)
-    return dict(trunk_hf_fields(cfg, NAME), intermediate_size=dims.routed_hidden, num_experts=dims.n_routed_experts,
-                norm_topk_prob=renormalizes(cfg.moe), clip_qkv=None, attention_bias=False)
+    return dict(
+        trunk_hf_fields(cfg, NAME),
+        intermediate_size=dims.routed_hidden,
+        num_experts=dims.n_routed_experts,
+        norm_topk_prob=renormalizes(cfg.moe),
+        clip_qkv=None,
+        attention_bias=False,
+    )
 
 
-register_architecture(Architecture(
-    model_type=NAME, config_class="OlmoeConfig", model_class="OlmoeForCausalLM",
-    n_experts_field="num_experts", expert_hidden_field="intermediate_size",
-    legacy_expert_names=("gate_proj", "up_proj", "down_proj"), legacy_moe_block="mlp",
-    placement_fields=(),
-    to_model_config=to_model_config, to_hf_fields=to_hf_fields,
-))
+register_architecture(
+    Architecture(
+        model_type=NAME,
+        config_class="OlmoeConfig",
+        model_class="OlmoeForCausalLM",
+        n_experts_field="num_experts",
+        expert_hidden_field="intermediate_size",
+        legacy_expert_names=("gate_proj", "up_proj", "down_proj"),
+        legacy_moe_block="mlp",
+        placement_fields=(),
+        to_model_config=to_model_config,
+        to_hf_fields=to_hf_fields,
+    )
+)

@@ -12,8 +12,16 @@ from __future__ import annotations
 from typing import Any
 
 from moe_lab.interop.architecture import (
-    Architecture, register_architecture, require_default_head_dim, require_default_model_head_dim,
-    require_hf, require_model, require_no_shared, router_fields, trunk_fields, trunk_hf_fields,
+    Architecture,
+    register_architecture,
+    require_default_head_dim,
+    require_default_model_head_dim,
+    require_hf,
+    require_model,
+    require_no_shared,
+    router_fields,
+    trunk_fields,
+    trunk_hf_fields,
 )
 from moe_lab.model.config import ModelConfig, MoEConfig, expert_dims, head_dim, moe_layer_indices, renormalizes
 
@@ -42,8 +50,12 @@ def placement_hf_fields(cfg: ModelConfig) -> dict:
 
 def require_full_attention(hf: Any) -> None:
     require_hf(hf, "use_sliding_window", False, "moe_lab attention is full causal")
-    require_hf(hf, "layer_types", lambda v: not v or set(v) == {"full_attention"},
-               "moe_lab attention is full causal; expected only 'full_attention'")
+    require_hf(
+        hf,
+        "layer_types",
+        lambda v: not v or set(v) == {"full_attention"},
+        "moe_lab attention is full causal; expected only 'full_attention'",
+    )
 
 
 def qwen2_to_model_config(hf: Any) -> ModelConfig:
@@ -52,9 +64,14 @@ def qwen2_to_model_config(hf: Any) -> ModelConfig:
     # moe_lab reads shared_expert_hidden 0 as "the routed width", so a zero-width shared expert
     # (whose HF output is always 0) has no faithful moe_lab value.
     require_hf(hf, "shared_expert_intermediate_size", lambda v: v > 0, "a zero-width shared expert; expected > 0")
-    moe = MoEConfig(**router_fields(hf, hf.num_experts, renormalize=bool(hf.norm_topk_prob)),
-                    **placement_fields(hf), expert_hidden=hf.moe_intermediate_size, n_shared_experts=1,
-                    shared_expert_hidden=hf.shared_expert_intermediate_size, shared_expert_gate=True)
+    moe = MoEConfig(
+        **router_fields(hf, hf.num_experts, renormalize=bool(hf.norm_topk_prob)),
+        **placement_fields(hf),
+        expert_hidden=hf.moe_intermediate_size,
+        n_shared_experts=1,
+        shared_expert_hidden=hf.shared_expert_intermediate_size,
+        shared_expert_gate=True,
+    )
     return ModelConfig(**trunk_fields(hf), attention_bias=bool(hf.qkv_bias), d_ff=hf.intermediate_size, moe=moe)
 
 
@@ -63,23 +80,43 @@ def qwen2_to_hf_fields(cfg: ModelConfig) -> dict:
     require_model(cfg.qk_norm == "none", "model.qk_norm", cfg.qk_norm, name, "'none'")
     require_default_model_head_dim(cfg, name, "Qwen2-MoE configs have no head_dim")
     dims = expert_dims(cfg)
-    require_model(dims.shared_hidden > 0, "model.moe.n_shared_experts", cfg.moe.n_shared_experts, name,
-                  ">= 1 (Qwen2-MoE always has a shared expert)")
-    require_model(cfg.moe.shared_expert_gate, "model.moe.shared_expert_gate", cfg.moe.shared_expert_gate,
-                  name, "true (Qwen2-MoE always gates its shared expert)")
+    require_model(
+        dims.shared_hidden > 0,
+        "model.moe.n_shared_experts",
+        cfg.moe.n_shared_experts,
+        name,
+        ">= 1 (Qwen2-MoE always has a shared expert)",
+    )
+    require_model(
+        cfg.moe.shared_expert_gate,
+        "model.moe.shared_expert_gate",
+        cfg.moe.shared_expert_gate,
+        name,
+        "true (Qwen2-MoE always gates its shared expert)",
+    )
     # All shared experts are one wide FFN in moe_lab, which is what Qwen2-MoE's one shared expert is.
-    return dict(trunk_hf_fields(cfg, name), **placement_hf_fields(cfg), intermediate_size=cfg.d_ff,
-                moe_intermediate_size=dims.routed_hidden, shared_expert_intermediate_size=dims.shared_hidden,
-                num_experts=dims.n_routed_experts, norm_topk_prob=renormalizes(cfg.moe), qkv_bias=cfg.attention_bias,
-                use_sliding_window=False)
+    return dict(
+        trunk_hf_fields(cfg, name),
+        **placement_hf_fields(cfg),
+        intermediate_size=cfg.d_ff,
+        moe_intermediate_size=dims.routed_hidden,
+        shared_expert_intermediate_size=dims.shared_hidden,
+        num_experts=dims.n_routed_experts,
+        norm_topk_prob=renormalizes(cfg.moe),
+        qkv_bias=cfg.attention_bias,
+        use_sliding_window=False,
+    )
 
 
 def qwen3_to_model_config(hf: Any) -> ModelConfig:
     require_full_attention(hf)
     # Qwen3's attention_bias biases o_proj too, which moe_lab never has.
     require_hf(hf, "attention_bias", False, "moe_lab has no output-projection bias")
-    moe = MoEConfig(**router_fields(hf, hf.num_experts, renormalize=bool(hf.norm_topk_prob)),
-                    **placement_fields(hf), expert_hidden=hf.moe_intermediate_size)
+    moe = MoEConfig(
+        **router_fields(hf, hf.num_experts, renormalize=bool(hf.norm_topk_prob)),
+        **placement_fields(hf),
+        expert_hidden=hf.moe_intermediate_size,
+    )
     return ModelConfig(**trunk_fields(hf), qk_norm="head", d_ff=hf.intermediate_size, moe=moe)
 
 
@@ -89,19 +126,34 @@ def qwen3_to_hf_fields(cfg: ModelConfig) -> dict:
     require_model(not cfg.attention_bias, "model.attention_bias", cfg.attention_bias, name, "false")
     require_no_shared(cfg, name)
     dims = expert_dims(cfg)
-    return dict(trunk_hf_fields(cfg, name), **placement_hf_fields(cfg), head_dim=head_dim(cfg),
-                intermediate_size=cfg.d_ff, moe_intermediate_size=dims.routed_hidden, num_experts=dims.n_routed_experts,
-                norm_topk_prob=renormalizes(cfg.moe), attention_bias=False, use_sliding_window=False)
+    return dict(
+        trunk_hf_fields(cfg, name),
+        **placement_hf_fields(cfg),
+        head_dim=head_dim(cfg),
+        intermediate_size=cfg.d_ff,
+        moe_intermediate_size=dims.routed_hidden,
+        num_experts=dims.n_routed_experts,
+        norm_topk_prob=renormalizes(cfg.moe),
+        attention_bias=False,
+        use_sliding_window=False,
+    )
 
 
 for model_type, prefix, to_cfg, to_hf in (
     ("qwen2_moe", "Qwen2Moe", qwen2_to_model_config, qwen2_to_hf_fields),
     ("qwen3_moe", "Qwen3Moe", qwen3_to_model_config, qwen3_to_hf_fields),
 ):
-    register_architecture(Architecture(
-        model_type=model_type, config_class=f"{prefix}Config", model_class=f"{prefix}ForCausalLM",
-        n_experts_field="num_experts", expert_hidden_field="moe_intermediate_size",
-        legacy_expert_names=("gate_proj", "up_proj", "down_proj"), legacy_moe_block="mlp",
-        placement_fields=("num_experts", "decoder_sparse_step", "mlp_only_layers"),
-        to_model_config=to_cfg, to_hf_fields=to_hf,
-    ))
+    register_architecture(
+        Architecture(
+            model_type=model_type,
+            config_class=f"{prefix}Config",
+            model_class=f"{prefix}ForCausalLM",
+            n_experts_field="num_experts",
+            expert_hidden_field="moe_intermediate_size",
+            legacy_expert_names=("gate_proj", "up_proj", "down_proj"),
+            legacy_moe_block="mlp",
+            placement_fields=("num_experts", "decoder_sparse_step", "mlp_only_layers"),
+            to_model_config=to_cfg,
+            to_hf_fields=to_hf,
+        )
+    )

@@ -34,10 +34,14 @@ class ModelCounts:
         return sum(self.flops_per_token.values())
 
     def as_dict(self) -> dict:
-        return {"params": self.params, "active_params": self.active_params,
-                "flops_per_token": self.flops_per_token, "total_params": self.total_params,
-                "total_active_params": self.total_active_params,
-                "total_flops_per_token": self.total_flops_per_token}
+        return {
+            "params": self.params,
+            "active_params": self.active_params,
+            "flops_per_token": self.flops_per_token,
+            "total_params": self.total_params,
+            "total_active_params": self.total_active_params,
+            "total_flops_per_token": self.total_flops_per_token,
+        }
 
 
 def ffn_params(d_model: int, hidden: int, activation: str) -> int:

@@ -31,9 +31,20 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 
 
 class CausalSelfAttention(nn.Module):
-    def __init__(self, d_model: int, n_heads: int, n_kv_heads: int, max_seq_len: int,
-                 rope_theta: float, dropout: float = 0.0, *, head_dim: int = 0, qk_norm: str = "none",
-                 bias: bool = False, norm_eps: float = 1e-5):
+    def __init__(
+        self,
+        d_model: int,
+        n_heads: int,
+        n_kv_heads: int,
+        max_seq_len: int,
+        rope_theta: float,
+        dropout: float = 0.0,
+        *,
+        head_dim: int = 0,
+        qk_norm: str = "none",
+        bias: bool = False,
+        norm_eps: float = 1e-5,
+    ):
         super().__init__()
         self.n_heads = n_heads
         self.n_kv_heads = n_kv_heads or n_heads
@@ -69,7 +80,11 @@ class CausalSelfAttention(nn.Module):
         cos, sin = self.rope_cos[:S], self.rope_sin[:S]
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         y = F.scaled_dot_product_attention(
-            q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0,
+            q,
+            k,
+            v,
+            is_causal=True,
+            dropout_p=self.dropout if self.training else 0.0,
             enable_gqa=self.n_kv_heads != self.n_heads,
         )
         return self.o_proj(y.transpose(1, 2).reshape(B, S, -1))

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Optional
 
 from moe_lab.errors import ConfigError
 from moe_lab.model.routers import ROUTER_REGISTRY
@@ -35,7 +34,7 @@ class MoEConfig:
     # (Switch). null (the default) means auto: renormalise when a token picks >= 2 experts (after the
     # granularity split), raw gate values at k=1. Renormalising a single weight gives p/p = 1.0 for
     # every token, which cuts the router off from the LM loss, so `true` at k=1 is refused.
-    renormalize: Optional[bool] = None
+    renormalize: bool | None = None
     # Switch Transformer's multiplicative input jitter, U(1-eps, 1+eps), training only; 0 disables.
     # topk only: each router declares the keys it reads, and validation refuses the others'.
     router_jitter: float = 0.0
@@ -195,9 +194,18 @@ def _validate_moe(cfg: ModelConfig, prefix: str) -> None:
     _one_of(k("placement"), moe.placement, PLACEMENTS)
     _one_of(k("router"), moe.router, tuple(ROUTER_REGISTRY))
     _one_of(k("aux_loss_scope"), moe.aux_loss_scope, AUX_LOSS_SCOPES)
-    for name in ("router_jitter", "capacity_factor", "eval_capacity_factor", "aux_loss_coef",
-                 "z_loss_coef", "bias_update_speed", "n_shared_experts", "shared_expert_hidden",
-                 "expert_hidden", "n_experts"):
+    for name in (
+        "router_jitter",
+        "capacity_factor",
+        "eval_capacity_factor",
+        "aux_loss_coef",
+        "z_loss_coef",
+        "bias_update_speed",
+        "n_shared_experts",
+        "shared_expert_hidden",
+        "expert_hidden",
+        "n_experts",
+    ):
         _at_least(k(name), getattr(moe, name), 0)
     _at_least(k("granularity"), moe.granularity, 1)
     if moe.router_jitter >= 1:
@@ -205,8 +213,7 @@ def _validate_moe(cfg: ModelConfig, prefix: str) -> None:
     if moe.placement == "every_n":
         _at_least(k("every_n"), moe.every_n, 1)
     if moe.placement == "first_k_dense" and not 0 <= moe.first_k_dense < cfg.n_layers:
-        raise ConfigError(k("first_k_dense"),
-                          f"{moe.first_k_dense} must be in [0, {prefix}.n_layers={cfg.n_layers})")
+        raise ConfigError(k("first_k_dense"), f"{moe.first_k_dense} must be in [0, {prefix}.n_layers={cfg.n_layers})")
     if moe.placement == "list":
         if not moe.layers:
             raise ConfigError(k("layers"), "placement 'list' needs at least one layer index")
@@ -223,16 +230,19 @@ def _validate_moe(cfg: ModelConfig, prefix: str) -> None:
         raise ConfigError(k("top_k"), f"{moe.top_k} > {k('n_experts')}={moe.n_experts}")
     _refuse_ignored_router_options(moe, k)
     if moe.renormalize and ROUTER_REGISTRY[moe.router].token_choice and moe.top_k * moe.granularity == 1:
-        raise ConfigError(k("renormalize"),
-                          "true with top_k=1 makes every gate weight p/p = 1.0, so the LM loss never reaches "
-                          "the router (only the aux/z losses train it); use false (Switch: raw gate value) "
-                          "or null (auto)")
+        raise ConfigError(
+            k("renormalize"),
+            "true with top_k=1 makes every gate weight p/p = 1.0, so the LM loss never reaches "
+            "the router (only the aux/z losses train it); use false (Switch: raw gate value) "
+            "or null (auto)",
+        )
     if moe.shared_expert_gate and not moe.n_shared_experts:
         raise ConfigError(k("shared_expert_gate"), f"needs {k('n_shared_experts')} >= 1, got 0")
     base_hidden = moe.expert_hidden or cfg.d_ff
     if base_hidden % moe.granularity:
-        raise ConfigError(k("granularity"),
-                          f"expert width {base_hidden} is not divisible by granularity {moe.granularity}")
+        raise ConfigError(
+            k("granularity"), f"expert width {base_hidden} is not divisible by granularity {moe.granularity}"
+        )
 
 
 def router_options(moe: MoEConfig) -> dict:
@@ -250,5 +260,8 @@ def _refuse_ignored_router_options(moe: MoEConfig, k) -> None:
         if key in ROUTER_REGISTRY[moe.router].options or value == getattr(defaults, key):
             continue
         readers = ", ".join(name for name, cls in ROUTER_REGISTRY.items() if key in cls.options)
-        raise ConfigError(k(key), f"{value!r} is ignored by router {moe.router!r}; only {readers} read it "
-                                  f"(leave it at {getattr(defaults, key)!r})")
+        raise ConfigError(
+            k(key),
+            f"{value!r} is ignored by router {moe.router!r}; only {readers} read it "
+            f"(leave it at {getattr(defaults, key)!r})",
+        )

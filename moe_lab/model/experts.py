@@ -48,8 +48,14 @@ class GroupedExperts(nn.Module):
         y = grouped_linear(act, self.w_out.to(dtype), counts)
         return y if scale_hidden else y * w
 
-    def forward(self, x: torch.Tensor, token_idx: torch.Tensor, expert_idx: torch.Tensor,
-                weight: torch.Tensor, capacity: int | None) -> DispatchResult:
+    def forward(
+        self,
+        x: torch.Tensor,
+        token_idx: torch.Tensor,
+        expert_idx: torch.Tensor,
+        weight: torch.Tensor,
+        capacity: int | None,
+    ) -> DispatchResult:
         """x [T, D]; assignments token_idx/expert_idx/weight [A] in priority order."""
         counts = torch.bincount(expert_idx, minlength=self.n_experts)
         # Stable sort keeps priority order inside each expert's group, which is what capacity

@@ -114,7 +114,7 @@ def grouped_linear_weight_grad(g: Tensor, x: Tensor, counts: Tensor) -> Tensor:
     if _use_grouped_mm(g, g.shape[-1], x.shape[-1]):
         return F.grouped_mm(g.t(), x, offs=_offsets(counts))
     parts = counts.tolist()
-    return torch.stack([a.t() @ b for a, b in zip(g.split(parts), x.split(parts))])
+    return torch.stack([a.t() @ b for a, b in zip(g.split(parts), x.split(parts), strict=True)])
 
 
 @_grouped_linear_op.register_fake

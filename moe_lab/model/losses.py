@@ -5,8 +5,9 @@ from __future__ import annotations
 import torch
 
 
-def load_balancing_loss(probs: torch.Tensor, expert_idx: torch.Tensor, token_idx: torch.Tensor,
-                        n_experts: int, seq_len: int | None = None) -> torch.Tensor:
+def load_balancing_loss(
+    probs: torch.Tensor, expert_idx: torch.Tensor, token_idx: torch.Tensor, n_experts: int, seq_len: int | None = None
+) -> torch.Tensor:
     """Switch Transformer eq. 4: E * sum_i f_i * P_i.
 
     f_i: fraction of the routed assignments that went to expert i (top-k decisions, before capacity
@@ -18,8 +19,11 @@ def load_balancing_loss(probs: torch.Tensor, expert_idx: torch.Tensor, token_idx
     """
     T = probs.shape[0]
     n_groups = 1 if seq_len is None else T // seq_len
-    group_of_token = torch.zeros(T, dtype=torch.long, device=probs.device) if seq_len is None \
+    group_of_token = (
+        torch.zeros(T, dtype=torch.long, device=probs.device)
+        if seq_len is None
         else torch.arange(T, device=probs.device) // seq_len
+    )
     cell = group_of_token[token_idx] * n_experts + expert_idx
     counts = torch.bincount(cell, minlength=n_groups * n_experts).view(n_groups, n_experts)
     # A sequence can receive no assignment at all under expert choice (experts pick tokens across the

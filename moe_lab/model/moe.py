@@ -46,8 +46,9 @@ class MoELayer(nn.Module):
         self.n_routed_experts, self.routed_top_k = dims.n_routed_experts, dims.routed_top_k
         self.capacity_factor, self.eval_capacity_factor = moe.capacity_factor, moe.eval_capacity_factor
         self.sequence_aux_loss = moe.aux_loss_scope == "sequence"
-        self.router = ROUTER_REGISTRY[moe.router](cfg.d_model, dims.n_routed_experts, dims.routed_top_k,
-                                                  **router_options(moe))
+        self.router = ROUTER_REGISTRY[moe.router](
+            cfg.d_model, dims.n_routed_experts, dims.routed_top_k, **router_options(moe)
+        )
         self.experts = GroupedExperts(dims.n_routed_experts, cfg.d_model, dims.routed_hidden, cfg.activation)
         # All shared experts together are one wide FFN: the same function as separate experts summed.
         self.shared = DenseFFN(cfg.d_model, dims.shared_hidden, cfg.activation) if dims.shared_hidden else None
@@ -69,8 +70,13 @@ class MoELayer(nn.Module):
         y_TD = result.out.to(x.dtype)
         if self.shared is not None:
             y_TD = y_TD + self.shared_output(x_TD)
-        aux = load_balancing_loss(routing.probs, routing.expert_idx, routing.token_idx, self.n_routed_experts,
-                                  seq_len=S if self.sequence_aux_loss else None)
+        aux = load_balancing_loss(
+            routing.probs,
+            routing.expert_idx,
+            routing.token_idx,
+            self.n_routed_experts,
+            seq_len=S if self.sequence_aux_loss else None,
+        )
         z = router_z_loss(routing.logits)
         stats = self.routing_stats(routing, result.expert_counts, result.n_dropped, aux, z)
         return MoEOutput(y=y_TD.view(B, S, D), aux_loss=aux, z_loss=z, stats=stats)
@@ -86,8 +92,9 @@ class MoELayer(nn.Module):
         return self.experts(x_TD, routing.token_idx, routing.expert_idx, routing.weight, cap)
 
     @torch.no_grad()
-    def routing_stats(self, routing: Routing, counts: torch.Tensor, n_dropped: torch.Tensor,
-                      aux: torch.Tensor, z: torch.Tensor) -> RoutingStats:
+    def routing_stats(
+        self, routing: Routing, counts: torch.Tensor, n_dropped: torch.Tensor, aux: torch.Tensor, z: torch.Tensor
+    ) -> RoutingStats:
         p = routing.probs
         entropy = -(p * p.clamp_min(1e-30).log()).sum(-1).mean()
         n_tokens = p.shape[0]
@@ -97,6 +104,11 @@ class MoELayer(nn.Module):
             dropped = 1.0 - picked.float().mean()
         else:
             dropped = n_dropped.float() / max(1, routing.expert_idx.numel())
-        return RoutingStats(expert_counts=counts.float(), dropped_frac=dropped, entropy=entropy,
-                            mean_topk_weight=routing.weight.mean(), aux_loss=aux.detach(),
-                            z_loss=z.detach())
+        return RoutingStats(
+            expert_counts=counts.float(),
+            dropped_frac=dropped,
+            entropy=entropy,
+            mean_topk_weight=routing.weight.mean(),
+            aux_loss=aux.detach(),
+            z_loss=z.detach(),
+        )

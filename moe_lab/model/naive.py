@@ -27,9 +27,14 @@ def expert_mlp(x: torch.Tensor, experts: GroupedExperts, e: int) -> torch.Tensor
     return h @ w_out.t()
 
 
-def naive_dispatch(x: torch.Tensor, experts: GroupedExperts, token_idx: torch.Tensor,
-                   expert_idx: torch.Tensor, weight: torch.Tensor,
-                   capacity: int | None) -> tuple[torch.Tensor, int]:
+def naive_dispatch(
+    x: torch.Tensor,
+    experts: GroupedExperts,
+    token_idx: torch.Tensor,
+    expert_idx: torch.Tensor,
+    weight: torch.Tensor,
+    capacity: int | None,
+) -> tuple[torch.Tensor, int]:
     """x [T, D]; assignments in priority order. Returns (out [T, D], assignments dropped)."""
     out = torch.zeros_like(x)
     dropped = 0
@@ -53,7 +58,6 @@ class NaiveMoELayer(MoELayer):
     """MoELayer with the per-expert loop instead of the grouped dispatch; same router and losses."""
 
     def dispatch(self, x_TD: torch.Tensor, routing: Routing, cap: int | None) -> DispatchResult:
-        out, dropped = naive_dispatch(x_TD, self.experts, routing.token_idx, routing.expert_idx,
-                                      routing.weight, cap)
+        out, dropped = naive_dispatch(x_TD, self.experts, routing.token_idx, routing.expert_idx, routing.weight, cap)
         counts = torch.bincount(routing.expert_idx, minlength=self.n_routed_experts)
         return DispatchResult(out=out, expert_counts=counts, n_dropped=counts.new_tensor(dropped))

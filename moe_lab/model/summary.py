@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 from moe_lab.model.accounting import count_model, si
 from moe_lab.model.config import ModelConfig, expert_dims, moe_layer_indices
 
@@ -13,17 +12,22 @@ def model_summary(cfg: ModelConfig, seq_len: int) -> str:
     lines = [f"{'component':<16}{'params':>10}{'active/token':>14}{'fwd FLOPs/token':>17}"]
     for name, n in counts.params.items():
         if n or counts.flops_per_token[name]:
-            lines.append(f"{name:<16}{si(n):>10}{si(counts.active_params[name]):>14}"
-                         f"{si(counts.flops_per_token[name]):>17}")
-    lines.append(f"{'total':<16}{si(counts.total_params):>10}{si(counts.total_active_params):>14}"
-                 f"{si(counts.total_flops_per_token):>17}")
+            lines.append(
+                f"{name:<16}{si(n):>10}{si(counts.active_params[name]):>14}{si(counts.flops_per_token[name]):>17}"
+            )
+    lines.append(
+        f"{'total':<16}{si(counts.total_params):>10}{si(counts.total_active_params):>14}"
+        f"{si(counts.total_flops_per_token):>17}"
+    )
     placement = ", ".join(map(str, moe_layers)) if moe_layers else "none (dense)"
     lines.append(f"MoE layers ({cfg.moe.placement}): {placement} of {cfg.n_layers}")
     if moe_layers:
         d = expert_dims(cfg)
         shared = f", shared width {d.shared_hidden}" if d.shared_hidden else ""
-        lines.append(f"experts: {d.n_routed_experts} x width {d.routed_hidden}, top-{d.routed_top_k}, "
-                     f"router {cfg.moe.router}{shared}, capacity {cfg.moe.capacity_factor or 'dropless'}")
+        lines.append(
+            f"experts: {d.n_routed_experts} x width {d.routed_hidden}, top-{d.routed_top_k}, "
+            f"router {cfg.moe.router}{shared}, capacity {cfg.moe.capacity_factor or 'dropless'}"
+        )
     return "\n".join(lines)
 
 

@@ -31,9 +31,18 @@ class Block(nn.Module):
     def __init__(self, cfg: ModelConfig, use_moe: bool):
         super().__init__()
         self.attn_norm = make_norm(cfg.norm, cfg.d_model, cfg.norm_eps)
-        self.attn = CausalSelfAttention(cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.max_seq_len,
-                                        cfg.rope_theta, cfg.dropout, head_dim=cfg.head_dim,
-                                        qk_norm=cfg.qk_norm, bias=cfg.attention_bias, norm_eps=cfg.norm_eps)
+        self.attn = CausalSelfAttention(
+            cfg.d_model,
+            cfg.n_heads,
+            cfg.n_kv_heads,
+            cfg.max_seq_len,
+            cfg.rope_theta,
+            cfg.dropout,
+            head_dim=cfg.head_dim,
+            qk_norm=cfg.qk_norm,
+            bias=cfg.attention_bias,
+            norm_eps=cfg.norm_eps,
+        )
         self.ffn_norm = make_norm(cfg.norm, cfg.d_model, cfg.norm_eps)
         self.ffn = MoELayer(cfg) if use_moe else DenseFFN(cfg.d_model, cfg.d_ff, cfg.activation)
         self.dropout = nn.Dropout(cfg.dropout)
@@ -97,8 +106,12 @@ class MoETransformer(nn.Module):
                 z.append(moe_out.z_loss)
         logits = self.lm_head(self.norm(x))
         zero = logits.new_zeros((), dtype=torch.float32)
-        out = ModelOutput(logits=logits, aux_loss=torch.stack(aux).mean() if aux else zero,
-                          z_loss=torch.stack(z).mean() if z else zero, routing=routing)
+        out = ModelOutput(
+            logits=logits,
+            aux_loss=torch.stack(aux).mean() if aux else zero,
+            z_loss=torch.stack(z).mean() if z else zero,
+            routing=routing,
+        )
         if targets is not None:
             out.lm_loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
         return out
@@ -125,13 +138,19 @@ class MoETransformer(nn.Module):
                 router.update_bias(counts)
 
     @torch.no_grad()
-    def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
-                 top_k: int | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+    def generate(
+        self,
+        idx: torch.Tensor,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
         """Sample continuations of idx [B, S]. temperature 0 is greedy; top_k limits the candidates."""
         was_training = self.training
         self.eval()
         for _ in range(max_new_tokens):
-            context = idx[:, -self.cfg.max_seq_len:]
+            context = idx[:, -self.cfg.max_seq_len :]
             logits = self(context).logits[:, -1, :].float()
             if temperature == 0:
                 nxt = logits.argmax(dim=-1, keepdim=True)

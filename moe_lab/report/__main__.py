@@ -58,11 +58,15 @@ def _study_kind(path: Path) -> str | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m moe_lab.report", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m moe_lab.report", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("dir", type=Path, help="a sweep study or ablation directory")
-    parser.add_argument("--html", action="store_true",
-                        help="also write Optuna's interactive plots (HTML + plotly.min.js, 4.8 MB) for a sweep")
+    parser.add_argument(
+        "--html",
+        action="store_true",
+        help="also write Optuna's interactive plots (HTML + plotly.min.js, 4.8 MB) for a sweep",
+    )
     args = parser.parse_args(argv)
     try:
         kind = detect_kind(args.dir)

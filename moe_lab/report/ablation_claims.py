@@ -46,11 +46,16 @@ class Verdict:
         if not self.tested:
             return "not tested"
         if self.held:
-            return {"clear": "held", "within": f"held, but within seed noise (|z| < {NOISE_Z:g})",
-                    "unknown": "held, but seed noise not assessed"}[self.noise]
-        return {"clear": "did not hold",
-                "within": f"did not hold (the difference is within seed noise, |z| < {NOISE_Z:g})",
-                "unknown": "did not hold (seed noise not assessed)"}[self.noise]
+            return {
+                "clear": "held",
+                "within": f"held, but within seed noise (|z| < {NOISE_Z:g})",
+                "unknown": "held, but seed noise not assessed",
+            }[self.noise]
+        return {
+            "clear": "did not hold",
+            "within": f"did not hold (the difference is within seed noise, |z| < {NOISE_Z:g})",
+            "unknown": "did not hold (seed noise not assessed)",
+        }[self.noise]
 
     def line(self) -> str:
         c = self.claim
@@ -65,8 +70,10 @@ class Verdict:
                 against = " against the tolerance" if c.at_most else ""
                 spread = f"|Δ| = {abs(self.delta) / self.sigma:.1f} seed-σ, z = {self.z:+.2f}{against}"
             means = f"{four_decimals_or_sci(self.a.mean)} vs {four_decimals_or_sci(self.b.mean)}"
-            text = (f"{c.text} — {self.outcome}: {means} "
-                    f"(n = {self.a.n} vs {self.b.n}), Δ = {self.delta:+.4f}{bound} ({spread})")
+            text = (
+                f"{c.text} — {self.outcome}: {means} "
+                f"(n = {self.a.n} vs {self.b.n}), Δ = {self.delta:+.4f}{bound} ({spread})"
+            )
         return text + (f". Note: {c.note}" if c.note else "")
 
 
@@ -91,12 +98,15 @@ def overall_line(results: list[Verdict]) -> str:
     failed = [v for v in results if v.tested and not v.held]
     untested = [v for v in results if not v.tested]
     text = f"**{len(held)} of {len(results)} claims held**"
-    caveats = ([f"{noisy} of them within seed noise"] if noisy else []) + \
-              ([f"{unknown} with too few seeds to judge the noise"] if unknown else [])
+    caveats = ([f"{noisy} of them within seed noise"] if noisy else []) + (
+        [f"{unknown} with too few seeds to judge the noise"] if unknown else []
+    )
     text += f" ({'; '.join(caveats)})." if caveats else "."
     if failed:
         text += f" Did not reproduce at this scale: {'; '.join(v.claim.text for v in failed)}."
     if untested:
-        text += (f" Not tested (an arm has no completed seed with a value for the metric): "
-                 f"{'; '.join(v.claim.text for v in untested)}.")
+        text += (
+            f" Not tested (an arm has no completed seed with a value for the metric): "
+            f"{'; '.join(v.claim.text for v in untested)}."
+        )
     return text

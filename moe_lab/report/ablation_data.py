@@ -121,9 +121,16 @@ def read_claims(spec: dict) -> list[Claim]:
     claims = []
     for raw in spec.get("claims") or []:
         at_most = bool(raw.get("at_most"))
-        claims.append(Claim(metric=str(raw.get("metric", "val_loss")), arm=str(raw.get("arm", "")),
-                            other=str(raw["at_most"] if at_most else raw.get("less_than", "")), at_most=at_most,
-                            tolerance=float(raw.get("tolerance") or 0.0), note=str(raw.get("note") or "")))
+        claims.append(
+            Claim(
+                metric=str(raw.get("metric", "val_loss")),
+                arm=str(raw.get("arm", "")),
+                other=str(raw["at_most"] if at_most else raw.get("less_than", "")),
+                at_most=at_most,
+                tolerance=float(raw.get("tolerance") or 0.0),
+                note=str(raw.get("note") or ""),
+            )
+        )
     return claims
 
 
@@ -140,8 +147,9 @@ def _seed_run(seed: int, run_dir: Path | None) -> SeedRun:
         return SeedRun(seed, "not started")
     metrics = optional_json_object(run_dir / METRICS)
     status = str(metrics.get("status") or "running") if metrics else "running"
-    return SeedRun(seed, status, metrics, _optional_yaml(run_dir / CONFIG), optional_json_object(run_dir / ENV),
-                   run_dir)
+    return SeedRun(
+        seed, status, metrics, _optional_yaml(run_dir / CONFIG), optional_json_object(run_dir / ENV), run_dir
+    )
 
 
 def load_ablation_data(study_dir: str | Path) -> AblationData:
@@ -156,8 +164,10 @@ def load_ablation_data(study_dir: str | Path) -> AblationData:
     names = list(arm_overrides)
 
     found: dict[str, dict[int, Path]] = {}  # arm -> seed -> run dir; a later trial number wins
-    trial_dirs = sorted((p for p in (study_dir / TRIALS).glob("t*") if p.is_dir() and TRIAL_DIR.match(p.name)),
-                        key=lambda p: (int(TRIAL_DIR.match(p.name).group(1)), p.name))
+    trial_dirs = sorted(
+        (p for p in (study_dir / TRIALS).glob("t*") if p.is_dir() and TRIAL_DIR.match(p.name)),
+        key=lambda p: (int(TRIAL_DIR.match(p.name).group(1)), p.name),
+    )
     for trial_dir in trial_dirs:
         arm = _arm_of(TRIAL_DIR.match(trial_dir.name).group(2), names)
         for seed_dir in trial_dir.iterdir():

@@ -53,15 +53,21 @@ def write_plots(data: AblationData) -> tuple[dict[str, Path], dict[str, str]]:
     curves = val_curves(data)
     loads = layer_load_cv(data)
     figures = {
-        "val_curves": (lambda: curves_with_band(curves, "validation loss",
-                                                f"{data.name}: val/loss, mean over seeds, min-max band"),
-                       "no run has logged val/loss yet" if not curves else ""),
-        "load_balance": (lambda: grouped_bars({arm: {f"layer {i}": v for i, v in layers.items()}
-                                               for arm, layers in loads.items()},
-                                              "final load CV (lower is more balanced)",
-                                              f"{data.name}: load CV per MoE layer, mean ± std over seeds",
-                                              empty_note="no MoE layers\n(or no completed seed)"),
-                         "no completed run has logged moe/layer*/load_cv" if not any(loads.values()) else ""),
+        "val_curves": (
+            lambda: curves_with_band(
+                curves, "validation loss", f"{data.name}: val/loss, mean over seeds, min-max band"
+            ),
+            "no run has logged val/loss yet" if not curves else "",
+        ),
+        "load_balance": (
+            lambda: grouped_bars(
+                {arm: {f"layer {i}": v for i, v in layers.items()} for arm, layers in loads.items()},
+                "final load CV (lower is more balanced)",
+                f"{data.name}: load CV per MoE layer, mean ± std over seeds",
+                empty_note="no MoE layers\n(or no completed seed)",
+            ),
+            "no completed run has logged moe/layer*/load_cv" if not any(loads.values()) else "",
+        ),
     }
     for key, (make, why_not) in figures.items():
         if why_not:

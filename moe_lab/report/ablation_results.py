@@ -52,8 +52,11 @@ def write_ablation_report(study_dir: str | Path, echo: bool = False) -> dict[str
             print(f"- {v.line()}")
         print(overall_line(results).replace("**", ""), flush=True)  # before the plots, which take seconds
     plots, skipped = write_plots(data)
-    paths = {"results_md": data.study_dir / RESULTS_MD, "results_csv": data.study_dir / RESULTS_CSV,
-             "results_tex": data.study_dir / RESULTS_TEX}
+    paths = {
+        "results_md": data.study_dir / RESULTS_MD,
+        "results_csv": data.study_dir / RESULTS_CSV,
+        "results_tex": data.study_dir / RESULTS_TEX,
+    }
     write_text_atomic(paths["results_csv"], results_csv(data, rows))
     write_text_atomic(paths["results_tex"], results_tex(data, rows))
     write_text_atomic(paths["results_md"], results_markdown(data, rows, results, plots, skipped))
@@ -66,8 +69,15 @@ def budget_line(data: AblationData) -> str:
     for arm in data.arms:
         for run in arm.runs:
             if run.config:
-                key = tuple(run.setting(k) for k in ("trainer.max_steps", "data.batch_size", "data.block_size",
-                                                     "trainer.accumulate_grad_batches"))
+                key = tuple(
+                    run.setting(k)
+                    for k in (
+                        "trainer.max_steps",
+                        "data.batch_size",
+                        "data.block_size",
+                        "trainer.accumulate_grad_batches",
+                    )
+                )
                 names = by_budget.setdefault(key, [])
                 if arm.name not in names:
                     names.append(arm.name)
@@ -79,8 +89,10 @@ def budget_line(data: AblationData) -> str:
             return f"{steps} steps × {batch} sequences × {block} tokens"
         accumulate = accumulate if isinstance(accumulate, int) and accumulate > 1 else 1
         acc = f" × {accumulate} accumulated" if accumulate > 1 else ""
-        return (f"{steps} steps × {batch} sequences{acc} × {block} tokens = "
-                f"{steps * batch * block * accumulate:,} training tokens per run")
+        return (
+            f"{steps} steps × {batch} sequences{acc} × {block} tokens = "
+            f"{steps * batch * block * accumulate:,} training tokens per run"
+        )
 
     if len(by_budget) == 1:
         return f"- budget: {text(*next(iter(by_budget)))} (all arms)"
@@ -105,15 +117,21 @@ def provenance_lines(data: AblationData) -> list[str]:
     def device(env: dict) -> str:
         return str((env.get("torch") or {}).get("cuda_device") or "cpu")
 
-    fields = (("git commit", revision), ("torch", package("torch")), ("lightning", package("lightning")),
-              ("data hash", lambda env: f"`{(env.get('data') or {}).get('data_hash') or 'unknown'}`"),
-              ("python", lambda env: str(env.get("python") or "unknown")),
-              ("platform", lambda env: str(env.get("platform") or "unknown")), ("device", device))
+    fields = (
+        ("git commit", revision),
+        ("torch", package("torch")),
+        ("lightning", package("lightning")),
+        ("data hash", lambda env: f"`{(env.get('data') or {}).get('data_hash') or 'unknown'}`"),
+        ("python", lambda env: str(env.get("python") or "unknown")),
+        ("platform", lambda env: str(env.get("platform") or "unknown")),
+        ("device", device),
+    )
     return [f"- {title}: {_distinct([fn(env) for env in envs])}" for title, fn in fields]
 
 
-def results_markdown(data: AblationData, rows: list[ArmRow], results: list[Verdict],
-                     plots: dict[str, Path], skipped: dict[str, str]) -> str:
+def results_markdown(
+    data: AblationData, rows: list[ArmRow], results: list[Verdict], plots: dict[str, Path], skipped: dict[str, str]
+) -> str:
     info, spec = data.info, data.spec
     matching = str(info.get("compute_matching") or spec.get("compute_matching") or "none")
     objective = spec.get("objective") or {}
@@ -128,25 +146,42 @@ def results_markdown(data: AblationData, rows: list[ArmRow], results: list[Verdi
         budget_line(data),
         f"- base experiment: `{base}`; objective `{info.get('objective_metric') or objective.get('metric', '?')}` "
         f"({info.get('direction') or objective.get('direction', '?')})",
-        "", "## Provenance", "", *provenance_lines(data),
-        "", "## Arms", "",
-        *[f"- `{arm.name}`: {', '.join(f'`{o}`' for o in arm.overrides) or 'the base experiment'}"
-          for arm in data.arms],
-        "", "## Results", "",
+        "",
+        "## Provenance",
+        "",
+        *provenance_lines(data),
+        "",
+        "## Arms",
+        "",
+        *[
+            f"- `{arm.name}`: {', '.join(f'`{o}`' for o in arm.overrides) or 'the base experiment'}"
+            for arm in data.arms
+        ],
+        "",
+        "## Results",
+        "",
         "Mean ± sample std over the completed seeds (n = completed / expected); tokens/s is the mean; "
         "collapses is the total over the completed seeds; `-`: no value (a dense arm has no load CV).",
-        "", markdown_table(rows) if rows else "No arms.", "",
+        "",
+        markdown_table(rows) if rows else "No arms.",
+        "",
     ]
     notes = seed_notes(data)
     if notes:
         lines += ["Seeds left out:", "", *notes, ""]
-    lines += ["## Claims", "",
-              "Δ = mean(arm) − mean(other); σ = pooled sample std of the two arms; z = Δ / Welch standard error "
-              f"(for ≤ claims: (Δ − tolerance) / SE); |z| < {NOISE_Z:g} is within seed noise.", ""]
+    lines += [
+        "## Claims",
+        "",
+        "Δ = mean(arm) − mean(other); σ = pooled sample std of the two arms; z = Δ / Welch standard error "
+        f"(for ≤ claims: (Δ − tolerance) / SE); |z| < {NOISE_Z:g} is within seed noise.",
+        "",
+    ]
     lines += [f"- {v.line()}" for v in results] or [f"No claims in {SWEEP_COPY}."]
     lines += ["", overall_line(results), "", "## Plots", ""]
-    lines += [f"- {key.replace('_', ' ')}: [png]({path.relative_to(data.study_dir).as_posix()})"
-              for key, path in plots.items()]
+    lines += [
+        f"- {key.replace('_', ' ')}: [png]({path.relative_to(data.study_dir).as_posix()})"
+        for key, path in plots.items()
+    ]
     lines += [f"- {key.replace('_', ' ')}: skipped ({why})" for key, why in skipped.items()]
     return "\n".join(lines) + "\n"
 

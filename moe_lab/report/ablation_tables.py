@@ -33,8 +33,15 @@ def arm_rows(data: AblationData) -> list[ArmRow]:
     rows = []
     for arm in data.arms:
         collapses = arm.values("collapse_events_count")
-        rows.append(ArmRow(arm, {m: Stat.of(arm.values(m)) for m in metrics}, arm.first("active_params"),
-                           arm.first("total_params"), int(sum(collapses)) if collapses else None))
+        rows.append(
+            ArmRow(
+                arm,
+                {m: Stat.of(arm.values(m)) for m in metrics},
+                arm.first("active_params"),
+                arm.first("total_params"),
+                int(sum(collapses)) if collapses else None,
+            )
+        )
     return rows
 
 
@@ -43,16 +50,37 @@ def csv_metrics(data: AblationData) -> list[str]:
     return list(dict.fromkeys([m for m, _ in TABLE_METRICS] + [c.metric for c in data.claims]))
 
 
-COLUMNS = ("arm", "n", "val loss (mean ± std, n)", "val bpb (mean ± std, n)", "tok/s", "active", "total",
-           "load CV", "dropped", "collapses")
+COLUMNS = (
+    "arm",
+    "n",
+    "val loss (mean ± std, n)",
+    "val bpb (mean ± std, n)",
+    "tok/s",
+    "active",
+    "total",
+    "load CV",
+    "dropped",
+    "collapses",
+)
 RIGHT_ALIGNED = set(COLUMNS[1:])
 
 
 def table_cells(rows: list[ArmRow]) -> list[list[str]]:
-    return [[r.arm.name, r.n_label, _mean_std(r.stats["val_loss"], with_n=True),
-             _mean_std(r.stats["val_bpb"], with_n=True), si(r.stats["tokens_per_s"].mean), si(r.active_params),
-             si(r.total_params), _mean_std(r.stats["final_load_cv"]), _mean_std(r.stats["final_dropped_frac"]),
-             "-" if r.collapse_events_total is None else str(r.collapse_events_total)] for r in rows]
+    return [
+        [
+            r.arm.name,
+            r.n_label,
+            _mean_std(r.stats["val_loss"], with_n=True),
+            _mean_std(r.stats["val_bpb"], with_n=True),
+            si(r.stats["tokens_per_s"].mean),
+            si(r.active_params),
+            si(r.total_params),
+            _mean_std(r.stats["final_load_cv"]),
+            _mean_std(r.stats["final_dropped_frac"]),
+            "-" if r.collapse_events_total is None else str(r.collapse_events_total),
+        ]
+        for r in rows
+    ]
 
 
 def format_table(rows: list[ArmRow]) -> str:
@@ -76,8 +104,9 @@ def seed_notes(data: AblationData) -> list[str]:
 
 def _why_left_out(run: SeedRun) -> str:
     if run.status in ("running", "not started"):
-        return {"running": f"has no {METRICS} yet (running, or died before finishing)",
-                "not started": "not started"}[run.status]
+        return {"running": f"has no {METRICS} yet (running, or died before finishing)", "not started": "not started"}[
+            run.status
+        ]
     reason = run.metrics.get("prune_reason") or run.metrics.get("error") or ""
     reason = " ".join(str(reason).split())
     return run.status + (f" ({reason[:80]})" if reason else "")
@@ -94,12 +123,31 @@ def _mean_std(stat: Stat, with_n: bool = False) -> str:
 def results_csv(data: AblationData, rows: list[ArmRow]) -> str:
     """One line per arm; mean/std/n per metric (empty cells for no value); floats at full precision."""
     metrics = csv_metrics(data)
-    header = ["arm", "overrides", "seeds", "seeds_completed", "n", "active_params", "total_params",
-              "collapse_events_total", *(f"{m}_{s}" for m in metrics for s in ("mean", "std", "n"))]
-    lines = [[r.arm.name, json.dumps(r.arm.overrides), json.dumps([run.seed for run in r.arm.runs]),
-              json.dumps([run.seed for run in r.arm.completed]), len(r.arm.completed), r.active_params,
-              r.total_params, r.collapse_events_total,
-              *(v for m in metrics for v in (r.stats[m].mean, r.stats[m].std, r.stats[m].n))] for r in rows]
+    header = [
+        "arm",
+        "overrides",
+        "seeds",
+        "seeds_completed",
+        "n",
+        "active_params",
+        "total_params",
+        "collapse_events_total",
+        *(f"{m}_{s}" for m in metrics for s in ("mean", "std", "n")),
+    ]
+    lines = [
+        [
+            r.arm.name,
+            json.dumps(r.arm.overrides),
+            json.dumps([run.seed for run in r.arm.runs]),
+            json.dumps([run.seed for run in r.arm.completed]),
+            len(r.arm.completed),
+            r.active_params,
+            r.total_params,
+            r.collapse_events_total,
+            *(v for m in metrics for v in (r.stats[m].mean, r.stats[m].std, r.stats[m].n)),
+        ]
+        for r in rows
+    ]
     return csv_text(header, lines)
 
 
@@ -113,17 +161,43 @@ def _tex_mean_std(stat: Stat) -> str:
 def results_tex(data: AblationData, rows: list[ArmRow]) -> str:
     label = re.sub(r"[^A-Za-z0-9:-]+", "-", data.name)
     head = r"Arm & $n$ & Val.\ loss & Val.\ bpb & Tokens/s & Active & Total & Load CV & Dropped & Collapses \\"
-    body = [" & ".join([latex_escape(r.arm.name), r.n_label, _tex_mean_std(r.stats["val_loss"]),
-                        _tex_mean_std(r.stats["val_bpb"]), si(r.stats["tokens_per_s"].mean), si(r.active_params),
-                        si(r.total_params), _tex_mean_std(r.stats["final_load_cv"]),
-                        _tex_mean_std(r.stats["final_dropped_frac"]),
-                        "--" if r.collapse_events_total is None else str(r.collapse_events_total)]) + r" \\"
-            for r in rows]
-    return "\n".join([
-        f"% {latex_escape(data.name)}: written by moe_lab.report from the run logs; "
-        r"needs \usepackage{booktabs}",
-        r"\begin{table}[t]", r"\centering",
-        rf"\caption{{{latex_escape(data.name)}: mean $\pm$ sample std over the completed seeds "
-        r"($n$ = completed / expected).}",
-        rf"\label{{tab:{label}}}", r"\begin{tabular}{lrrrrrrrrr}", r"\toprule", head, r"\midrule", *body,
-        r"\bottomrule", r"\end{tabular}", r"\end{table}"]) + "\n"
+    body = [
+        " & ".join(
+            [
+                latex_escape(r.arm.name),
+                r.n_label,
+                _tex_mean_std(r.stats["val_loss"]),
+                _tex_mean_std(r.stats["val_bpb"]),
+                si(r.stats["tokens_per_s"].mean),
+                si(r.active_params),
+                si(r.total_params),
+                _tex_mean_std(r.stats["final_load_cv"]),
+                _tex_mean_std(r.stats["final_dropped_frac"]),
+                "--" if r.collapse_events_total is None else str(r.collapse_events_total),
+            ]
+        )
+        + r" \\"
+        for r in rows
+    ]
+    return (
+        "\n".join(
+            [
+                f"% {latex_escape(data.name)}: written by moe_lab.report from the run logs; "
+                r"needs \usepackage{booktabs}",
+                r"\begin{table}[t]",
+                r"\centering",
+                rf"\caption{{{latex_escape(data.name)}: mean $\pm$ sample std over the completed seeds "
+                r"($n$ = completed / expected).}",
+                rf"\label{{tab:{label}}}",
+                r"\begin{tabular}{lrrrrrrrrr}",
+                r"\toprule",
+                head,
+                r"\midrule",
+                *body,
+                r"\bottomrule",
+                r"\end{tabular}",
+                r"\end{table}",
+            ]
+        )
+        + "\n"
+    )

@@ -25,7 +25,7 @@ class ReportError(MoELabError):
 MATCHING_MEANS = {
     "none": "no parameter count is held constant: each {unit} keeps the base experiment's expert width",
     "active": "active parameters per token are held constant: {width} is resized per {unit} to match the "
-              "base experiment",
+    "base experiment",
     "total": "total parameters are held constant: {width} is resized per {unit} to match the base experiment",
 }
 
@@ -36,6 +36,7 @@ def matching_means(mode: str, unit: str, width: str = "the expert width") -> str
 
 
 # ------------------------------------------------------------------------------------------ reading
+
 
 def read_json_object(path: Path) -> dict:
     try:
@@ -94,6 +95,7 @@ def _local_file(path: Path, study_dir: Path, url: str) -> Path:
 
 # ------------------------------------------------------------------------------------------ values
 
+
 def is_finite(x: Any) -> bool:
     """An int or float (a bool counts, as an int) that is not NaN or infinite: a value Optuna recorded."""
     return isinstance(x, (int, float)) and math.isfinite(x)
@@ -133,13 +135,15 @@ def duration(seconds: float | None) -> str:
 
 # ------------------------------------------------------------------------------------------ tables
 
+
 def text_table(columns: tuple[str, ...], cells: list[list[str]], right_aligned: set[str]) -> str:
     """Plain aligned text for the terminal: a header, a rule, one line per row."""
     widths = [max([len(c)] + [len(line[i]) for line in cells]) for i, c in enumerate(columns)]
 
     def line(values) -> str:
-        return "  ".join(v.rjust(w) if c in right_aligned else v.ljust(w)
-                         for c, v, w in zip(columns, values, widths)).rstrip()
+        return "  ".join(
+            v.rjust(w) if c in right_aligned else v.ljust(w) for c, v, w in zip(columns, values, widths, strict=True)
+        ).rstrip()
 
     return "\n".join([line(columns), "  ".join("-" * w for w in widths)] + [line(c) for c in cells])
 
@@ -167,8 +171,18 @@ def csv_text(header: list[str], rows: list[list[Any]], line_end: str = "\n") -> 
     return out.getvalue()
 
 
-LATEX_SPECIALS = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
-                  "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+LATEX_SPECIALS = {
+    "\\": r"\textbackslash{}",
+    "&": r"\&",
+    "%": r"\%",
+    "$": r"\$",
+    "#": r"\#",
+    "_": r"\_",
+    "{": r"\{",
+    "}": r"\}",
+    "~": r"\textasciitilde{}",
+    "^": r"\textasciicircum{}",
+}
 
 
 def latex_escape(text: str) -> str:

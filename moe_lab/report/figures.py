@@ -17,9 +17,8 @@ def ema(values: list[float], weight: float) -> list[float]:
     """TensorBoard's smoothing slider: an exponential moving average, debiased so the first points are
     not pulled towards zero (Adam's bias correction, Kingma & Ba 2015, sec. 3). weight in [0, 1);
     0 returns the values unchanged."""
-    smoothed, last, n = [], 0.0, 0
-    for value in values:
-        n += 1
+    smoothed, last = [], 0.0
+    for n, value in enumerate(values, start=1):
         last = weight * last + (1.0 - weight) * value
         smoothed.append(last / (1.0 - weight**n))
     return smoothed
@@ -35,15 +34,18 @@ def curve_band(runs: list[dict[int, float]], smoothing: float = 0.0):
     smoothed = []
     for run in runs:
         steps = sorted(run)
-        smoothed.append(dict(zip(steps, ema([run[s] for s in steps], smoothing))))
+        smoothed.append(dict(zip(steps, ema([run[s] for s in steps], smoothing), strict=True)))
     steps = sorted(set().union(*smoothed)) if smoothed else []
     at_step = [[run[s] for run in smoothed if s in run] for s in steps]
-    return (np.asarray(steps, dtype=float), np.asarray([np.mean(v) for v in at_step]),
-            np.asarray([np.min(v) for v in at_step]), np.asarray([np.max(v) for v in at_step]))
+    return (
+        np.asarray(steps, dtype=float),
+        np.asarray([np.mean(v) for v in at_step]),
+        np.asarray([np.min(v) for v in at_step]),
+        np.asarray([np.max(v) for v in at_step]),
+    )
 
 
-def curves_with_band(curves: dict[str, list[dict[int, float]]], ylabel: str, title: str = "",
-                     smoothing: float = 0.0):
+def curves_with_band(curves: dict[str, list[dict[int, float]]], ylabel: str, title: str = "", smoothing: float = 0.0):
     """One line per configuration (label -> its seeds' {step: value} curves): the mean over seeds, with
     a shaded min-max band where there are several seeds. Returns a matplotlib Figure (caller closes it)."""
     fig, ax = plt.subplots(figsize=(8.0, 4.8))
@@ -54,8 +56,15 @@ def curves_with_band(curves: dict[str, list[dict[int, float]]], ylabel: str, tit
             continue
         colour = colours(i % colours.N)
         # Markers where points are few (a validation curve), so a one-point curve is still drawn.
-        ax.plot(steps, mean, color=colour, lw=1.5, marker="o" if len(steps) <= 20 else None, ms=3,
-                label=f"{label} ({len(runs)} seed{'s' * (len(runs) != 1)})")
+        ax.plot(
+            steps,
+            mean,
+            color=colour,
+            lw=1.5,
+            marker="o" if len(steps) <= 20 else None,
+            ms=3,
+            label=f"{label} ({len(runs)} seed{'s' * (len(runs) != 1)})",
+        )
         if len(runs) > 1:
             ax.fill_between(steps, low, high, color=colour, alpha=0.2, lw=0)
     ax.set_xlabel("step")
@@ -68,8 +77,7 @@ def curves_with_band(curves: dict[str, list[dict[int, float]]], ylabel: str, tit
     return fig
 
 
-def grouped_bars(groups: dict[str, dict[str, list[float]]], ylabel: str, title: str = "",
-                 empty_note: str = "no data"):
+def grouped_bars(groups: dict[str, dict[str, list[float]]], ylabel: str, title: str = "", empty_note: str = "no data"):
     """One group of bars per key of `groups` (e.g. an ablation arm), one bar per series inside it (e.g. a
     MoE layer): the mean over seeds with a ±1 sample-std error bar where there are several seeds. A series
     keeps its colour and slot in every group, so a group missing a series shows a gap; a group without
@@ -116,8 +124,18 @@ def objective_by_value(seeds: dict[str, dict[int, float]], xlabel: str, ylabel: 
         ax.scatter([x + offset for x in xs], ys, color=colours(j % 10), s=28, zorder=3, label=f"seed {seed}")
     means = [float(np.mean(list(v.values()))) if v else np.nan for v in seeds.values()]
     stds = [float(np.std(list(v.values()), ddof=1)) if len(v) > 1 else 0.0 for v in seeds.values()]
-    ax.errorbar(range(len(seeds)), means, yerr=stds, color="0.2", lw=1.5, capsize=4, marker="_", ms=14,
-                zorder=2, label="mean ± std over seeds")
+    ax.errorbar(
+        range(len(seeds)),
+        means,
+        yerr=stds,
+        color="0.2",
+        lw=1.5,
+        capsize=4,
+        marker="_",
+        ms=14,
+        zorder=2,
+        label="mean ± std over seeds",
+    )
     for i, mean in enumerate(means):
         if np.isfinite(mean):
             ax.annotate(f"{mean:.4f}", (i, mean), textcoords="offset points", xytext=(8, -3), fontsize="small")

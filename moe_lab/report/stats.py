@@ -56,17 +56,19 @@ def noise_of(z: float | None) -> str:
     return "within" if abs(z) < NOISE_Z else "clear"
 
 
-def compare(a_values: list[float], b_values: list[float], names: tuple[str, str] = ("a", "b"),
-            margin: float = 0.0) -> Comparison:
+def compare(
+    a_values: list[float], b_values: list[float], names: tuple[str, str] = ("a", "b"), margin: float = 0.0
+) -> Comparison:
     """Welch's z of mean(a) - mean(b) against `margin`; `names` only word the reason when there is no z."""
     a, b = Stat.of(a_values), Stat.of(b_values)
     if not a.n or not b.n:
         return Comparison(a, b)
     delta = a.mean - b.mean
-    few = [f"{name} (n = {s.n})" for name, s in zip(names, (a, b)) if s.n < 2]
+    few = [f"{name} (n = {s.n})" for name, s in zip(names, (a, b), strict=True) if s.n < 2]
     if few:
-        return Comparison(a, b, delta, why_no_z=f"fewer than 2 seeds in {' and '.join(few)}: "
-                                                 "no seed spread, z not computed")
+        return Comparison(
+            a, b, delta, why_no_z=f"fewer than 2 seeds in {' and '.join(few)}: no seed spread, z not computed"
+        )
     se = math.sqrt(a.std**2 / a.n + b.std**2 / b.n)
     if se == 0.0:
         return Comparison(a, b, delta, why_no_z=f"seed std 0 in both {names[0]} and {names[1]}: z not computed")

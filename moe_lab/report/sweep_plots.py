@@ -1,12 +1,12 @@
 """The sweep report's figures and the TensorBoard mean-over-seeds runs:
 
-    plots/objective_vs_<key>.png    a grid over one key: the objective per value, each seed and their
-                                    mean (Optuna's plots say nothing about one key)
-    plots/*.png, (*.html)           otherwise Optuna's optimization history, importances, parallel
-                                    coordinate and slice plots (HTML with `report --html`)
-    trials/<config>/mean/           TensorBoard run: val/loss, val/bpb, train/lm_loss, mean over seeds
-    plots/val_loss_curves.png       val/loss per configuration: mean over seeds, min-max band
-    plots/train_loss_curves.png
+plots/objective_vs_<key>.png    a grid over one key: the objective per value, each seed and their
+                                mean (Optuna's plots say nothing about one key)
+plots/*.png, (*.html)           otherwise Optuna's optimization history, importances, parallel
+                                coordinate and slice plots (HTML with `report --html`)
+trials/<config>/mean/           TensorBoard run: val/loss, val/bpb, train/lm_loss, mean over seeds
+plots/val_loss_curves.png       val/loss per configuration: mean over seeds, min-max band
+plots/train_loss_curves.png
 """
 
 from __future__ import annotations
@@ -32,8 +32,10 @@ def _optuna_plots() -> dict[str, tuple]:
     from optuna.visualization import matplotlib as mpl_vis
 
     vis = optuna.visualization
-    return {name: (getattr(vis, f"plot_{name}"), getattr(mpl_vis, f"plot_{name}"))
-            for name in ("optimization_history", "param_importances", "parallel_coordinate", "slice")}
+    return {
+        name: (getattr(vis, f"plot_{name}"), getattr(mpl_vis, f"plot_{name}"))
+        for name in ("optimization_history", "param_importances", "parallel_coordinate", "slice")
+    }
 
 
 def _cannot_plot(name: str, study: optuna.Study) -> str | None:
@@ -45,8 +47,11 @@ def _cannot_plot(name: str, study: optuna.Study) -> str | None:
     if name in ("parallel_coordinate", "slice", "param_importances") and not any(t.params for t in complete):
         return "the complete trials have no parameters"
     if name == "param_importances":
-        varying = [k for k in {k for t in complete for k in t.params}
-                   if len({json.dumps(t.params.get(k), default=str) for t in complete}) > 1]
+        varying = [
+            k
+            for k in {k for t in complete for k in t.params}
+            if len({json.dumps(t.params.get(k), default=str) for t in complete}) > 1
+        ]
         if len(complete) < 2 or not varying:
             return "needs >= 2 complete trials whose parameters differ"
     return None
@@ -69,8 +74,9 @@ def _readable_colormaps(fig) -> None:
                 artist.set_cmap(visible if cmap.name.endswith("_r") else visible.reversed())
 
 
-def write_optuna_plots(study: optuna.Study, plots_dir: Path, target_name: str,
-                       html: bool = False) -> tuple[dict[str, Path], dict]:
+def write_optuna_plots(
+    study: optuna.Study, plots_dir: Path, target_name: str, html: bool = False
+) -> tuple[dict[str, Path], dict]:
     """Each plot as PNG (Optuna's matplotlib backend) and, with `html`, as HTML (plotly;
     plotly.min.js, 4.8 MB, written once beside them, so they open offline). Returns ({key: path},
     {plot: why it was skipped})."""
@@ -127,10 +133,11 @@ def write_objective_by_value(data: StudyData, key: str, plots_dir: Path) -> dict
     seeds = {}
     for value in values:
         row = next(r for r in rows if r.params[key] == value)
-        seeds[str(value)] = {seed: v for seed, v in zip(row.seeds, row.objective_values) if is_finite(v)}
+        seeds[str(value)] = {seed: v for seed, v in zip(row.seeds, row.objective_values, strict=True) if is_finite(v)}
     title = f"{data.info.study_name}: {data.info.objective_metric} by {key}"
-    fig = objective_by_value(seeds, xlabel=key, ylabel=f"{data.info.objective_metric} ({data.info.direction})",
-                             title=title)
+    fig = objective_by_value(
+        seeds, xlabel=key, ylabel=f"{data.info.objective_metric} ({data.info.direction})", title=title
+    )
     name = f"objective_vs_{key.rsplit('.', 1)[-1]}"
     return {name: save_figure(fig, plots_dir / f"{name}.png")}
 
@@ -185,8 +192,10 @@ def write_curve_plots(data: StudyData, plots_dir: Path) -> tuple[dict[str, Path]
     from moe_lab.report.figures import curves_with_band, save_figure
 
     written, skipped = {}, {}
-    for key, tag, ylabel, smoothing in (("val_loss_curves", "val/loss", "validation loss", 0.0),
-                                        ("train_loss_curves", "train/lm_loss", "train LM loss", TRAIN_SMOOTHING)):
+    for key, tag, ylabel, smoothing in (
+        ("val_loss_curves", "val/loss", "validation loss", 0.0),
+        ("train_loss_curves", "train/lm_loss", "train LM loss", TRAIN_SMOOTHING),
+    ):
         curves = study_curves(data, tag)
         if not curves:
             skipped[key] = f"no run directory has logged {tag}"

@@ -103,8 +103,14 @@ def load_study_data(study_dir: str | Path) -> StudyData:
     rows = config_rows(trials, info.direction)
     for row in rows:
         _per_run_medians(study_dir, row)
-    return StudyData(study_dir=study_dir, info=info, study=study, rows=rows,
-                     param_keys=param_keys, trial_states=Counter(t.state.name for t in trials))
+    return StudyData(
+        study_dir=study_dir,
+        info=info,
+        study=study,
+        rows=rows,
+        param_keys=param_keys,
+        trial_states=Counter(t.state.name for t in trials),
+    )
 
 
 def _per_run_medians(study_dir: Path, row: ConfigRow) -> None:
@@ -140,15 +146,27 @@ def _row(trial: FrozenTrial, retries: int) -> ConfigRow:
     if duration is None and trial.duration is not None:
         duration = trial.duration.total_seconds()
     return ConfigRow(
-        trial=trial.number, config_id=attrs.get("config_id"), state=trial.state.name,
-        label=attrs.get("label") or _label(trial.params), params=dict(trial.params),
-        objective_mean=mean, objective_std=attrs.get("objective_std"),
-        objective_values=list(attrs.get("objective_values") or []), seeds=list(attrs.get("seeds") or []),
-        run_dirs=list(attrs.get("run_dirs") or []), duration_s=duration,
-        active_params=attrs.get("active_params"), total_params=attrs.get("total_params"),
-        expert_hidden=attrs.get("expert_hidden"), tokens_per_s=attrs.get("tokens_per_s"),
-        final_load_cv=attrs.get("final_load_cv"), collapse_events=attrs.get("collapse_events"),
-        prune_reason=attrs.get("prune_reason"), error=attrs.get("error"), retries=retries)
+        trial=trial.number,
+        config_id=attrs.get("config_id"),
+        state=trial.state.name,
+        label=attrs.get("label") or _label(trial.params),
+        params=dict(trial.params),
+        objective_mean=mean,
+        objective_std=attrs.get("objective_std"),
+        objective_values=list(attrs.get("objective_values") or []),
+        seeds=list(attrs.get("seeds") or []),
+        run_dirs=list(attrs.get("run_dirs") or []),
+        duration_s=duration,
+        active_params=attrs.get("active_params"),
+        total_params=attrs.get("total_params"),
+        expert_hidden=attrs.get("expert_hidden"),
+        tokens_per_s=attrs.get("tokens_per_s"),
+        final_load_cv=attrs.get("final_load_cv"),
+        collapse_events=attrs.get("collapse_events"),
+        prune_reason=attrs.get("prune_reason"),
+        error=attrs.get("error"),
+        retries=retries,
+    )
 
 
 def _label(params: dict[str, Any]) -> str:

@@ -32,15 +32,18 @@ from moe_lab.report.sweep_study import STATE_ORDER, ConfigRow, StudyData, StudyI
 from moe_lab.report.sweep_tables import LOAD_CAVEAT, format_objective, format_table, markdown_table, write_trials_csv
 
 
-def write_study_report(study_dir: str | Path, data: StudyData | None = None, html: bool = False,
-                       echo: bool = False) -> dict[str, Path]:
+def write_study_report(
+    study_dir: str | Path, data: StudyData | None = None, html: bool = False, echo: bool = False
+) -> dict[str, Path]:
     """Write summary.md, trials.csv, plots/ and the mean-over-seeds TensorBoard runs into the study
     directory; return {what: path}. `data` (from load_study_data) saves reading the study twice;
     `html` adds Optuna's interactive plots; `echo` prints the settings and the table first."""
     data = data or load_study_data(study_dir)
     if echo:
-        print(f"study {data.info.study_name}: {data.info.objective_metric} ({data.info.direction}), "
-              f"seeds {data.info.seeds}, compute matching {data.info.compute_matching}")
+        print(
+            f"study {data.info.study_name}: {data.info.objective_metric} ({data.info.direction}), "
+            f"seeds {data.info.seeds}, compute matching {data.info.compute_matching}"
+        )
         print(format_table(data.rows), flush=True)  # before the plots, which take a few seconds
     plots_dir = data.study_dir / PLOTS
     target = f"{data.info.objective_metric} (mean over seeds)"
@@ -96,8 +99,11 @@ def summary_markdown(data: StudyData, plots: dict[str, Path], skipped: dict[str,
         lines.append(f"- {name.replace('_', ' ')}: {links}")
     lines += [f"- {name.replace('_', ' ')}: skipped ({why})" for name, why in skipped.items()]
     if "train_loss_curves" in plots and TRAIN_SMOOTHING:
-        lines += ["", f"Train-loss curves are smoothed per seed with an EMA of weight {TRAIN_SMOOTHING} "
-                      "(TensorBoard's smoothing) before the mean; validation curves are raw."]
+        lines += [
+            "",
+            f"Train-loss curves are smoothed per seed with an EMA of weight {TRAIN_SMOOTHING} "
+            "(TensorBoard's smoothing) before the mean; validation curves are raw.",
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -113,27 +119,34 @@ def seed_noise_lines(rows: list[ConfigRow], info: StudyInfo) -> list[str]:
     others = [r for r in rows if r is not best and r.state == "COMPLETE" and is_finite(r.objective_mean)]
     if best is None or not others:
         return []
-    lines = ["## Best against the others: beyond seed noise?", "",
-             f"Δ = mean {info.objective_metric} of **{best.label}** − that of the other configuration; "
-             f"seed σ = the pooled seed std of the two; z = Δ / Welch's standard error. |z| ≥ {NOISE_Z:g}: "
-             f"beyond seed noise; |z| < {NOISE_Z:g}: within it (changing the seed alone moves the mean that much).",
-             "", "| against | Δ | seed σ | z | difference |", "| --- | ---: | ---: | ---: | --- |"]
+    lines = [
+        "## Best against the others: beyond seed noise?",
+        "",
+        f"Δ = mean {info.objective_metric} of **{best.label}** − that of the other configuration; "
+        f"seed σ = the pooled seed std of the two; z = Δ / Welch's standard error. |z| ≥ {NOISE_Z:g}: "
+        f"beyond seed noise; |z| < {NOISE_Z:g}: within it (changing the seed alone moves the mean that much).",
+        "",
+        "| against | Δ | seed σ | z | difference |",
+        "| --- | ---: | ---: | ---: | --- |",
+    ]
     best_values = [v for v in best.objective_values if is_finite(v)] or [best.objective_mean]
     for row in others:
         values = [v for v in row.objective_values if is_finite(v)] or [row.objective_mean]
         c = compare(best_values, values, (best.label, row.label))
         verdict = {"clear": "**beyond seed noise**", "within": "within seed noise"}.get(c.noise, c.why_no_z)
         label = row.label.replace("|", "\\|")
-        lines.append(f"| {label} | {c.delta:+.4f} | {optional(c.sigma, '{:.4f}')} | "
-                     f"{optional(c.z, '{:+.2f}')} | {verdict} |")
+        lines.append(
+            f"| {label} | {c.delta:+.4f} | {optional(c.sigma, '{:.4f}')} | {optional(c.z, '{:+.2f}')} | {verdict} |"
+        )
     return lines + [""]
 
 
 def _held_constant(data: StudyData) -> list[str]:
     """What the data says is constant: searched keys with one value, and the parameter counts."""
     lines = []
-    values = {k: {json.dumps(r.params.get(k), default=str) for r in data.rows if k in r.params}
-              for k in data.param_keys}
+    values = {
+        k: {json.dumps(r.params.get(k), default=str) for r in data.rows if k in r.params} for k in data.param_keys
+    }
     searched = [f"`{k}` ({len(v)} values)" for k, v in values.items() if len(v) > 1]
     constant = [f"`{k}={json.loads(next(iter(v)))}`" for k, v in values.items() if len(v) == 1]
     if searched:
@@ -157,7 +170,9 @@ def _best_text(row: ConfigRow | None, info: StudyInfo) -> str:
         return "No complete configuration yet."
     params = ", ".join(f"`{k}={v}`" for k, v in row.params.items()) or "base"
     runs = ", ".join(f"`{d}`" for d in row.run_dirs) or "-"
-    return (f"**{row.label}** (trial {row.trial}, config {row.config_id}; {params}): "
-            f"{info.objective_metric} {format_objective(row)}; active params {si(row.active_params)}, "
-            f"total params {si(row.total_params)}, "
-            f"final load CV {optional(row.final_load_cv, '{:.3f}')}. Runs: {runs}.")
+    return (
+        f"**{row.label}** (trial {row.trial}, config {row.config_id}; {params}): "
+        f"{info.objective_metric} {format_objective(row)}; active params {si(row.active_params)}, "
+        f"total params {si(row.total_params)}, "
+        f"final load CV {optional(row.final_load_cv, '{:.3f}')}. Runs: {runs}."
+    )

@@ -13,13 +13,36 @@ from moe_lab.report.common import csv_text, duration, four_decimals, is_finite, 
 from moe_lab.report.sweep_study import ConfigRow
 
 NOTE_WIDTH = 48  # prune reason / error characters shown in the tables (trials.csv has them whole)
-COLUMNS = ("trial", "config", "objective (mean ± std, n seeds)", "state", "total", "active", "load CV",
-           "collapses", "retries", "time/run", "tok/s/run", "prune reason / error")
-RIGHT_ALIGNED = {"trial", "objective (mean ± std, n seeds)", "total", "active", "load CV", "collapses",
-                 "retries", "time/run", "tok/s/run"}
+COLUMNS = (
+    "trial",
+    "config",
+    "objective (mean ± std, n seeds)",
+    "state",
+    "total",
+    "active",
+    "load CV",
+    "collapses",
+    "retries",
+    "time/run",
+    "tok/s/run",
+    "prune reason / error",
+)
+RIGHT_ALIGNED = {
+    "trial",
+    "objective (mean ± std, n seeds)",
+    "total",
+    "active",
+    "load CV",
+    "collapses",
+    "retries",
+    "time/run",
+    "tok/s/run",
+}
 # Printed under every table that shows the two throughput columns.
-LOAD_CAVEAT = ("time/run and tok/s/run are medians over a configuration's runs; they depend on the machine's "
-               "load and on how many workers shared its cores, so they are not results and do not rank.")
+LOAD_CAVEAT = (
+    "time/run and tok/s/run are medians over a configuration's runs; they depend on the machine's "
+    "load and on how many workers shared its cores, so they are not results and do not rank."
+)
 
 
 def format_objective(row: ConfigRow) -> str:
@@ -35,9 +58,23 @@ def format_objective(row: ConfigRow) -> str:
 
 def table_cells(rows: list[ConfigRow]) -> list[list[str]]:
     """The cells of the results table, shared by the terminal and the markdown versions."""
-    return [[str(r.trial), r.label, format_objective(r), r.state, si(r.total_params), si(r.active_params),
-             optional(r.final_load_cv, "{:.3f}"), optional(r.collapse_events, "{}"), str(r.retries),
-             duration(r.run_time_s), si(r.tokens_per_s), _note(r)] for r in rows]
+    return [
+        [
+            str(r.trial),
+            r.label,
+            format_objective(r),
+            r.state,
+            si(r.total_params),
+            si(r.active_params),
+            optional(r.final_load_cv, "{:.3f}"),
+            optional(r.collapse_events, "{}"),
+            str(r.retries),
+            duration(r.run_time_s),
+            si(r.tokens_per_s),
+            _note(r),
+        ]
+        for r in rows
+    ]
 
 
 def format_table(rows: list[ConfigRow]) -> str:
@@ -52,21 +89,54 @@ def markdown_table(rows: list[ConfigRow]) -> str:
 
 def _note(row: ConfigRow) -> str:
     text = " ".join(str(row.prune_reason or row.error or "").split())  # one line
-    return text if len(text) <= NOTE_WIDTH else text[:NOTE_WIDTH - 1] + "…"
+    return text if len(text) <= NOTE_WIDTH else text[: NOTE_WIDTH - 1] + "…"
 
 
-CSV_COLUMNS = ("objective_mean", "objective_std", "n_seeds", "objective_values", "duration_s", "active_params",
-               "total_params", "tokens_per_s", "final_load_cv", "collapse_events", "prune_reason", "error",
-               "retries", "run_time_s")
+CSV_COLUMNS = (
+    "objective_mean",
+    "objective_std",
+    "n_seeds",
+    "objective_values",
+    "duration_s",
+    "active_params",
+    "total_params",
+    "tokens_per_s",
+    "final_load_cv",
+    "collapse_events",
+    "prune_reason",
+    "error",
+    "retries",
+    "run_time_s",
+)
 
 
 def write_trials_csv(path: Path, rows: list[ConfigRow], param_keys: list[str]) -> None:
     """One line per configuration, best first; empty cells for missing values, objective_values as a
     JSON list (null for a seed without a value)."""
-    lines = [[r.trial, r.config_id, r.state, *(r.params.get(k) for k in param_keys),
-              r.objective_mean, r.objective_std, r.n_seeds, json.dumps(r.objective_values), r.duration_s,
-              r.active_params, r.total_params, r.tokens_per_s, r.final_load_cv, r.collapse_events,
-              r.prune_reason, r.error, r.retries, r.run_time_s] for r in rows]
+    lines = [
+        [
+            r.trial,
+            r.config_id,
+            r.state,
+            *(r.params.get(k) for k in param_keys),
+            r.objective_mean,
+            r.objective_std,
+            r.n_seeds,
+            json.dumps(r.objective_values),
+            r.duration_s,
+            r.active_params,
+            r.total_params,
+            r.tokens_per_s,
+            r.final_load_cv,
+            r.collapse_events,
+            r.prune_reason,
+            r.error,
+            r.retries,
+            r.run_time_s,
+        ]
+        for r in rows
+    ]
     # The csv module's default (Excel) line ends, as trials.csv has always had.
-    write_text_atomic(path, csv_text(["trial", "config_id", "state", *param_keys, *CSV_COLUMNS], lines,
-                                     line_end="\r\n"))
+    write_text_atomic(
+        path, csv_text(["trial", "config_id", "state", *param_keys, *CSV_COLUMNS], lines, line_end="\r\n")
+    )

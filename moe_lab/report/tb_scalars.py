@@ -57,8 +57,13 @@ def _csv_scalars(path: Path, tag: str) -> dict[int, float]:
     if not path.is_file():
         return {}
     with path.open(newline="") as f:
-        return dict(sorted((int(row["step"]), float(row[tag])) for row in csv.DictReader(f)
-                           if row.get(tag) not in (None, "") and row.get("step") not in (None, "")))
+        return dict(
+            sorted(
+                (int(row["step"]), float(row[tag]))
+                for row in csv.DictReader(f)
+                if row.get(tag) not in (None, "") and row.get("step") not in (None, "")
+            )
+        )
 
 
 def _scalar(value) -> float:

@@ -14,10 +14,10 @@ import sys
 import time
 
 from moe_lab.artifacts.atomic import check_writable_dir
+from moe_lab.artifacts.study_dir import STUDY_INFO
 from moe_lab.cli import filter_known_harmless_warnings, run_main
 from moe_lab.errors import MoELabError
 from moe_lab.model.accounting import count_model
-from moe_lab.artifacts.study_dir import STUDY_INFO
 from moe_lab.sweep.config import Sweep, load_sweep, trial_label
 from moe_lab.sweep.storage import masked_url
 
@@ -64,14 +64,21 @@ def dry_run(sweep: Sweep, workers: int = 1, gflops: float | None = None) -> None
 
     planned = planned_configurations(sweep)
     done = finished_configurations(sweep)
-    todo = [i for i in range(len(planned)) if done is None or i not in done] if sweep.cfg.sampler == "grid" \
+    todo = (
+        [i for i in range(len(planned)) if done is None or i not in done]
+        if sweep.cfg.sampler == "grid"
         else list(range(max(0, len(planned) - len(done or ()))))
-    print(f"study {sweep.name}: {sweep.cfg.sampler} sampler, {len(planned)} configurations x "
-          f"{len(sweep.cfg.seeds)} seeds, objective {sweep.cfg.objective.metric} ({sweep.cfg.objective.direction}), "
-          f"compute matching: {sweep.cfg.compute_matching}")
+    )
+    print(
+        f"study {sweep.name}: {sweep.cfg.sampler} sampler, {len(planned)} configurations x "
+        f"{len(sweep.cfg.seeds)} seeds, objective {sweep.cfg.objective.metric} ({sweep.cfg.objective.direction}), "
+        f"compute matching: {sweep.cfg.compute_matching}"
+    )
     if done is not None and not todo:
-        print(f"study {sweep.name} in {sweep.study_dir} is complete: {len(done)} of {len(planned)} configurations "
-              f"finished; running it again only rewrites its report (python -m moe_lab.report {sweep.study_dir})")
+        print(
+            f"study {sweep.name} in {sweep.study_dir} is complete: {len(done)} of {len(planned)} configurations "
+            f"finished; running it again only rewrites its report (python -m moe_lab.report {sweep.study_dir})"
+        )
         return
     threads = worker_threads(workers)
     units, rows, end_bytes, live_bytes, measured = [], [], 0, 0, []
@@ -94,21 +101,28 @@ def dry_run(sweep: Sweep, workers: int = 1, gflops: float | None = None) -> None
         end_bytes += len(sweep.cfg.seeds) * {"all": 2 * full, "best_weights": full // 3, "none": 0}[keep]
         live_bytes = max(live_bytes, 2 * full)  # a live run: best.ckpt and last.ckpt in full
         width = f" expert_hidden={matched.expert_hidden}" if matched else ""
-        rows.append(f"  {i:>3}  {trial_label(params) if params else '(sampled)':<28} active "
-                    f"{counts.total_active_params / 1e6:6.2f}M  total {counts.total_params / 1e6:6.2f}M  "
-                    f"{state}{width}")
+        rows.append(
+            f"  {i:>3}  {trial_label(params) if params else '(sampled)':<28} active "
+            f"{counts.total_active_params / 1e6:6.2f}M  total {counts.total_params / 1e6:6.2f}M  "
+            f"{state}{width}"
+        )
     print("\n".join(rows))
     if done:
         print(f"{len(done)} configurations already finished in {sweep.study_dir}; the estimate is for the rest")
     wall = estimate.makespan(units, workers)
-    how = (f"assuming {gflops:g} GFLOP/s" if gflops else
-           f"step times measured on this machine at {threads} thread{'s' * (threads > 1)} per worker"
-           + (" (cached in " if all(t.cached for t in measured) else " (now cached in ")
-           + f"{estimate.cache_path()}, delete it to measure again); more load on the machine makes it longer")
+    how = (
+        f"assuming {gflops:g} GFLOP/s"
+        if gflops
+        else f"step times measured on this machine at {threads} thread{'s' * (threads > 1)} per worker"
+        + (" (cached in " if all(t.cached for t in measured) else " (now cached in ")
+        + f"{estimate.cache_path()}, delete it to measure again); more load on the machine makes it longer"
+    )
     print(f"estimated time: about {wall / 60:.0f} min with {workers} worker{'s' * (workers > 1)} ({how})")
-    print(f"estimated disk: {end_bytes / 1e6:.0f} MB of checkpoints at the end (keep_checkpoints="
-          f"{sweep.cfg.keep_checkpoints}), up to {workers * live_bytes / 1e6:.0f} MB more while runs are live, "
-          f"plus TensorBoard logs; storage {masked_url(sweep.storage_url)}")
+    print(
+        f"estimated disk: {end_bytes / 1e6:.0f} MB of checkpoints at the end (keep_checkpoints="
+        f"{sweep.cfg.keep_checkpoints}), up to {workers * live_bytes / 1e6:.0f} MB more while runs are live, "
+        f"plus TensorBoard logs; storage {masked_url(sweep.storage_url)}"
+    )
 
 
 def spawn_workers(module: str, argv: list[str], n: int, devices: list[str] | None = None) -> list[subprocess.Popen]:
@@ -116,12 +130,18 @@ def spawn_workers(module: str, argv: list[str], n: int, devices: list[str] | Non
     Lightning's devices/strategy settings apply within it; on CPU they split the cores."""
     threads = max(1, (os.cpu_count() or 1) // (n + 1))
     # MOE_LAB_SWEEP_CONSOLE: the parent's console reports these workers' trials; they print nothing.
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MOE_LAB_SWEEP_THREADS": str(threads),
-           "MOE_LAB_SWEEP_CONSOLE": "parent"}
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": str(threads),
+        "MOE_LAB_SWEEP_THREADS": str(threads),
+        "MOE_LAB_SWEEP_CONSOLE": "parent",
+    }
     cmd = [sys.executable, "-m", module, *argv, "--worker-only"]
     if devices:
-        return [subprocess.Popen(cmd, env={**os.environ, "CUDA_VISIBLE_DEVICES": group,
-                                           "MOE_LAB_SWEEP_CONSOLE": "parent"}) for group in devices]
+        return [
+            subprocess.Popen(cmd, env={**os.environ, "CUDA_VISIBLE_DEVICES": group, "MOE_LAB_SWEEP_CONSOLE": "parent"})
+            for group in devices
+        ]
     return [subprocess.Popen(cmd, env=env) for _ in range(n)]
 
 
@@ -138,9 +158,11 @@ def device_groups(n_workers: int, per_trial: int, gpu_ids: list[str]) -> list[st
     if not gpu_ids or n_workers < 2:
         return None
     if n_workers * per_trial > len(gpu_ids):
-        raise MoELabError(f"--workers: {n_workers} workers x {per_trial} device(s) per trial (trainer.devices) "
-                          f"need {n_workers * per_trial} GPUs; this host has {len(gpu_ids)}")
-    return [",".join(gpu_ids[i * per_trial:(i + 1) * per_trial]) for i in range(n_workers)]
+        raise MoELabError(
+            f"--workers: {n_workers} workers x {per_trial} device(s) per trial (trainer.devices) "
+            f"need {n_workers * per_trial} GPUs; this host has {len(gpu_ids)}"
+        )
+    return [",".join(gpu_ids[i * per_trial : (i + 1) * per_trial]) for i in range(n_workers)]
 
 
 def visible_gpus(sweep: Sweep) -> tuple[list[str], int]:
@@ -181,17 +203,23 @@ def cli(argv, prog: str, doc: str, loader, reporter) -> int:
     """The command line shared by sweeps and ablations (they differ in file format and report)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     module = prog.split()[-1]
-    parser = argparse.ArgumentParser(prog=prog, description=doc,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("sweep", help="sweep or ablation YAML")
     parser.add_argument("overrides", nargs="*", help="key=value overrides of the sweep file")
     parser.add_argument("--dry-run", action="store_true", help="print the planned trials and cost, run nothing")
     parser.add_argument("--workers", type=int, default=1, help="worker processes sharing the study")
-    parser.add_argument("--retry-failed", action="store_true",
-                        help="run again the configurations whose trials all failed (after fixing the cause)")
+    parser.add_argument(
+        "--retry-failed",
+        action="store_true",
+        help="run again the configurations whose trials all failed (after fixing the cause)",
+    )
     parser.add_argument("--worker-only", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--assume-gflops", type=float, default=None,
-                        help="--dry-run: estimate from FLOPs at this rate instead of timing steps here")
+    parser.add_argument(
+        "--assume-gflops",
+        type=float,
+        default=None,
+        help="--dry-run: estimate from FLOPs at this rate instead of timing steps here",
+    )
     args = parser.parse_args(argv)
 
     def sweep_or_dry_run() -> int:
@@ -211,13 +239,18 @@ def cli(argv, prog: str, doc: str, loader, reporter) -> int:
         quiet_console()
         if args.worker_only:
             quiet = os.environ.get("MOE_LAB_SWEEP_CONSOLE") == "parent"
-            run_worker(sweep, log=(lambda msg: None) if quiet else
-                       (lambda msg: print(f"[worker {os.getpid()}] {msg}", flush=True)))
+            run_worker(
+                sweep,
+                log=(lambda msg: None) if quiet else (lambda msg: print(f"[worker {os.getpid()}] {msg}", flush=True)),
+            )
             return 0
         start = time.time()
         study = open_study(sweep, retry=args.retry_failed)  # before any worker starts claiming
-        print(f"study {sweep.name} in {sweep.study_dir} ({masked_url(sweep.storage_url)}); each run's Lightning "
-              f"output goes to its train.log", flush=True)
+        print(
+            f"study {sweep.name} in {sweep.study_dir} ({masked_url(sweep.storage_url)}); each run's Lightning "
+            f"output goes to its train.log",
+            flush=True,
+        )
         gpu_ids, per_trial = visible_gpus(sweep) if args.workers > 1 else ([], 1)
         groups = device_groups(args.workers, per_trial, gpu_ids)
         from moe_lab.sweep.console import SweepConsole

@@ -25,8 +25,10 @@ def fail_stale_trials(study: optuna.Study, grace_period: int) -> list[int]:
         return []
     failed = []
     for trial_id in storage._get_stale_trial_ids(storage.get_study_id_from_name(study.study_name)):
-        reason = (f"no heartbeat for over {grace_period} s (worker killed, paused or cut off); "
-                  f"failed by worker {worker_name()}, retried as a new trial")
+        reason = (
+            f"no heartbeat for over {grace_period} s (worker killed, paused or cut off); "
+            f"failed by worker {worker_name()}, retried as a new trial"
+        )
         try:
             storage.set_trial_user_attr(trial_id, TRIAL_ERROR, reason)
             if not storage.set_trial_state_values(trial_id, state=TrialState.FAIL):
@@ -62,10 +64,9 @@ class Heartbeat:
 
     def _beat(self) -> None:
         while not self._stop.wait(self.interval):
-            try:
+            # A failed beat is not fatal: the next one tries again and grace_period covers misses.
+            with contextlib.suppress(Exception):
                 self.storage.record_heartbeat(self.trial_id)
-            except Exception:  # noqa: BLE001 - the next beat tries again; grace_period covers misses
-                pass
 
     def __enter__(self):
         self._thread.start()

@@ -23,8 +23,8 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from moe_lab.artifacts.study_dir import default_storage_url
 from moe_lab.artifacts.run_dir import METRIC_CURVES, OBJECTIVE_METRICS
+from moe_lab.artifacts.study_dir import default_storage_url
 from moe_lab.config import (
     KEEP_CHECKPOINTS,
     ExperimentConfig,
@@ -129,7 +129,10 @@ class Sweep:
 
     def grid(self) -> list[dict[str, Any]]:
         keys = [p.key for p in self.params]
-        return [dict(zip(keys, values)) for values in itertools.product(*(p.grid_values() for p in self.params))]
+        return [
+            dict(zip(keys, values, strict=True))
+            for values in itertools.product(*(p.grid_values() for p in self.params))
+        ]
 
     def n_trials(self) -> int:
         return self.cfg.n_trials or len(self.grid())
@@ -152,8 +155,11 @@ class Sweep:
             values["monitor"] = {"collapse_action": "prune"}
         return values
 
-    def experiment(self, params: dict[str, Any], placement: dict[str, Any] | None = None,
-                   ) -> tuple[ExperimentConfig, Matched | None]:
+    def experiment(
+        self,
+        params: dict[str, Any],
+        placement: dict[str, Any] | None = None,
+    ) -> tuple[ExperimentConfig, Matched | None]:
         """The validated experiment of one configuration, and the expert width compute matching chose
         for it (None: not resized): the base experiment with the arm's overrides or the parameters'
         values, the sweep's run values, `placement` (seed and where the run writes) and the matched width,
@@ -183,8 +189,12 @@ class Sweep:
     @staticmethod
     def placement(trial_dir: Path, seed: int, version: str | None = None) -> dict[str, Any]:
         """Where one run of a trial writes: <study>/trials/<trial>/<version>, version seed<S> by default."""
-        return {"seed": seed, "output_dir": str(trial_dir.parent), "name": trial_dir.name,
-                "version": version or f"seed{seed}"}
+        return {
+            "seed": seed,
+            "output_dir": str(trial_dir.parent),
+            "name": trial_dir.name,
+            "version": version or f"seed{seed}",
+        }
 
 
 def nested(dotted: Mapping[str, Any]) -> dict[str, Any]:
@@ -329,8 +339,11 @@ def _check_configurations(sweep: Sweep) -> None:
     if sweep.cfg.sampler == "grid":
         candidates = sweep.grid()
     else:
-        candidates = [{p.key: (v if p.kind == "categorical" else (int(v) if p.kind == "int" else v))}
-                      for p in sweep.params for v in (p.choices or (p.low, p.high))]
+        candidates = [
+            {p.key: (v if p.kind == "categorical" else (int(v) if p.kind == "int" else v))}
+            for p in sweep.params
+            for v in (p.choices or (p.low, p.high))
+        ]
     for params in candidates:
         try:
             sweep.experiment(params)

@@ -21,7 +21,6 @@ from dataclasses import dataclass
 
 from optuna.trial import TrialState
 
-from moe_lab.artifacts.study_dir import TRIALS
 from moe_lab.artifacts.run_dir import PROGRESS
 from moe_lab.artifacts.study_dir import (
     TRIAL_CONFIG_ID,
@@ -29,6 +28,7 @@ from moe_lab.artifacts.study_dir import (
     TRIAL_LABEL,
     TRIAL_OBJECTIVE_MEAN,
     TRIAL_PRUNE_REASON,
+    TRIALS,
 )
 
 ENDED = {TrialState.COMPLETE: "done", TrialState.PRUNED: "pruned", TrialState.FAIL: "failed"}
@@ -60,8 +60,16 @@ class SweepConsole:
     """Watch `study` (an optuna.Study) of `sweep` from a background thread while the workers train.
     `planned_flops`: the dry run's cost of the whole sweep (all configurations and seeds)."""
 
-    def __init__(self, sweep, study, planned_flops: float, stream=None, live: bool | None = None,
-                 refresh_s: float = 1.0, plain_every_s: float = 30.0):
+    def __init__(
+        self,
+        sweep,
+        study,
+        planned_flops: float,
+        stream=None,
+        live: bool | None = None,
+        refresh_s: float = 1.0,
+        plain_every_s: float = 30.0,
+    ):
         self.sweep, self.study, self.planned_flops = sweep, study, planned_flops
         self.stream = stream or sys.stdout
         self.live = self.stream.isatty() if live is None else live
@@ -112,9 +120,11 @@ class SweepConsole:
                 if state != "running":
                     value = t.value if t.value is not None else t.user_attrs.get(TRIAL_OBJECTIVE_MEAN)
                     why = t.user_attrs.get(TRIAL_ERROR) or t.user_attrs.get(TRIAL_PRUNE_REASON) or ""
-                    events.append(f"trial {t.number} {state}: {label}"
-                                  + (f", {self.sweep.cfg.objective.metric} = {value:.4f}" if value is not None else "")
-                                  + (f" ({why})" if why and state != "done" else ""))
+                    events.append(
+                        f"trial {t.number} {state}: {label}"
+                        + (f", {self.sweep.cfg.objective.metric} = {value:.4f}" if value is not None else "")
+                        + (f" ({why})" if why and state != "done" else "")
+                    )
                 self._seen[t.number] = state
         counts["waiting"] += max(0, self.sweep.n_trials() - len(latest))  # not yet sampled (non-grid)
         elapsed = time.time() - self._start
@@ -132,29 +142,45 @@ class SweepConsole:
 
     def status_line(self, snap: Snapshot) -> str:
         c = snap.counts
-        return (f"{c['done']} done, {c['pruned']} pruned, {c['failed']} failed, {c['running']} running, "
-                f"{c['waiting']} waiting; elapsed {_duration(snap.elapsed_s)}, ETA {_duration(snap.eta_s)}")
+        return (
+            f"{c['done']} done, {c['pruned']} pruned, {c['failed']} failed, {c['running']} running, "
+            f"{c['waiting']} waiting; elapsed {_duration(snap.elapsed_s)}, ETA {_duration(snap.eta_s)}"
+        )
 
     @staticmethod
     def trial_line(row: dict) -> str:
         if "step" not in row:  # no progress.json yet: building the model and data
             return f"  trial {row['trial']} {row['label']}: starting"
-        return (f"  trial {row['trial']} {row['label']} seed {row.get('seed', '?')}: step "
-                f"{row.get('step', 0)}/{row.get('max_steps', '?')}, train loss {_num(row.get('train_loss'), '{:.4f}')}, "
-                f"val loss {_num(row.get('val_loss'), '{:.4f}')}, {_num(row.get('tokens_per_s'), '{:.0f}')} tok/s")
+        return (
+            f"  trial {row['trial']} {row['label']} seed {row.get('seed', '?')}: step "
+            f"{row.get('step', 0)}/{row.get('max_steps', '?')}, train loss {_num(row.get('train_loss'), '{:.4f}')}, "
+            f"val loss {_num(row.get('val_loss'), '{:.4f}')}, {_num(row.get('tokens_per_s'), '{:.0f}')} tok/s"
+        )
 
     def _table(self, snap: Snapshot):
         from rich.table import Table
 
-        table = Table(title=f"sweep {self.sweep.name}: {self.status_line(snap)}", title_justify="left",
-                      expand=False)
-        for name, justify in (("trial", "right"), ("configuration", "left"), ("seed", "right"),
-                              ("step", "right"), ("train loss", "right"), ("val loss", "right"), ("tok/s", "right")):
+        table = Table(title=f"sweep {self.sweep.name}: {self.status_line(snap)}", title_justify="left", expand=False)
+        for name, justify in (
+            ("trial", "right"),
+            ("configuration", "left"),
+            ("seed", "right"),
+            ("step", "right"),
+            ("train loss", "right"),
+            ("val loss", "right"),
+            ("tok/s", "right"),
+        ):
             table.add_column(name, justify=justify)
         for row in snap.running:
-            table.add_row(str(row["trial"]), row["label"], str(row.get("seed", "?")),
-                          f"{row.get('step', 0)}/{row.get('max_steps', '?')}", _num(row.get("train_loss"), "{:.4f}"),
-                          _num(row.get("val_loss"), "{:.4f}"), _num(row.get("tokens_per_s"), "{:.0f}"))
+            table.add_row(
+                str(row["trial"]),
+                row["label"],
+                str(row.get("seed", "?")),
+                f"{row.get('step', 0)}/{row.get('max_steps', '?')}",
+                _num(row.get("train_loss"), "{:.4f}"),
+                _num(row.get("val_loss"), "{:.4f}"),
+                _num(row.get("tokens_per_s"), "{:.0f}"),
+            )
         return table
 
     def _run_live(self) -> None:
@@ -192,8 +218,9 @@ class SweepConsole:
     # ---- lifecycle
 
     def __enter__(self) -> SweepConsole:
-        self._thread = threading.Thread(target=self._run_live if self.live else self._run_plain,
-                                        name="sweep-console", daemon=True)
+        self._thread = threading.Thread(
+            target=self._run_live if self.live else self._run_plain, name="sweep-console", daemon=True
+        )
         self._thread.start()
         return self
 

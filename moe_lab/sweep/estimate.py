@@ -39,9 +39,16 @@ def cache_path() -> Path:
 
 
 def _key(cfg, threads: int) -> str:
-    described = {"model": asdict(cfg.model), "batch": cfg.data.batch_size, "block": cfg.data.block_size,
-                 "precision": cfg.trainer.precision, "threads": threads, "torch": torch.__version__,
-                 "machine": platform.node(), "cpus": os.cpu_count()}
+    described = {
+        "model": asdict(cfg.model),
+        "batch": cfg.data.batch_size,
+        "block": cfg.data.block_size,
+        "precision": cfg.trainer.precision,
+        "threads": threads,
+        "torch": torch.__version__,
+        "machine": platform.node(),
+        "cpus": os.cpu_count(),
+    }
     return hashlib.sha256(json.dumps(described, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
 

@@ -45,7 +45,7 @@ from moe_lab.sweep.config import Sweep, trial_label
 class SeedResult:
     seed: int
     run_dir: Path
-    metrics: dict  # the run's metrics.json
+    metrics: dict  # the run's final metrics (RunMetrics fields)
 
 
 def config_id_of(trial: optuna.Trial) -> int:
@@ -57,8 +57,11 @@ def config_id_of(trial: optuna.Trial) -> int:
 def attempt_of(trial: optuna.Trial) -> int:
     """0 for the first trial of a configuration, n for its n-th retry (counted from the study)."""
     config_id = config_id_of(trial)
-    return sum(1 for t in trial.study.get_trials(deepcopy=False)
-               if t.number < trial.number and t.user_attrs.get(TRIAL_CONFIG_ID, t.number) == config_id)
+    return sum(
+        1
+        for t in trial.study.get_trials(deepcopy=False)
+        if t.number < trial.number and t.user_attrs.get(TRIAL_CONFIG_ID, t.number) == config_id
+    )
 
 
 def seed_dir_name(seed: int, attempt: int) -> str:
@@ -67,8 +70,11 @@ def seed_dir_name(seed: int, attempt: int) -> str:
 
 def earlier_attempts(trial_dir: Path, seed: int, attempt: int) -> list[Path]:
     """Run directories of earlier attempts of this seed found in this output_dir, newest first."""
-    return [trial_dir / seed_dir_name(seed, a) for a in range(attempt - 1, -1, -1)
-            if (trial_dir / seed_dir_name(seed, a)).is_dir()]
+    return [
+        trial_dir / seed_dir_name(seed, a)
+        for a in range(attempt - 1, -1, -1)
+        if (trial_dir / seed_dir_name(seed, a)).is_dir()
+    ]
 
 
 def _finished(run_dir: Path) -> dict | None:
@@ -84,8 +90,9 @@ class Objective:
     def __init__(self, sweep: Sweep, quiet: bool = True):
         self.sweep, self.quiet = sweep, quiet
 
-    def run_seed(self, trial: optuna.Trial, params: dict, trial_dir: Path, seed: int, report: bool,
-                 attempt: int = 0) -> SeedResult:
+    def run_seed(
+        self, trial: optuna.Trial, params: dict, trial_dir: Path, seed: int, report: bool, attempt: int = 0
+    ) -> SeedResult:
         """Train one seed in this attempt's own run directory. A seed an earlier attempt finished is
         reused as it is; otherwise training continues from the newest checkpoint an earlier attempt
         left (copied, so the earlier directory is never written again)."""
@@ -111,8 +118,11 @@ class Objective:
         fence(trial)  # results of a trial taken away are not reported
         record = result.record
         if pruning is not None and pruning.pruned_at is not None:
-            record = dataclasses.replace(record, status="pruned", prune_reason=f"pruned by the "
-                                         f"{self.sweep.cfg.pruner} pruner at step {pruning.pruned_at}")
+            record = dataclasses.replace(
+                record,
+                status="pruned",
+                prune_reason=f"pruned by the {self.sweep.cfg.pruner} pruner at step {pruning.pruned_at}",
+            )
             write_metrics(run_dir, record)
         return SeedResult(seed, run_dir, dataclasses.asdict(record))
 
@@ -143,8 +153,14 @@ class Objective:
             # The seed that failed has a run directory too: record it, so the failure can be read.
             failing = trial_dir / seed_dir_name(self.sweep.cfg.seeds[len(results)], attempt)
             if still_mine(trial):
-                self.record(trial, trial_dir, results, start, error=one_line(err),
-                            failed_dir=failing if failing.is_dir() else None)
+                self.record(
+                    trial,
+                    trial_dir,
+                    results,
+                    start,
+                    error=one_line(err),
+                    failed_dir=failing if failing.is_dir() else None,
+                )
             raise
         fence(trial)
         value = self.record(trial, trial_dir, results, start)
@@ -153,8 +169,15 @@ class Objective:
             raise optuna.TrialPruned(pruned[0])
         return value
 
-    def record(self, trial, trial_dir: Path, results: list[SeedResult], start: float, error: str | None = None,
-               failed_dir: Path | None = None):
+    def record(
+        self,
+        trial,
+        trial_dir: Path,
+        results: list[SeedResult],
+        start: float,
+        error: str | None = None,
+        failed_dir: Path | None = None,
+    ):
         metric = self.sweep.cfg.objective.metric
         values = [r.metrics.get(metric) for r in results]
         finite = [v for v in values if v is not None and math.isfinite(v)]
@@ -170,8 +193,9 @@ class Objective:
             **{name: first.get(name) for name in TRIAL_FIRST_RUN_METRICS},
             **{name: _mean(r.metrics.get(name) for r in results) for name in TRIAL_MEAN_METRICS},
             TRIAL_COLLAPSE_EVENTS: sum(r.metrics.get("collapse_events_count") or 0 for r in results),
-            TRIAL_PRUNE_REASON: next((r.metrics.get("prune_reason") for r in results
-                                      if r.metrics.get("prune_reason")), None),
+            TRIAL_PRUNE_REASON: next(
+                (r.metrics.get("prune_reason") for r in results if r.metrics.get("prune_reason")), None
+            ),
             TRIAL_ERROR: error,
             TRIAL_DURATION_S: time.time() - start,
         }
@@ -179,13 +203,13 @@ class Objective:
             trial.set_user_attr(key, value)
         return mean
 
-
     @staticmethod
     def _continue_from_checkpoint(run_dir: Path, earlier: list[Path]) -> bool:
         """Put the newest last.ckpt of this or an earlier attempt in place for this run to resume from;
         False when there is none."""
-        ckpt = next((d / CHECKPOINTS / LAST_CKPT for d in [run_dir, *earlier]
-                     if (d / CHECKPOINTS / LAST_CKPT).is_file()), None)
+        ckpt = next(
+            (d / CHECKPOINTS / LAST_CKPT for d in [run_dir, *earlier] if (d / CHECKPOINTS / LAST_CKPT).is_file()), None
+        )
         if ckpt is None:
             return False
         target = run_dir / CHECKPOINTS / LAST_CKPT

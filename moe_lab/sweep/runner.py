@@ -54,8 +54,7 @@ def make_storage(sweep: Sweep):
     only the default SQLite file needs the study directory to exist first."""
     if not sweep.cfg.storage:
         sweep.study_dir.mkdir(parents=True, exist_ok=True)
-    return open_storage(sweep.storage_url, sweep.cfg.heartbeat_interval, sweep.cfg.grace_period,
-                        sweep.cfg.max_retries)
+    return open_storage(sweep.storage_url, sweep.cfg.heartbeat_interval, sweep.cfg.grace_period, sweep.cfg.max_retries)
 
 
 def make_sampler(sweep: Sweep, trial_number: int | None = None) -> optuna.samplers.BaseSampler:
@@ -83,8 +82,7 @@ def distributions(sweep: Sweep) -> dict[str, optuna.distributions.BaseDistributi
         if p.kind == "categorical":
             out[p.key] = optuna.distributions.CategoricalDistribution(list(p.choices))
         elif p.kind == "int":
-            out[p.key] = optuna.distributions.IntDistribution(int(p.low), int(p.high), log=p.log,
-                                                              step=int(p.step or 1))
+            out[p.key] = optuna.distributions.IntDistribution(int(p.low), int(p.high), log=p.log, step=int(p.step or 1))
         else:
             out[p.key] = optuna.distributions.FloatDistribution(p.low, p.high, log=p.log, step=p.step)
     return out
@@ -100,17 +98,29 @@ def retry_failed(study: optuna.Study) -> list[int]:
     for config_id, trials in sorted(by_config.items()):
         if all(t.state == TrialState.FAIL for t in trials):
             last = trials[-1]
-            study.enqueue_trial(last.params, user_attrs={TRIAL_CONFIG_ID: config_id,
-                                                         TRIAL_LABEL: last.user_attrs.get(TRIAL_LABEL, "")},
-                                skip_if_exists=False)
+            study.enqueue_trial(
+                last.params,
+                user_attrs={TRIAL_CONFIG_ID: config_id, TRIAL_LABEL: last.user_attrs.get(TRIAL_LABEL, "")},
+                skip_if_exists=False,
+            )
             retried.append(config_id)
     return retried
 
 
 # The keys that define what a study's trials mean; resuming with other values would mix two
 # experiments in one table. Budget keys (n_trials, timeout_s) may change between invocations.
-IDENTITY_KEYS = ("overrides", "objective", "sampler", "sampler_seed", "seeds", "compute_matching", "space",
-                 "arms", "collapse_prunes", "pruner")
+IDENTITY_KEYS = (
+    "overrides",
+    "objective",
+    "sampler",
+    "sampler_seed",
+    "seeds",
+    "compute_matching",
+    "space",
+    "arms",
+    "collapse_prunes",
+    "pruner",
+)
 
 
 def study_identity(sweep: Sweep) -> str:
@@ -125,8 +135,10 @@ def _check_identity(sweep: Sweep) -> None:
         return
     recorded = json.loads(info_path.read_text()).get("identity")
     if recorded and recorded != study_identity(sweep):
-        raise MoELabError(f"name: study {sweep.name!r} in {sweep.study_dir} was run with other settings "
-                          f"(space, arms, seeds, overrides, ...); resume it unchanged or pass name=<new name>")
+        raise MoELabError(
+            f"name: study {sweep.name!r} in {sweep.study_dir} was run with other settings "
+            f"(space, arms, seeds, overrides, ...); resume it unchanged or pass name=<new name>"
+        )
 
 
 # How long a worker that found the study already created waits for its creator to enqueue the work.
@@ -166,8 +178,10 @@ def _wait_for_creator(study: optuna.Study, sweep: Sweep) -> None:
     deadline = time.time() + ENQUEUE_WAIT_S
     while not (STUDY_WORK_ENQUEUED in study.user_attrs or study.user_attrs.get(STUDY_GRID_ENQUEUED)):
         if time.time() > deadline:
-            raise MoELabError(f"name: study {sweep.name!r} in {masked_url(sweep.storage_url)} exists but its "
-                              f"trials were never enqueued (its creator stopped?); pass name=<new name>")
+            raise MoELabError(
+                f"name: study {sweep.name!r} in {masked_url(sweep.storage_url)} exists but its "
+                f"trials were never enqueued (its creator stopped?); pass name=<new name>"
+            )
         time.sleep(1)
 
 
@@ -190,18 +204,25 @@ def open_study(sweep: Sweep, retry: bool = False) -> optuna.Study:
                 _top_up_slots(study, sweep, have)
         if retry:
             retry_failed(study)
-        info = {"kind": "ablation" if sweep.arms is not None else "sweep", "study_name": sweep.name,
-                "storage_url": recorded_url(sweep.storage_url),
-                "objective_metric": sweep.cfg.objective.metric, "direction": sweep.cfg.objective.direction,
-                "sampler": sweep.cfg.sampler, "seeds": list(sweep.cfg.seeds),
-                "compute_matching": sweep.cfg.compute_matching, "base": str(sweep.base_path),
-                "identity": study_identity(sweep)}
+        info = {
+            "kind": "ablation" if sweep.arms is not None else "sweep",
+            "study_name": sweep.name,
+            "storage_url": recorded_url(sweep.storage_url),
+            "objective_metric": sweep.cfg.objective.metric,
+            "direction": sweep.cfg.objective.direction,
+            "sampler": sweep.cfg.sampler,
+            "seeds": list(sweep.cfg.seeds),
+            "compute_matching": sweep.cfg.compute_matching,
+            "base": str(sweep.base_path),
+            "identity": study_identity(sweep),
+        }
         write_json_atomic(sweep.study_dir / STUDY_INFO, info)
         recorded = OmegaConf.structured(sweep.cfg)
         recorded.storage = recorded_url(sweep.cfg.storage) if sweep.cfg.storage else ""
         write_text_atomic(sweep.study_dir / SWEEP_COPY, OmegaConf.to_yaml(recorded))
-        write_study_layout(sweep.study_dir, {p.key: list(p.choices) or [p.low] for p in sweep.params},
-                           sweep.cfg.objective.metric)
+        write_study_layout(
+            sweep.study_dir, {p.key: list(p.choices) or [p.low] for p in sweep.params}, sweep.cfg.objective.metric
+        )
     return study
 
 

@@ -8,6 +8,7 @@ its password masked, raised before anything is written.
 
 from __future__ import annotations
 
+import contextlib
 import random
 import time
 from pathlib import Path
@@ -73,10 +74,8 @@ def with_storage_file(url: str, path: Path) -> str:
 
 def _hide(text: str, url: str) -> str:
     password = None
-    try:
+    with contextlib.suppress(sqlalchemy.exc.ArgumentError):
         password = make_url(url).password
-    except sqlalchemy.exc.ArgumentError:
-        pass
     return text.replace(password, "***") if password else text
 
 
@@ -87,12 +86,15 @@ def _first_line(err: BaseException) -> str:
 
 def _check_folder(path: Path, shown: str, what: str) -> None:
     if not path.parent.is_dir():
-        raise MoELabError(f"storage: {shown}: folder {path.parent} does not exist; create it "
-                          f"(mkdir -p {path.parent}) or point the {what} elsewhere")
+        raise MoELabError(
+            f"storage: {shown}: folder {path.parent} does not exist; create it "
+            f"(mkdir -p {path.parent}) or point the {what} elsewhere"
+        )
 
 
-def open_storage(url: str, heartbeat_interval: int | None = None, grace_period: int | None = None,
-                 max_retries: int = 0):
+def open_storage(
+    url: str, heartbeat_interval: int | None = None, grace_period: int | None = None, max_retries: int = 0
+):
     """An Optuna storage for `url` (an SQLAlchemy URL or journal:<file>), connected and checked. The
     heartbeat settings are a running sweep's (stale trials failed and retried); a reader passes none."""
     shown = masked_url(url)
@@ -105,25 +107,33 @@ def open_storage(url: str, heartbeat_interval: int | None = None, grace_period: 
     try:
         parsed = make_url(url)
     except sqlalchemy.exc.ArgumentError:
-        raise MoELabError(f"storage: {shown!r} is not a storage URL; expected sqlite:///path/study.db, "
-                          "postgresql+psycopg://user@host/db (any SQLAlchemy URL) or journal:<file>") from None
+        raise MoELabError(
+            f"storage: {shown!r} is not a storage URL; expected sqlite:///path/study.db, "
+            "postgresql+psycopg://user@host/db (any SQLAlchemy URL) or journal:<file>"
+        ) from None
     try:
         parsed.get_dialect().import_dbapi()  # the driver module, as create_engine will import it
     except (ImportError, sqlalchemy.exc.NoSuchModuleError) as err:
         hint = DRIVER_HINTS.get(parsed.get_backend_name(), "install the SQLAlchemy driver it names")
-        raise MoELabError(f"storage: {shown}: database driver not available ({_first_line(err)}); "
-                          f"{hint}") from None
+        raise MoELabError(f"storage: {shown}: database driver not available ({_first_line(err)}); {hint}") from None
     if file is not None:
         _check_folder(file, shown, "sqlite file")
     from optuna.storages import RetryHeartbeatStaleTrialCallback
 
-    heartbeat = {} if heartbeat_interval is None else dict(
-        heartbeat_interval=heartbeat_interval, grace_period=grace_period,
-        heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=max_retries))
+    heartbeat = (
+        {}
+        if heartbeat_interval is None
+        else dict(
+            heartbeat_interval=heartbeat_interval,
+            grace_period=grace_period,
+            heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=max_retries),
+        )
+    )
     for attempt in range(SCHEMA_RETRIES + 1):
         try:
             return optuna.storages.RDBStorage(
-                url, **heartbeat,
+                url,
+                **heartbeat,
                 # A dead connection (server restarted, idle timeout) is replaced instead of failing a trial.
                 engine_kwargs={"pool_pre_ping": True} if parsed.get_backend_name() != "sqlite" else None,
             )
@@ -136,5 +146,7 @@ def open_storage(url: str, heartbeat_interval: int | None = None, grace_period: 
                 time.sleep(0.5 + random.random())
                 continue
             reason = _hide(_first_line(err), url)
-            raise MoELabError(f"storage: cannot open {shown}: {reason}; check the host, port, user, password "
-                              "(PGPASSWORD or ~/.pgpass) and that the database exists (createdb)") from None
+            raise MoELabError(
+                f"storage: cannot open {shown}: {reason}; check the host, port, user, password "
+                "(PGPASSWORD or ~/.pgpass) and that the database exists (createdb)"
+            ) from None

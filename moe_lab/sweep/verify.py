@@ -64,8 +64,10 @@ def stored_run(sweep: Sweep, params: dict, seed: int) -> Path:
     matches = sorted([*trials.glob(f"t*-{label}/seed{seed}"), *trials.glob(f"t*-{label}/seed{seed}.retry*")])
     complete = [m for m in matches if _status(m) == "completed"]
     if not complete:
-        raise MoELabError(f"--verify: no completed run of {label} seed {seed} under {trials}; "
-                          f"run the ablation first (same command without --verify)")
+        raise MoELabError(
+            f"--verify: no completed run of {label} seed {seed} under {trials}; "
+            f"run the ablation first (same command without --verify)"
+        )
     return complete[-1]
 
 
@@ -89,17 +91,23 @@ def seed_values(run_dir: Path, metric: str) -> list[float]:
 
 def setting_differences(stored_env: dict, rerun_env: dict) -> list[str]:
     """What could make two runs of one config differ numerically, as 'key: stored -> rerun'."""
+
     def pick(env: dict) -> dict:
-        return {"torch": env.get("packages", {}).get("torch"), "threads": env.get("torch", {}).get("threads"),
-                "device": env.get("torch", {}).get("cuda_device") or "cpu",
-                "commit": env.get("git", {}).get("commit"), "dirty": env.get("git", {}).get("dirty")}
+        return {
+            "torch": env.get("packages", {}).get("torch"),
+            "threads": env.get("torch", {}).get("threads"),
+            "device": env.get("torch", {}).get("cuda_device") or "cpu",
+            "commit": env.get("git", {}).get("commit"),
+            "dirty": env.get("git", {}).get("dirty"),
+        }
 
     a, b = pick(stored_env), pick(rerun_env)
     return [f"{key}: {a[key]} -> {b[key]}" for key in a if a[key] != b[key]]
 
 
-def verify(sweep: Sweep, arms: list[str] | None = None, seed: int | None = None,
-           tolerance: float | None = None, log=print) -> list[Verdict]:
+def verify(
+    sweep: Sweep, arms: list[str] | None = None, seed: int | None = None, tolerance: float | None = None, log=print
+) -> list[Verdict]:
     import torch
 
     from moe_lab.training.run import run
@@ -132,19 +140,31 @@ def verify(sweep: Sweep, arms: list[str] | None = None, seed: int | None = None,
         rerun_env = json.loads((result.run_dir / ENV).read_text())
         values = seed_values(stored_dir, metric)
         tol = tolerance if tolerance is not None else (2 * statistics.stdev(values) if len(values) > 1 else 0.0)
-        verdicts.append(Verdict(name, seed, float(stored_value), float(result.metrics.get(metric, math.nan)),
-                                tol, setting_differences(stored_env, rerun_env)))
+        verdicts.append(
+            Verdict(
+                name,
+                seed,
+                float(stored_value),
+                float(result.metrics.get(metric, math.nan)),
+                tol,
+                setting_differences(stored_env, rerun_env),
+            )
+        )
     write_verdicts(out, metric, verdicts)
     return verdicts
 
 
 def verdict_table(metric: str, verdicts: list[Verdict]) -> str:
-    lines = [f"| arm | seed | stored {metric} | rerun | difference | tolerance | outcome | settings that differ |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | --- | --- |"]
+    lines = [
+        f"| arm | seed | stored {metric} | rerun | difference | tolerance | outcome | settings that differ |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | --- | --- |",
+    ]
     for v in verdicts:
-        lines.append(f"| {v.arm} | {v.seed} | {v.stored:.6f} | {v.rerun:.6f} | {v.difference:+.2e} | "
-                     f"{v.tolerance:.2e} | {v.outcome}{'' if v.reproduced else ' (NOT reproduced)'} | "
-                     f"{'; '.join(v.setting_differences) or 'none'} |")
+        lines.append(
+            f"| {v.arm} | {v.seed} | {v.stored:.6f} | {v.rerun:.6f} | {v.difference:+.2e} | "
+            f"{v.tolerance:.2e} | {v.outcome}{'' if v.reproduced else ' (NOT reproduced)'} | "
+            f"{'; '.join(v.setting_differences) or 'none'} |"
+        )
     return "\n".join(lines)
 
 

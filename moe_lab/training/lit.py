@@ -21,7 +21,7 @@ LN2 = math.log(2.0)
 PROGRESS_KEY = "moe_lab_progress"
 PROGRESS_ZERO = {"train_tokens": 0, "train_seconds": 0.0, "wall_time_s": 0.0}
 # Training tokens per second: tokens of all training steps so far over the wall-clock seconds of those
-# steps, validation excluded. Logged each step (progress bar and TensorBoard); metrics.json holds the
+# steps, validation excluded. Logged each step (progress bar and TensorBoard); the final metrics hold the
 # final value.
 TOKENS_PER_S = "train/tokens_per_s"
 
@@ -53,8 +53,9 @@ class MoELitModule(pl.LightningModule):
         super().__init__()
         self.cfg = config_from_dict(config) if isinstance(config, dict) else config
         # logger=False: hyperparameters go to TensorBoard once, at the end, with the final metrics.
-        self.save_hyperparameters({"config": to_dict(self.cfg), "val_bytes_per_token": val_bytes_per_token},
-                                  logger=False)
+        self.save_hyperparameters(
+            {"config": to_dict(self.cfg), "val_bytes_per_token": val_bytes_per_token}, logger=False
+        )
         self.model = MoETransformer(self.cfg.model)
         self.val_bytes_per_token = val_bytes_per_token
         self.tokenizer = None  # set by the caller for text samples; not part of the checkpoint
@@ -65,7 +66,7 @@ class MoELitModule(pl.LightningModule):
         object.__setattr__(self, "_forward", self.model)
         if self.cfg.trainer.activation_checkpointing:
             checkpoint_activations(self.model.blocks)
-        # Throughput, one definition for the progress bar, TensorBoard, metrics.json and the sweep
+        # Throughput, one definition for the progress bar, TensorBoard, the final metrics and the sweep
         # table: training tokens over the wall-clock time of the training steps (see TOKENS_PER_S).
         # These count this process's part; progress_before holds the parts before a resume.
         self.train_tokens = 0
@@ -116,13 +117,15 @@ class MoELitModule(pl.LightningModule):
         the real backward that follows."""
         gates = self.model.router_gate_weights()
         grads = torch.autograd.grad(lm_loss, list(gates.values()), retain_graph=True, allow_unused=True)
-        norms = {layer: 0.0 if g is None else float(g.norm()) for layer, g in zip(gates, grads)}
+        norms = {layer: 0.0 if g is None else float(g.norm()) for layer, g in zip(gates, grads, strict=True)}
         # Straight to the loggers: measured every n steps, these would miss Lightning's own
         # log_every_n_steps cadence whenever the two are not aligned.
         if self.global_rank == 0:
             for logger in self.loggers:
-                logger.log_metrics({f"moe/layer{layer}/router_lm_grad_norm": norm for layer, norm in norms.items()},
-                                   step=self.global_step)
+                logger.log_metrics(
+                    {f"moe/layer{layer}/router_lm_grad_norm": norm for layer, norm in norms.items()},
+                    step=self.global_step,
+                )
         return norms
 
     def _reduce_across_ranks(self, routing: dict[int, RoutingStats]) -> dict[int, RoutingStats]:
@@ -132,9 +135,20 @@ class MoELitModule(pl.LightningModule):
             return routing
         layers = sorted(routing)
         counts = torch.stack([routing[i].expert_counts for i in layers])
-        scalars = torch.stack([torch.stack([routing[i].dropped_frac.float(), routing[i].entropy,
-                                            routing[i].mean_topk_weight, routing[i].aux_loss,
-                                            routing[i].z_loss]) for i in layers])
+        scalars = torch.stack(
+            [
+                torch.stack(
+                    [
+                        routing[i].dropped_frac.float(),
+                        routing[i].entropy,
+                        routing[i].mean_topk_weight,
+                        routing[i].aux_loss,
+                        routing[i].z_loss,
+                    ]
+                )
+                for i in layers
+            ]
+        )
         counts = self.trainer.strategy.reduce(counts, reduce_op="sum")
         scalars = self.trainer.strategy.reduce(scalars, reduce_op="mean")
         return {i: RoutingStats(counts[j], *scalars[j].unbind()) for j, i in enumerate(layers)}
@@ -204,11 +218,14 @@ class MoELitModule(pl.LightningModule):
         o = self.cfg.optim
         optimizer = torch.optim.AdamW(
             [{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps,
+            lr=o.lr,
+            betas=(o.beta1, o.beta2),
+            eps=o.eps,
         )
         total = self.cfg.trainer.max_steps
         schedule = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: warmup_cosine(step, o.warmup_steps, total, o.min_lr_ratio))
+            optimizer, lambda step: warmup_cosine(step, o.warmup_steps, total, o.min_lr_ratio)
+        )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
     # ------------------------------------------------------------------ validation

@@ -28,8 +28,7 @@ def build_loggers(names: list[str], output_dir: str, name: str, version: str) ->
         if kind == "tensorboard":
             from lightning.pytorch.loggers import TensorBoardLogger
 
-            loggers.append(TensorBoardLogger(save_dir=output_dir, name=name, version=version,
-                                             default_hp_metric=False))
+            loggers.append(TensorBoardLogger(save_dir=output_dir, name=name, version=version, default_hp_metric=False))
         elif kind == "csv":
             from lightning.pytorch.loggers import CSVLogger
 
@@ -38,16 +37,28 @@ def build_loggers(names: list[str], output_dir: str, name: str, version: str) ->
             from lightning.pytorch.loggers import WandbLogger
 
             # The wandb files stay inside the run directory, like every other record of the run.
-            loggers.append(WandbLogger(name=f"{name}/{version}", group=name, save_dir=str(run_dir),
-                                       project=os.environ.get("WANDB_PROJECT", PROJECT)))
+            loggers.append(
+                WandbLogger(
+                    name=f"{name}/{version}",
+                    group=name,
+                    save_dir=str(run_dir),
+                    project=os.environ.get("WANDB_PROJECT", PROJECT),
+                )
+            )
         elif kind == "mlflow":
             from lightning.pytorch.loggers import MLFlowLogger
 
-            tracking_uri = (os.environ.get("MLFLOW_TRACKING_URI")
-                            or f"sqlite:///{(Path(output_dir) / 'mlflow.db').resolve()}")
-            loggers.append(MLFlowLogger(experiment_name=os.environ.get("MLFLOW_EXPERIMENT_NAME", PROJECT),
-                                        run_name=f"{name}/{version}", tracking_uri=tracking_uri,
-                                        tags={"run_dir": str(run_dir.resolve())}))
+            tracking_uri = (
+                os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(Path(output_dir) / 'mlflow.db').resolve()}"
+            )
+            loggers.append(
+                MLFlowLogger(
+                    experiment_name=os.environ.get("MLFLOW_EXPERIMENT_NAME", PROJECT),
+                    run_name=f"{name}/{version}",
+                    tracking_uri=tracking_uri,
+                    tags={"run_dir": str(run_dir.resolve())},
+                )
+            )
     return loggers
 
 

@@ -45,10 +45,11 @@ def _lightning_output_to_handler(handler):
     for lg in loggers:
         lg.handlers, lg.propagate = [handler], False
     with warnings.catch_warnings():  # restores showwarning on exit
-        warnings.showwarning = lambda message, category, filename, lineno, file=None, line=None: \
-            handler.stream.write(warnings.formatwarning(message, category, filename, lineno, line))
+        warnings.showwarning = lambda message, category, filename, lineno, file=None, line=None: handler.stream.write(
+            warnings.formatwarning(message, category, filename, lineno, line)
+        )
         try:
             yield
         finally:
-            for lg, (handlers, propagate) in zip(loggers, saved):
+            for lg, (handlers, propagate) in zip(loggers, saved, strict=True):
                 lg.handlers, lg.propagate = handlers, propagate

@@ -1,4 +1,4 @@
-"""What a finished run reports: its RunMetrics (metrics.json), its records in the run directory, the
+"""What a finished run reports: its RunMetrics (run_dir.METRICS), its records in the run directory, the
 final hyperparameters and metrics it hands to every logger, the checkpoints it keeps, and the lines it
 prints last."""
 
@@ -25,8 +25,9 @@ from moe_lab.training.tb_hparams import HEADLINE_HPARAMS, experiment_summary, fl
 FINISHED = ("completed", "pruned")  # statuses of a run that is over for good (nothing to resume)
 
 
-def final_metrics(cfg: ExperimentConfig, lit: MoELitModule, trainer: pl.Trainer, callbacks: dict, wall: float,
-                  error: str | None) -> RunMetrics:
+def final_metrics(
+    cfg: ExperimentConfig, lit: MoELitModule, trainer: pl.Trainer, callbacks: dict, wall: float, error: str | None
+) -> RunMetrics:
     summary = summary_record(cfg.model, cfg.data.block_size)
     load = callbacks["load_monitor"].summary()
     detector = callbacks["collapse_detector"]
@@ -42,19 +43,30 @@ def final_metrics(cfg: ExperimentConfig, lit: MoELitModule, trainer: pl.Trainer,
     elif trainer.global_step < cfg.trainer.max_steps:
         status = "stopped"
     return RunMetrics(
-        status=status, error=error, steps=int(trainer.global_step),
-        val_loss=lit.last_val.get("val/loss"), val_bpb=lit.last_val.get("val/bpb"),
-        val_ppl=lit.last_val.get("val/ppl"), best_val_loss=float(best) if best is not None else None,
-        train_tokens=tokens, tokens_per_s=_rate(tokens, train_seconds), train_seconds=train_seconds,
+        status=status,
+        error=error,
+        steps=int(trainer.global_step),
+        val_loss=lit.last_val.get("val/loss"),
+        val_bpb=lit.last_val.get("val/bpb"),
+        val_ppl=lit.last_val.get("val/ppl"),
+        best_val_loss=float(best) if best is not None else None,
+        train_tokens=tokens,
+        tokens_per_s=_rate(tokens, train_seconds),
+        train_seconds=train_seconds,
         wall_time_s=before["wall_time_s"] + wall,
         resumed_from_step=lit.resumed_from_step,
         this_part=_this_part(lit, wall) if lit.resumed_from_step is not None else None,
-        total_params=summary["total_params"], active_params=summary["total_active_params"],
-        flops_per_token=summary["total_flops_per_token"], moe_layers=summary["moe_layers"],
-        final_load_cv=load.get("final_load_cv"), final_max_over_uniform=load.get("final_max_over_uniform"),
+        total_params=summary["total_params"],
+        active_params=summary["total_active_params"],
+        flops_per_token=summary["total_flops_per_token"],
+        moe_layers=summary["moe_layers"],
+        final_load_cv=load.get("final_load_cv"),
+        final_max_over_uniform=load.get("final_max_over_uniform"),
         final_dropped_frac=load.get("final_dropped_frac"),
-        final_aux_loss=_logged(trainer, "train/aux_loss"), final_z_loss=_logged(trainer, "train/z_loss"),
-        collapse_events=list(detector.events), collapse_events_count=len(detector.events),
+        final_aux_loss=_logged(trainer, "train/aux_loss"),
+        final_z_loss=_logged(trainer, "train/z_loss"),
+        collapse_events=list(detector.events),
+        collapse_events_count=len(detector.events),
         prune_reason=detector.prune_reason,
     )
 
@@ -65,8 +77,11 @@ def _rate(tokens: int, seconds: float) -> float | None:
 
 def _this_part(lit: MoELitModule, wall: float) -> dict:
     """The throughput figures of this part alone of a resumed run."""
-    return {"train_tokens": lit.train_tokens, "tokens_per_s": _rate(lit.train_tokens, lit.train_seconds),
-            "wall_time_s": wall}
+    return {
+        "train_tokens": lit.train_tokens,
+        "tokens_per_s": _rate(lit.train_tokens, lit.train_seconds),
+        "wall_time_s": wall,
+    }
 
 
 def _logged(trainer: pl.Trainer, name: str) -> float | None:
@@ -75,7 +90,7 @@ def _logged(trainer: pl.Trainer, name: str) -> float | None:
 
 
 def write_metrics(run_dir: Path, metrics: RunMetrics) -> None:
-    """metrics.json: the RunMetrics fields, in their declared order."""
+    """The run_dir.METRICS file: the RunMetrics fields, in their declared order."""
     write_json_atomic(run_dir / METRICS, asdict(metrics))
 
 
@@ -109,14 +124,16 @@ def finish_checkpoints(directory: Path, keep: str, status: str) -> None:
         strip_to_weights(directory / BEST_CKPT)
 
 
-def log_final(cfg: ExperimentConfig, loggers: list, metrics: RunMetrics, step: int,
-              session: tuple[dict, str] | None) -> None:
+def log_final(
+    cfg: ExperimentConfig, loggers: list, metrics: RunMetrics, step: int, session: tuple[dict, str] | None
+) -> None:
     """The whole config and the final metrics to every logger. TensorBoard gets them through the hparams
     plugin's own summaries (a few declared columns, moe_lab.training.tb_hparams) and the config as text."""
     hparams = flatten(to_dict(cfg))
     values = asdict(metrics)
-    final = {f"final/{k}": float(v) for k, v in values.items()
-             if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    final = {
+        f"final/{k}": float(v) for k, v in values.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
+    }
     failed = metrics.status == "failed"
     for logger in loggers:
         if isinstance(logger, TensorBoardLogger):
@@ -125,7 +142,8 @@ def log_final(cfg: ExperimentConfig, loggers: list, metrics: RunMetrics, step: i
             if session is None:
                 headline = {k: hparams.get(k) for k in HEADLINE_HPARAMS if k in hparams}
                 writer._get_file_writer().add_summary(
-                    experiment_summary({k: [v] for k, v in headline.items()}, ordered_metrics("val_loss")))
+                    experiment_summary({k: [v] for k, v in headline.items()}, ordered_metrics("val_loss"))
+                )
                 session = (headline, "")
             writer.add_text("config", "    " + to_yaml(cfg).replace("\n", "\n    "), step)
             write_session(writer, *session, values, step, failed=failed)
@@ -137,16 +155,20 @@ def log_final(cfg: ExperimentConfig, loggers: list, metrics: RunMetrics, step: i
 
 def end_of_run_summary(metrics: RunMetrics, run_dir: Path, output_dir: Path) -> str:
     """What a finished run printed last: its result, its cost and where to look further."""
+
     def number(value: float | None, fmt: str = "{:.4f}") -> str:
         return "-" if value is None else fmt.format(value)
 
     m = metrics
-    return "\n".join([
-        f"{m.status} after {m.steps} steps in {number(m.wall_time_s, '{:.0f}')} s" + (f": {m.error}" if m.error else ""),
-        f"  val loss {number(m.val_loss)} (best {number(m.best_val_loss)}), val bits/byte {number(m.val_bpb)}, "
-        f"{si(m.tokens_per_s)} training tokens/s",
-        f"  params {si(m.total_params)} total, {si(m.active_params)} active per token; "
-        f"final load CV {number(m.final_load_cv, '{:.3f}')}, collapse events {m.collapse_events_count}",
-        f"  run directory: {run_dir} ({METRICS}, {CONFIG}, {CHECKPOINTS}/)",
-        f"  curves: tensorboard --logdir {output_dir}",
-    ])
+    return "\n".join(
+        [
+            f"{m.status} after {m.steps} steps in {number(m.wall_time_s, '{:.0f}')} s"
+            + (f": {m.error}" if m.error else ""),
+            f"  val loss {number(m.val_loss)} (best {number(m.best_val_loss)}), val bits/byte {number(m.val_bpb)}, "
+            f"{si(m.tokens_per_s)} training tokens/s",
+            f"  params {si(m.total_params)} total, {si(m.active_params)} active per token; "
+            f"final load CV {number(m.final_load_cv, '{:.3f}')}, collapse events {m.collapse_events_count}",
+            f"  run directory: {run_dir} ({METRICS}, {CONFIG}, {CHECKPOINTS}/)",
+            f"  curves: tensorboard --logdir {output_dir}",
+        ]
+    )

@@ -63,7 +63,7 @@ class RunResult:
 
     @property
     def metrics(self) -> dict:
-        """The run's metrics.json, as written."""
+        """The run's final metrics file (run_dir.METRICS), as written."""
         return asdict(self.record)
 
 
@@ -78,10 +78,16 @@ def check_resume_checkpoint(cfg: ExperimentConfig, ckpt: Path) -> None:
         raise ConfigError("trainer.resume", problem)
     previous = ckpt.with_name(PREVIOUS_CKPT)
     if previous.is_file() and _checkpoint_problem(cfg, previous) is None:
-        raise ConfigError("trainer.resume", f"auto: the latest checkpoint is damaged ({problem}); the previous "
-                                            f"one is intact: continue from it with trainer.resume={previous}")
-    raise ConfigError("trainer.resume", f"auto: the latest checkpoint is damaged ({problem}) and no intact "
-                                        f"{PREVIOUS_CKPT} is beside it; start afresh with trainer.resume=''")
+        raise ConfigError(
+            "trainer.resume",
+            f"auto: the latest checkpoint is damaged ({problem}); the previous "
+            f"one is intact: continue from it with trainer.resume={previous}",
+        )
+    raise ConfigError(
+        "trainer.resume",
+        f"auto: the latest checkpoint is damaged ({problem}) and no intact "
+        f"{PREVIOUS_CKPT} is beside it; start afresh with trainer.resume=''",
+    )
 
 
 def _checkpoint_problem(cfg: ExperimentConfig, ckpt: Path) -> str | None:
@@ -92,8 +98,11 @@ def _checkpoint_problem(cfg: ExperimentConfig, ckpt: Path) -> str | None:
         if not isinstance(tensors, dict) or "global_step" not in state:
             return f"{ckpt}: not a training checkpoint (no state_dict and global_step)"
         prefix = "model."
-        check_state_dict(cfg.model, {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)},
-                         f"{ckpt} (step {state['global_step']})")
+        check_state_dict(
+            cfg.model,
+            {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)},
+            f"{ckpt} (step {state['global_step']})",
+        )
     except CheckpointError as err:
         return str(err)
     return None
@@ -105,20 +114,35 @@ def build_callbacks(cfg: ExperimentConfig, run_dir: Path, resume_ckpt: Path | No
     last = run_dir / CHECKPOINTS / LAST_CKPT
     resumed_from_last = resume_ckpt is not None and resume_ckpt.resolve() == last.resolve()
     return {
-        "best_checkpoint": RotatingCheckpoint(dirpath=run_dir / CHECKPOINTS, filename="best", monitor="val/loss",
-                                              mode="min", save_top_k=1, auto_insert_metric_name=False,
-                                              enable_version_counter=False),
-        "last_checkpoint": RotatingCheckpoint(dirpath=run_dir / CHECKPOINTS, save_top_k=0, save_last=True,
-                                              every_n_train_steps=every, keep_previous=True,
-                                              trusted=resumed_from_last),
-        "load_monitor": ExpertLoadMonitor(log_every_n_steps=m.log_every_n_steps,
-                                          heatmap_every_n_steps=m.heatmap_every_n_steps,
-                                          max_experts_logged=m.max_experts_logged),
-        "collapse_detector": ExpertCollapseDetector(min_load_fraction=m.collapse_min_load_fraction,
-                                                    patience_steps=m.collapse_patience_steps,
-                                                    min_entropy_norm=m.collapse_min_entropy_norm,
-                                                    action=m.collapse_action,
-                                                    dead_router_max_grad_norm=m.dead_router_max_grad_norm),
+        "best_checkpoint": RotatingCheckpoint(
+            dirpath=run_dir / CHECKPOINTS,
+            filename="best",
+            monitor="val/loss",
+            mode="min",
+            save_top_k=1,
+            auto_insert_metric_name=False,
+            enable_version_counter=False,
+        ),
+        "last_checkpoint": RotatingCheckpoint(
+            dirpath=run_dir / CHECKPOINTS,
+            save_top_k=0,
+            save_last=True,
+            every_n_train_steps=every,
+            keep_previous=True,
+            trusted=resumed_from_last,
+        ),
+        "load_monitor": ExpertLoadMonitor(
+            log_every_n_steps=m.log_every_n_steps,
+            heatmap_every_n_steps=m.heatmap_every_n_steps,
+            max_experts_logged=m.max_experts_logged,
+        ),
+        "collapse_detector": ExpertCollapseDetector(
+            min_load_fraction=m.collapse_min_load_fraction,
+            patience_steps=m.collapse_patience_steps,
+            min_entropy_norm=m.collapse_min_entropy_norm,
+            action=m.collapse_action,
+            dead_router_max_grad_norm=m.dead_router_max_grad_norm,
+        ),
         "lr_monitor": LearningRateMonitor(logging_interval="step"),
         "nan_guard": NonFiniteLossGuard(),
         "progress": ProgressFile(run_dir / PROGRESS, flops_per_step(cfg)),
@@ -148,21 +172,34 @@ def _devices(value: str):
 TRAINER_KEYS = ("strategy", "devices", "num_nodes", "precision", "accelerator")
 
 
-def build_trainer(cfg: ExperimentConfig, logger, callbacks: list[pl.Callback], run_dir: Path,
-                  quiet: bool) -> pl.Trainer:
+def build_trainer(
+    cfg: ExperimentConfig, logger, callbacks: list[pl.Callback], run_dir: Path, quiet: bool
+) -> pl.Trainer:
     """The Trainer; Lightning checks accelerator, devices and strategy here, and writes nothing yet."""
     t = cfg.trainer
     try:
         return pl.Trainer(
-            max_steps=t.max_steps, max_epochs=-1,
-            val_check_interval=t.val_every_n_steps, check_val_every_n_epoch=None,
-            limit_val_batches=t.val_batches or 1.0, num_sanity_val_steps=0,
-            accumulate_grad_batches=t.accumulate_grad_batches, precision=_precision(t.precision),
-            accelerator=t.accelerator, devices=_devices(t.devices), num_nodes=t.num_nodes, strategy=t.strategy,
-            deterministic=t.deterministic, gradient_clip_val=cfg.optim.grad_clip or None,
-            logger=logger, callbacks=[*callbacks, *([ProgressBar()] if t.progress_bar and not quiet else [])],
-            enable_progress_bar=t.progress_bar and not quiet, log_every_n_steps=t.log_every_n_steps,
-            enable_model_summary=False, use_distributed_sampler=False, default_root_dir=run_dir,
+            max_steps=t.max_steps,
+            max_epochs=-1,
+            val_check_interval=t.val_every_n_steps,
+            check_val_every_n_epoch=None,
+            limit_val_batches=t.val_batches or 1.0,
+            num_sanity_val_steps=0,
+            accumulate_grad_batches=t.accumulate_grad_batches,
+            precision=_precision(t.precision),
+            accelerator=t.accelerator,
+            devices=_devices(t.devices),
+            num_nodes=t.num_nodes,
+            strategy=t.strategy,
+            deterministic=t.deterministic,
+            gradient_clip_val=cfg.optim.grad_clip or None,
+            logger=logger,
+            callbacks=[*callbacks, *([ProgressBar()] if t.progress_bar and not quiet else [])],
+            enable_progress_bar=t.progress_bar and not quiet,
+            log_every_n_steps=t.log_every_n_steps,
+            enable_model_summary=False,
+            use_distributed_sampler=False,
+            default_root_dir=run_dir,
         )
     except (MisconfigurationException, ValueError, TypeError, ImportError, RuntimeError) as err:
         reason = " ".join((str(err).strip() or type(err).__name__).split("\n")[0].split())
@@ -170,9 +207,12 @@ def build_trainer(cfg: ExperimentConfig, logger, callbacks: list[pl.Callback], r
         lowered = reason.lower()
         name = next((k for k in TRAINER_KEYS if k in lowered), "accelerator")
         value = getattr(t, name)
-        raise ConfigError(f"trainer.{name}", f"{value!r} cannot be used here "
-                          f"(accelerator={t.accelerator}, devices={t.devices}, strategy={t.strategy}): "
-                          f"{reason}") from None
+        raise ConfigError(
+            f"trainer.{name}",
+            f"{value!r} cannot be used here "
+            f"(accelerator={t.accelerator}, devices={t.devices}, strategy={t.strategy}): "
+            f"{reason}",
+        ) from None
 
 
 def _print(msg: str, quiet: bool) -> None:
@@ -194,16 +234,22 @@ def with_tokenizer_vocabulary(cfg: ExperimentConfig, vocab_size: int) -> Experim
     A pretrained model (model_init) keeps its vocabulary: the tokenizer must fit in it."""
     if cfg.model_init:
         if vocab_size > cfg.model.vocab_size:
-            raise DataError(f"data tokenizer has {vocab_size} tokens but the model in model_init="
-                            f"{cfg.model_init} has vocab_size {cfg.model.vocab_size}")
+            raise DataError(
+                f"data tokenizer has {vocab_size} tokens but the model in model_init="
+                f"{cfg.model_init} has vocab_size {cfg.model.vocab_size}"
+            )
         return cfg
     if vocab_size == cfg.model.vocab_size:
         return cfg
     return derive(cfg, {"model": {"vocab_size": vocab_size}})
 
 
-def run(cfg: ExperimentConfig, extra_callbacks: tuple[pl.Callback, ...] = (), quiet: bool = False,
-        session: tuple[dict, str] | None = None) -> RunResult:
+def run(
+    cfg: ExperimentConfig,
+    extra_callbacks: tuple[pl.Callback, ...] = (),
+    quiet: bool = False,
+    session: tuple[dict, str] | None = None,
+) -> RunResult:
     """Train `cfg` (already validated by load_config). Raises MoELabError for bad data input before
     anything is written. `session`: (hyperparameters, group) of this run in the TensorBoard HPARAMS table
     of a study that declared its own columns (moe_lab.training.tb_hparams); None: the run declares itself."""

@@ -25,17 +25,28 @@ from typing import Any
 
 from moe_lab.artifacts.run_dir import HPARAM_METRICS
 
-# HPARAM_METRICS (metrics.json keys) are shown as `final/<key>`, in their declared order (the objective
+# HPARAM_METRICS (RunMetrics field names) are shown as `final/<key>`, in their declared order (the objective
 # of a study is moved first).
 FINAL_PREFIX = "final/"
 # A single run's HPARAMS columns: what distinguishes one MoE run from another at a glance.
-HEADLINE_HPARAMS = ("model.moe.n_experts", "model.moe.top_k", "model.moe.router", "model.d_model",
-                    "model.n_layers", "optim.lr", "trainer.max_steps", "seed")
+HEADLINE_HPARAMS = (
+    "model.moe.n_experts",
+    "model.moe.top_k",
+    "model.moe.router",
+    "model.d_model",
+    "model.n_layers",
+    "optim.lr",
+    "trainer.max_steps",
+    "seed",
+)
 # The study comparison charts: (title, tag regex); TensorBoard draws every run matching a regex on one chart.
-COMPARISON_CHARTS = (("val loss", r"val/loss"), ("load CV (mean over layers)", r"moe/load_cv_mean"),
-                     ("dropped fraction (mean over layers)", r"moe/dropped_frac_mean"),
-                     ("router entropy / ln E, per layer", r"moe/layer\d+/entropy_norm"),
-                     ("train LM loss", r"train/lm_loss"))
+COMPARISON_CHARTS = (
+    ("val loss", r"val/loss"),
+    ("load CV (mean over layers)", r"moe/load_cv_mean"),
+    ("dropped fraction (mean over layers)", r"moe/dropped_frac_mean"),
+    ("router entropy / ln E, per layer", r"moe/layer\d+/entropy_norm"),
+    ("train LM loss", r"train/lm_loss"),
+)
 
 
 def flatten(values: dict, prefix: str = "") -> dict[str, Any]:
@@ -78,14 +89,14 @@ def _plugin_summary(tag: str, **plugin_data):
 
 def experiment_summary(hparams: dict[str, list[Any]], metrics: list[str], swept: tuple[str, ...] = ()):
     """The plugin's experiment declaration: `hparams` {key: the values it takes}, in this order;
-    `metrics` (metrics.json keys) as `final/<key>` columns, in this order. The plugin lists hyperparameters
+    `metrics` (RunMetrics field names) as `final/<key>` columns, in this order. The plugin lists hyperparameters
     whose `differs` flag is set first, so the swept keys are flagged and nothing else is."""
     from tensorboard.plugins.hparams import api_pb2, metadata
 
-    infos = [api_pb2.HParamInfo(name=key, type=_hparam_type(values), differs=key in swept)
-             for key, values in hparams.items()]
-    metric_infos = [api_pb2.MetricInfo(name=api_pb2.MetricName(tag=FINAL_PREFIX + m), display_name=m)
-                    for m in metrics]
+    infos = [
+        api_pb2.HParamInfo(name=key, type=_hparam_type(values), differs=key in swept) for key, values in hparams.items()
+    ]
+    metric_infos = [api_pb2.MetricInfo(name=api_pb2.MetricName(tag=FINAL_PREFIX + m), display_name=m) for m in metrics]
     experiment = api_pb2.Experiment(hparam_infos=infos, metric_infos=metric_infos, time_created_secs=time.time())
     return _plugin_summary(metadata.EXPERIMENT_TAG, experiment=experiment)
 
@@ -128,15 +139,21 @@ def write_session(writer, hparams: dict[str, Any], group: str, metrics: dict, st
     start = plugin_data_pb2.SessionStartInfo(group_name=group, start_time_secs=time.time())
     for key, value in hparams.items():
         value = _tb_value(value)
-        field = ("bool_value" if isinstance(value, bool) else
-                 "number_value" if isinstance(value, (int, float)) else "string_value")
+        field = (
+            "bool_value"
+            if isinstance(value, bool)
+            else "number_value"
+            if isinstance(value, (int, float))
+            else "string_value"
+        )
         setattr(start.hparams[key], field, value)
     file_writer = writer._get_file_writer()
     file_writer.add_summary(_plugin_summary(metadata.SESSION_START_INFO_TAG, session_start_info=start))
     for key in HPARAM_METRICS:
         if isinstance(metrics.get(key), (int, float)):
             writer.add_scalar(FINAL_PREFIX + key, float(metrics[key]), step)
-    end = plugin_data_pb2.SessionEndInfo(status=api_pb2.STATUS_FAILURE if failed else api_pb2.STATUS_SUCCESS,
-                                         end_time_secs=time.time())
+    end = plugin_data_pb2.SessionEndInfo(
+        status=api_pb2.STATUS_FAILURE if failed else api_pb2.STATUS_SUCCESS, end_time_secs=time.time()
+    )
     file_writer.add_summary(_plugin_summary(metadata.SESSION_END_INFO_TAG, session_end_info=end))
     writer.flush()

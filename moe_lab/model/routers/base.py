@@ -61,8 +61,14 @@ class Router(nn.Module):
         raise NotImplementedError
 
 
-def token_choice(logits: torch.Tensor, probs: torch.Tensor, selection_scores: torch.Tensor,
-                 gate_scores: torch.Tensor, top_k: int, renormalize: bool) -> Routing:
+def token_choice(
+    logits: torch.Tensor,
+    probs: torch.Tensor,
+    selection_scores: torch.Tensor,
+    gate_scores: torch.Tensor,
+    top_k: int,
+    renormalize: bool,
+) -> Routing:
     """Each token picks its top-k experts by `selection_scores`; weights come from `gate_scores`."""
     T = logits.shape[0]
     _, idx = selection_scores.topk(top_k, dim=-1)  # [T, k]

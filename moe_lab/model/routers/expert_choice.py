@@ -30,5 +30,6 @@ class ExpertChoiceRouter(Router):
         c = min(T, capacity or T)
         weight, tokens = probs.t().topk(c, dim=-1)  # [E, C]
         experts = torch.arange(self.n_routed_experts, device=x.device).repeat_interleave(c)
-        return Routing(logits=logits, probs=probs, token_idx=tokens.reshape(-1), expert_idx=experts,
-                       weight=weight.reshape(-1))
+        return Routing(
+            logits=logits, probs=probs, token_idx=tokens.reshape(-1), expert_idx=experts, weight=weight.reshape(-1)
+        )

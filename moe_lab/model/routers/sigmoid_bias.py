@@ -18,8 +18,7 @@ class SigmoidBiasRouter(Router):
     updates_bias = True
     options = ("renormalize", "bias_update_speed")
 
-    def __init__(self, d_model: int, n_routed_experts: int, routed_top_k: int, *, bias_update_speed: float = 0.0,
-                 **kw):
+    def __init__(self, d_model: int, n_routed_experts: int, routed_top_k: int, *, bias_update_speed: float = 0.0, **kw):
         super().__init__(d_model, n_routed_experts, routed_top_k, **kw)
         self.bias_update_speed = bias_update_speed
         self.register_buffer("selection_bias", torch.zeros(n_routed_experts))
@@ -30,8 +29,7 @@ class SigmoidBiasRouter(Router):
         # The distribution the aux loss and entropy see: affinities normalised per token (DeepSeek-V3
         # eq. 18, the complementary sequence-wise balance loss).
         probs = scores / scores.sum(dim=-1, keepdim=True)
-        return token_choice(logits, probs, scores + self.selection_bias, scores, self.routed_top_k,
-                            self.renormalize)
+        return token_choice(logits, probs, scores + self.selection_bias, scores, self.routed_top_k, self.renormalize)
 
     @torch.no_grad()
     def update_bias(self, expert_counts: torch.Tensor) -> None:

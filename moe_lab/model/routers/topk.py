@@ -12,8 +12,7 @@ from moe_lab.model.routers.base import Router, Routing, register_router, token_c
 class TopKRouter(Router):
     options = ("renormalize", "router_jitter")
 
-    def __init__(self, d_model: int, n_routed_experts: int, routed_top_k: int, *, router_jitter: float = 0.0,
-                 **kw):
+    def __init__(self, d_model: int, n_routed_experts: int, routed_top_k: int, *, router_jitter: float = 0.0, **kw):
         super().__init__(d_model, n_routed_experts, routed_top_k, **kw)
         self.jitter = router_jitter
 
