@@ -91,6 +91,7 @@ def test_resume_skips_finished_runs(tmp_path, data_cache):
     assert (trial_dir / "seed1.retry1" / "metrics.json").is_file()
 
 
+@pytest.mark.slow
 def test_same_arm_and_seed_in_fresh_processes_give_identical_metrics(tmp_path, data_cache):
     write_tiny_experiment(tmp_path / "tiny.yaml", data_cache, deterministic=True)
     outputs = []
@@ -146,6 +147,7 @@ def test_arm_with_an_invalid_experiment_is_named(tmp_path, data_cache):
     assert str(err.value).startswith("arms.top9: invalid experiment: model.moe.top_k")
 
 
+@pytest.mark.slow
 def test_verify_reruns_a_stored_arm_and_says_whether_it_reproduced(tmp_path, data_cache):
     path = write(tmp_path, data_cache)
     sweep = load_ablation(path)
@@ -178,6 +180,7 @@ def test_verify_tolerates_seed_noise_only_where_settings_differ():
     assert (far.outcome, far.reproduced) == ("differs", False)
 
 
+@pytest.mark.slow
 def test_verify_without_stored_results_is_one_error_line(tmp_path, data_cache):
     path = write(tmp_path, data_cache)
     proc = subprocess.run(

@@ -258,9 +258,9 @@ class Batch(NamedTuple):
 
 @pytest.fixture(scope="module")
 def batch(trained, tmp_path_factory) -> Batch:
-    """Every case run once, a few at a time: each is a fresh interpreter spending seconds on imports,
-    so on a machine with spare cores they overlap. The data cache they share is compared around the
-    whole batch (test_no_case_changed_the_data_cache)."""
+    """Every case run once, one per core: each is a fresh interpreter spending most of its time on
+    imports, so they overlap well. The data cache they share is compared around the whole batch
+    (test_no_case_changed_the_data_cache)."""
     base, exp, run = trained
 
     def one(case: Case) -> tuple[str, Outcome]:
@@ -276,7 +276,7 @@ def batch(trained, tmp_path_factory) -> Batch:
         return case.id, Outcome(result, places, before, tree_digest(tmp))
 
     cache_before = tree_digest(base / "cache")
-    with ThreadPoolExecutor(max_workers=max(1, min(4, (os.cpu_count() or 1) // 2))) as pool:
+    with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
         outcomes = dict(pool.map(one, CASES))
     return Batch(outcomes, cache_before, tree_digest(base / "cache"))
 

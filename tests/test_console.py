@@ -42,6 +42,7 @@ def tiny_sweep(tmp_path_factory, data_cache):
     return load_sweep(path), proc.stdout + proc.stderr
 
 
+@pytest.mark.slow
 def test_console_reports_trials_and_counts_without_noise(tiny_sweep):
     sweep, output = tiny_sweep
     study = optuna.load_study(study_name=sweep.name, storage=sweep.storage_url)

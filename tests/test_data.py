@@ -20,11 +20,12 @@ import numpy as np
 import pytest
 import torch
 
-from moe_lab.data import DataConfig, TextDataModule, validate_data_config
+from moe_lab.data import DataConfig, validate_data_config
 from moe_lab.data import cache as cache_module
 from moe_lab.data import tokenizers as tok_module
 from moe_lab.data.config import DEFAULT_VAL_PLAYS, resolve_cache_dir
 from moe_lab.data.corpora import load_corpus, load_shakespeare, split_by_fraction
+from moe_lab.data.datamodule import TextDataModule
 from moe_lab.data.plays import shakespeare_play_names
 from moe_lab.data.tokenizers import ByteTokenizer, load_saved_tokenizer
 from moe_lab.errors import ConfigError, DataError

@@ -121,6 +121,7 @@ def event_file_pids(run_dir: Path) -> set[str]:
     return {p.name.split(".")[-2] for p in run_dir.glob("events.out.tfevents.*")}
 
 
+@pytest.mark.slow
 def test_worker_paused_past_the_grace_period_drops_its_trial(tmp_path, data_cache):
     """SIGSTOP one of two workers mid-trial until the other has failed and retried its trial, then
     SIGCONT: the paused worker notices, stops that trial without writing results, and exits 0."""

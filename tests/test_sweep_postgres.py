@@ -115,6 +115,7 @@ def test_two_hosts_drain_one_grid_exactly_once(tmp_path, data_cache, database):
         assert postgres_server.PASSWORD not in info and "127.0.0.1" in info
 
 
+@pytest.mark.slow
 def test_killed_host_is_retried_by_the_other(tmp_path, data_cache, database):
     path = write_sweep(tmp_path, data_cache, "sampler: grid\nspace:\n  model.moe.top_k: [1, 2, 3]\n", steps=40)
     victim = start(host_cmd(path, database, "hostA", tmp_path))
@@ -144,6 +145,7 @@ def test_killed_host_is_retried_by_the_other(tmp_path, data_cache, database):
     assert retry.value == pytest.approx(metrics["val_loss"])
 
 
+@pytest.mark.slow
 def test_tpe_over_two_workers_runs_exactly_n_trials(tmp_path, data_cache, database):
     body = "sampler: tpe\nn_trials: 6\nspace:\n  optim.lr: {type: float, low: 1.0e-4, high: 1.0e-2, log: true}\n"
     ts = drain_on_two_hosts(write_sweep(tmp_path, data_cache, body), database, tmp_path)

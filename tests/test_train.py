@@ -224,6 +224,7 @@ def test_data_error_exits_2_and_writes_nothing(tmp_path, data_cache):
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_ddp_two_cpu_processes_log_the_single_process_expert_loads(tmp_path, data_cache):
     """2 gloo ranks x batch 2 see the same global batches as 1 process x batch 4 (the sampler shards
     each global batch), and the logged loads are all-reduced: the first window must match exactly."""

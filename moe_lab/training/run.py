@@ -36,7 +36,7 @@ from moe_lab.callbacks.nonfinite import NonFiniteLossError, NonFiniteLossGuard
 from moe_lab.callbacks.progress import ProgressBar
 from moe_lab.callbacks.progress_file import ProgressFile
 from moe_lab.config import ExperimentConfig, derive, to_yaml
-from moe_lab.data import TextDataModule
+from moe_lab.data.datamodule import TextDataModule
 from moe_lab.errors import ConfigError, DataError
 from moe_lab.interop.checkpoint import CheckpointError, check_state_dict, load_pretrained, read_torch_checkpoint
 from moe_lab.model.accounting import count_model
