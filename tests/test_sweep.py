@@ -5,6 +5,7 @@ import json
 import os
 import re
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -12,12 +13,14 @@ from pathlib import Path
 
 import optuna
 import pytest
+import sqlalchemy
 from optuna.trial import TrialState
 
 from moe_lab.config import load_config
 from moe_lab.errors import ConfigError, MoELabError
 from moe_lab.model.accounting import count_model
 from moe_lab.sweep import estimate
+from moe_lab.sweep import storage as storage_module
 from moe_lab.sweep.__main__ import dry_run
 from moe_lab.sweep.config import load_sweep
 from moe_lab.sweep.runner import run_worker
@@ -138,7 +141,8 @@ def test_worker_paused_past_the_grace_period_drops_its_trial(tmp_path, data_cach
 
     def wait_for(pattern):
         while not list(trial_dirs.glob(pattern)):
-            assert all(p.poll() is None for p in procs) and time.time() < deadline, pattern
+            ended = [p.communicate()[0][-2000:] for p in procs if p.poll() is not None]
+            assert not ended and time.time() < deadline, (pattern, ended)
             time.sleep(0.2)
         return list(trial_dirs.glob(pattern))
 
@@ -165,6 +169,37 @@ def test_worker_paused_past_the_grace_period_drops_its_trial(tmp_path, data_cach
     for t in done:
         for d in t.user_attrs["run_dirs"]:
             assert json.loads((tmp_path / "out" / "sweep" / d / "metrics.json").read_text())["steps"] == 30
+
+
+def test_worker_that_loses_the_sqlite_table_creation_race_opens_the_study(tmp_path, monkeypatch):
+    """Two workers started together on a new SQLite study both create Optuna's tables; SQLite tells
+    the loser "table studies already exists" (an OperationalError, like a real connection failure).
+    The loser must try again and find the tables, not exit with a storage error."""
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    real, calls = optuna.storages.RDBStorage, []
+
+    def failing_once(reason: str, winner_first: bool):
+        class Storage(real):
+            def __init__(self, *args, **kwargs):
+                calls.append(args)
+                if len(calls) == 1 or not winner_first:
+                    if winner_first:  # the other worker creates the tables while this one was about to
+                        real(url)
+                    raise sqlalchemy.exc.OperationalError("CREATE TABLE", {}, sqlite3.OperationalError(reason))
+                super().__init__(*args, **kwargs)
+
+        return Storage
+
+    monkeypatch.setattr(storage_module.time, "sleep", lambda s: None)
+    monkeypatch.setattr(optuna.storages, "RDBStorage", failing_once("table studies already exists", True))
+    storage = storage_module.open_storage(url)
+    assert len(calls) == 2 and optuna.create_study(storage=storage, study_name="s").study_name == "s"
+    # A database that cannot be opened will not get better: one error, no retry.
+    calls.clear()
+    monkeypatch.setattr(optuna.storages, "RDBStorage", failing_once("unable to open database file", False))
+    with pytest.raises(MoELabError, match="unable to open database file"):
+        storage_module.open_storage(url)
+    assert len(calls) == 1
 
 
 def test_two_concurrent_workers_never_run_the_same_grid_point(tmp_path, data_cache):

@@ -139,9 +139,12 @@ def open_storage(
             )
         except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError) as err:
             # Workers starting together on an empty database race to create Optuna's tables; the
-            # losers see a duplicate table or key and find the tables there when they try again.
-            # A connection that fails (host, password, database) will not get better: report it.
-            racing = not isinstance(err, sqlalchemy.exc.OperationalError) or "locked" in str(err)
+            # losers see a duplicate table or key (SQLite reports "table ... already exists" as an
+            # OperationalError) and find the tables there when they try again. A connection that fails
+            # (host, password, database) will not get better: report it.
+            racing = not isinstance(err, sqlalchemy.exc.OperationalError) or any(
+                sign in str(err) for sign in ("locked", "already exists")
+            )
             if racing and attempt < SCHEMA_RETRIES:
                 time.sleep(0.5 + random.random())
                 continue
