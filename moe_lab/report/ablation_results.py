@@ -109,6 +109,8 @@ def provenance_lines(data: AblationData) -> list[str]:
     def revision(env: dict) -> str:
         git = env.get("git") or {}
         dirty = {True: "dirty", False: "clean"}.get(git.get("dirty"), "dirty flag unknown")
+        if git.get("changed_since_start"):  # the checkout moved while the worker ran its imported code
+            dirty = "dirty (checkout changed after the process started)"
         return f"`{git.get('commit') or 'unknown'}` {dirty}"
 
     def package(name: str):
