@@ -313,6 +313,7 @@ def test_cli_bad_sweep_exits_2_without_traceback(tmp_path, data_cache):
 
 def test_dry_run_times_the_models_here_caches_them_and_schedules_the_runs(tmp_path, data_cache, capsys, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr(estimate.os, "getloadavg", lambda: (0.0, 0.0, 0.0))  # a quiet machine
     path = write_sweep(
         tmp_path, data_cache, "sampler: grid\nseeds: [0, 1]\nspace:\n  model.moe.top_k: [1, 2]\n", steps=10
     )
@@ -331,6 +332,20 @@ def test_dry_run_times_the_models_here_caches_them_and_schedules_the_runs(tmp_pa
     times = estimate.StepTimes(train_s=0.5, eval_s=0.25, threads=1)
     assert estimate.run_seconds(cfg, times) == 10 * 0.5 + 5 * 1 * 0.25 + estimate.RUN_OVERHEAD_S
     assert not os.path.exists(tmp_path / "out" / "sweep")  # a dry run writes no study
+
+
+def test_step_times_measured_on_a_busy_machine_are_used_but_not_cached(tmp_path, data_cache, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    cfg = load_config(write_tiny_experiment(tmp_path / "tiny.yaml", data_cache, steps=2))
+    cores = os.cpu_count() or 1
+    # Other processes use every core: a 1-thread measurement would share one with them.
+    monkeypatch.setattr(estimate.os, "getloadavg", lambda: (cores + 0.5, 0.0, 0.0))
+    busy = estimate.step_times(cfg, threads=1)
+    assert busy.busy and not busy.cached and not estimate.cache_path().exists()
+    # The shell and an editor (a load of 0.7) on an otherwise idle machine: quiet, cached.
+    monkeypatch.setattr(estimate.os, "getloadavg", lambda: (0.7, 0.0, 0.0))
+    quiet = estimate.step_times(cfg, threads=1)
+    assert not quiet.busy and estimate.step_times(cfg, threads=1).cached
 
 
 def test_makespan_schedules_units_on_the_first_free_worker():

@@ -117,6 +117,11 @@ def dry_run(sweep: Sweep, workers: int = 1, gflops: float | None = None) -> None
         + (" (cached in " if all(t.cached for t in measured) else " (now cached in ")
         + f"{estimate.cache_path()}, delete it to measure again); more load on the machine makes it longer"
     )
+    if any(t.busy for t in measured):
+        how += (
+            "; NOTE: other processes kept the cores busy while timing, so this estimate is too long and was"
+            " not cached: dry-run again on a quiet machine"
+        )
     print(f"estimated time: about {wall / 60:.0f} min with {workers} worker{'s' * (workers > 1)} ({how})")
     print(
         f"estimated disk: {end_bytes / 1e6:.0f} MB of checkpoints at the end (keep_checkpoints="

@@ -4,7 +4,8 @@ this machine (cached), disk from the parameter counts.
 The step times are measured, not derived from FLOPs: an assumed 100 GFLOP/s made "about 6 min" take
 18-37 min on the 2-core dev machine. They are cached per machine, torch version, thread count and
 model shape in `$XDG_CACHE_HOME/moe_lab/step_times.json` (default ~/.cache/moe_lab/), so a second
-dry run is instant.
+dry run is instant. A measurement taken while other processes keep the cores busy is used but not
+cached: a dry run next to a running sweep once cached step times 2x too slow for good.
 """
 
 from __future__ import annotations
@@ -23,6 +24,9 @@ import torch
 # the final report's share. Measured 10-20 s per run on the 2-core dev machine; an estimate, not a fit.
 RUN_OVERHEAD_S = 15.0
 TIMED_STEPS, WARMUP_STEPS = 3, 2
+# Bumped when the measurement changes, so older cached times are measured again (entries before 2 could
+# have been timed on a busy machine).
+MEASUREMENT_VERSION = 2
 
 
 @dataclass
@@ -31,6 +35,7 @@ class StepTimes:
     eval_s: float  # one validation batch: forward without gradients
     threads: int
     cached: bool = False
+    busy: bool = False  # measured while other processes used the cores: too slow, not cached
 
 
 def cache_path() -> Path:
@@ -48,6 +53,7 @@ def _key(cfg, threads: int) -> str:
         "torch": torch.__version__,
         "machine": platform.node(),
         "cpus": os.cpu_count(),
+        "measurement": MEASUREMENT_VERSION,
     }
     return hashlib.sha256(json.dumps(described, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
@@ -95,6 +101,16 @@ def _timed(step) -> float:
     return sorted(times)[len(times) // 2]  # the median: one slow step on a shared machine is noise
 
 
+def machine_busy(threads: int) -> bool:
+    """Whether other processes already keep the cores busy: the 1-minute load average leaves fewer
+    than `threads` cores (with a core's slack, since a shell or an editor adds a little load)."""
+    try:
+        load = os.getloadavg()[0]
+    except (OSError, AttributeError):  # no load average on this platform: assume quiet
+        return False
+    return load > (os.cpu_count() or 1) - threads + 1.0
+
+
 def step_times(cfg, threads: int) -> StepTimes:
     """Cached measurement for this machine and model shape."""
     path, key = cache_path(), _key(cfg, threads)
@@ -104,7 +120,10 @@ def step_times(cfg, threads: int) -> StepTimes:
         cache = {}
     if key in cache:
         return StepTimes(**{**cache[key], "cached": True})
+    busy = machine_busy(threads)
     times = measure_step_times(cfg, threads)
+    if busy:
+        return StepTimes(times.train_s, times.eval_s, threads, busy=True)
     cache[key] = {"train_s": times.train_s, "eval_s": times.eval_s, "threads": threads}
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
