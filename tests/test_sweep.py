@@ -348,6 +348,23 @@ def test_step_times_measured_on_a_busy_machine_are_used_but_not_cached(tmp_path,
     assert not quiet.busy and estimate.step_times(cfg, threads=1).cached
 
 
+def test_step_times_are_timed_and_cached_per_number_of_workers_running_at_once(tmp_path, data_cache, monkeypatch):
+    """Workers sharing the cores slow each other (memory bandwidth, caches): a 2-worker estimate times two
+    copies at once and never reuses a 1-worker measurement, nor the other way round."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr(estimate.os, "getloadavg", lambda: (0.0, 0.0, 0.0))
+    cfg = load_config(write_tiny_experiment(tmp_path / "tiny.yaml", data_cache, steps=2))
+    built = []
+    real = estimate._steps_of_one_copy
+    monkeypatch.setattr(estimate, "_steps_of_one_copy", lambda *a: built.append(a) or real(*a))
+    alone = estimate.step_times(cfg, threads=1, concurrent=1)
+    assert len(built) == 1 and not alone.cached
+    together = estimate.step_times(cfg, threads=1, concurrent=2)
+    assert len(built) == 3 and not together.cached and together.train_s > 0
+    assert estimate.step_times(cfg, threads=1, concurrent=2).cached and len(built) == 3
+    assert len(json.loads(estimate.cache_path().read_text())) == 2
+
+
 def test_makespan_schedules_units_on_the_first_free_worker():
     # 3 configurations x 2 seeds claimed per configuration (20 s each) on 2 workers: one idles at the end.
     assert estimate.makespan([20.0, 20.0, 20.0], 2) == 40.0

@@ -81,6 +81,7 @@ def dry_run(sweep: Sweep, workers: int = 1, gflops: float | None = None) -> None
         )
         return
     threads = worker_threads(workers)
+    concurrent = min(workers, max(1, (os.cpu_count() or 1) // threads))  # workers training at once here
     units, rows, end_bytes, live_bytes, measured = [], [], 0, 0, []
     for i, params in enumerate(planned):
         cfg, matched = sweep.experiment(params)
@@ -89,7 +90,7 @@ def dry_run(sweep: Sweep, workers: int = 1, gflops: float | None = None) -> None
             train_s = 3 * counts.total_flops_per_token * cfg.data.batch_size * cfg.data.block_size / (gflops * 1e9)
             times = estimate.StepTimes(train_s=train_s, eval_s=train_s / 3, threads=threads)
         else:
-            times = estimate.step_times(cfg, threads)
+            times = estimate.step_times(cfg, threads, concurrent)
             measured.append(times)
         seconds = estimate.run_seconds(cfg, times)
         state = "done" if done is not None and i not in todo else f"{seconds:5.0f} s/run"
@@ -113,7 +114,8 @@ def dry_run(sweep: Sweep, workers: int = 1, gflops: float | None = None) -> None
     how = (
         f"assuming {gflops:g} GFLOP/s"
         if gflops
-        else f"step times measured on this machine at {threads} thread{'s' * (threads > 1)} per worker"
+        else f"step times measured on this machine at {threads} thread{'s' * (threads > 1)} per worker, "
+        f"{concurrent} at once"
         + (" (cached in " if all(t.cached for t in measured) else " (now cached in ")
         + f"{estimate.cache_path()}, delete it to measure again); more load on the machine makes it longer"
     )
