@@ -98,7 +98,7 @@ def verify_main(argv: list[str]) -> int:
         default=None,
         help="allowed |difference| where settings differ (default: 2 x the arm's seed std)",
     )
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # overrides may follow the options
 
     def rerun() -> int:
         sweep = load_ablation(args.ablation, args.overrides)

@@ -20,7 +20,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("config", help="experiment YAML (see experiments/)")
     parser.add_argument("overrides", nargs="*", help="key.sub=value overrides")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # overrides may follow the options
 
     def train() -> None:
         from moe_lab.config import load_config, to_yaml

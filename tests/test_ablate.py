@@ -69,10 +69,11 @@ def test_two_arm_two_seed_ablation_end_to_end(tmp_path, data_cache):
 
 
 def test_resume_skips_finished_runs(tmp_path, data_cache):
-    """A worker dies after the first seed of a trial; the rerun keeps that seed and trains the rest."""
+    """A worker dies after its run finished but before it told the study: the rerun keeps that run."""
     sweep = load_ablation(write(tmp_path, data_cache))
     study = open_study(sweep)
-    trial = claim_trial(study, sweep, None)  # arm top1
+    trial = claim_trial(study, sweep, None)  # arm top1, seed 0
+    assert (trial.params["arm"], trial.user_attrs["unit_seed"]) == ("top1", 0)
     objective = Objective(sweep)
     trial_dir = sweep.study_dir / "trials" / "t000-arm=top1"
     with heartbeat(study, trial):  # as a live worker does; leaving it is the worker's death
@@ -81,14 +82,15 @@ def test_resume_skips_finished_runs(tmp_path, data_cache):
     stamp = finished.stat().st_mtime_ns
     # ... and the worker dies here: the trial stays RUNNING with no heartbeat.
     time.sleep(3)
-    assert run_worker(sweep, log=lambda m: None) == 2  # the retried top1 trial and top2
+    assert run_worker(sweep, log=lambda m: None) == 4  # the retried (top1, 0), then (top2, 0), (top1, 1), (top2, 1)
     ts = optuna.load_study(study_name=sweep.name, storage=sweep.storage_url).get_trials()
-    assert sorted(t.params["arm"] for t in ts if t.state == TrialState.COMPLETE) == ["top1", "top2"]
+    done = sorted((t.params["arm"], t.user_attrs["unit_seed"]) for t in ts if t.state == TrialState.COMPLETE)
+    assert done == [("top1", 0), ("top1", 1), ("top2", 0), ("top2", 1)]
     assert finished.stat().st_mtime_ns == stamp  # seed 0 was not trained again
-    # The retry (attempt 1) reuses the finished seed 0 and trains seed 1 in its own attempt directory.
-    (retry,) = [t for t in ts if t.state == TrialState.COMPLETE and t.params["arm"] == "top1"]
-    assert retry.user_attrs["run_dirs"] == ["trials/t000-arm=top1/seed0", "trials/t000-arm=top1/seed1.retry1"]
-    assert (trial_dir / "seed1.retry1" / "metrics.json").is_file()
+    # The retry (attempt 1 of top1 seed 0) reuses the finished run instead of training seed0.retry1.
+    (retry,) = [t for t in ts if t.state == TrialState.COMPLETE and t.user_attrs["attempt"] == 1]
+    assert retry.user_attrs["run_dirs"] == ["trials/t000-arm=top1/seed0"]
+    assert not (trial_dir / "seed0.retry1").exists() and (trial_dir / "seed1" / "metrics.json").is_file()
 
 
 @pytest.mark.slow

@@ -20,7 +20,7 @@ from torch.utils.tensorboard import SummaryWriter
 from moe_lab.report.__main__ import main
 from moe_lab.report.figures import curve_band, ema
 from moe_lab.report.sweep_plots import study_curves
-from moe_lab.report.sweep_study import load_study_data, sort_rows
+from moe_lab.report.sweep_study import config_rows, load_study_data, sort_rows
 from moe_lab.report.sweep_summary import write_study_report
 from moe_lab.report.sweep_tables import format_table
 from moe_lab.report.tb_scalars import read_scalars
@@ -156,6 +156,59 @@ def test_table_one_row_per_config_best_first(study):
     assert "PRUNED" in body[3] and "pruned by the median pruner at step 20" in body[3]
     assert "FAIL" in body[4] and LONG_ERROR[:40] in body[4] and LONG_ERROR not in body[4]  # truncated
     assert {line.index(r.state) for line, r in zip(body, rows, strict=True)} == {lines[0].index("state")}  # aligned
+
+
+def unit_trial(number: int, state: TrialState, config_id: int, seed: int | None, values: list, **attrs):
+    """A trial as the runner records it: one (configuration, seed) unit, or (seed None) all seeds."""
+    seeds = [seed] if seed is not None else list(range(len(values)))
+    trial = create_trial(
+        state=state,
+        value=statistics.fmean(values) if state == TrialState.COMPLETE else None,
+        params={"model.moe.top_k": (1, 2, 4)[config_id % 3], "optim.lr": 1e-3},
+        distributions=DISTRIBUTIONS,
+        user_attrs={
+            "config_id": config_id,
+            "label": f"c{config_id}",
+            **({"unit_seed": seed} if seed is not None else {}),
+            "seeds": seeds[: len(values)],
+            "run_dirs": [f"trials/t{config_id:03d}-c{config_id}/seed{s}" for s in seeds],
+            "objective_values": values,
+            "objective_mean": statistics.fmean(values) if values else None,
+            **attrs,
+        },
+    )
+    trial.number = number
+    return trial
+
+
+def test_a_configurations_seed_trials_merge_into_one_row_with_their_retries():
+    """A grid trains each (configuration, seed) as its own trial: the report's row of a configuration is
+    the latest trial of each seed, merged (values in seed order, their mean and std, the state of the
+    least finished seed, retries summed), checked against values worked out by hand."""
+    trials = [
+        unit_trial(0, TrialState.COMPLETE, 0, 0, [2.0], duration_s=10.0),
+        unit_trial(1, TrialState.COMPLETE, 1, 0, [1.5]),
+        unit_trial(2, TrialState.FAIL, 0, 1, [], error="no heartbeat"),  # retried as trial 5
+        unit_trial(3, TrialState.RUNNING, 1, 1, []),
+        unit_trial(4, TrialState.PRUNED, 2, 0, [3.0], prune_reason="pruned by the median pruner at step 20"),
+        unit_trial(5, TrialState.COMPLETE, 0, 1, [2.5], duration_s=12.0),
+        unit_trial(6, TrialState.PRUNED, 2, 1, [], prune_reason="not trained: seed 0 was pruned"),
+        unit_trial(7, TrialState.COMPLETE, 3, 0, [1.0]),
+        unit_trial(8, TrialState.FAIL, 3, 1, [], error="RuntimeError: boom"),
+        unit_trial(9, TrialState.COMPLETE, 4, None, [1.75, 1.25]),  # one trial of both seeds (TPE, older studies)
+    ]
+    rows = {r.config_id: r for r in config_rows(trials, "minimize")}
+    assert [r.config_id for r in config_rows(trials, "minimize")] == [4, 0, 2, 1, 3]
+    c0 = rows[0]
+    assert (c0.state, c0.seeds, c0.objective_values, c0.retries, c0.trial) == ("COMPLETE", [0, 1], [2.0, 2.5], 1, 0)
+    assert c0.objective_mean == 2.25 and c0.objective_std == pytest.approx(0.5 / 2**0.5)
+    assert c0.run_dirs == ["trials/t000-c0/seed0", "trials/t000-c0/seed1"] and c0.duration_s == 22.0
+    assert c0.finished_seeds == [0, 1] and c0.n_seeds == 2 and c0.error is None
+    assert (rows[1].state, rows[1].objective_mean, rows[1].finished_seeds) == ("RUNNING", 1.5, [0])
+    assert (rows[2].state, rows[2].objective_values) == ("PRUNED", [3.0])
+    assert rows[2].prune_reason == "pruned by the median pruner at step 20" and rows[2].finished_seeds == [0, 1]
+    assert (rows[3].state, rows[3].error, rows[3].objective_values) == ("FAIL", "RuntimeError: boom", [1.0])
+    assert (rows[4].objective_mean, rows[4].seeds, rows[4].finished_seeds) == (1.5, [0, 1], [0, 1])
 
 
 def test_maximize_puts_the_highest_objective_first(study):

@@ -23,7 +23,8 @@ from moe_lab.sweep import estimate
 from moe_lab.sweep import storage as storage_module
 from moe_lab.sweep.__main__ import dry_run
 from moe_lab.sweep.config import load_sweep
-from moe_lab.sweep.runner import run_worker
+from moe_lab.sweep.objective import Objective
+from moe_lab.sweep.runner import claim_trial, open_study, run_worker
 from tests.helpers import write_tiny_experiment
 
 REPO = Path(__file__).resolve().parents[1]
@@ -158,7 +159,13 @@ def test_worker_paused_past_the_grace_period_drops_its_trial(tmp_path, data_cach
     assert "dropped: trial" in logs[procs.index(paused)]
     ts = trials(path)
     done = by_state(ts, TrialState.COMPLETE)
-    assert sorted(t.user_attrs["config_id"] for t in done) == [0, 1]  # one result per configuration
+    # One result per (configuration, seed), the unit of work.
+    assert sorted((t.user_attrs["config_id"], t.user_attrs["unit_seed"]) for t in done) == [
+        (0, 0),
+        (0, 1),
+        (1, 0),
+        (1, 1),
+    ]
     assert [t.user_attrs["config_id"] for t in by_state(ts, TrialState.FAIL)] == [
         int(ckpt.parent.parent.parent.name[1:4])
     ]
@@ -202,8 +209,10 @@ def test_worker_that_loses_the_sqlite_table_creation_race_opens_the_study(tmp_pa
     assert len(calls) == 1
 
 
-def test_two_concurrent_workers_never_run_the_same_grid_point(tmp_path, data_cache):
-    path = write_sweep(tmp_path, data_cache, GRID)
+def test_two_concurrent_workers_share_the_seeds_and_never_run_the_same_unit(tmp_path, data_cache):
+    """A grid's unit of work is one (configuration, seed): 2 configurations x 2 seeds are 4 trials the
+    workers share, and the report's row of a configuration is the mean over its seeds' runs."""
+    path = write_sweep(tmp_path, data_cache, "sampler: grid\nseeds: [0, 1]\nspace:\n  model.moe.top_k: [1, 2]\n")
     load_sweep(path)
     procs = [
         subprocess.Popen(
@@ -215,9 +224,19 @@ def test_two_concurrent_workers_never_run_the_same_grid_point(tmp_path, data_cac
     assert all(p.returncode == 0 for p in procs), logs
     ts = trials(path)
     assert len(ts) == 4 and len(by_state(ts, TrialState.COMPLETE)) == 4
-    assert len({t.user_attrs["config_id"] for t in ts}) == 4
+    # Seed by seed: every configuration's first seed is enqueued before any second seed.
+    assert [(t.user_attrs["config_id"], t.user_attrs["unit_seed"]) for t in ts] == [(0, 0), (1, 0), (0, 1), (1, 1)]
+    assert all(t.user_attrs["seeds"] == [t.user_attrs["unit_seed"]] for t in ts)  # each trial trained one seed
     ran = [set(re.findall(r"trial (\d+) val_loss", log)) for log in logs]
     assert len(ran[0] | ran[1]) == 4 and not (ran[0] & ran[1])
+    from moe_lab.report.sweep_study import load_study_data
+
+    study_dir = tmp_path / "out" / "sweep"
+    for row in load_study_data(study_dir).rows:
+        assert row.state == "COMPLETE" and row.seeds == [0, 1] and row.retries == 0
+        trial_dir = study_dir / "trials" / f"t{row.config_id:03d}-{row.label}"
+        values = [json.loads((trial_dir / f"seed{s}" / "metrics.json").read_text())["val_loss"] for s in (0, 1)]
+        assert row.objective_values == values and row.objective_mean == pytest.approx(sum(values) / 2)
 
 
 def test_nan_trial_fails_with_its_reason_and_the_sweep_goes_on(tmp_path, data_cache):
@@ -250,15 +269,20 @@ def test_retry_failed_enqueues_only_configurations_that_never_succeeded(tmp_path
     assert sorted((t.user_attrs["config_id"], t.state.name) for t in ts) == [(0, "FAIL"), (0, "FAIL"), (1, "COMPLETE")]
 
 
-def test_median_pruner_stops_a_hopeless_trial(tmp_path, data_cache):
-    body = "sampler: grid\npruner: median\nspace:\n  optim.lr: [0.01, 1.0e-7]\n"
+def test_median_pruner_stops_a_hopeless_configuration_and_its_other_seeds(tmp_path, data_cache):
+    body = "sampler: grid\npruner: median\nseeds: [0, 1]\nspace:\n  optim.lr: [0.01, 1.0e-7]\n"
     path = write_sweep(tmp_path, data_cache, body, steps=12)
     run_worker(load_sweep(path), log=lambda m: None)
     pruned = by_state(trials(path), TrialState.PRUNED)
-    assert [t.params["optim.lr"] for t in pruned] == [1e-7]
+    assert [(t.params["optim.lr"], t.user_attrs["unit_seed"]) for t in pruned] == [(1e-7, 0), (1e-7, 1)]
     assert "median pruner" in pruned[0].user_attrs["prune_reason"]
     run_dir = tmp_path / "out" / "sweep" / pruned[0].user_attrs["run_dirs"][0]
     assert json.loads((run_dir / "metrics.json").read_text())["steps"] < 12
+    # Its second seed was not trained: the configuration was pruned as a whole.
+    assert pruned[1].user_attrs["prune_reason"].startswith("not trained: seed 0 was pruned: pruned by the median")
+    assert not (run_dir.parent / "seed1").exists() and pruned[1].user_attrs["run_dirs"] == []
+    done = by_state(trials(path), TrialState.COMPLETE)
+    assert [(t.params["optim.lr"], t.user_attrs["unit_seed"]) for t in done] == [(0.01, 0), (0.01, 1)]
 
 
 def test_collapse_detector_prunes_with_its_reason(tmp_path, data_cache):
@@ -311,6 +335,14 @@ def test_cli_bad_sweep_exits_2_without_traceback(tmp_path, data_cache):
     assert "Traceback" not in proc.stderr and not (tmp_path / "out").exists()
 
 
+def test_overrides_may_follow_the_options(tmp_path, data_cache, capsys):
+    from moe_lab.sweep.__main__ import main
+
+    path = write_sweep(tmp_path, data_cache, GRID)
+    assert main([str(path), "--dry-run", "--assume-gflops", "10", "name=after_the_options", "seeds=[3]"]) == 0
+    assert "study after_the_options: grid sampler, 4 configurations x 1 seed," in capsys.readouterr().out
+
+
 def test_dry_run_times_the_models_here_caches_them_and_schedules_the_runs(tmp_path, data_cache, capsys, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     monkeypatch.setattr(estimate.os, "getloadavg", lambda: (0.0, 0.0, 0.0))  # a quiet machine
@@ -334,18 +366,42 @@ def test_dry_run_times_the_models_here_caches_them_and_schedules_the_runs(tmp_pa
     assert not os.path.exists(tmp_path / "out" / "sweep")  # a dry run writes no study
 
 
+def test_dry_run_of_a_half_run_grid_counts_the_seeds_left(tmp_path, data_cache, capsys, monkeypatch):
+    path = write_sweep(tmp_path, data_cache, "sampler: grid\nseeds: [0, 1]\nspace:\n  model.moe.top_k: [1, 2]\n")
+    # A worker trains the first unit, (top_k=1, seed 0), and stops.
+    sweep = load_sweep(path)
+    study = open_study(sweep)
+    trial = claim_trial(study, sweep, None)
+    study.tell(trial, Objective(sweep)(trial))
+    units = []
+    monkeypatch.setattr(estimate, "makespan", lambda u, workers: units.extend(u) or 0.0)
+    dry_run(load_sweep(path), workers=2, gflops=10.0)
+    out = capsys.readouterr().out
+    assert re.search(r"top_k=1 .* s/run \(1 of 2 seeds done\)", out) and "seeds done" not in out.split("top_k=2")[1]
+    assert len(units) == 3 and len(set(units)) == 2  # (top_k=1, seed 1), (top_k=2, seeds 0 and 1)
+
+
 def test_step_times_measured_on_a_busy_machine_are_used_but_not_cached(tmp_path, data_cache, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     cfg = load_config(write_tiny_experiment(tmp_path / "tiny.yaml", data_cache, steps=2))
-    cores = os.cpu_count() or 1
-    # Other processes use every core: a 1-thread measurement would share one with them.
-    monkeypatch.setattr(estimate.os, "getloadavg", lambda: (cores + 0.5, 0.0, 0.0))
-    busy = estimate.step_times(cfg, threads=1)
+    # Another process spins on a core while the step is timed: busy, used but not cached.
+    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.5)
+        busy = estimate.step_times(cfg, threads=1)
+    finally:
+        spinner.kill()
+        spinner.wait()
     assert busy.busy and not busy.cached and not estimate.cache_path().exists()
-    # The shell and an editor (a load of 0.7) on an otherwise idle machine: quiet, cached.
-    monkeypatch.setattr(estimate.os, "getloadavg", lambda: (0.7, 0.0, 0.0))
+    # A quiet machine, right after that: the load average still remembers the spinner (and would remember
+    # a dry run's own timing of its previous configuration); the CPU time others used during the timing
+    # does not.
     quiet = estimate.step_times(cfg, threads=1)
     assert not quiet.busy and estimate.step_times(cfg, threads=1).cached
+    # Without /proc/stat, the 1-minute load average decides: every core in use by others is busy.
+    monkeypatch.setattr(estimate, "_machine_cpu_s", lambda: None)
+    monkeypatch.setattr(estimate.os, "getloadavg", lambda: ((os.cpu_count() or 1) + 0.5, 0.0, 0.0))
+    assert estimate.step_times(cfg, threads=2).busy
 
 
 def test_step_times_are_timed_and_cached_per_number_of_workers_running_at_once(tmp_path, data_cache, monkeypatch):

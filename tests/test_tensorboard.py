@@ -9,7 +9,6 @@ import sys
 import time
 import urllib.request
 
-import optuna
 import pytest
 
 from moe_lab.sweep.config import load_sweep
@@ -43,7 +42,7 @@ def finished_sweep(tmp_path, data_cache):
         "space:\n  model.moe.top_k: [1, 2]\n"
     )
     sweep = load_sweep(path)
-    assert run_worker(sweep, log=lambda m: None) == 2
+    assert run_worker(sweep, log=lambda m: None) == 4  # 2 configurations x 2 seeds
     return sweep
 
 
@@ -91,9 +90,11 @@ def wait_for_runs(base: str, expected: set[str]) -> list[str]:
 
 
 def test_tensorboard_lists_trials_swept_hparams_and_final_metrics(finished_sweep, tensorboard):
-    study = optuna.load_study(study_name=finished_sweep.name, storage=finished_sweep.storage_url)
-    trials = study.get_trials()
-    run_dirs = {t.user_attrs["label"]: t.user_attrs["run_dirs"] for t in trials}
+    from moe_lab.report.sweep_study import load_study_data
+
+    # One (configuration, seed) per trial: the report's rows merge a configuration's seeds.
+    rows = {r.label: r for r in load_study_data(finished_sweep.study_dir).rows}
+    run_dirs = {label: row.run_dirs for label, row in rows.items()}
     assert sorted(run_dirs) == ["top_k=1", "top_k=2"] and all(len(d) == 2 for d in run_dirs.values())
     every_run = {d for dirs in run_dirs.values() for d in dirs}
     assert "." in wait_for_runs(tensorboard, every_run | {"."})  # the study's own declaration
@@ -116,11 +117,11 @@ def test_tensorboard_lists_trials_swept_hparams_and_final_metrics(finished_sweep
     )["sessionGroups"]
     assert {g["name"] for g in groups} == set(run_dirs)  # one row per configuration, named by it
     for group in groups:
-        trial = next(t for t in trials if t.user_attrs["label"] == group["name"])
+        row = rows[group["name"]]
         assert sorted(s["name"] for s in group["sessions"]) == sorted(run_dirs[group["name"]])
-        assert group["hparams"]["model.moe.top_k"] == trial.params["model.moe.top_k"]
+        assert group["hparams"]["model.moe.top_k"] == row.params["model.moe.top_k"]
         value = {m["name"]["tag"]: m["value"] for m in group["metricValues"]}["final/val_loss"]
-        assert value == pytest.approx(trial.value, rel=1e-6)  # the seeds' mean, as the study recorded it
+        assert value == pytest.approx(row.objective_mean, rel=1e-6)  # the seeds' mean, as the report has it
 
     tags = get(f"{tensorboard}/data/plugin/scalars/tags")
     for run in every_run:

@@ -36,8 +36,11 @@ def default_storage_url(study_dir: Path) -> str:
 STUDY_WORK_ENQUEUED = "work_enqueued"  # trials its creator enqueued; set last: other workers wait for it
 STUDY_GRID_ENQUEUED = "grid_enqueued"  # set by studies from before work_enqueued existed
 TRIAL_CONFIG_ID = "config_id"  # the configuration: grid index (or first trial number); retries keep it
+# A grid's unit of work is one (configuration, seed): the seed its trial trains. A trial without it
+# (random/TPE, whose sampler needs one value per configuration; studies from before) trains every seed.
+TRIAL_UNIT_SEED = "unit_seed"
 TRIAL_LABEL = "label"  # the configuration in short: "top_k=2", "arm=coef_0"
-TRIAL_ATTEMPT = "attempt"  # 0 for a configuration's first trial, n for its n-th retry
+TRIAL_ATTEMPT = "attempt"  # 0 for a unit's first trial, n for its n-th retry
 TRIAL_WORKER = "worker"  # host:pid of the worker that ran it
 TRIAL_ERROR = "error"  # why it failed, one line (None while it has not)
 TRIAL_EXPERT_HIDDEN = "expert_hidden"  # the expert width compute matching chose

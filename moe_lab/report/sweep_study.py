@@ -1,8 +1,10 @@
 """A sweep study read back for its report: the settings the runner recorded (STUDY_INFO), the Optuna
 study, and one row per configuration, best first.
 
-A configuration is a `config_id`. A trial retried after its worker died shares the config_id of the
-trial it retries; the report shows the latest trial of each config_id and counts the others as retries.
+A configuration is a `config_id`; a grid trains it as one trial per seed (the unit of work, its seed
+in `unit_seed`), a sampled configuration as one trial for all seeds. A trial retried after its worker
+died shares the unit of the trial it retries. The report takes the latest trial of each unit (counting
+the others as retries) and merges a configuration's units into one row: its seeds' values and mean.
 """
 
 from __future__ import annotations
@@ -16,11 +18,14 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from moe_lab.artifacts.study_dir import STUDY_INFO
+from moe_lab.artifacts.study_dir import STUDY_INFO, TRIAL_CONFIG_ID, TRIAL_UNIT_SEED
 from moe_lab.report.common import ReportError, is_finite, load_stored_study, read_json_object, run_metrics
 
 # Non-complete configurations go below the complete ones, in this order.
 STATE_ORDER = ("COMPLETE", "PRUNED", "RUNNING", "WAITING", "FAIL")
+# A configuration of several units takes the state of its least finished one, in this order: one
+# failed seed fails it, one still training keeps it running, one pruned seed prunes it.
+UNIT_STATE_PRECEDENCE = ("FAIL", "RUNNING", "WAITING", "PRUNED", "COMPLETE")
 
 
 @dataclass
@@ -60,6 +65,7 @@ class ConfigRow:
     error: str | None
     retries: int = 0
     run_time_s: float | None = None  # median wall time of one run (seed)
+    finished_seeds: list[int] = field(default_factory=list)  # seeds whose trial completed or was pruned
 
     @property
     def n_seeds(self) -> int:
@@ -127,14 +133,81 @@ def _per_run_medians(study_dir: Path, row: ConfigRow) -> None:
 
 
 def config_rows(trials: list[FrozenTrial], direction: str) -> list[ConfigRow]:
-    """One row per config_id (its latest trial; earlier ones counted as retries), best first."""
-    groups: dict[tuple, list[FrozenTrial]] = {}
+    """One row per config_id, merged from the latest trial of each of its units (earlier ones counted
+    as retries), best first."""
+    units: dict[tuple, list[FrozenTrial]] = {}
     for trial in sorted(trials, key=lambda t: t.number):
-        config_id = trial.user_attrs.get("config_id")
+        config_id = trial.user_attrs.get(TRIAL_CONFIG_ID)
         key = ("config", config_id) if config_id is not None else ("trial", trial.number)
-        groups.setdefault(key, []).append(trial)
-    rows = [_row(group[-1], retries=len(group) - 1) for group in groups.values()]
+        units.setdefault((key, trial.user_attrs.get(TRIAL_UNIT_SEED)), []).append(trial)
+    configs: dict[tuple, list[ConfigRow]] = {}
+    for (key, _), group in units.items():
+        configs.setdefault(key, []).append(_row(group[-1], retries=len(group) - 1))
+    rows = [merge_units(unit_rows) for unit_rows in configs.values()]
     return sort_rows(rows, direction)
+
+
+def merge_units(units: list[ConfigRow]) -> ConfigRow:
+    """One configuration's row from the rows of its units (seeds): their runs in seed order, the mean
+    and std over their finite values, the state of the least finished unit."""
+    if len(units) == 1:
+        return units[0]
+    units = sorted(units, key=lambda u: (u.seeds or [0])[0])
+    runs = [(seed, value, run_dir) for u in units for seed, value, run_dir in _runs(u)]
+    finite = [v for _, v, _ in runs if is_finite(v)]
+    state = min((u.state for u in units), key=_precedence)
+    first = min(units, key=lambda u: u.trial)
+    return ConfigRow(
+        trial=first.trial,
+        config_id=first.config_id,
+        state=state,
+        label=first.label,
+        params=first.params,
+        objective_mean=statistics.fmean(finite) if finite else None,
+        objective_std=statistics.stdev(finite) if len(finite) > 1 else (0.0 if finite else None),
+        objective_values=[v for _, v, _ in runs],
+        seeds=[seed for seed, _, _ in runs],
+        run_dirs=[d for u in units for d in u.run_dirs],
+        duration_s=_sum(u.duration_s for u in units),
+        active_params=_first(u.active_params for u in units),
+        total_params=_first(u.total_params for u in units),
+        expert_hidden=_first(u.expert_hidden for u in units),
+        tokens_per_s=_median(u.tokens_per_s for u in units),
+        final_load_cv=_mean(u.final_load_cv for u in units),
+        collapse_events=_sum(u.collapse_events for u in units),
+        prune_reason=_first(u.prune_reason for u in units),
+        error=_first(u.error for u in units),
+        retries=sum(u.retries for u in units),
+        finished_seeds=sorted(s for u in units for s in u.finished_seeds),
+    )
+
+
+def _runs(unit: ConfigRow) -> list[tuple]:
+    """(seed, objective value, run dir) of each run a unit trained (a failed run has a dir, no value)."""
+    return list(zip(unit.seeds, unit.objective_values, unit.run_dirs, strict=False))
+
+
+def _precedence(state: str) -> int:
+    return UNIT_STATE_PRECEDENCE.index(state) if state in UNIT_STATE_PRECEDENCE else 0
+
+
+def _first(values):
+    return next((v for v in values if v is not None), None)
+
+
+def _sum(values):
+    values = [v for v in values if v is not None]
+    return sum(values) if values else None
+
+
+def _mean(values):
+    values = [v for v in values if is_finite(v)]
+    return statistics.fmean(values) if values else None
+
+
+def _median(values):
+    values = [v for v in values if is_finite(v)]
+    return statistics.median(values) if values else None
 
 
 def _row(trial: FrozenTrial, retries: int) -> ConfigRow:
@@ -166,7 +239,16 @@ def _row(trial: FrozenTrial, retries: int) -> ConfigRow:
         prune_reason=attrs.get("prune_reason"),
         error=attrs.get("error"),
         retries=retries,
+        finished_seeds=_finished_seeds(trial),
     )
+
+
+def _finished_seeds(trial: FrozenTrial) -> list[int]:
+    """The seeds a trial finished: its unit's seed, or (a trial of all seeds) the seeds it ran."""
+    if trial.state not in (TrialState.COMPLETE, TrialState.PRUNED):
+        return []
+    seed = trial.user_attrs.get(TRIAL_UNIT_SEED)
+    return [seed] if seed is not None else list(trial.user_attrs.get("seeds") or [])
 
 
 def _label(params: dict[str, Any]) -> str:

@@ -21,9 +21,11 @@ from moe_lab.model.accounting import count_model
 from moe_lab.sweep.config import Sweep, load_sweep, trial_label
 from moe_lab.sweep.storage import masked_url
 
-# Trials are claimed per configuration (moe_lab.sweep.runner): one worker trains its seeds one after
-# another. The time estimate schedules whole configurations; True schedules (configuration, seed) units.
-SEEDS_CLAIMED_SEPARATELY = False
+
+def seeds_claimed_separately(sweep: Sweep) -> bool:
+    """Whether workers share a configuration's seeds (moe_lab.sweep.runner): a grid's unit of work is one
+    (configuration, seed); a sampled configuration's seeds run one after another on the worker that drew it."""
+    return sweep.cfg.sampler == "grid"
 
 
 def planned_configurations(sweep: Sweep) -> list[dict]:
@@ -42,14 +44,20 @@ def plan_flops(sweep: Sweep) -> float:
     return total
 
 
-def finished_configurations(sweep: Sweep) -> set[int] | None:
-    """Config ids of a study already on disk that completed or were pruned (None: no study yet)."""
+def finished_seeds(sweep: Sweep) -> dict[int, set[int]] | None:
+    """Config id -> the seeds of it that a study already on disk finished (completed or pruned); a
+    configuration that ended has them all (None: no study yet)."""
     if not (sweep.study_dir / STUDY_INFO).is_file():
         return None
     from moe_lab.report.sweep_study import load_study_data
 
-    rows = load_study_data(sweep.study_dir).rows
-    return {r.config_id if r.config_id is not None else r.trial for r in rows if r.state in ("COMPLETE", "PRUNED")}
+    done = {}
+    for r in load_study_data(sweep.study_dir).rows:
+        ended = r.state in ("COMPLETE", "PRUNED")
+        done[r.config_id if r.config_id is not None else r.trial] = (
+            set(sweep.cfg.seeds) if ended else set(r.finished_seeds)
+        )
+    return done
 
 
 def worker_threads(workers: int) -> int:
@@ -63,15 +71,18 @@ def dry_run(sweep: Sweep, workers: int = 1, gflops: float | None = None) -> None
     from moe_lab.sweep import estimate
 
     planned = planned_configurations(sweep)
-    done = finished_configurations(sweep)
-    todo = (
-        [i for i in range(len(planned)) if done is None or i not in done]
-        if sweep.cfg.sampler == "grid"
-        else list(range(max(0, len(planned) - len(done or ()))))
-    )
+    seeds_done = finished_seeds(sweep)
+    done = None if seeds_done is None else {i for i, seeds in seeds_done.items() if seeds >= set(sweep.cfg.seeds)}
+    if sweep.cfg.sampler == "grid":  # config id -> seeds still to train
+        finished = seeds_done or {}
+        left = {i: [s for s in sweep.cfg.seeds if s not in finished.get(i, set())] for i in range(len(planned))}
+        todo = {i: seeds for i, seeds in left.items() if seeds}
+    else:
+        todo = {i: list(sweep.cfg.seeds) for i in range(max(0, len(planned) - len(done or ())))}
     print(
         f"study {sweep.name}: {sweep.cfg.sampler} sampler, {len(planned)} configurations x "
-        f"{len(sweep.cfg.seeds)} seeds, objective {sweep.cfg.objective.metric} ({sweep.cfg.objective.direction}), "
+        f"{len(sweep.cfg.seeds)} seed{'s' * (len(sweep.cfg.seeds) > 1)}, objective {sweep.cfg.objective.metric} "
+        f"({sweep.cfg.objective.direction}), "
         f"compute matching: {sweep.cfg.compute_matching}"
     )
     if done is not None and not todo:
@@ -94,9 +105,11 @@ def dry_run(sweep: Sweep, workers: int = 1, gflops: float | None = None) -> None
             measured.append(times)
         seconds = estimate.run_seconds(cfg, times)
         state = "done" if done is not None and i not in todo else f"{seconds:5.0f} s/run"
+        if i in todo and len(todo[i]) < len(sweep.cfg.seeds):
+            state += f" ({len(sweep.cfg.seeds) - len(todo[i])} of {len(sweep.cfg.seeds)} seeds done)"
         if i in todo:
-            seeds = [seconds] * len(sweep.cfg.seeds)
-            units += seeds if SEEDS_CLAIMED_SEPARATELY else [sum(seeds)]
+            seeds = [seconds] * len(todo[i])
+            units += seeds if seeds_claimed_separately(sweep) else [sum(seeds)]
         full = estimate.checkpoint_bytes(counts.total_params, cfg.trainer.precision)
         keep = cfg.trainer.keep_checkpoints
         end_bytes += len(sweep.cfg.seeds) * {"all": 2 * full, "best_weights": full // 3, "none": 0}[keep]
@@ -120,9 +133,10 @@ def dry_run(sweep: Sweep, workers: int = 1, gflops: float | None = None) -> None
         + f"{estimate.cache_path()}, delete it to measure again); more load on the machine makes it longer"
     )
     if any(t.busy for t in measured):
+        how = how.replace(" (now cached in ", " (cached, except those timed while busy, in ")
         how += (
-            "; NOTE: other processes kept the cores busy while timing, so this estimate is too long and was"
-            " not cached: dry-run again on a quiet machine"
+            "; NOTE: other processes kept the cores busy while timing, so this estimate is too long and those"
+            " times were not cached: dry-run again on a quiet machine"
         )
     print(f"estimated time: about {wall / 60:.0f} min with {workers} worker{'s' * (workers > 1)} ({how})")
     print(
@@ -227,7 +241,7 @@ def cli(argv, prog: str, doc: str, loader, reporter) -> int:
         default=None,
         help="--dry-run: estimate from FLOPs at this rate instead of timing steps here",
     )
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # overrides may follow the options
 
     def sweep_or_dry_run() -> int:
         sweep = loader(args.sweep, args.overrides)

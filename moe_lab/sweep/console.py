@@ -3,7 +3,8 @@
 It reads only what the workers write anyway: the Optuna storage (trial states) and each running seed's
 progress.json (moe_lab.callbacks.progress). On a terminal it is a `rich` table redrawn every second: one
 row per running trial (configuration, seed, step/total, last train/val loss, tokens/s) under a line of
-counts (done, pruned, failed, running, waiting), elapsed time and an ETA. Elsewhere (CI, nohup, a pipe)
+counts of trials (done, pruned, failed, running, waiting; a grid's trial is one configuration and seed),
+elapsed time and an ETA. Elsewhere (CI, nohup, a pipe)
 it prints plain lines: one per trial that starts or ends, and a status line every `plain_every_s`.
 
 ETA: the planned training FLOPs (the dry run's count, 3x forward per token) left, divided by the FLOP/s
@@ -28,6 +29,7 @@ from moe_lab.artifacts.study_dir import (
     TRIAL_LABEL,
     TRIAL_OBJECTIVE_MEAN,
     TRIAL_PRUNE_REASON,
+    TRIAL_UNIT_SEED,
     TRIALS,
 )
 
@@ -36,7 +38,7 @@ ENDED = {TrialState.COMPLETE: "done", TrialState.PRUNED: "pruned", TrialState.FA
 
 @dataclass
 class Snapshot:
-    counts: Counter  # done / pruned / failed / running / waiting, by configuration
+    counts: Counter  # done / pruned / failed / running / waiting, by unit of work (latest trial of each)
     running: list[dict]  # one per running trial: label, seed, progress.json fields
     events: list[str]  # trials that started or ended since the previous snapshot
     elapsed_s: float
@@ -88,8 +90,11 @@ class SweepConsole:
         if label is None:
             return []
         trial_dir = self.sweep.study_dir / TRIALS / f"t{config_id:03d}-{label}"
+        seed = trial.user_attrs.get(TRIAL_UNIT_SEED)
+        # A (configuration, seed) trial's own runs only: seedS and its retries seedS.retryN.
+        patterns = ["seed*"] if seed is None else [f"seed{seed}", f"seed{seed}.retry*"]
         out = []
-        for path in sorted(trial_dir.glob(f"seed*/{PROGRESS}")):
+        for path in sorted(p for pattern in patterns for p in trial_dir.glob(f"{pattern}/{PROGRESS}")):
             try:
                 out.append({"seed": path.parent.name.removeprefix("seed"), **json.loads(path.read_text())})
             except (OSError, ValueError):
@@ -100,13 +105,15 @@ class SweepConsole:
         trials = self.study.get_trials(deepcopy=False)
         latest = {}
         for t in sorted(trials, key=lambda t: t.number):
-            latest[t.user_attrs.get(TRIAL_CONFIG_ID, t.number)] = t
+            latest[(t.user_attrs.get(TRIAL_CONFIG_ID, t.number), t.user_attrs.get(TRIAL_UNIT_SEED))] = t
         counts = Counter()
         running, events, done_flops = [], [], 0.0
         for t in latest.values():
             state = ENDED.get(t.state, "running" if t.state == TrialState.RUNNING else "waiting")
             counts[state] += 1
             label = t.user_attrs.get(TRIAL_LABEL) or "?"
+            seed = t.user_attrs.get(TRIAL_UNIT_SEED)
+            unit = label if seed is None else f"{label} seed {seed}"
             seeds = self._progress(t)
             done_flops += sum(p.get("step", 0) * p.get("flops_per_step", 0.0) for p in seeds)
             if state == "running":
@@ -116,12 +123,12 @@ class SweepConsole:
                 # A trial shorter than one refresh goes from waiting to ended between two snapshots:
                 # it still gets its "started" line (not one that had ended before the console began).
                 if state == "running" or (self._seen.get(t.number) is None and self._primed):
-                    events.append(f"trial {t.number} started: {label}")
+                    events.append(f"trial {t.number} started: {unit}")
                 if state != "running":
                     value = t.value if t.value is not None else t.user_attrs.get(TRIAL_OBJECTIVE_MEAN)
                     why = t.user_attrs.get(TRIAL_ERROR) or t.user_attrs.get(TRIAL_PRUNE_REASON) or ""
                     events.append(
-                        f"trial {t.number} {state}: {label}"
+                        f"trial {t.number} {state}: {unit}"
                         + (f", {self.sweep.cfg.objective.metric} = {value:.4f}" if value is not None else "")
                         + (f" ({why})" if why and state != "done" else "")
                     )

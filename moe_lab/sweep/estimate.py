@@ -5,7 +5,9 @@ The step times are measured, not derived from FLOPs: an assumed 100 GFLOP/s made
 18-37 min on the 2-core dev machine. They are cached per machine, torch version, thread count and
 model shape in `$XDG_CACHE_HOME/moe_lab/step_times.json` (default ~/.cache/moe_lab/), so a second
 dry run is instant. A measurement taken while other processes keep the cores busy is used but not
-cached: a dry run next to a running sweep once cached step times 2x too slow for good.
+cached: a dry run next to a running sweep once cached step times 2x too slow for good. "Busy" is the
+CPU time other processes used during the timing (Linux /proc/stat), not the load average, which also
+counts this dry run's own timing of the previous configuration for a minute after it.
 """
 
 from __future__ import annotations
@@ -120,6 +122,39 @@ def _timed(step) -> float:
     return sorted(times)[len(times) // 2]  # the median: one slow step on a shared machine is noise
 
 
+# Cores' worth of other processes' CPU time during the timing that makes it "busy": more than half a core.
+BUSY_OTHER_CORES = 0.5
+
+
+def _machine_cpu_s() -> float | None:
+    """CPU seconds all processes have used since boot (Linux /proc/stat: every state but idle and
+    iowait), or None where there is no /proc/stat."""
+    try:
+        with open("/proc/stat") as f:
+            ticks = [int(v) for v in f.readline().split()[1:9]]
+    except (OSError, ValueError):
+        return None
+    return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
+
+
+class OtherLoad:
+    """How many cores other processes kept busy while the block ran: the machine's CPU time minus this
+    process's own. Unlike the load average, this never counts the dry run's own timing of the previous
+    configuration, and it sees load that started during the timing. None where /proc/stat is missing."""
+
+    def __enter__(self):
+        self._start = (_machine_cpu_s(), time.process_time(), time.perf_counter())
+        return self
+
+    def __exit__(self, *exc) -> None:
+        machine, own, wall = _machine_cpu_s(), time.process_time(), time.perf_counter()
+        if machine is None or self._start[0] is None or wall <= self._start[2]:
+            self.cores = None
+        else:
+            others = (machine - self._start[0]) - (own - self._start[1])
+            self.cores = max(0.0, others) / (wall - self._start[2])
+
+
 def machine_busy(threads: int) -> bool:
     """Whether other processes already keep the cores busy: the 1-minute load average leaves fewer
     than `threads` cores (with a core's slack, since a shell or an editor adds a little load)."""
@@ -140,8 +175,10 @@ def step_times(cfg, threads: int, concurrent: int = 1) -> StepTimes:
         cache = {}
     if key in cache:
         return StepTimes(**{**cache[key], "cached": True})
-    busy = machine_busy(threads * concurrent)
-    times = measure_step_times(cfg, threads, concurrent)
+    busy_before = machine_busy(threads * concurrent)  # where /proc/stat is missing: the load average
+    with OtherLoad() as others:
+        times = measure_step_times(cfg, threads, concurrent)
+    busy = busy_before if others.cores is None else others.cores > BUSY_OTHER_CORES
     if busy:
         return StepTimes(times.train_s, times.eval_s, threads, busy=True)
     cache[key] = {"train_s": times.train_s, "eval_s": times.eval_s, "threads": threads}

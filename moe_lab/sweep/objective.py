@@ -1,9 +1,11 @@
-"""A sweep trial's work: train its configuration once per seed, each in its own run directory, and
-record the outcome on the trial (user attributes, named in moe_lab.artifacts.study_dir).
+"""A sweep trial's work: train its configuration for its seed (a grid's unit of work is one
+(configuration, seed), so workers share a configuration's seeds) or, for a sampled configuration, once
+per seed; each run in its own run directory. The outcome goes on the trial (user attributes, named in
+moe_lab.artifacts.study_dir); the reports average a configuration's seeds over its trials.
 
-A retry (the same configuration after its worker died) trains in new run directories (seed0.retry1,
-...), reuses seeds an earlier attempt finished, and continues a seed from the newest checkpoint an
-earlier attempt left in this output_dir."""
+A retry (the same unit after its worker died) trains in new run directories (seed0.retry1, ...),
+reuses seeds an earlier attempt finished, and continues a seed from the newest checkpoint an earlier
+attempt left in this output_dir."""
 
 from __future__ import annotations
 
@@ -34,6 +36,7 @@ from moe_lab.artifacts.study_dir import (
     TRIAL_PRUNE_REASON,
     TRIAL_RUN_DIRS,
     TRIAL_SEEDS,
+    TRIAL_UNIT_SEED,
     TRIAL_WORKER,
     TRIALS,
 )
@@ -54,14 +57,25 @@ def config_id_of(trial: optuna.Trial) -> int:
     return int(trial.user_attrs.get(TRIAL_CONFIG_ID, trial.number))
 
 
+def unit_of(trial: optuna.Trial | optuna.trial.FrozenTrial) -> tuple[int, int | None]:
+    """(config id, seed) of a (configuration, seed) trial; (config id, None) of one that trains every seed."""
+    return int(trial.user_attrs.get(TRIAL_CONFIG_ID, trial.number)), trial.user_attrs.get(TRIAL_UNIT_SEED)
+
+
 def attempt_of(trial: optuna.Trial) -> int:
-    """0 for the first trial of a configuration, n for its n-th retry (counted from the study)."""
-    config_id = config_id_of(trial)
-    return sum(
-        1
-        for t in trial.study.get_trials(deepcopy=False)
-        if t.number < trial.number and t.user_attrs.get(TRIAL_CONFIG_ID, t.number) == config_id
-    )
+    """0 for the first trial of a unit, n for its n-th retry (counted from the study)."""
+    unit = unit_of(trial)
+    return sum(1 for t in trial.study.get_trials(deepcopy=False) if t.number < trial.number and unit_of(t) == unit)
+
+
+def pruned_sibling(trial: optuna.Trial) -> str | None:
+    """Why another seed of this trial's configuration was pruned, if one was: its other seeds are
+    then skipped (a configuration is pruned as a whole, as when one worker trained all its seeds)."""
+    config_id, _ = unit_of(trial)
+    for t in trial.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.PRUNED,)):
+        if t.number != trial.number and unit_of(t)[0] == config_id:
+            return f"seed {t.user_attrs.get(TRIAL_UNIT_SEED, '?')} was pruned: {t.user_attrs.get(TRIAL_PRUNE_REASON)}"
+    return None
 
 
 def seed_dir_name(seed: int, attempt: int) -> str:
@@ -141,17 +155,25 @@ class Objective:
         _, matched = self.sweep.experiment(params)  # the configuration the checks validated already
         if matched is not None:
             trial.set_user_attr(TRIAL_EXPERT_HIDDEN, matched.expert_hidden)
+        unit_seed = trial.user_attrs.get(TRIAL_UNIT_SEED)
+        seeds = list(self.sweep.cfg.seeds) if unit_seed is None else [unit_seed]
+        if unit_seed is not None and (reason := pruned_sibling(trial)) is not None:
+            self.record(trial, trial_dir, [], start)
+            trial.set_user_attr(TRIAL_PRUNE_REASON, f"not trained: {reason}")
+            raise optuna.TrialPruned(f"not trained: {reason}")
         results: list[SeedResult] = []
         try:
-            for i, seed in enumerate(self.sweep.cfg.seeds):
-                results.append(self.run_seed(trial, params, trial_dir, seed, report=i == 0, attempt=attempt))
+            for seed in seeds:
+                # The pruner sees one curve per configuration, its first seed's, as it compares like with like.
+                report = seed == self.sweep.cfg.seeds[0]
+                results.append(self.run_seed(trial, params, trial_dir, seed, report=report, attempt=attempt))
                 if results[-1].metrics.get("status") == "pruned":
                     break
         except TrialTakenAway:
             raise
         except Exception as err:
             # The seed that failed has a run directory too: record it, so the failure can be read.
-            failing = trial_dir / seed_dir_name(self.sweep.cfg.seeds[len(results)], attempt)
+            failing = trial_dir / seed_dir_name(seeds[len(results)], attempt)
             if still_mine(trial):
                 self.record(
                     trial,

@@ -2,10 +2,13 @@
 moe_lab.sweep.objective; a worker's hold on its trial, moe_lab.sweep.claims).
 
 The unit of work is one WAITING trial in the storage: the worker that creates the study enqueues
-every grid point (or, for random/TPE, `n_trials` empty slots the sampler fills when one is claimed),
-and workers pop them with the storage's own atomic state change (only one worker wins the
-WAITING -> RUNNING update). So workers share nothing but the storage URL: processes on one host or on
-many (PostgreSQL), each with its own output_dir. A trial trains all seeds of its configuration.
+one per grid point and seed (or, for random/TPE, `n_trials` empty slots the sampler fills when one is
+claimed; such a trial trains every seed of the configuration it draws), and workers pop them with the
+storage's own atomic state change (only one worker wins the WAITING -> RUNNING update). So workers
+share nothing but the storage URL: processes on one host or on many (PostgreSQL), each with its own
+output_dir. Grid units go seed by seed (every configuration's first seed, then every second seed, ...),
+so the first results cover every configuration and no worker idles while another trains a
+configuration's last seeds; the reports average a configuration's seeds over its trials.
 
 A worker killed mid-trial leaves its trial RUNNING; when its heartbeat is older than `grace_period`,
 any worker marks it FAIL and Optuna enqueues a retry with the same parameters. Each attempt writes
@@ -38,11 +41,12 @@ from moe_lab.artifacts.study_dir import (
     TRIAL_CONFIG_ID,
     TRIAL_ERROR,
     TRIAL_LABEL,
+    TRIAL_UNIT_SEED,
 )
 from moe_lab.errors import MoELabError
 from moe_lab.sweep.claims import TrialTakenAway, fail_stale_trials, heartbeat
 from moe_lab.sweep.config import Sweep, trial_label
-from moe_lab.sweep.objective import Objective, one_line
+from moe_lab.sweep.objective import Objective, one_line, unit_of
 from moe_lab.sweep.storage import masked_url, open_storage, recorded_url
 from moe_lab.training.tb_hparams import write_study_layout
 
@@ -89,22 +93,24 @@ def distributions(sweep: Sweep) -> dict[str, optuna.distributions.BaseDistributi
 
 
 def retry_failed(study: optuna.Study) -> list[int]:
-    """Enqueue again every configuration whose trials all FAILed (e.g. after fixing the cause);
-    the retries keep their config ids, so they reuse the same run directories. Returns those ids."""
-    by_config: dict[int, list] = {}
+    """Enqueue again every unit ((configuration, seed), or a sampled configuration) whose trials all
+    FAILed (e.g. after fixing the cause); the retries keep their units, so they reuse the same run
+    directories. Returns the config ids retried."""
+    by_unit: dict[tuple, list] = {}
     for t in study.get_trials(deepcopy=False):
-        by_config.setdefault(t.user_attrs.get(TRIAL_CONFIG_ID, t.number), []).append(t)
+        by_unit.setdefault(unit_of(t), []).append(t)
     retried = []
-    for config_id, trials in sorted(by_config.items()):
+    for (config_id, seed), trials in sorted(by_unit.items(), key=lambda item: (item[0][0], item[0][1] or 0)):
         if all(t.state == TrialState.FAIL for t in trials):
             last = trials[-1]
+            attrs = {TRIAL_CONFIG_ID: config_id, TRIAL_LABEL: last.user_attrs.get(TRIAL_LABEL, "")}
             study.enqueue_trial(
                 last.params,
-                user_attrs={TRIAL_CONFIG_ID: config_id, TRIAL_LABEL: last.user_attrs.get(TRIAL_LABEL, "")},
+                user_attrs=attrs if seed is None else {**attrs, TRIAL_UNIT_SEED: seed},
                 skip_if_exists=False,
             )
             retried.append(config_id)
-    return retried
+    return sorted(set(retried))
 
 
 # The keys that define what a study's trials mean; resuming with other values would mix two
@@ -156,14 +162,17 @@ def _create_or_load(sweep: Sweep, storage) -> tuple[optuna.Study, bool]:
 
 
 def _enqueue_work(study: optuna.Study, sweep: Sweep) -> None:
-    """The creator's job: one WAITING trial per grid point, or per random/TPE trial (empty fixed
-    parameters, so the sampler chooses them when the trial is claimed). `work_enqueued` is set last:
-    the other workers wait for it."""
+    """The creator's job: one WAITING trial per grid point and seed, seed by seed, or one per
+    random/TPE trial (empty fixed parameters, so the sampler chooses them when the trial is claimed).
+    `work_enqueued` is set last: the other workers wait for it."""
     if sweep.cfg.sampler == "grid":
-        for config_id, params in enumerate(sweep.grid()):
-            study.enqueue_trial(params, user_attrs={TRIAL_CONFIG_ID: config_id, TRIAL_LABEL: trial_label(params)})
+        grid = sweep.grid()
+        for seed in sweep.cfg.seeds:
+            for config_id, params in enumerate(grid):
+                attrs = {TRIAL_CONFIG_ID: config_id, TRIAL_LABEL: trial_label(params), TRIAL_UNIT_SEED: seed}
+                study.enqueue_trial(params, user_attrs=attrs)
         study.set_user_attr(STUDY_GRID_ENQUEUED, True)
-        study.set_user_attr(STUDY_WORK_ENQUEUED, len(sweep.grid()))
+        study.set_user_attr(STUDY_WORK_ENQUEUED, len(grid) * len(sweep.cfg.seeds))
     else:
         _top_up_slots(study, sweep, have=0)
 
@@ -285,7 +294,8 @@ def run_worker(sweep: Sweep, quiet: bool = True, log=print, retry: bool = False)
     deadline = time.time() + sweep.cfg.timeout_s if sweep.cfg.timeout_s else None
     ran = 0
     while (trial := claim_trial(study, sweep, deadline)) is not None:
-        log(f"trial {trial.number}: {trial_label(dict(trial.params))}")
+        seed = trial.user_attrs.get(TRIAL_UNIT_SEED)
+        log(f"trial {trial.number}: {trial_label(dict(trial.params))}" + ("" if seed is None else f" seed {seed}"))
         with heartbeat(study, trial):
             try:
                 value = objective(trial)
