@@ -16,7 +16,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $@
 
-# The main job: the top-k sweep on embedded Shakespeare (measured 13 minutes on 2 cores), then its report.
+# The main job: the top-k sweep on embedded Shakespeare (measured 11 minutes on 2 cores), then its report.
 demo: $(VENV)/.installed
 	$(PY) -m moe_lab.sweep sweeps/topk.yaml --workers 2
 

@@ -118,7 +118,8 @@ class SweepConsole:
             done_flops += sum(p.get("step", 0) * p.get("flops_per_step", 0.0) for p in seeds)
             if state == "running":
                 current = [p for p in seeds if p.get("status") == "running"] or seeds[-1:]
-                running.append({"trial": t.number, "label": label, **(current[-1] if current else {})})
+                unit_seed = {} if seed is None else {"seed": seed}  # known before its progress.json exists
+                running.append({"trial": t.number, "label": label, **unit_seed, **(current[-1] if current else {})})
             if self._seen.get(t.number) != state and state != "waiting":
                 # A trial shorter than one refresh goes from waiting to ended between two snapshots:
                 # it still gets its "started" line (not one that had ended before the console began).
@@ -157,7 +158,8 @@ class SweepConsole:
     @staticmethod
     def trial_line(row: dict) -> str:
         if "step" not in row:  # no progress.json yet: building the model and data
-            return f"  trial {row['trial']} {row['label']}: starting"
+            seed = f" seed {row['seed']}" if "seed" in row else ""
+            return f"  trial {row['trial']} {row['label']}{seed}: starting"
         return (
             f"  trial {row['trial']} {row['label']} seed {row.get('seed', '?')}: step "
             f"{row.get('step', 0)}/{row.get('max_steps', '?')}, train loss {_num(row.get('train_loss'), '{:.4f}')}, "
