@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 import shutil
 import statistics
 import subprocess
@@ -391,3 +392,59 @@ def test_cli(ablation):
     )
     assert proc.returncode == 0, proc.stderr
     assert "3 of 5 claims held" in proc.stdout and str(study_dir / "results.md") in proc.stdout
+
+
+def test_busy_seconds_is_the_union_of_the_run_intervals():
+    from moe_lab.report.ablation_suite import busy_seconds
+
+    # Overlapping runs count once, the gap between sessions (12..20) not at all: 12 + 5 + 1.
+    assert busy_seconds([(20.0, 25.0), (0.0, 10.0), (30.0, 31.0), (5.0, 12.0), (21.0, 22.0)]) == 18.0
+    assert busy_seconds([]) == 0.0
+
+
+def test_suite_collects_each_ablation_and_assembles_results_md(ablation, tmp_path):
+    from moe_lab.report.ablation_suite import SUITE_JSON, assemble, collect
+
+    study_dir = tmp_path / "out" / "demo_ablation"
+    shutil.copytree(ablation[0], study_dir)
+    # Completed runs of 100 s each, ending 60 s apart with two workers: 8 runs from t=1000 on.
+    ends = {}
+    for path in sorted(study_dir.glob("trials/*/seed*/metrics.json")):
+        metrics = json.loads(path.read_text())
+        if metrics["status"] == "completed":
+            metrics["wall_time_s"] = 100.0
+            path.write_text(json.dumps(metrics))
+            ends[path] = 1100.0 + 60.0 * len(ends)
+            os.utime(path, (ends[path], ends[path]))
+    assert len(ends) == 8
+    dest = collect(study_dir, tmp_path / "results")
+    suite = json.loads((dest / SUITE_JSON).read_text())
+    # Runs [1000, 1100], [1060, 1160], ..., [1420, 1520]: busy from 1000 to 1520 without a gap.
+    assert suite["wall_time_s"] == pytest.approx(520.0)
+    assert (suite["runs_completed"], suite["runs_expected"]) == (8, 9)
+    assert suite["commits"] == ["abc123", "def456 (dirty)"]
+    md = (study_dir / "results.md").read_text()
+    assert f"**{suite['claims_held']} of {suite['claims']} claims held" in md and suite["claims"] == len(CLAIMS)
+    assert (dest / "results.md").read_text() == md and (dest / "plots" / "val_curves.png").is_file()
+
+    text = assemble(tmp_path / "results", tmp_path / "RESULTS.md")
+    assert (tmp_path / "RESULTS.md").read_text() == text
+    assert "**code: runs from 2 revisions, not one clean commit**: abc123, def456 (dirty)" in text
+    row = next(line for line in text.splitlines() if line.startswith("| [demo_ablation]"))
+    assert "(#ablation-demo_ablation) | 8 of 9 | 8m40s |" in row
+    assert "\n## Ablation: demo_ablation\n" in text and "\n### Claims\n" in text and "\n# Ablation" not in text
+    assert "](results/demo_ablation/plots/val_curves.png)" in text
+    # One clean commit is said as such.
+    suite["commits"] = ["abc123"]
+    (dest / SUITE_JSON).write_text(json.dumps(suite))
+    assert "- code: every run at commit `abc123`, clean tree" in assemble(tmp_path / "results", tmp_path / "R.md")
+
+
+def test_suite_cli_errors_are_one_line(tmp_path, capsys):
+    from moe_lab.report.ablation_suite import main
+
+    assert main(["collect", str(tmp_path)]) == 2
+    assert main(["assemble", "--results", str(tmp_path), "--out", str(tmp_path / "R.md")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[0].startswith(f"error: {tmp_path}: no study_info.json") and "no collected ablation" in err[1]
+    assert not (tmp_path / "R.md").exists()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import math
 import statistics
 import subprocess
 import sys
@@ -467,6 +468,26 @@ def test_a_grid_over_one_key_gets_its_own_plot_mean_runs_and_per_run_medians(tmp
     # Reporting again rewrites the mean runs instead of adding a second copy.
     write_study_report(study_dir)
     assert len(list((study_dir / "trials" / "t000-top_k=4" / "mean").glob("events.out.tfevents.*"))) == 1
+
+
+def test_a_pruned_value_is_drawn_hollow_with_its_state_and_no_mean():
+    """A pruned configuration's objective is from before the end of training: its seeds are shown,
+    hollow, its tick says so, and the mean line does not run through it."""
+    import matplotlib.pyplot as plt
+
+    from moe_lab.report.figures import objective_by_value
+
+    seeds = {"4": {0: 1.66, 1: 1.67}, "8": {0: 1.68, 1: 1.66}, "32": {0: 1.70}}
+    fig = objective_by_value(seeds, "n_experts", "val_loss", unfinished={"32": "pruned"})
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["4", "8", "32\n(pruned)"]
+    mean_line = next(line for line in ax.get_lines() if len(line.get_ydata()) == 3)
+    assert list(mean_line.get_ydata()[:2]) == pytest.approx([1.665, 1.67]) and math.isnan(mean_line.get_ydata()[2])
+    seed0 = ax.collections[0]  # seed 0's markers: filled at 4 and 8, hollow at 32
+    assert [tuple(c) for c in seed0.get_facecolors()][2] == (0.0, 0.0, 0.0, 0.0)
+    assert all(c[3] == 1.0 for c in seed0.get_facecolors()[:2])
+    assert [t.get_text() for t in ax.texts] == ["1.6650", "1.6700"]  # no mean written for the pruned value
+    plt.close(fig)
 
 
 def test_summary_says_which_differences_are_beyond_seed_noise(study):

@@ -354,6 +354,7 @@ def test_dry_run_times_the_models_here_caches_them_and_schedules_the_runs(tmp_pa
     first = capsys.readouterr().out
     assert "estimated time: about" in first and "now cached in" in first and "1 thread per worker" in first
     assert "MB of checkpoints at the end (keep_checkpoints=best_weights)" in first
+    assert "every run to the end: an upper bound, as the collapse detector may stop some early" in first
     cache = json.loads((tmp_path / "cache" / "moe_lab" / "step_times.json").read_text())
     assert len(cache) == 2  # one entry per model shape
     dry_run(sweep, workers=2)

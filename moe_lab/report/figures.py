@@ -109,20 +109,38 @@ def grouped_bars(groups: dict[str, dict[str, list[float]]], ylabel: str, title: 
     return fig
 
 
-def objective_by_value(seeds: dict[str, dict[int, float]], xlabel: str, ylabel: str, title: str = ""):
+def objective_by_value(
+    seeds: dict[str, dict[int, float]],
+    xlabel: str,
+    ylabel: str,
+    title: str = "",
+    unfinished: dict[str, str] | None = None,
+):
     """A grid over one key: for each value (x, evenly spaced in the given order) each seed's objective
     as a marker of that seed's colour, and the mean over seeds as a line with a ±1 sample-std bar.
+    `unfinished`: value -> its state ("pruned", "failed", ...): its seeds are hollow markers, its tick
+    says the state, and it gets no mean (a pruned run's objective is from before the end of training).
     Returns a matplotlib Figure (caller closes it)."""
+    unfinished = unfinished or {}
     fig, ax = plt.subplots(figsize=(max(5.0, 1.1 * len(seeds) + 2.5), 4.5))
     colours = plt.get_cmap("tab10")
     all_seeds = sorted({s for by_seed in seeds.values() for s in by_seed})
     for j, seed in enumerate(all_seeds):
-        xs = [i for i, by_seed in enumerate(seeds.values()) if seed in by_seed]
-        ys = [by_seed[seed] for by_seed in seeds.values() if seed in by_seed]
+        points = [
+            (i, by_seed[seed], key in unfinished) for i, (key, by_seed) in enumerate(seeds.items()) if seed in by_seed
+        ]
         # Seeds side by side around the value, so equal objectives do not hide each other.
         offset = 0.06 * (j - (len(all_seeds) - 1) / 2)
-        ax.scatter([x + offset for x in xs], ys, color=colours(j % 10), s=28, zorder=3, label=f"seed {seed}")
-    means = [float(np.mean(list(v.values()))) if v else np.nan for v in seeds.values()]
+        ax.scatter(
+            [x + offset for x, _, _ in points],
+            [y for _, y, _ in points],
+            facecolors=[("none" if hollow else colours(j % 10)) for _, _, hollow in points],
+            edgecolors=colours(j % 10),
+            s=28,
+            zorder=3,
+            label=f"seed {seed}",
+        )
+    means = [float(np.mean(list(v.values()))) if v and k not in unfinished else np.nan for k, v in seeds.items()]
     stds = [float(np.std(list(v.values()), ddof=1)) if len(v) > 1 else 0.0 for v in seeds.values()]
     ax.errorbar(
         range(len(seeds)),
@@ -139,7 +157,7 @@ def objective_by_value(seeds: dict[str, dict[int, float]], xlabel: str, ylabel: 
     for i, mean in enumerate(means):
         if np.isfinite(mean):
             ax.annotate(f"{mean:.4f}", (i, mean), textcoords="offset points", xytext=(8, -3), fontsize="small")
-    ax.set_xticks(range(len(seeds)), list(seeds))
+    ax.set_xticks(range(len(seeds)), [f"{k}\n({unfinished[k]})" if k in unfinished else k for k in seeds])
     ax.set_xlim(-0.5, len(seeds) - 0.5)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)

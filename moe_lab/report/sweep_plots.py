@@ -135,8 +135,13 @@ def write_objective_by_value(data: StudyData, key: str, plots_dir: Path) -> dict
         row = next(r for r in rows if r.params[key] == value)
         seeds[str(value)] = {seed: v for seed, v in zip(row.seeds, row.objective_values, strict=True) if is_finite(v)}
     title = f"{data.info.study_name}: {data.info.objective_metric} by {key}"
+    unfinished = {str(r.params[key]): r.state.lower() for r in rows if r.state != "COMPLETE"}
     fig = objective_by_value(
-        seeds, xlabel=key, ylabel=f"{data.info.objective_metric} ({data.info.direction})", title=title
+        seeds,
+        xlabel=key,
+        ylabel=f"{data.info.objective_metric} ({data.info.direction})",
+        title=title,
+        unfinished=unfinished,
     )
     name = f"objective_vs_{key.rsplit('.', 1)[-1]}"
     return {name: save_figure(fig, plots_dir / f"{name}.png")}

@@ -138,6 +138,9 @@ def dry_run(sweep: Sweep, workers: int = 1, gflops: float | None = None) -> None
             "; NOTE: other processes kept the cores busy while timing, so this estimate is too long and those"
             " times were not cached: dry-run again on a quiet machine"
         )
+    if sweep.cfg.pruner != "none" or sweep.cfg.collapse_prunes:
+        stops = f"the {sweep.cfg.pruner} pruner" if sweep.cfg.pruner != "none" else "the collapse detector"
+        how += f"; every run to the end: an upper bound, as {stops} may stop some early"
     print(f"estimated time: about {wall / 60:.0f} min with {workers} worker{'s' * (workers > 1)} ({how})")
     print(
         f"estimated disk: {end_bytes / 1e6:.0f} MB of checkpoints at the end (keep_checkpoints="

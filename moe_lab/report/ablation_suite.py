@@ -1,0 +1,190 @@
+"""RESULTS.md of the shipped ablation suite, assembled from each ablation's own report.
+
+    python -m moe_lab.report.ablation_suite collect ablations_out/<name> [--into DIR]
+    python -m moe_lab.report.ablation_suite assemble [--results DIR] [--out FILE] [--reading FILE]
+
+The suite takes hours, so it runs in chunks, possibly over several sessions on fresh checkouts:
+`collect` keeps what a finished ablation needs for the suite file (its results.md/.csv/.tex, plots and
+`suite.json`: wall time (the union of its runs' intervals), runs, claims, the commits and thread counts
+its runs recorded) in DIR
+(default experiments/ablations/results/<name>/, small enough to commit); `assemble` writes RESULTS.md
+from whatever DIR holds: one overview table, the provenance over every run of every ablation (it says
+so loudly when runs came from more than one commit or a dirty tree), an optional hand-written reading,
+and each ablation's report as a section.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+from pathlib import Path
+
+from moe_lab.artifacts.atomic import write_json_atomic, write_text_atomic
+from moe_lab.artifacts.run_dir import METRICS
+from moe_lab.artifacts.study_dir import PLOTS, RESULTS_MD, STUDY_INFO
+from moe_lab.errors import MoELabError
+from moe_lab.report.common import duration, markdown_table, read_json_object
+
+SUITE_JSON = "suite.json"  # per ablation in the results folder: what the overview and provenance need
+DEFAULT_RESULTS = Path("experiments/ablations/results")
+DEFAULT_OUT = Path("experiments/ablations/RESULTS.md")
+
+
+def busy_seconds(intervals: list[tuple[float, float]]) -> float:
+    """Wall time during which at least one run trained: the union of the runs' (start, end) intervals,
+    so the gaps of an ablation resumed in another session do not count."""
+    total, end = 0.0, None
+    for start, stop in sorted(intervals):
+        if end is None or start > end:
+            total += stop - start
+            end = stop
+        elif stop > end:
+            total += stop - end
+            end = stop
+    return total
+
+
+def run_interval(run_dir: Path, metrics: dict) -> tuple[float, float] | None:
+    """A finished run's (start, end) in seconds since the epoch: its metrics file is written last."""
+    wall = metrics.get("wall_time_s")
+    path = run_dir / METRICS
+    if not isinstance(wall, int | float) or not path.is_file():
+        return None
+    end = path.stat().st_mtime
+    return end - wall, end
+
+
+def collect(study_dir: Path, into: Path) -> Path:
+    """Regenerate the ablation's report from its runs and keep it, with suite.json, in into/<name>/."""
+    from moe_lab.report.ablation_claims import overall_line, verdicts
+    from moe_lab.report.ablation_data import load_ablation_data
+    from moe_lab.report.ablation_results import write_ablation_report
+
+    written = write_ablation_report(study_dir)
+    data = load_ablation_data(study_dir)
+    runs = [run for arm in data.arms for run in arm.runs]
+    results = verdicts(data)
+    intervals = [run_interval(run.run_dir, run.metrics) for run in runs if run.run_dir is not None]
+    summary = {
+        "name": data.name,
+        "wall_time_s": busy_seconds([i for i in intervals if i is not None]),
+        "runs_completed": sum(run.completed for run in runs),
+        "runs_expected": len(runs),
+        "claims_held": sum(v.held for v in results),
+        "claims": len(results),
+        "overall": overall_line(results),
+        "commits": sorted({_revision(run.env) for run in runs if run.env}),
+        "threads": sorted({str((run.env.get("torch") or {}).get("threads")) for run in runs if run.env}),
+        "software": sorted({_software(run.env) for run in runs if run.env}),
+    }
+    dest = into / data.name
+    if dest.exists():
+        shutil.rmtree(dest)
+    (dest / PLOTS).mkdir(parents=True)
+    for key, path in written.items():
+        report_file = key in ("results_md", "results_csv", "results_tex")
+        shutil.copyfile(path, (dest if report_file else dest / PLOTS) / path.name)
+    write_json_atomic(dest / SUITE_JSON, summary)
+    return dest
+
+
+def _revision(env: dict) -> str:
+    git = env.get("git") or {}
+    dirty = git.get("dirty") is not False or git.get("changed_since_start")
+    return f"{git.get('commit') or 'unknown'}{' (dirty)' if dirty else ''}"
+
+
+def _software(env: dict) -> str:
+    packages = env.get("packages") or {}
+    return (
+        f"Python {env.get('python')}, torch {packages.get('torch')}, lightning {packages.get('lightning')}, "
+        f"optuna {packages.get('optuna')}; {env.get('platform')}"
+    )
+
+
+def assemble(results: Path, out: Path, reading: Path | None = None) -> str:
+    """Write RESULTS.md from the collected ablations in `results`; return its text."""
+    folders = sorted(d for d in results.iterdir() if (d / SUITE_JSON).is_file()) if results.is_dir() else []
+    if not folders:
+        raise MoELabError(f"{results}: no collected ablation (run `collect` on a finished ablation first)")
+    suites = [read_json_object(d / SUITE_JSON) for d in folders]
+    commits = sorted({c for s in suites for c in s["commits"]})
+    single = len(commits) == 1 and "(dirty)" not in commits[0]
+    lines = [
+        "# Paper ablations at small scale: results",
+        "",
+        "Every shipped ablation at the reference budget (`experiments/reference.yaml`), regenerated by "
+        "`python -m moe_lab.report.ablation_suite assemble` from each ablation's own report.",
+        "",
+        f"- code: every run at commit `{commits[0]}`, clean tree"
+        if single
+        else f"- **code: runs from {len(commits)} revisions, not one clean commit**: " + ", ".join(commits),
+        f"- torch threads per run: {', '.join(sorted({t for s in suites for t in s['threads']}))}",
+        *[f"- software: {sw}" for sw in sorted({sw for s in suites for sw in s["software"]})],
+        "- command per ablation: `python -m moe_lab.ablate experiments/ablations/<name>.yaml --workers 2`",
+        "",
+        "## Overview",
+        "",
+    ]
+    cells = [
+        [
+            f"[{s['name']}](#ablation-{s['name']})",
+            f"{s['runs_completed']} of {s['runs_expected']}",
+            duration(s["wall_time_s"]),
+            s["overall"].replace("**", "").split(".")[0],
+        ]
+        for s in suites
+    ]
+    columns = ("ablation", "runs completed", "wall time (2 workers)", "claims")
+    lines += [markdown_table(columns, cells, {"runs completed", "wall time (2 workers)"}), ""]
+    total = sum(s["wall_time_s"] for s in suites)
+    lines += [f"Total wall time: {duration(total)} for {len(suites)} ablations.", ""]
+    if reading is not None:
+        lines += ["## Reading", "", reading.read_text().strip(), ""]
+    lines += [section for folder in folders for section in (_section(folder, out.parent), "")]
+    text = "\n".join(lines).rstrip() + "\n"
+    write_text_atomic(out, text)
+    return text
+
+
+def _section(folder: Path, relative_to: Path) -> str:
+    """An ablation's results.md one heading level down, its plot links pointing into its folder."""
+    text = (folder / RESULTS_MD).read_text()
+    prefix = Path(os.path.relpath(folder.resolve(), relative_to.resolve())).as_posix()
+    text = text.replace(f"]({PLOTS}/", f"]({prefix}/{PLOTS}/")
+    return "\n".join("#" + line if line.startswith("#") else line for line in text.splitlines())
+
+
+def main(argv: list[str] | None = None) -> int:
+    from moe_lab.cli import run_main
+
+    parser = argparse.ArgumentParser(prog="python -m moe_lab.report.ablation_suite", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p_collect = sub.add_parser("collect", help="keep a finished ablation's report for the suite file")
+    p_collect.add_argument("study_dir", type=Path)
+    p_collect.add_argument("--into", type=Path, default=DEFAULT_RESULTS)
+    p_assemble = sub.add_parser("assemble", help="write RESULTS.md from the collected ablations")
+    p_assemble.add_argument("--results", type=Path, default=DEFAULT_RESULTS)
+    p_assemble.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    p_assemble.add_argument("--reading", type=Path, default=None, help="a hand-written reading of the results")
+    args = parser.parse_args(argv)
+
+    def body() -> int:
+        if args.command == "collect":
+            if not (args.study_dir / STUDY_INFO).is_file():
+                raise MoELabError(f"{args.study_dir}: no {STUDY_INFO}; expected an ablation directory")
+            print(f"collected {args.study_dir} into {collect(args.study_dir, args.into)}")
+        else:
+            if args.reading is not None and not args.reading.is_file():
+                raise MoELabError(f"--reading: {args.reading}: no such file")
+            assemble(args.results, args.out, args.reading)
+            print(f"wrote {args.out}")
+        return 0
+
+    return run_main(body, tune_allocator=False)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
