@@ -358,6 +358,28 @@ def test_missing_and_running_seeds_are_reported(tmp_path, capsys):
     assert rows["e8_top2"]["val_loss_n"] == "2" and rows["e8_top1"]["val_loss_mean"] == ""
 
 
+def test_a_retried_seed_counts_its_retry(tmp_path):
+    """A worker killed mid-run (a session ending) leaves seedS without metrics; its retry trains in
+    seedS.retry1. The retry's metrics count for seed S, so the table equals the uninterrupted one."""
+    study_dir = make_ablation(tmp_path / "retried")
+    top2 = study_dir / "trials" / "t002-arm=e8_top2"
+    (top2 / "seed1").rename(top2 / "seed1.retry1")
+    (top2 / "seed1").mkdir()
+    shutil.copy(top2 / "seed1.retry1" / "config.yaml", top2 / "seed1")  # the interrupted attempt
+    text = write_ablation_report(study_dir)["results_md"].read_text()
+    mean, std = statistics.fmean(completed("e8_top2", "val_loss")), statistics.stdev(completed("e8_top2", "val_loss"))
+    assert f"| e8_top2 | 3/3 | {mean:.4f} ± {std:.4f} (n=3) |" in text
+    assert "seed 1 has no metrics.json" not in text
+    runs = {run.seed: run for arm in load_ablation_data(study_dir).arms if arm.name == "e8_top2" for run in arm.runs}
+    assert runs[1].run_dir == top2 / "seed1.retry1" and runs[1].metrics["val_loss"] == RUNS["e8_top2"][1]["val_loss"]
+
+    # A retry still training after a failed attempt: the seed is running, not failed.
+    top1 = study_dir / "trials" / "t001-arm=e8_top1"
+    (top1 / "seed2.retry1").mkdir()
+    runs = {run.seed: run for arm in load_ablation_data(study_dir).arms if arm.name == "e8_top1" for run in arm.runs}
+    assert runs[2].status == "running" and runs[2].run_dir == top1 / "seed2.retry1"
+
+
 def test_single_seed_arms_say_so_instead_of_dividing(tmp_path):
     study_dir = make_ablation(tmp_path / "one_seed")
     for arm_dir in (study_dir / "trials").iterdir():

@@ -4,6 +4,8 @@
     <dir>/sweep.yaml                          the resolved AblationConfig: paper, claim, arms, claims
     <dir>/trials/t<NNN>-arm=<name>/seed<s>/   one run directory per arm and seed (final metrics, resolved
                                               config, environment record, TensorBoard events)
+    <dir>/trials/t<NNN>-arm=<name>/seed<s>.retry<n>/   the n-th retry of a seed whose worker died (an
+                                              interrupted session, a killed job): it counts in place of seed<s>
 
 Only seeds whose run completed count: a pruned, stopped or failed seed, or one still running, is kept
 with its status, so each arm reports its own n.
@@ -23,7 +25,7 @@ from moe_lab.artifacts.study_dir import STUDY_INFO, SWEEP_COPY, TRIALS
 from moe_lab.report.common import ReportError, is_finite_non_bool, optional_json_object, read_json_object
 
 TRIAL_DIR = re.compile(r"^t(\d+)-(arm=.*)$")
-SEED_DIR = re.compile(r"^seed(\d+)$")
+SEED_DIR = re.compile(r"^seed(\d+)(?:\.retry(\d+))?$")
 LABEL_WIDTH = 80  # moe_lab.sweep.config.trial_label truncates a trial directory's label to this many chars
 
 
@@ -152,6 +154,19 @@ def _seed_run(seed: int, run_dir: Path | None) -> SeedRun:
     )
 
 
+def _counted_attempt(attempts: list[tuple[int, int, Path]]) -> Path:
+    """The run that stands for a seed: its completed attempt, else its latest (a retry of a seed whose
+    worker died trains in seed<s>.retry<n>, leaving the interrupted seed<s> without final metrics)."""
+    latest_first = sorted(attempts, key=lambda a: (a[0], a[1]), reverse=True)
+    done = [path for _, _, path in latest_first if _status(path) == "completed"]
+    return done[0] if done else latest_first[0][2]
+
+
+def _status(run_dir: Path) -> str | None:
+    metrics = optional_json_object(run_dir / METRICS)
+    return str(metrics.get("status")) if metrics else None
+
+
 def load_ablation_data(study_dir: str | Path) -> AblationData:
     study_dir = Path(study_dir)
     if not study_dir.is_dir():
@@ -163,16 +178,16 @@ def load_ablation_data(study_dir: str | Path) -> AblationData:
     arm_overrides = {str(k): [str(o) for o in (v or [])] for k, v in (spec.get("arms") or {}).items()}
     names = list(arm_overrides)
 
-    found: dict[str, dict[int, Path]] = {}  # arm -> seed -> run dir; a later trial number wins
-    trial_dirs = sorted(
-        (p for p in (study_dir / TRIALS).glob("t*") if p.is_dir() and TRIAL_DIR.match(p.name)),
-        key=lambda p: (int(TRIAL_DIR.match(p.name).group(1)), p.name),
-    )
-    for trial_dir in trial_dirs:
-        arm = _arm_of(TRIAL_DIR.match(trial_dir.name).group(2), names)
+    attempts: dict[str, dict[int, list[tuple[int, int, Path]]]] = {}  # arm -> seed -> (trial, retry, dir)
+    for trial_dir in (study_dir / TRIALS).glob("t*"):
+        if not (trial := TRIAL_DIR.match(trial_dir.name)) or not trial_dir.is_dir():
+            continue
+        arm = _arm_of(trial.group(2), names)
         for seed_dir in trial_dir.iterdir():
             if seed_dir.is_dir() and (m := SEED_DIR.match(seed_dir.name)):
-                found.setdefault(arm, {})[int(m.group(1))] = seed_dir
+                attempt = (int(trial.group(1)), int(m.group(2) or 0), seed_dir)
+                attempts.setdefault(arm, {}).setdefault(int(m.group(1)), []).append(attempt)
+    found = {arm: {seed: _counted_attempt(runs) for seed, runs in seeds.items()} for arm, seeds in attempts.items()}
 
     data = AblationData(study_dir, info, spec, [], read_claims(spec))
     for name in names + sorted(set(found) - set(names)):
