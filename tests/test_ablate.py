@@ -153,7 +153,8 @@ def test_arm_with_an_invalid_experiment_is_named(tmp_path, data_cache):
 def test_verify_reruns_a_stored_arm_and_says_whether_it_reproduced(tmp_path, data_cache):
     path = write(tmp_path, data_cache)
     sweep = load_ablation(path)
-    assert run_worker(sweep, log=lambda m: None) == 2
+    # one trial per (arm, seed) unit: the unit of work since d198050
+    assert run_worker(sweep, log=lambda m: None) == len(sweep.cfg.arms) * len(sweep.cfg.seeds)
     stored = sweep.study_dir / "trials" / "t001-arm=top2" / "seed0" / "metrics.json"
     verify = [sys.executable, "-m", "moe_lab.ablate", str(path), "--verify", "--arms", "top2"]
     proc = subprocess.run(verify, cwd=REPO, capture_output=True, text=True, timeout=600)

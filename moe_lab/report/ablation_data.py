@@ -154,17 +154,11 @@ def _seed_run(seed: int, run_dir: Path | None) -> SeedRun:
     )
 
 
-def _counted_attempt(attempts: list[tuple[int, int, Path]]) -> Path:
+def _counted_run(seed: int, attempts: list[tuple[int, int, Path]]) -> SeedRun:
     """The run that stands for a seed: its completed attempt, else its latest (a retry of a seed whose
     worker died trains in seed<s>.retry<n>, leaving the interrupted seed<s> without final metrics)."""
-    latest_first = sorted(attempts, key=lambda a: (a[0], a[1]), reverse=True)
-    done = [path for _, _, path in latest_first if _status(path) == "completed"]
-    return done[0] if done else latest_first[0][2]
-
-
-def _status(run_dir: Path) -> str | None:
-    metrics = optional_json_object(run_dir / METRICS)
-    return str(metrics.get("status")) if metrics else None
+    runs = [_seed_run(seed, path) for _, _, path in sorted(attempts, key=lambda a: a[:2], reverse=True)]
+    return next((run for run in runs if run.completed), runs[0])
 
 
 def load_ablation_data(study_dir: str | Path) -> AblationData:
@@ -187,11 +181,11 @@ def load_ablation_data(study_dir: str | Path) -> AblationData:
             if seed_dir.is_dir() and (m := SEED_DIR.match(seed_dir.name)):
                 attempt = (int(trial.group(1)), int(m.group(2) or 0), seed_dir)
                 attempts.setdefault(arm, {}).setdefault(int(m.group(1)), []).append(attempt)
-    found = {arm: {seed: _counted_attempt(runs) for seed, runs in seeds.items()} for arm, seeds in attempts.items()}
 
     data = AblationData(study_dir, info, spec, [], read_claims(spec))
-    for name in names + sorted(set(found) - set(names)):
-        runs = found.get(name, {})
-        seeds = sorted(set(data.seeds) | set(runs))
-        data.arms.append(Arm(name, arm_overrides.get(name, []), [_seed_run(s, runs.get(s)) for s in seeds]))
+    for name in names + sorted(set(attempts) - set(names)):
+        tried = attempts.get(name, {})
+        seeds = sorted(set(data.seeds) | set(tried))
+        runs = [_counted_run(s, tried[s]) if s in tried else _seed_run(s, None) for s in seeds]
+        data.arms.append(Arm(name, arm_overrides.get(name, []), runs))
     return data
