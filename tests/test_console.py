@@ -47,9 +47,10 @@ def test_console_reports_trials_and_counts_without_noise(tiny_sweep):
     sweep, output = tiny_sweep
     study = optuna.load_study(study_name=sweep.name, storage=sweep.storage_url)
     for trial in study.get_trials():
-        label = trial.user_attrs["label"]
-        assert f"trial {trial.number} started: {label}" in output
-        assert f"trial {trial.number} done: {label}, val_loss = {trial.value:.4f}" in output
+        # A grid trains one (configuration, seed) per trial: the console names both.
+        unit = f"{trial.user_attrs['label']} seed {trial.user_attrs['unit_seed']}"
+        assert f"trial {trial.number} started: {unit}" in output
+        assert f"trial {trial.number} done: {unit}, val_loss = {trial.value:.4f}" in output
     assert "2 done, 0 pruned, 0 failed, 0 running, 0 waiting" in output
     for line in NOISE:
         assert line not in output, line

@@ -56,3 +56,10 @@ TRIAL_DURATION_S = "duration_s"  # wall time of the whole trial
 TRIAL_FIRST_RUN_METRICS = ("active_params", "total_params")
 TRIAL_MEAN_METRICS = ("tokens_per_s", "final_load_cv")
 TRIAL_PRUNE_REASON = "prune_reason"
+
+
+def trial_unit(trial) -> tuple[int, int | None]:
+    """A trial's unit of work (an Optuna Trial or FrozenTrial): (config id, seed), or (config id, None) for a
+    trial that trains every seed. A retry copies the user attributes of the trial it retries, so it has
+    the same unit (and resumes its run directories); a trial without a config id is its own configuration."""
+    return int(trial.user_attrs.get(TRIAL_CONFIG_ID, trial.number)), trial.user_attrs.get(TRIAL_UNIT_SEED)

@@ -18,7 +18,23 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from moe_lab.artifacts.study_dir import STUDY_INFO, TRIAL_CONFIG_ID, TRIAL_UNIT_SEED
+from moe_lab.artifacts.study_dir import (
+    STUDY_INFO,
+    TRIAL_COLLAPSE_EVENTS,
+    TRIAL_CONFIG_ID,
+    TRIAL_DURATION_S,
+    TRIAL_ERROR,
+    TRIAL_EXPERT_HIDDEN,
+    TRIAL_LABEL,
+    TRIAL_OBJECTIVE_MEAN,
+    TRIAL_OBJECTIVE_STD,
+    TRIAL_OBJECTIVE_VALUES,
+    TRIAL_PRUNE_REASON,
+    TRIAL_RUN_DIRS,
+    TRIAL_SEEDS,
+    TRIAL_UNIT_SEED,
+    trial_unit,
+)
 from moe_lab.report.common import ReportError, is_finite, load_stored_study, read_json_object, run_metrics
 
 # Non-complete configurations go below the complete ones, in this order.
@@ -137,12 +153,10 @@ def config_rows(trials: list[FrozenTrial], direction: str) -> list[ConfigRow]:
     as retries), best first."""
     units: dict[tuple, list[FrozenTrial]] = {}
     for trial in sorted(trials, key=lambda t: t.number):
-        config_id = trial.user_attrs.get(TRIAL_CONFIG_ID)
-        key = ("config", config_id) if config_id is not None else ("trial", trial.number)
-        units.setdefault((key, trial.user_attrs.get(TRIAL_UNIT_SEED)), []).append(trial)
-    configs: dict[tuple, list[ConfigRow]] = {}
-    for (key, _), group in units.items():
-        configs.setdefault(key, []).append(_row(group[-1], retries=len(group) - 1))
+        units.setdefault(trial_unit(trial), []).append(trial)
+    configs: dict[int, list[ConfigRow]] = {}
+    for (config_id, _), group in units.items():
+        configs.setdefault(config_id, []).append(_row(group[-1], retries=len(group) - 1))
     rows = [merge_units(unit_rows) for unit_rows in configs.values()]
     return sort_rows(rows, direction)
 
@@ -212,32 +226,32 @@ def _median(values):
 
 def _row(trial: FrozenTrial, retries: int) -> ConfigRow:
     attrs = trial.user_attrs
-    mean = attrs.get("objective_mean")
+    mean = attrs.get(TRIAL_OBJECTIVE_MEAN)
     if mean is None and trial.state == TrialState.COMPLETE:
         mean = trial.value
-    duration = attrs.get("duration_s")
+    duration = attrs.get(TRIAL_DURATION_S)
     if duration is None and trial.duration is not None:
         duration = trial.duration.total_seconds()
     return ConfigRow(
         trial=trial.number,
-        config_id=attrs.get("config_id"),
+        config_id=attrs.get(TRIAL_CONFIG_ID),
         state=trial.state.name,
-        label=attrs.get("label") or _label(trial.params),
+        label=attrs.get(TRIAL_LABEL) or _label(trial.params),
         params=dict(trial.params),
         objective_mean=mean,
-        objective_std=attrs.get("objective_std"),
-        objective_values=list(attrs.get("objective_values") or []),
-        seeds=list(attrs.get("seeds") or []),
-        run_dirs=list(attrs.get("run_dirs") or []),
+        objective_std=attrs.get(TRIAL_OBJECTIVE_STD),
+        objective_values=list(attrs.get(TRIAL_OBJECTIVE_VALUES) or []),
+        seeds=list(attrs.get(TRIAL_SEEDS) or []),
+        run_dirs=list(attrs.get(TRIAL_RUN_DIRS) or []),
         duration_s=duration,
         active_params=attrs.get("active_params"),
         total_params=attrs.get("total_params"),
-        expert_hidden=attrs.get("expert_hidden"),
+        expert_hidden=attrs.get(TRIAL_EXPERT_HIDDEN),
         tokens_per_s=attrs.get("tokens_per_s"),
         final_load_cv=attrs.get("final_load_cv"),
-        collapse_events=attrs.get("collapse_events"),
-        prune_reason=attrs.get("prune_reason"),
-        error=attrs.get("error"),
+        collapse_events=attrs.get(TRIAL_COLLAPSE_EVENTS),
+        prune_reason=attrs.get(TRIAL_PRUNE_REASON),
+        error=attrs.get(TRIAL_ERROR),
         retries=retries,
         finished_seeds=_finished_seeds(trial),
     )
@@ -248,7 +262,7 @@ def _finished_seeds(trial: FrozenTrial) -> list[int]:
     if trial.state not in (TrialState.COMPLETE, TrialState.PRUNED):
         return []
     seed = trial.user_attrs.get(TRIAL_UNIT_SEED)
-    return [seed] if seed is not None else list(trial.user_attrs.get("seeds") or [])
+    return [seed] if seed is not None else list(trial.user_attrs.get(TRIAL_SEEDS) or [])
 
 
 def _label(params: dict[str, Any]) -> str:

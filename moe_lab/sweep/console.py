@@ -24,13 +24,12 @@ from optuna.trial import TrialState
 
 from moe_lab.artifacts.run_dir import PROGRESS
 from moe_lab.artifacts.study_dir import (
-    TRIAL_CONFIG_ID,
     TRIAL_ERROR,
     TRIAL_LABEL,
     TRIAL_OBJECTIVE_MEAN,
     TRIAL_PRUNE_REASON,
-    TRIAL_UNIT_SEED,
     TRIALS,
+    trial_unit,
 )
 
 ENDED = {TrialState.COMPLETE: "done", TrialState.PRUNED: "pruned", TrialState.FAIL: "failed"}
@@ -86,11 +85,10 @@ class SweepConsole:
     # ---- reading
 
     def _progress(self, trial) -> list[dict]:
-        label, config_id = trial.user_attrs.get(TRIAL_LABEL), trial.user_attrs.get(TRIAL_CONFIG_ID, trial.number)
+        label, (config_id, seed) = trial.user_attrs.get(TRIAL_LABEL), trial_unit(trial)
         if label is None:
             return []
         trial_dir = self.sweep.study_dir / TRIALS / f"t{config_id:03d}-{label}"
-        seed = trial.user_attrs.get(TRIAL_UNIT_SEED)
         # A (configuration, seed) trial's own runs only: seedS and its retries seedS.retryN.
         patterns = ["seed*"] if seed is None else [f"seed{seed}", f"seed{seed}.retry*"]
         out = []
@@ -105,14 +103,13 @@ class SweepConsole:
         trials = self.study.get_trials(deepcopy=False)
         latest = {}
         for t in sorted(trials, key=lambda t: t.number):
-            latest[(t.user_attrs.get(TRIAL_CONFIG_ID, t.number), t.user_attrs.get(TRIAL_UNIT_SEED))] = t
+            latest[trial_unit(t)] = t
         counts = Counter()
         running, events, done_flops = [], [], 0.0
-        for t in latest.values():
+        for (_, seed), t in latest.items():
             state = ENDED.get(t.state, "running" if t.state == TrialState.RUNNING else "waiting")
             counts[state] += 1
             label = t.user_attrs.get(TRIAL_LABEL) or "?"
-            seed = t.user_attrs.get(TRIAL_UNIT_SEED)
             unit = label if seed is None else f"{label} seed {seed}"
             seeds = self._progress(t)
             done_flops += sum(p.get("step", 0) * p.get("flops_per_step", 0.0) for p in seeds)

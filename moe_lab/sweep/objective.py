@@ -39,6 +39,7 @@ from moe_lab.artifacts.study_dir import (
     TRIAL_UNIT_SEED,
     TRIAL_WORKER,
     TRIALS,
+    trial_unit,
 )
 from moe_lab.sweep.claims import TrialTakenAway, fence, still_mine, worker_name
 from moe_lab.sweep.config import Sweep, trial_label
@@ -51,29 +52,19 @@ class SeedResult:
     metrics: dict  # the run's final metrics (RunMetrics fields)
 
 
-def config_id_of(trial: optuna.Trial) -> int:
-    """Grid trials carry their grid index; other trials their own number. A retry copies the user
-    attributes of the trial it retries, so it keeps the config id and resumes the same run directories."""
-    return int(trial.user_attrs.get(TRIAL_CONFIG_ID, trial.number))
-
-
-def unit_of(trial: optuna.Trial | optuna.trial.FrozenTrial) -> tuple[int, int | None]:
-    """(config id, seed) of a (configuration, seed) trial; (config id, None) of one that trains every seed."""
-    return int(trial.user_attrs.get(TRIAL_CONFIG_ID, trial.number)), trial.user_attrs.get(TRIAL_UNIT_SEED)
-
-
 def attempt_of(trial: optuna.Trial) -> int:
     """0 for the first trial of a unit, n for its n-th retry (counted from the study)."""
-    unit = unit_of(trial)
-    return sum(1 for t in trial.study.get_trials(deepcopy=False) if t.number < trial.number and unit_of(t) == unit)
+    unit = trial_unit(trial)
+    trials = trial.study.get_trials(deepcopy=False)
+    return sum(1 for t in trials if t.number < trial.number and trial_unit(t) == unit)
 
 
 def pruned_sibling(trial: optuna.Trial) -> str | None:
     """Why another seed of this trial's configuration was pruned, if one was: its other seeds are
     then skipped (a configuration is pruned as a whole, as when one worker trained all its seeds)."""
-    config_id, _ = unit_of(trial)
+    config_id, _ = trial_unit(trial)
     for t in trial.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.PRUNED,)):
-        if t.number != trial.number and unit_of(t)[0] == config_id:
+        if t.number != trial.number and trial_unit(t)[0] == config_id:
             return f"seed {t.user_attrs.get(TRIAL_UNIT_SEED, '?')} was pruned: {t.user_attrs.get(TRIAL_PRUNE_REASON)}"
     return None
 
@@ -142,7 +133,7 @@ class Objective:
 
     def __call__(self, trial: optuna.Trial) -> float:
         params = dict(trial.params)
-        config_id = config_id_of(trial)
+        config_id, _ = trial_unit(trial)  # grid trials carry their grid index; other trials their own number
         label = trial.user_attrs.get(TRIAL_LABEL) or trial_label(params)
         trial_dir = self.sweep.study_dir / TRIALS / f"t{config_id:03d}-{label}"
         attempt = attempt_of(trial)

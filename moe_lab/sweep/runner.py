@@ -42,11 +42,12 @@ from moe_lab.artifacts.study_dir import (
     TRIAL_ERROR,
     TRIAL_LABEL,
     TRIAL_UNIT_SEED,
+    trial_unit,
 )
 from moe_lab.errors import MoELabError
 from moe_lab.sweep.claims import TrialTakenAway, fail_stale_trials, heartbeat
 from moe_lab.sweep.config import Sweep, trial_label
-from moe_lab.sweep.objective import Objective, one_line, unit_of
+from moe_lab.sweep.objective import Objective, one_line
 from moe_lab.sweep.storage import masked_url, open_storage, recorded_url
 from moe_lab.training.tb_hparams import write_study_layout
 
@@ -98,7 +99,7 @@ def retry_failed(study: optuna.Study) -> list[int]:
     directories. Returns the config ids retried."""
     by_unit: dict[tuple, list] = {}
     for t in study.get_trials(deepcopy=False):
-        by_unit.setdefault(unit_of(t), []).append(t)
+        by_unit.setdefault(trial_unit(t), []).append(t)
     retried = []
     for (config_id, seed), trials in sorted(by_unit.items(), key=lambda item: (item[0][0], item[0][1] or 0)):
         if all(t.state == TrialState.FAIL for t in trials):
