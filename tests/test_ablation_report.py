@@ -424,6 +424,33 @@ def test_busy_seconds_is_the_union_of_the_run_intervals():
     assert busy_seconds([]) == 0.0
 
 
+def test_wall_time_counts_an_attempt_cut_off_and_only_the_part_its_retry_trained(tmp_path):
+    from moe_lab.report.ablation_suite import attempt_intervals, busy_seconds
+
+    def attempt(name: str, started: float, *, updated=None, metrics=None, ended=None):
+        run_dir = tmp_path / "trials" / "t000-arm=a" / name
+        run_dir.mkdir(parents=True)
+        (run_dir / "env.json").write_text("{}")
+        os.utime(run_dir / "env.json", (started, started))
+        if updated is not None:
+            (run_dir / "progress.json").write_text(json.dumps({"status": "running", "updated": updated}))
+        if metrics is not None:
+            (run_dir / "metrics.json").write_text(json.dumps(metrics))
+            os.utime(run_dir / "metrics.json", (ended, ended))
+
+    # Seed 0 trained from t=1000 until its session ended at t=1200 (progress last written then); its retry
+    # resumed a checkpoint taken at 150 s and trained 300 s more, ending at t=5000: 200 + 300 s of training.
+    # Its metrics' wall time (150 + 300 s, the whole run) must not stretch the retry back over the gap.
+    attempt("seed0", 1000.0, updated=1200.0)
+    retry = {"status": "completed", "wall_time_s": 450.0, "resumed_from_step": 600, "this_part": {"wall_time_s": 300.0}}
+    attempt("seed0.retry1", 4700.0, metrics=retry, ended=5000.0)
+    # Seed 1 ran whole in one attempt alongside the retry: [4600, 5000], so 100 s more.
+    attempt("seed1", 4600.0, metrics={"status": "completed", "wall_time_s": 400.0}, ended=5000.0)
+    attempt("seed2", 4600.0)  # started, no progress yet: nothing to count
+    assert sorted(attempt_intervals(tmp_path)) == [(1000.0, 1200.0), (4600.0, 5000.0), (4700.0, 5000.0)]
+    assert busy_seconds(attempt_intervals(tmp_path)) == 600.0
+
+
 def test_suite_collects_each_ablation_and_assembles_results_md(ablation, tmp_path):
     from moe_lab.report.ablation_suite import SUITE_JSON, assemble, collect
 

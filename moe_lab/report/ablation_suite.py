@@ -22,10 +22,17 @@ import sys
 from pathlib import Path
 
 from moe_lab.artifacts.atomic import write_json_atomic, write_text_atomic
-from moe_lab.artifacts.run_dir import METRICS
-from moe_lab.artifacts.study_dir import PLOTS, RESULTS_MD, STUDY_INFO
+from moe_lab.artifacts.run_dir import ENV, METRICS, PROGRESS
+from moe_lab.artifacts.study_dir import PLOTS, RESULTS_MD, STUDY_INFO, TRIALS
 from moe_lab.errors import MoELabError
-from moe_lab.report.common import duration, markdown_table, read_json_object
+from moe_lab.report.ablation_data import SEED_DIR
+from moe_lab.report.common import (
+    duration,
+    is_finite_non_bool,
+    markdown_table,
+    optional_json_object,
+    read_json_object,
+)
 
 SUITE_JSON = "suite.json"  # per ablation in the results folder: what the overview and provenance need
 DEFAULT_RESULTS = Path("experiments/ablations/results")
@@ -46,14 +53,28 @@ def busy_seconds(intervals: list[tuple[float, float]]) -> float:
     return total
 
 
-def run_interval(run_dir: Path, metrics: dict) -> tuple[float, float] | None:
-    """A finished run's (start, end) in seconds since the epoch: its metrics file is written last."""
-    wall = metrics.get("wall_time_s")
-    path = run_dir / METRICS
-    if not isinstance(wall, int | float) or not path.is_file():
+def attempt_interval(run_dir: Path) -> tuple[float, float] | None:
+    """When one attempt at a run trained, (start, end) in seconds since the epoch. A finished attempt ends
+    when its metrics file is written; a retry that resumed an earlier attempt's checkpoint counts only its
+    own part (the earlier part is that attempt's directory). An attempt cut off (its worker died, the
+    session ended) ran from its environment record, written as it started, to its last progress update."""
+    metrics, progress = optional_json_object(run_dir / METRICS), optional_json_object(run_dir / PROGRESS)
+    if metrics:
+        end = (run_dir / METRICS).stat().st_mtime
+        retry = (m := SEED_DIR.match(run_dir.name)) is not None and m.group(2) is not None
+        part = metrics.get("this_part") if retry else None
+        wall = (part if isinstance(part, dict) else metrics).get("wall_time_s")
+        return (end - wall, end) if is_finite_non_bool(wall) else None
+    updated = progress.get("updated") if progress else None
+    if not is_finite_non_bool(updated) or not (run_dir / ENV).is_file():
         return None
-    end = path.stat().st_mtime
-    return end - wall, end
+    return (run_dir / ENV).stat().st_mtime, updated
+
+
+def attempt_intervals(study_dir: Path) -> list[tuple[float, float]]:
+    """The intervals of every attempt at every run of a study, finished or cut off."""
+    dirs = [d for d in (study_dir / TRIALS).glob("t*/seed*") if d.is_dir() and SEED_DIR.match(d.name)]
+    return [i for i in map(attempt_interval, dirs) if i is not None]
 
 
 def collect(study_dir: Path, into: Path) -> Path:
@@ -66,10 +87,9 @@ def collect(study_dir: Path, into: Path) -> Path:
     data = load_ablation_data(study_dir)
     runs = [run for arm in data.arms for run in arm.runs]
     results = verdicts(data)
-    intervals = [run_interval(run.run_dir, run.metrics) for run in runs if run.run_dir is not None]
     summary = {
         "name": data.name,
-        "wall_time_s": busy_seconds([i for i in intervals if i is not None]),
+        "wall_time_s": busy_seconds(attempt_intervals(study_dir)),
         "runs_completed": sum(run.completed for run in runs),
         "runs_expected": len(runs),
         "claims_held": sum(v.held for v in results),
