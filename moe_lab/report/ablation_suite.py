@@ -25,7 +25,7 @@ from moe_lab.artifacts.atomic import write_json_atomic, write_text_atomic
 from moe_lab.artifacts.run_dir import ENV, METRICS, PROGRESS
 from moe_lab.artifacts.study_dir import PLOTS, RESULTS_MD, STUDY_INFO, TRIALS
 from moe_lab.errors import MoELabError
-from moe_lab.report.ablation_data import SEED_DIR
+from moe_lab.report.ablation_data import SEED_DIR, load_ablation_data
 from moe_lab.report.common import (
     duration,
     is_finite_non_bool,
@@ -80,7 +80,6 @@ def attempt_intervals(study_dir: Path) -> list[tuple[float, float]]:
 def collect(study_dir: Path, into: Path) -> Path:
     """Regenerate the ablation's report from its runs and keep it, with suite.json, in into/<name>/."""
     from moe_lab.report.ablation_claims import overall_line, verdicts
-    from moe_lab.report.ablation_data import load_ablation_data
     from moe_lab.report.ablation_results import write_ablation_report
 
     written = write_ablation_report(study_dir)
