@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from omegaconf import OmegaConf
+from scipy.stats import t as scipy_t
 from torch.utils.tensorboard import SummaryWriter
 
 from moe_lab.ablate import AblationConfig, ClaimConfig
@@ -37,8 +38,8 @@ ARMS = {
 RUNS = {
     "dense": [
         dict(val_loss=1.90, val_bpb=2.70, tokens_per_s=12000.0, final_load_cv=None, collapse=0),
-        dict(val_loss=1.91, val_bpb=2.72, tokens_per_s=12100.0, final_load_cv=None, collapse=0),
-        dict(val_loss=1.89, val_bpb=2.68, tokens_per_s=11900.0, final_load_cv=None, collapse=0),
+        dict(val_loss=1.89, val_bpb=2.72, tokens_per_s=12100.0, final_load_cv=None, collapse=0),
+        dict(val_loss=1.91, val_bpb=2.68, tokens_per_s=11900.0, final_load_cv=None, collapse=0),
     ],
     "e8_top1": [
         dict(val_loss=1.86, val_bpb=2.66, tokens_per_s=9000.0, final_load_cv=0.30, collapse=1),
@@ -52,9 +53,9 @@ RUNS = {
     ],
 }
 CLAIMS = [
-    ClaimConfig(metric="val_loss", arm="e8_top2", less_than="dense"),  # held, clearly
-    ClaimConfig(metric="final_load_cv", arm="e8_top1", less_than="e8_top2"),  # did not hold
-    ClaimConfig(metric="val_loss", arm="e8_top1", less_than="dense"),  # held within seed noise
+    ClaimConfig(metric="val_loss", arm="e8_top2", less_than="dense"),  # supported
+    ClaimConfig(metric="final_load_cv", arm="e8_top1", less_than="e8_top2"),  # contradicted (2 pairs)
+    ClaimConfig(metric="val_loss", arm="e8_top1", less_than="dense"),  # undecided
     ClaimConfig(metric="val_bpb", arm="dense", at_most="e8_top2", tolerance=0.2, note="bpb within 0.2"),
     ClaimConfig(metric="final_load_cv", arm="e8_top2", less_than="dense"),  # dense has no load CV
 ]
@@ -186,12 +187,13 @@ def verdict_line(text: str, claim: str) -> str:
     return lines[0]
 
 
-def welch(a: list[float], b: list[float], margin: float = 0.0) -> tuple[float, float, float]:
-    """(Δ, pooled sample std, z) computed from the definitions."""
-    delta = statistics.fmean(a) - statistics.fmean(b)
-    va, vb = statistics.variance(a), statistics.variance(b)
-    pooled = math.sqrt(((len(a) - 1) * va + (len(b) - 1) * vb) / (len(a) + len(b) - 2))
-    return delta, pooled, (delta - margin) / math.sqrt(va / len(a) + vb / len(b))
+def paired(a: list[float], b: list[float], margin: float = 0.0) -> tuple[float, float, float, float]:
+    """(mean difference, t against the margin, 95% CI low, high) from the definitions: Student's t on
+    the per-seed differences, df = n - 1, the quantile from scipy's t distribution."""
+    diffs = [x - y for x, y in zip(a, b, strict=False)]
+    mean, se = statistics.fmean(diffs), statistics.stdev(diffs) / math.sqrt(len(diffs))
+    half = scipy_t.ppf(0.975, len(diffs) - 1) * se
+    return mean, (mean - margin) / se, mean - half, mean + half
 
 
 def test_table_means_and_stds(ablation):
@@ -223,34 +225,46 @@ def test_verdicts(ablation):
     text = ablation[1]["results_md"].read_text()
     top2, dense, top1 = (completed(arm, "val_loss") for arm in ("e8_top2", "dense", "e8_top1"))
 
-    held = verdict_line(text, "val_loss: e8_top2 < dense")
-    delta, sigma, z = welch(top2, dense)
-    assert held.startswith("- val_loss: e8_top2 < dense — held: 1.8100 vs 1.9000 (n = 3 vs 3)")
-    assert f"Δ = {delta:+.4f} (|Δ| = {abs(delta) / sigma:.1f} seed-σ, z = {z:+.2f})" in held
-    assert "Δ = -0.0900 (|Δ| = 9.0 seed-σ, z = -11.02)" in held  # worked by hand: σ = 0.01, SE = 0.01·√(2/3)
+    supported = verdict_line(text, "val_loss: e8_top2 < dense")
+    delta, t, low, high = paired(top2, dense)
+    # by hand: differences -0.09, -0.07, -0.11; se = 0.02 / √3 = 0.011547; t(2) = -7.794; t_0.975(2) = 4.3027
+    assert (delta, t, low, high) == pytest.approx((-0.09, -7.794, -0.1397, -0.0403), abs=1e-3)
+    assert supported.startswith("- val_loss: e8_top2 < dense — **supported**: 1.8100 vs 1.9000 (n = 3 vs 3)")
+    assert f"Δ = {delta:+.4f}; paired t(2) = {t:+.2f}, p = 0.016, 95% CI of Δ [{low:+.4f}, {high:+.4f}]" in supported
 
     cv = verdict_line(text, "final_load_cv: e8_top1 < e8_top2")
-    delta, _, z = welch([0.30, 0.34], [0.10, 0.12, 0.11])
-    assert "— did not hold: 0.3200 vs 0.1100" in cv and f"Δ = {delta:+.4f}" in cv and f"z = {z:+.2f}" in cv
+    delta, t, low, high = paired([0.30, 0.34], [0.10, 0.12])  # the seeds both arms completed: 0 and 1
+    assert low > 0 and "— **contradicted** (indicative: n ≤ 2): 0.3200 vs 0.1100 (n = 2 vs 3)" in cv
+    assert f"paired t(1) = {t:+.2f}" in cv and f"[{low:+.4f}, {high:+.4f}]" in cv
 
-    noisy = verdict_line(text, "val_loss: e8_top1 < dense")
-    delta, _, z = welch(top1, dense)
-    assert abs(z) < 2 and delta < 0
-    assert "— held, but within seed noise (|z| < 2): 1.8900 vs 1.9000 (n = 2 vs 3)" in noisy
-    assert f"z = {z:+.2f}" in noisy
+    undecided = verdict_line(text, "val_loss: e8_top1 < dense")
+    delta, t, low, high = paired(top1, dense[:2])
+    assert low < 0 < high and "— **undecided** (indicative: n ≤ 2): 1.8900 vs 1.9000 (n = 2 vs 3)" in undecided
+    assert f"the data still allow e8_top1 lower by up to {-low:.4f} or higher by up to {high:.4f}" in undecided
 
     at_most = verdict_line(text, "val_bpb: dense ≤ e8_top2 + 0.2")
-    delta, _, z = welch(completed("dense", "val_bpb"), completed("e8_top2", "val_bpb"), margin=0.2)
-    assert "— held: 2.7000 vs 2.6000" in at_most and f"Δ = {delta:+.4f} ≤ 0.2" in at_most
-    assert f"z = {z:+.2f} against the tolerance" in at_most and at_most.endswith("Note: bpb within 0.2")
+    delta, t, low, high = paired(completed("dense", "val_bpb"), completed("e8_top2", "val_bpb"), margin=0.2)
+    assert high < 0.2 and "— **supported**: 2.7000 vs 2.6000" in at_most and f"t(2) = {t:+.2f}" in at_most
+    assert f"[{low:+.4f}, {high:+.4f}]" in at_most and at_most.endswith("Note: bpb within 0.2")
 
     untested = verdict_line(text, "final_load_cv: e8_top2 < dense")
     assert "not tested: no completed seed of dense recorded final_load_cv" in untested
     assert (
-        "**3 of 5 claims held** (1 of them within seed noise). Did not reproduce at this scale: "
-        "final_load_cv: e8_top1 < e8_top2. Not tested (an arm has no completed seed with a value for the metric): "
-        "final_load_cv: e8_top2 < dense."
+        "**2 supported, 1 contradicted, 1 undecided of 5 claims** (1 decided on n ≤ 2 seeds: indicative only). "
+        "Contradicted at this scale: final_load_cv: e8_top1 < e8_top2. Not tested: final_load_cv: e8_top2 < dense."
     ) in text
+
+
+def test_a_tolerance_claim_needs_the_upper_bound_inside_the_tolerance(ablation):
+    from moe_lab.report.ablation_claims import judge
+    from moe_lab.report.ablation_data import Claim
+
+    arms = {arm.name: arm for arm in load_ablation_data(ablation[0]).arms}
+    _, _, low, high = paired(completed("dense", "val_bpb"), completed("e8_top2", "val_bpb"))
+    # Δ = +0.10 with CI [0.075, 0.125]: inside a tolerance of 0.13, straddling 0.11, wholly above 0.05
+    for tolerance, outcome in ((0.13, "supported"), (0.11, "undecided"), (0.05, "contradicted")):
+        claim = Claim("val_bpb", "dense", "e8_top2", at_most=True, tolerance=tolerance)
+        assert judge(claim, arms).outcome == outcome, (tolerance, low, high)
 
 
 def test_markdown_settings_and_provenance(ablation):
@@ -352,7 +366,8 @@ def test_missing_and_running_seeds_are_reported(tmp_path, capsys):
     assert "| e8_top2 | 2/3 | 1.8150 ± 0.0071 (n=2) |" in text  # mean, stdev of 1.81 and 1.82
     assert "| e8_top1 | 0/3 | - | - |" in text
     assert "val_loss: e8_top1 < dense — not tested: no completed seed of e8_top1 recorded val_loss" in text
-    assert "val_loss: e8_top2 < dense — held" in out and "e8_top2  2/3" in out  # echo: table and verdicts
+    # echo: the table and the verdicts (2 pairs: t(1) = -8.0, p = 0.08, undecided)
+    assert "val_loss: e8_top2 < dense — undecided (indicative: n ≤ 2)" in out and "e8_top2  2/3" in out
     with paths["results_csv"].open(newline="") as f:
         rows = {r["arm"]: r for r in csv.DictReader(f)}
     assert rows["e8_top2"]["val_loss_n"] == "2" and rows["e8_top1"]["val_loss_mean"] == ""
@@ -387,8 +402,8 @@ def test_single_seed_arms_say_so_instead_of_dividing(tmp_path):
             shutil.rmtree(arm_dir / f"seed{seed}")
     text = write_ablation_report(study_dir)["results_md"].read_text()
     line = verdict_line(text, "val_loss: e8_top2 < dense")
-    assert "held, but seed noise not assessed: 1.8100 vs 1.9000 (n = 1 vs 1), Δ = -0.0900" in line
-    assert "fewer than 2 seeds in e8_top2 (n = 1) and dense (n = 1)" in line
+    assert "**undecided** (indicative: n ≤ 1): 1.8100 vs 1.9000 (n = 1 vs 1), Δ = -0.0900" in line
+    assert "fewer than 2 seeds in e8_top2 (n = 1) and dense (n = 1): no seed spread, not tested" in line
     assert "| dense | 1/3 | 1.9000 (n=1) |" in text
 
 
@@ -404,7 +419,7 @@ def test_dispatch_by_kind(ablation, tmp_path, monkeypatch, capsys):
         monkeypatch.setitem(report.REPORTS, "study", lambda path, called=called: called.append(path) or {})
         assert report.main([str(sweep_dir)]) == 0 and called == [sweep_dir]
     assert report.main([str(study_dir)]) == 0
-    assert "val_loss: e8_top2 < dense — held" in capsys.readouterr().out
+    assert "val_loss: e8_top2 < dense — supported" in capsys.readouterr().out
 
 
 def test_cli(ablation):
@@ -413,7 +428,8 @@ def test_cli(ablation):
         [sys.executable, "-m", "moe_lab.report", str(study_dir)], cwd=ROOT, capture_output=True, text=True, timeout=120
     )
     assert proc.returncode == 0, proc.stderr
-    assert "3 of 5 claims held" in proc.stdout and str(study_dir / "results.md") in proc.stdout
+    assert "2 supported, 1 contradicted, 1 undecided of 5 claims" in proc.stdout
+    assert str(study_dir / "results.md") in proc.stdout
 
 
 def test_busy_seconds_is_the_union_of_the_run_intervals():
@@ -473,7 +489,8 @@ def test_suite_collects_each_ablation_and_assembles_results_md(ablation, tmp_pat
     assert (suite["runs_completed"], suite["runs_expected"]) == (8, 9)
     assert suite["commits"] == ["abc123", "def456 (dirty)"]
     md = (study_dir / "results.md").read_text()
-    assert f"**{suite['claims_held']} of {suite['claims']} claims held" in md and suite["claims"] == len(CLAIMS)
+    assert suite["claim_outcomes"] == {"supported": 2, "contradicted": 1, "undecided": 1, "not tested": 1}
+    assert "**2 supported, 1 contradicted, 1 undecided of 5 claims**" in md and suite["claims"] == len(CLAIMS)
     assert (dest / "results.md").read_text() == md and (dest / "plots" / "val_curves.png").is_file()
 
     text = assemble(tmp_path / "results", tmp_path / "RESULTS.md")

@@ -35,7 +35,7 @@ STEPS = [10, 20, 30]
 # Per trial: state, params, user attrs (besides run_dirs, label, config_id), val/loss per seed (float32-exact).
 LONG_ERROR = "RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB; " + "x" * 80
 TRIALS = [
-    (TrialState.COMPLETE, 0, {"model.moe.top_k": 1, "optim.lr": 1e-3}, [2.5, 2.75], None, None),
+    (TrialState.COMPLETE, 0, {"model.moe.top_k": 1, "optim.lr": 1e-3}, [2.5, 2.8], None, None),
     (TrialState.FAIL, 1, {"model.moe.top_k": 2, "optim.lr": 3e-3}, [], None, "worker died"),  # retried: #4
     (
         TrialState.PRUNED,
@@ -49,7 +49,7 @@ TRIALS = [
     (TrialState.COMPLETE, 1, {"model.moe.top_k": 2, "optim.lr": 3e-3}, [2.0, 2.25], None, None),
     (TrialState.COMPLETE, 4, {"model.moe.top_k": 1, "optim.lr": 1e-2}, [2.375, None], None, None),
 ]
-EXPECTED_ORDER = [4, 5, 0, 2, 3]  # best first: 2.125, 2.375, 2.625, then PRUNED, then FAIL
+EXPECTED_ORDER = [4, 5, 0, 2, 3]  # best first: 2.125, 2.375, 2.65, then PRUNED, then FAIL
 
 
 def label(params) -> str:
@@ -491,12 +491,16 @@ def test_a_pruned_value_is_drawn_hollow_with_its_state_and_no_mean():
 
 
 def test_summary_says_which_differences_are_beyond_seed_noise(study):
-    """Best (trial 4: 2.0, 2.25) against trial 0 (2.5, 2.75): Δ = -0.5, both seed stds 0.25/√2 = 0.1768,
-    Welch SE = sqrt(2 * 0.03125 / 2) = 0.1768, z = -2.83: beyond noise. Trial 5 has one finite seed: no z."""
+    """Best (trial 4: 2.0, 2.25) against trial 0 (2.5, 2.8), paired by seed: differences -0.5 and -0.55,
+    mean -0.525, SE = 0.025, t(1) = -21.0, 95% CI -0.525 ± 12.706 · 0.025 = [-0.8427, -0.2073]: better,
+    but on 2 seeds only indicative. Trial 5 has one finite seed: no test."""
     text = study[2]["summary"].read_text()
     section = text.split("## Best against the others: beyond seed noise?")[1].split("\n## ")[0]
-    assert "| top_k=1,lr=0.001 | -0.5000 | 0.1768 | -2.83 | **beyond seed noise** |" in section
-    assert "| top_k=1,lr=0.01 | -0.2500 | - | - | fewer than 2 seeds in top_k=1,lr=0.01 (n = 1)" in section
+    assert (
+        "| top_k=1,lr=0.001 | -0.5250 | paired t(1) | 0.03 | [-0.8427, -0.2073] | **top_k=2,lr=0.003 better** "
+        "(indicative: n ≤ 2) |"
+    ) in section
+    assert "| top_k=1,lr=0.01 | -0.2500 | - | - | - | fewer than 2 seeds in top_k=1,lr=0.01 (n = 1)" in section
     assert section.count("\n| ") == 2 + 2  # header, rule, the two other complete configurations
 
 

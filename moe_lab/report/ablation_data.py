@@ -62,7 +62,11 @@ class Arm:
 
     def values(self, metric: str) -> list[float]:
         """The metric over the completed seeds that recorded a finite value, by seed."""
-        return [float(r.metrics[metric]) for r in self.completed if is_finite_non_bool(r.metrics.get(metric))]
+        return list(self.by_seed(metric).values())
+
+    def by_seed(self, metric: str) -> dict[int, float]:
+        """{seed: metric} over the completed seeds that recorded a finite value, by seed."""
+        return {r.seed: float(r.metrics[metric]) for r in self.completed if is_finite_non_bool(r.metrics.get(metric))}
 
     def first(self, key: str) -> Any:
         """A value every seed shares (parameter counts): the first seed's that recorded it."""

@@ -34,7 +34,17 @@ from moe_lab.report.ablation_tables import (
     seed_notes,
 )
 from moe_lab.report.common import matching_means
-from moe_lab.report.stats import NOISE_Z
+from moe_lab.report.stats import CONFIDENCE, INDICATIVE_N
+
+CLAIMS_METHOD = (
+    "Δ = mean(arm) − mean(other). Each claim is tested paired by seed (a seed fixes every arm's data order "
+    "and the initial weights of the modules the arms share, so per-seed differences cancel the seed's luck; "
+    "Student's t on the differences, df = pairs − 1), or with Welch's t where the arms share fewer than two "
+    f"seeds. **supported**: the whole {CONFIDENCE:.0%} confidence interval of Δ lies on the claimed side "
+    "(below 0, or below the tolerance for ≤ claims); **contradicted**: wholly on the other side; "
+    "**undecided**: the interval straddles it, and its ends are the largest effects the data still allow. "
+    f"With n ≤ {INDICATIVE_N} seeds a decision is indicative only. Claims are not corrected for multiplicity."
+)
 
 
 def write_ablation_report(study_dir: str | Path, echo: bool = False) -> dict[str, Path]:
@@ -49,7 +59,7 @@ def write_ablation_report(study_dir: str | Path, echo: bool = False) -> dict[str
             print(note)
         print()
         for v in results:
-            print(f"- {v.line()}")
+            print(f"- {v.line()}".replace("**", ""))
         print(overall_line(results).replace("**", ""), flush=True)  # before the plots, which take seconds
     plots, skipped = write_plots(data)
     paths = {
@@ -174,8 +184,7 @@ def results_markdown(
     lines += [
         "## Claims",
         "",
-        "Δ = mean(arm) − mean(other); σ = pooled sample std of the two arms; z = Δ / Welch standard error "
-        f"(for ≤ claims: (Δ − tolerance) / SE); |z| < {NOISE_Z:g} is within seed noise.",
+        CLAIMS_METHOD,
         "",
     ]
     lines += [f"- {v.line()}" for v in results] or [f"No claims in {SWEEP_COPY}."]

@@ -79,7 +79,7 @@ def attempt_intervals(study_dir: Path) -> list[tuple[float, float]]:
 
 def collect(study_dir: Path, into: Path) -> Path:
     """Regenerate the ablation's report from its runs and keep it, with suite.json, in into/<name>/."""
-    from moe_lab.report.ablation_claims import overall_line, verdicts
+    from moe_lab.report.ablation_claims import counts, overall_line, verdicts
     from moe_lab.report.ablation_results import write_ablation_report
 
     written = write_ablation_report(study_dir)
@@ -91,8 +91,8 @@ def collect(study_dir: Path, into: Path) -> Path:
         "wall_time_s": busy_seconds(attempt_intervals(study_dir)),
         "runs_completed": sum(run.completed for run in runs),
         "runs_expected": len(runs),
-        "claims_held": sum(v.held for v in results),
         "claims": len(results),
+        "claim_outcomes": counts(results),
         "overall": overall_line(results),
         "commits": sorted({_revision(run.env) for run in runs if run.env}),
         "threads": sorted({str((run.env.get("torch") or {}).get("threads")) for run in runs if run.env}),

@@ -19,7 +19,7 @@ from moe_lab.artifacts.atomic import write_text_atomic
 from moe_lab.artifacts.study_dir import PLOTS, SUMMARY, TRIALS_CSV
 from moe_lab.model.accounting import si
 from moe_lab.report.common import is_finite, matching_means, optional
-from moe_lab.report.stats import NOISE_Z, compare
+from moe_lab.report.stats import CONFIDENCE, INDICATIVE_N, SUPPORTED, UNDECIDED, compare, format_df, format_p
 from moe_lab.report.sweep_plots import (
     TRAIN_SMOOTHING,
     one_key_grid,
@@ -113,32 +113,54 @@ def _relative(path: str, study_dir: Path) -> str:
 
 
 def seed_noise_lines(rows: list[ConfigRow], info: StudyInfo) -> list[str]:
-    """The best configuration against each other complete one: is the difference beyond seed noise?
-    (moe_lab.report.stats, the statistics of the ablation report's claims.)"""
+    """The best configuration against each other complete one: is it better beyond seed noise?
+    (moe_lab.report.stats, the statistics of the ablation report's claims: paired by seed.)"""
     best = best_row(rows)
     others = [r for r in rows if r is not best and r.state == "COMPLETE" and is_finite(r.objective_mean)]
     if best is None or not others:
         return []
+    sign = -1.0 if info.direction == "maximize" else 1.0  # Δ < 0 always means "the best is better"
     lines = [
         "## Best against the others: beyond seed noise?",
         "",
-        f"Δ = mean {info.objective_metric} of **{best.label}** − that of the other configuration; "
-        f"seed σ = the pooled seed std of the two; z = Δ / Welch's standard error. |z| ≥ {NOISE_Z:g}: "
-        f"beyond seed noise; |z| < {NOISE_Z:g}: within it (changing the seed alone moves the mean that much).",
+        f"Δ = mean {info.objective_metric} of **{best.label}** − that of the other configuration"
+        + (" (negated: the objective is maximised)" if sign < 0 else "")
+        + f". {SWEEP_METHOD}",
         "",
-        "| against | Δ | seed σ | z | difference |",
-        "| --- | ---: | ---: | ---: | --- |",
+        f"| against | Δ | test | p | {CONFIDENCE:.0%} CI of Δ | verdict |",
+        "| --- | ---: | --- | ---: | --- | --- |",
     ]
-    best_values = [v for v in best.objective_values if is_finite(v)] or [best.objective_mean]
     for row in others:
-        values = [v for v in row.objective_values if is_finite(v)] or [row.objective_mean]
-        c = compare(best_values, values, (best.label, row.label))
-        verdict = {"clear": "**beyond seed noise**", "within": "within seed noise"}.get(c.noise, c.why_no_z)
+        c = compare(_seed_values(best, sign), _seed_values(row, sign), (best.label, row.label))
         label = row.label.replace("|", "\\|")
+        if c.test is None:
+            lines.append(f"| {label} | {c.delta:+.4f} | - | - | - | {c.why_no_test} |")
+            continue
+        t = c.test
+        verdict = {SUPPORTED: f"**{best.label} better**", UNDECIDED: "undecided (a tie within seed noise)"}.get(
+            c.outcome(), f"**{row.label} better**"
+        )
+        if c.indicative and c.outcome() != UNDECIDED:
+            verdict += f" (indicative: n ≤ {min(c.a.n, c.b.n)})"
         lines.append(
-            f"| {label} | {c.delta:+.4f} | {optional(c.sigma, '{:.4f}')} | {optional(c.z, '{:+.2f}')} | {verdict} |"
+            f"| {label} | {c.delta:+.4f} | {t.name}({format_df(t.df)}) | {format_p(t.p)} | "
+            f"[{t.low:+.4f}, {t.high:+.4f}] | {verdict} |"
         )
     return lines + [""]
+
+
+SWEEP_METHOD = (
+    "Paired t on per-seed differences where the two share at least two seeds (a seed fixes the data order), "
+    f"Welch's t otherwise. **better**: the {CONFIDENCE:.0%} confidence interval of Δ excludes 0; "
+    f"**undecided**: it straddles 0, and its ends bound the difference either way. With n ≤ {INDICATIVE_N} "
+    "seeds a decision is indicative only."
+)
+
+
+def _seed_values(row: ConfigRow, sign: float) -> dict[int, float] | list[float]:
+    """{seed: objective} of a configuration (oriented so lower is better); its mean alone without seeds."""
+    pairs = {s: sign * v for s, v in zip(row.seeds, row.objective_values, strict=False) if is_finite(v)}
+    return pairs or [sign * row.objective_mean]
 
 
 def _held_constant(data: StudyData) -> list[str]:
