@@ -201,7 +201,7 @@ def test_table_means_and_stds(ablation):
     text = paths["results_md"].read_text()
     table = {
         line.split(" | ")[0].removeprefix("| "): line.split(" | ")
-        for line in text.splitlines()
+        for line in text.split("## Results")[1].split("\n## ")[0].splitlines()
         if line.startswith("| ") and " | " in line
     }
     for arm in ARMS:
@@ -514,3 +514,31 @@ def test_suite_cli_errors_are_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert err[0].startswith(f"error: {tmp_path}: no study_info.json") and "no collected ablation" in err[1]
     assert not (tmp_path / "R.md").exists()
+
+
+def test_per_seed_table_has_every_seed_and_re_derives_the_verdicts(ablation):
+    """per_seed.csv: one row per arm and seed with its status, metrics, run and code; the claims'
+    t tests recomputed from it alone (scipy's paired t) give the p-values results.md prints."""
+    from scipy.stats import ttest_rel
+
+    study_dir, paths = ablation
+    with paths["per_seed_csv"].open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["arm"], int(r["seed"])) for r in rows] == [(arm, s) for arm in ARMS for s in SEEDS]
+    for r in rows:
+        values = RUNS[r["arm"]][int(r["seed"])]
+        if values is None:
+            assert r["status"] == "failed" and r["val_loss"] == ""
+            continue
+        assert r["status"] == "completed" and float(r["val_loss"]) == values["val_loss"]
+        assert (study_dir / r["run_dir"] / "metrics.json").is_file() and r["code"]
+
+    def column(arm: str, metric: str) -> dict[int, float]:
+        return {int(r["seed"]): float(r[metric]) for r in rows if r["arm"] == arm and r["status"] == "completed"}
+
+    top2, dense = column("e8_top2", "val_loss"), column("dense", "val_loss")
+    p = ttest_rel([top2[s] for s in SEEDS], [dense[s] for s in SEEDS]).pvalue
+    line = verdict_line(paths["results_md"].read_text(), "val_loss: e8_top2 < dense")
+    assert "paired t(2) = " in line and f"p = {p:.2g}," in line
+    text = paths["results_md"].read_text()
+    assert "| e8_top1 | 1.8600 | 1.9200 | - |" in text.split("## Per seed")[1]  # seed 2 failed

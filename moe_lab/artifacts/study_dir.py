@@ -19,6 +19,7 @@ TRIALS_CSV = "trials.csv"  # one row per configuration, every number the table s
 RESULTS_MD = "results.md"  # settings, provenance, results table, one verdict per claim
 RESULTS_CSV = "results.csv"  # one row per arm, mean / std / n per metric
 RESULTS_TEX = "results.tex"  # the table for a paper (booktabs)
+PER_SEED_CSV = "per_seed.csv"  # one row per arm and seed: the values the claims are tested on
 
 # `python -m moe_lab.ablate --verify`: <study>/verify/<time>/
 VERIFY = "verify"

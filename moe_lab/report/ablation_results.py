@@ -20,7 +20,7 @@ from pathlib import Path
 
 from moe_lab.artifacts.atomic import write_text_atomic
 from moe_lab.artifacts.run_dir import CONFIG, ENV
-from moe_lab.artifacts.study_dir import RESULTS_CSV, RESULTS_MD, RESULTS_TEX, SWEEP_COPY
+from moe_lab.artifacts.study_dir import PER_SEED_CSV, RESULTS_CSV, RESULTS_MD, RESULTS_TEX, SWEEP_COPY
 from moe_lab.report.ablation_claims import Verdict, overall_line, verdicts
 from moe_lab.report.ablation_data import AblationData, load_ablation_data
 from moe_lab.report.ablation_plots import write_plots
@@ -29,6 +29,8 @@ from moe_lab.report.ablation_tables import (
     arm_rows,
     format_table,
     markdown_table,
+    per_seed_csv,
+    per_seed_markdown,
     results_csv,
     results_tex,
     seed_notes,
@@ -66,9 +68,11 @@ def write_ablation_report(study_dir: str | Path, echo: bool = False) -> dict[str
         "results_md": data.study_dir / RESULTS_MD,
         "results_csv": data.study_dir / RESULTS_CSV,
         "results_tex": data.study_dir / RESULTS_TEX,
+        "per_seed_csv": data.study_dir / PER_SEED_CSV,
     }
     write_text_atomic(paths["results_csv"], results_csv(data, rows))
     write_text_atomic(paths["results_tex"], results_tex(data, rows))
+    write_text_atomic(paths["per_seed_csv"], per_seed_csv(data))
     write_text_atomic(paths["results_md"], results_markdown(data, rows, results, plots, skipped))
     return {**paths, **plots}
 
@@ -182,6 +186,11 @@ def results_markdown(
     if notes:
         lines += ["Seeds left out:", "", *notes, ""]
     lines += [
+        "## Per seed",
+        "",
+        f"The values the claims are tested on; every metric of every seed, with its run and code: {PER_SEED_CSV}.",
+        "",
+        *per_seed_markdown(data),
         "## Claims",
         "",
         CLAIMS_METHOD,

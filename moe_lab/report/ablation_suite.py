@@ -27,6 +27,7 @@ from moe_lab.artifacts.study_dir import PLOTS, RESULTS_MD, STUDY_INFO, TRIALS
 from moe_lab.errors import MoELabError
 from moe_lab.report.ablation_data import SEED_DIR, load_ablation_data
 from moe_lab.report.common import (
+    code_revision,
     duration,
     is_finite_non_bool,
     markdown_table,
@@ -34,6 +35,7 @@ from moe_lab.report.common import (
     read_json_object,
 )
 
+REPORT_FILES = ("results_md", "results_csv", "results_tex", "per_seed_csv")  # copied beside suite.json
 SUITE_JSON = "suite.json"  # per ablation in the results folder: what the overview and provenance need
 DEFAULT_RESULTS = Path("experiments/ablations/results")
 DEFAULT_OUT = Path("experiments/ablations/RESULTS.md")
@@ -94,7 +96,7 @@ def collect(study_dir: Path, into: Path) -> Path:
         "claims": len(results),
         "claim_outcomes": counts(results),
         "overall": overall_line(results),
-        "commits": sorted({_revision(run.env) for run in runs if run.env}),
+        "commits": sorted({code_revision(run.env) for run in runs if run.env}),
         "threads": sorted({str((run.env.get("torch") or {}).get("threads")) for run in runs if run.env}),
         "software": sorted({_software(run.env) for run in runs if run.env}),
     }
@@ -103,16 +105,10 @@ def collect(study_dir: Path, into: Path) -> Path:
         shutil.rmtree(dest)
     (dest / PLOTS).mkdir(parents=True)
     for key, path in written.items():
-        report_file = key in ("results_md", "results_csv", "results_tex")
+        report_file = key in REPORT_FILES
         shutil.copyfile(path, (dest if report_file else dest / PLOTS) / path.name)
     write_json_atomic(dest / SUITE_JSON, summary)
     return dest
-
-
-def _revision(env: dict) -> str:
-    git = env.get("git") or {}
-    dirty = git.get("dirty") is not False or git.get("changed_since_start")
-    return f"{git.get('commit') or 'unknown'}{' (dirty)' if dirty else ''}"
 
 
 def _software(env: dict) -> str:

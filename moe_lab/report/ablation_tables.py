@@ -201,3 +201,40 @@ def results_tex(data: AblationData, rows: list[ArmRow]) -> str:
         )
         + "\n"
     )
+
+
+def per_seed_csv(data: AblationData) -> str:
+    """One row per arm and seed, every seed with its status (only completed ones count in the means and
+    tests): the metrics of the table and the claims, where the run is and which code trained it, so
+    anyone can pair, re-test or pool the seeds without the run directories."""
+    metrics = csv_metrics(data)
+    header = ["arm", "seed", "status", *metrics, "collapse_events_count", "steps", "run_dir", "code"]
+    lines = [
+        [
+            arm.name,
+            run.seed,
+            run.status,
+            *(run.metrics.get(m) for m in metrics),
+            run.metrics.get("collapse_events_count"),
+            run.metrics.get("steps"),
+            run.run_dir.relative_to(data.study_dir).as_posix() if run.run_dir else None,
+            common.code_revision(run.env) if run.env else None,
+        ]
+        for arm in data.arms
+        for run in arm.runs
+    ]
+    return csv_text(header, lines)
+
+
+def per_seed_markdown(data: AblationData) -> list[str]:
+    """Per claim metric, arms × seeds: the values the claims pair (`-`: the seed did not complete)."""
+    lines = []
+    seeds = sorted({run.seed for arm in data.arms for run in arm.runs})
+    for metric in dict.fromkeys(c.metric for c in data.claims):
+        cells = []
+        for arm in data.arms:
+            values = arm.by_seed(metric)
+            cells.append([arm.name, *(four_decimals_or_sci(values[s]) if s in values else "-" for s in seeds)])
+        columns = ("arm", *(f"seed {s}" for s in seeds))
+        lines += [f"`{metric}`:", "", common.markdown_table(columns, cells, set(columns[1:])), ""]
+    return lines

@@ -96,6 +96,13 @@ def _local_file(path: Path, study_dir: Path, url: str) -> Path:
 # ------------------------------------------------------------------------------------------ values
 
 
+def code_revision(env: dict) -> str:
+    """The commit a run's environment record names, '<commit> (dirty)' unless known clean and unchanged."""
+    git = env.get("git") or {}
+    dirty = git.get("dirty") is not False or git.get("changed_since_start")
+    return f"{git.get('commit') or 'unknown'}{' (dirty)' if dirty else ''}"
+
+
 def is_finite(x: Any) -> bool:
     """An int or float (a bool counts, as an int) that is not NaN or infinite: a value Optuna recorded."""
     return isinstance(x, (int, float)) and math.isfinite(x)
