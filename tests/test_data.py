@@ -563,3 +563,29 @@ def test_data_modules_import_each_other_one_way():
         ready = sorted(m for m in graph if m not in order and graph[m] <= set(order))
         assert ready, f"import loop among {sorted(set(graph) - set(order))}"
         order += ready
+
+
+def test_limited_validation_samples_every_held_out_play(tmp_path):
+    """val_batches=k serves k batches of blocks spread over the whole held-out split, the same for every
+    seed: with the default plays each of the three contributes (the first blocks alone were one play)."""
+    cache = str(tmp_path / "cache")
+    full = TextDataModule(DataConfig(cache_dir=cache), seed=0)
+    full.prepare_data()
+    full.setup("fit")
+    limited = [TextDataModule(DataConfig(cache_dir=cache), seed=s, val_batches=5) for s in (0, 1)]
+    for dm in limited:
+        dm.setup("fit")
+    batches = [list(dm.val_dataloader()) for dm in limited]
+    assert len(batches[0]) == 5 and all(x.shape == (16, 256) for x, _ in batches[0])
+    for (x0, _), (x1, _) in zip(*batches, strict=True):
+        assert torch.equal(x0, x1)  # the same text for every run
+    # The reference: the split's token array cut into blocks, 80 of them taken at stride n / 80.
+    tokens = full.token_splits["val"].open()
+    n_blocks = (len(tokens) - 1) // 256
+    picked = torch.cat([x for x, _ in batches[0]])
+    starts = [int(i * n_blocks / 80) * 256 for i in range(80)]
+    expected = torch.stack([torch.from_numpy(tokens[s : s + 256].astype("int64")) for s in starts])
+    assert torch.equal(picked, expected)
+    # Each held-out play's text is in the sample: its first line's name appears in the decoded blocks.
+    text = "".join(full.tokenizer.decode(row.tolist()) for row in picked)
+    assert all(word in text for word in ("HAMLET", "BRUTUS", "VIOLA")), "a held-out play is not sampled"

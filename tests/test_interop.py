@@ -202,9 +202,12 @@ def test_with_several_moe_layers_the_term_is_the_mean_of_transformers_per_layer_
     torch.testing.assert_close(moe_lab_balancing_term(model, idx), expected, rtol=1e-5, atol=0)
 
 
-def test_export_divides_the_coefficient_by_top_k():
-    cfg = tiny_config(top_k=2, aux_loss_coef=0.01)
+def test_export_divides_the_coefficient_by_top_k_and_converts_the_layer_sum():
+    cfg = tiny_config(top_k=2, aux_loss_coef=0.01, router_loss_reduction="mean")
     assert interop.to_hf_config(cfg).router_aux_loss_coef == pytest.approx(0.005)
+    # Summed over 2 MoE layers, the coefficient weighs twice what transformers' pooled term does.
+    cfg = tiny_config(top_k=2, aux_loss_coef=0.01, router_loss_reduction="sum")
+    assert interop.to_hf_config(cfg).router_aux_loss_coef == pytest.approx(0.01)
 
 
 @pytest.mark.parametrize("arch", ARCHS)

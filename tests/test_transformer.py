@@ -188,3 +188,19 @@ def test_a_bias_update_changes_nothing_in_a_router_without_one(router):
         assert changed and all(".ffn.router." in name for name in changed)
     else:
         assert not changed
+
+
+@pytest.mark.parametrize("reduction", ["sum", "mean"])
+def test_router_losses_are_added_per_moe_layer_or_averaged(reduction):
+    """Switch/ST-MoE add coef * loss for every MoE layer ("sum"); "mean" divides by the MoE layer count.
+    Reference: each layer's own aux and z loss (its routing stats), weighted and added by hand."""
+    model = MoETransformer(
+        tiny_config(n_layers=3, aux_loss_coef=0.01, z_loss_coef=0.002, router_loss_reduction=reduction)
+    )
+    randomise(model)
+    out = model(torch.randint(0, 64, (2, 8)))
+    layers = list(out.routing.values())
+    assert len(layers) == 3
+    by_hand = sum(0.01 * s.aux_loss.item() + 0.002 * s.z_loss.item() for s in layers)
+    expected = by_hand if reduction == "sum" else by_hand / 3
+    assert model.router_loss(out).item() == pytest.approx(expected, rel=1e-6)

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import lightning.pytorch as pl
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 
 from moe_lab.data.blocks import TokenBlocks, check_block_fits
 from moe_lab.data.cache import SPLITS, TokenSplit, content_hash, load_or_tokenize
@@ -47,6 +47,15 @@ def prepare(cfg: DataConfig, cache_dir: Path) -> PreparedData:
     return PreparedData(corpus.descriptor, tokenizer, splits, data_hash)
 
 
+def evenly_spaced(n_blocks: int, n_wanted: int) -> list[int]:
+    """Indices of n_wanted blocks spread evenly over all n_blocks (all of them when n_wanted is 0 or
+    more): a limited validation then samples every held-out document (the first blocks alone would be
+    the beginning of one play), and the same blocks for every run."""
+    if not n_wanted or n_wanted >= n_blocks:
+        return list(range(n_blocks))
+    return [i * n_blocks // n_wanted for i in range(n_wanted)]
+
+
 class TextDataModule(pl.LightningDataModule):
     """Next-token batches over a text corpus.
 
@@ -55,11 +64,12 @@ class TextDataModule(pl.LightningDataModule):
     (x, y) LongTensors of shape [batch_size, block_size] with y = x shifted left by one token.
     """
 
-    def __init__(self, cfg: DataConfig, seed: int = 0):
+    def __init__(self, cfg: DataConfig, seed: int = 0, val_batches: int = 0):
         super().__init__()
         validate_data_config(cfg)
         self.cfg = cfg
         self.seed = seed
+        self.val_batches = val_batches  # validation batches per evaluation; 0: the whole held-out split
         self.cache_dir = resolve_cache_dir(cfg)
         self._prepared: PreparedData | None = None
         self.tokenizer: Tokenizer | None = None  # set by setup()
@@ -103,7 +113,7 @@ class TextDataModule(pl.LightningDataModule):
     def val_dataloader(self) -> DataLoader:
         n_workers = self.cfg.num_workers
         return DataLoader(
-            self.val_blocks,
+            Subset(self.val_blocks, evenly_spaced(len(self.val_blocks), self.val_batches * self.cfg.batch_size)),
             batch_size=self.cfg.batch_size,
             shuffle=False,
             num_workers=n_workers,

@@ -136,8 +136,12 @@ def aux_loss_coef_from_hf(router_aux_loss_coef: float, top_k: int) -> float:
     return float(router_aux_loss_coef) * top_k
 
 
-def aux_loss_coef_to_hf(aux_loss_coef: float, top_k: int) -> float:
-    return float(aux_loss_coef) / top_k
+def aux_loss_coef_to_hf(cfg: ModelConfig) -> float:
+    """The inverse, for transformers' term over all MoE layers pooled (about their mean): a "sum"
+    reduction's coefficient acts n_moe_layers times, so it is scaled up by that count."""
+    moe = cfg.moe
+    layers = len(moe_layer_indices(cfg)) if moe.router_loss_reduction == "sum" else 1
+    return float(moe.aux_loss_coef) * layers / moe.top_k
 
 
 def router_fields(hf: Any, n_experts: int, renormalize: bool) -> dict:
@@ -150,6 +154,7 @@ def router_fields(hf: Any, n_experts: int, renormalize: bool) -> dict:
         capacity_factor=0.0,
         eval_capacity_factor=0.0,
         aux_loss_coef=aux_loss_coef_from_hf(hf.router_aux_loss_coef, hf.num_experts_per_tok),
+        router_loss_reduction="mean",  # transformers pools all MoE layers' tokens: close to their mean
         z_loss_coef=0.0,
     )
 
@@ -199,7 +204,7 @@ def trunk_hf_fields(cfg: ModelConfig, arch: str) -> dict:
         initializer_range=cfg.init_std,
         attention_dropout=0.0,
         num_experts_per_tok=moe.top_k,
-        router_aux_loss_coef=aux_loss_coef_to_hf(moe.aux_loss_coef, moe.top_k),
+        router_aux_loss_coef=aux_loss_coef_to_hf(cfg),
     )
 
 

@@ -17,6 +17,7 @@ PLACEMENTS = ("all", "none", "every_n", "last_half", "first_k_dense", "list")
 ACTIVATIONS = ("swiglu", "gelu", "relu")
 NORMS = ("rmsnorm", "layernorm")
 AUX_LOSS_SCOPES = ("batch", "sequence")
+ROUTER_LOSS_REDUCTIONS = ("sum", "mean")
 QK_NORMS = ("none", "head", "full")
 
 
@@ -52,6 +53,11 @@ class MoEConfig:
     aux_loss_coef: float = 0.01
     aux_loss_scope: str = "batch"
     z_loss_coef: float = 0.001
+    # How the MoE layers' aux and z losses enter the training loss. "sum" (Switch Transformer, ST-MoE: each
+    # MoE layer adds coef * its own loss) or "mean" over the MoE layers, where a coefficient acts as
+    # coef / n_moe_layers per layer: mean with c equals sum with c / n_moe_layers. The logged train/aux_loss
+    # and train/z_loss are the layer mean either way, comparable across placements.
+    router_loss_reduction: str = "sum"
     # sigmoid_bias: the per-expert selection bias moves by this much per update (DeepSeek-V3 gamma).
     bias_update_speed: float = 0.001
     # Which transformer layers get an MoE FFN.
@@ -194,6 +200,7 @@ def _validate_moe(cfg: ModelConfig, prefix: str) -> None:
     _one_of(k("placement"), moe.placement, PLACEMENTS)
     _one_of(k("router"), moe.router, tuple(ROUTER_REGISTRY))
     _one_of(k("aux_loss_scope"), moe.aux_loss_scope, AUX_LOSS_SCOPES)
+    _one_of(k("router_loss_reduction"), moe.router_loss_reduction, ROUTER_LOSS_REDUCTIONS)
     for name in (
         "router_jitter",
         "capacity_factor",

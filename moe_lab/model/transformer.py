@@ -117,9 +117,11 @@ class MoETransformer(nn.Module):
         return out
 
     def router_loss(self, out: ModelOutput) -> torch.Tensor:
-        """The configured weighted sum of the router losses (0 coefficients contribute nothing)."""
+        """The configured weighted sum of the router losses (0 coefficients contribute nothing). `out`
+        carries the layer means; "sum" adds every MoE layer's loss, so it scales the mean by their count."""
         moe = self.cfg.moe
-        return moe.aux_loss_coef * out.aux_loss + moe.z_loss_coef * out.z_loss
+        layers = len(out.routing) if moe.router_loss_reduction == "sum" else 1
+        return layers * (moe.aux_loss_coef * out.aux_loss + moe.z_loss_coef * out.z_loss)
 
     def router_gate_weights(self) -> dict[int, nn.Parameter]:
         """MoE layer index -> its router's gate weight [E, D] (what the LM loss must reach)."""

@@ -221,7 +221,7 @@ def _print(msg: str, quiet: bool) -> None:
 
 
 def prepare_data(cfg: ExperimentConfig) -> TextDataModule:
-    data = TextDataModule(cfg.data, seed=cfg.seed)
+    data = TextDataModule(cfg.data, seed=cfg.seed, val_batches=cfg.trainer.val_batches)
     data.prepare_data()
     data.setup("fit")
     return data
