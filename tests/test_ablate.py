@@ -197,3 +197,73 @@ def test_verify_without_stored_results_is_one_error_line(tmp_path, data_cache):
     assert proc.stderr.startswith("error: --verify: no completed run of arm=top1 seed 0")
     assert len(proc.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "out").exists()
+
+
+class CleanCommit:
+    """A CodeRevision stand-in: the checkout the tests run from may have uncommitted changes."""
+
+    def __init__(self, commit: str):
+        self.commit = commit
+
+    def record(self) -> dict:
+        return {"commit": self.commit, "dirty": False, "changed_since_start": False}
+
+
+def test_run_key_ignores_placement_and_changes_with_config_code_and_threads(tmp_path, data_cache, monkeypatch):
+    from moe_lab.artifacts import run_index
+
+    sweep = load_ablation(write(tmp_path, data_cache))
+    clean = {"commit": "abc", "dirty": False}
+
+    def key(placement_dir: str, seed: int = 0, code: dict = clean, arm: str = "top2") -> str | None:
+        cfg, _ = sweep.experiment({"arm": arm}, sweep.placement(tmp_path / placement_dir, seed))
+        return run_index.run_key(cfg, code)
+
+    assert key("a") == key("elsewhere") is not None  # where a run writes is not what it computes
+    assert key("a", seed=1) != key("a") and key("a", arm="top1") != key("a")
+    assert key("a", code={"commit": "def", "dirty": False}) != key("a")
+    assert key("a", code={"commit": "abc", "dirty": True}) is None  # uncommitted code is never reused
+    assert key("a", code={"commit": None, "dirty": None}) is None
+    before = key("a")
+    monkeypatch.setattr(run_index.torch, "get_num_threads", lambda: 7)  # another thread count, other bits
+    assert key("a") != before
+
+
+def test_identical_runs_are_reused_across_studies_and_a_changed_key_retrains(tmp_path, data_cache, monkeypatch):
+    from moe_lab.artifacts import run_index
+    from moe_lab.report.ablation_results import write_ablation_report
+
+    monkeypatch.setattr(run_index, "CODE", CleanCommit("abc"))
+    path = write(tmp_path, data_cache)
+    first = load_ablation(path, ["name=first", "seeds=[0]"])
+    assert run_worker(first, log=lambda m: None) == 2
+    trained = {
+        arm: first.study_dir / "trials" / f"t00{i}-arm={arm}" / "seed0" for i, arm in enumerate(("top1", "top2"))
+    }
+    assert not any((d / run_index.REUSED).exists() for d in trained.values())
+
+    # Another study with one arm unchanged and one whose config differs by a key: only that one trains.
+    second = load_ablation(path, ["name=second", "seeds=[0]", "arms.top2=[model.moe.top_k=2,optim.lr=0.002]"])
+    assert run_worker(second, log=lambda m: None) == 2
+    reused = second.study_dir / "trials" / "t000-arm=top1" / "seed0"
+    retrained = second.study_dir / "trials" / "t001-arm=top2" / "seed0"
+    assert json.loads((reused / run_index.REUSED).read_text())["from"] == str(trained["top1"].resolve())
+    assert (reused / "metrics.json").read_bytes() == (trained["top1"] / "metrics.json").read_bytes()
+    assert not (retrained / run_index.REUSED).exists()
+    assert (
+        json.loads((retrained / "metrics.json").read_text())["val_loss"]
+        != json.loads((trained["top2"] / "metrics.json").read_text())["val_loss"]
+    )
+
+    # A new commit retrains even the unchanged arm.
+    monkeypatch.setattr(run_index, "CODE", CleanCommit("def"))
+    third = load_ablation(path, ["name=third", "seeds=[0]", "arms.top2=[model.moe.top_k=2]"])
+    assert run_worker(third, log=lambda m: None) == 2
+    assert not list(third.study_dir.glob(f"trials/*/seed0/{run_index.REUSED}"))
+
+    # The report says which run was reused and from where.
+    paths = write_ablation_report(second.study_dir)
+    md = paths["results_md"].read_text()
+    assert "1 of 2 runs were reused, not trained" in md and f"- top1 seed 0: from `{trained['top1'].resolve()}`" in md
+    rows = {r.split(",")[0]: r for r in paths["per_seed_csv"].read_text().splitlines()[1:]}
+    assert str(trained["top1"].resolve()) in rows["top1"] and rows["top2"].endswith(",")

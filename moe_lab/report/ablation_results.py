@@ -33,6 +33,7 @@ from moe_lab.report.ablation_tables import (
     per_seed_markdown,
     results_csv,
     results_tex,
+    reuse_lines,
     seed_notes,
 )
 from moe_lab.report.common import matching_means
@@ -185,6 +186,7 @@ def results_markdown(
     notes = seed_notes(data)
     if notes:
         lines += ["Seeds left out:", "", *notes, ""]
+    lines += reuse_lines(data)
     lines += [
         "## Per seed",
         "",

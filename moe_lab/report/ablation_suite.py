@@ -23,6 +23,7 @@ from pathlib import Path
 
 from moe_lab.artifacts.atomic import write_json_atomic, write_text_atomic
 from moe_lab.artifacts.run_dir import ENV, METRICS, PROGRESS
+from moe_lab.artifacts.run_index import reused_from
 from moe_lab.artifacts.study_dir import PLOTS, RESULTS_MD, STUDY_INFO, TRIALS
 from moe_lab.errors import MoELabError
 from moe_lab.report.ablation_data import SEED_DIR, load_ablation_data
@@ -75,7 +76,11 @@ def attempt_interval(run_dir: Path) -> tuple[float, float] | None:
 
 def attempt_intervals(study_dir: Path) -> list[tuple[float, float]]:
     """The intervals of every attempt at every run of a study, finished or cut off."""
-    dirs = [d for d in (study_dir / TRIALS).glob("t*/seed*") if d.is_dir() and SEED_DIR.match(d.name)]
+    dirs = [
+        d
+        for d in (study_dir / TRIALS).glob("t*/seed*")
+        if d.is_dir() and SEED_DIR.match(d.name) and reused_from(d) is None  # a copy took no training time
+    ]
     return [i for i in map(attempt_interval, dirs) if i is not None]
 
 

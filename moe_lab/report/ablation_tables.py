@@ -8,6 +8,7 @@ import re
 from dataclasses import dataclass
 
 from moe_lab.artifacts.run_dir import METRICS, TABLE_METRICS
+from moe_lab.artifacts.run_index import reused_from
 from moe_lab.model.accounting import si
 from moe_lab.report import common
 from moe_lab.report.ablation_data import AblationData, Arm, SeedRun
@@ -208,7 +209,7 @@ def per_seed_csv(data: AblationData) -> str:
     tests): the metrics of the table and the claims, where the run is and which code trained it, so
     anyone can pair, re-test or pool the seeds without the run directories."""
     metrics = csv_metrics(data)
-    header = ["arm", "seed", "status", *metrics, "collapse_events_count", "steps", "run_dir", "code"]
+    header = ["arm", "seed", "status", *metrics, "collapse_events_count", "steps", "run_dir", "code", "reused_from"]
     lines = [
         [
             arm.name,
@@ -219,6 +220,7 @@ def per_seed_csv(data: AblationData) -> str:
             run.metrics.get("steps"),
             run.run_dir.relative_to(data.study_dir).as_posix() if run.run_dir else None,
             common.code_revision(run.env) if run.env else None,
+            reused_from(run.run_dir) if run.run_dir else None,
         ]
         for arm in data.arms
         for run in arm.runs
@@ -238,3 +240,24 @@ def per_seed_markdown(data: AblationData) -> list[str]:
         columns = ("arm", *(f"seed {s}" for s in seeds))
         lines += [f"`{metric}`:", "", common.markdown_table(columns, cells, set(columns[1:])), ""]
     return lines
+
+
+def reuse_lines(data: AblationData) -> list[str]:
+    """Which runs were copied from an earlier study's identical run (moe_lab.artifacts.run_index)."""
+    reused = [
+        (arm.name, run.seed, source)
+        for arm in data.arms
+        for run in arm.runs
+        if run.run_dir
+        for source in [reused_from(run.run_dir)]
+        if source
+    ]
+    if not reused:
+        return []
+    total = sum(1 for arm in data.arms for run in arm.runs if run.run_dir)
+    lines = [
+        f"{len(reused)} of {total} runs were reused, not trained: the same resolved config, seed, clean "
+        "commit, packages and threads had completed before (their wall time is not counted):",
+        "",
+    ]
+    return lines + [f"- {arm} seed {seed}: from `{source}`" for arm, seed, source in reused] + [""]

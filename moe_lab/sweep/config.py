@@ -24,6 +24,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from moe_lab.artifacts.run_dir import METRIC_CURVES, OBJECTIVE_METRICS
+from moe_lab.artifacts.run_index import RunIndex
 from moe_lab.artifacts.study_dir import default_storage_url
 from moe_lab.config import (
     KEEP_CHECKPOINTS,
@@ -75,6 +76,11 @@ class SweepConfig:
     # trainer.keep_checkpoints of every run: a finished run keeps its best weights only (a sixth of a
     # full best.ckpt + last.ckpt); a live or failed run keeps what its retry resumes from.
     keep_checkpoints: str = "best_weights"
+    # A run whose resolved config, seed, clean code commit, packages and threads equal a completed run's
+    # in the run index is copied from it instead of trained (moe_lab.artifacts.run_index). The index:
+    # "" = <output_dir>/run_index, shared by every study in that output_dir; point several at one path.
+    reuse_runs: bool = True
+    run_index: str = ""
     space: dict[str, Any] = field(default_factory=dict)
 
 
@@ -147,6 +153,13 @@ class Sweep:
     def base_config(self) -> ExperimentConfig:
         """The base experiment as the sweep's overrides leave it: what compute matching holds constant."""
         return self.source.config()
+
+    def run_index(self) -> RunIndex | None:
+        """The index of completed runs this sweep reuses and adds to; None when reuse is off."""
+        if not self.cfg.reuse_runs:
+            return None
+        root = Path(self.cfg.run_index) if self.cfg.run_index else Path(self.cfg.output_dir) / "run_index"
+        return RunIndex(root)  # relative to the working directory, as output_dir is
 
     def run_values(self) -> dict[str, Any]:
         """What the sweep sets in every run it trains."""

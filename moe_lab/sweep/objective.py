@@ -20,6 +20,7 @@ from pathlib import Path
 import optuna
 
 from moe_lab.artifacts.run_dir import CHECKPOINTS, LAST_CKPT, METRIC_CURVES, METRICS
+from moe_lab.artifacts.run_index import run_key
 from moe_lab.artifacts.study_dir import (
     TRIAL_ATTEMPT,
     TRIAL_COLLAPSE_EVENTS,
@@ -113,9 +114,14 @@ class Objective:
             if (metrics := _finished(previous)) is not None:
                 return SeedResult(seed, previous, metrics)
         placement = self.sweep.placement(trial_dir, seed, version)
+        cfg, _ = self.sweep.experiment(params, placement)
+        index = self.sweep.run_index()
+        key = run_key(cfg) if index is not None else None
+        if (source := index.find(key) if index is not None else None) is not None:
+            return SeedResult(seed, run_dir, index.reuse(source, run_dir, key))
         if self._continue_from_checkpoint(run_dir, earlier):
             placement["trainer"] = {"resume": "auto"}
-        cfg, _ = self.sweep.experiment(params, placement)
+            cfg, _ = self.sweep.experiment(params, placement)
         monitor = METRIC_CURVES[self.sweep.cfg.objective.metric]
         pruning = ValidationPruning(trial, monitor) if report and monitor and self.sweep.cfg.pruner != "none" else None
         callbacks = [Fence(lambda: fence(trial), self.sweep.cfg.heartbeat_interval)] + ([pruning] if pruning else [])
@@ -129,6 +135,8 @@ class Objective:
                 prune_reason=f"pruned by the {self.sweep.cfg.pruner} pruner at step {pruning.pruned_at}",
             )
             write_metrics(run_dir, record)
+        if index is not None and record.status == "completed":
+            index.record(key, run_dir)
         return SeedResult(seed, run_dir, dataclasses.asdict(record))
 
     def __call__(self, trial: optuna.Trial) -> float:
