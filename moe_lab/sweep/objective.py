@@ -117,7 +117,7 @@ class Objective:
         cfg, _ = self.sweep.experiment(params, placement)
         index = self.sweep.run_index()
         key = run_key(cfg) if index is not None else None
-        if (source := index.find(key) if index is not None else None) is not None:
+        if index is not None and (source := index.find(key)) is not None:
             return SeedResult(seed, run_dir, index.reuse(source, run_dir, key))
         if self._continue_from_checkpoint(run_dir, earlier):
             placement["trainer"] = {"resume": "auto"}
