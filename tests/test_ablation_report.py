@@ -542,3 +542,33 @@ def test_per_seed_table_has_every_seed_and_re_derives_the_verdicts(ablation):
     assert "paired t(2) = " in line and f"p = {p:.2g}," in line
     text = paths["results_md"].read_text()
     assert "| e8_top1 | 1.8600 | 1.9200 | - |" in text.split("## Per seed")[1]  # seed 2 failed
+
+
+def test_loss_against_tokens_says_where_the_arms_separate(ablation):
+    """Every fixture curve sits a constant above its run's final value, so at each evaluation the paired
+    differences are the final ones (-0.09, -0.07, -0.11): separated from the first evaluation, after 11
+    updates of 4 x 16 tokens. e8_top1 pairs with dense on 2 seeds only and never separates."""
+    text = ablation[1]["results_md"].read_text()
+    section = text.split("## Loss against training tokens")[1].split("\n## ")[0]
+    assert "`val_loss: e8_top2 < dense`: e8_top2 separates below dense from 704 training tokens on (step 11)" in section
+    _, _, low, high = paired(completed("e8_top2", "val_loss"), completed("dense", "val_loss"))
+    assert f"| 704 | -0.0900 | paired t | [{low:+.4f}, {high:+.4f}] |" in section
+    assert f"| {31 * 64:,} | -0.0900 |" in section
+    assert "`val_loss: e8_top1 < dense`: the arms do not separate" in section
+    assert (ablation[0] / "plots" / "val_loss_difference.png").is_file()
+
+
+def test_separation_is_where_the_interval_leaves_zero_for_good():
+    from moe_lab.report.ablation_curves import Point, separation
+    from moe_lab.report.stats import compare
+
+    def point(step: int, shift: float) -> Point:
+        # differences shift + (-0.01, 0, +0.01): the 95% interval is shift ± 4.303 * 0.00577 = shift ± 0.0248
+        return Point(step, step * 10, compare({0: shift - 0.01, 1: shift, 2: shift + 0.01}, {0: 0.0, 1: 0.0, 2: 0.0}))
+
+    below, straddle, above = -0.05, 0.0, 0.05
+    assert separation([point(1, below), point(2, straddle), point(3, below), point(4, below)]).step == 3
+    assert separation([point(1, below), point(2, below)]).step == 1
+    assert separation([point(1, below), point(2, straddle)]) is None  # not separated at the end
+    assert separation([point(1, above), point(2, below), point(3, below)]).step == 2  # a side change restarts
+    assert separation([]) is None

@@ -45,19 +45,31 @@ def layer_load_cv(data: AblationData) -> dict[str, dict[int, list[float]]]:
     return out
 
 
-def write_plots(data: AblationData) -> tuple[dict[str, Path], dict[str, str]]:
-    from moe_lab.report.figures import curves_with_band, grouped_bars, save_figure
+def write_plots(data: AblationData, differences: dict | None = None) -> tuple[dict[str, Path], dict[str, str]]:
+    """`differences`: ablation_curves.claim_curves(data), computed once by the caller for its tables."""
+    from moe_lab.report.figures import curves_with_band, differences_with_band, grouped_bars, save_figure
 
     plots_dir = data.study_dir / PLOTS
     written, skipped = {}, {}
     curves = val_curves(data)
     loads = layer_load_cv(data)
+    series = {
+        claim.text: [(p.tokens, p.comparison.delta, p.comparison.test.low, p.comparison.test.high) for p in points]
+        for claim, points in (differences or {}).items()
+        if all(p.comparison.test is not None for p in points)
+    }
     figures = {
         "val_curves": (
             lambda: curves_with_band(
                 curves, "validation loss", f"{data.name}: val/loss, mean over seeds, min-max band"
             ),
             "no run has logged val/loss yet" if not curves else "",
+        ),
+        "val_loss_difference": (
+            lambda: differences_with_band(
+                series, "Δ val loss (arm − other)", f"{data.name}: Δ per evaluation, paired by seed, 95% CI band"
+            ),
+            "no validation-loss claim with two paired seeds at every evaluation" if not series else "",
         ),
         "load_balance": (
             lambda: grouped_bars(

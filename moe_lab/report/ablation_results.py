@@ -22,6 +22,7 @@ from moe_lab.artifacts.atomic import write_text_atomic
 from moe_lab.artifacts.run_dir import CONFIG, ENV
 from moe_lab.artifacts.study_dir import PER_SEED_CSV, RESULTS_CSV, RESULTS_MD, RESULTS_TEX, SWEEP_COPY
 from moe_lab.report.ablation_claims import Verdict, overall_line, verdicts
+from moe_lab.report.ablation_curves import claim_curves, curve_lines
 from moe_lab.report.ablation_data import AblationData, load_ablation_data
 from moe_lab.report.ablation_plots import write_plots
 from moe_lab.report.ablation_tables import (
@@ -64,7 +65,8 @@ def write_ablation_report(study_dir: str | Path, echo: bool = False) -> dict[str
         for v in results:
             print(f"- {v.line()}".replace("**", ""))
         print(overall_line(results).replace("**", ""), flush=True)  # before the plots, which take seconds
-    plots, skipped = write_plots(data)
+    differences = claim_curves(data)
+    plots, skipped = write_plots(data, differences)
     paths = {
         "results_md": data.study_dir / RESULTS_MD,
         "results_csv": data.study_dir / RESULTS_CSV,
@@ -74,7 +76,7 @@ def write_ablation_report(study_dir: str | Path, echo: bool = False) -> dict[str
     write_text_atomic(paths["results_csv"], results_csv(data, rows))
     write_text_atomic(paths["results_tex"], results_tex(data, rows))
     write_text_atomic(paths["per_seed_csv"], per_seed_csv(data))
-    write_text_atomic(paths["results_md"], results_markdown(data, rows, results, plots, skipped))
+    write_text_atomic(paths["results_md"], results_markdown(data, rows, results, plots, skipped, differences))
     return {**paths, **plots}
 
 
@@ -147,7 +149,12 @@ def provenance_lines(data: AblationData) -> list[str]:
 
 
 def results_markdown(
-    data: AblationData, rows: list[ArmRow], results: list[Verdict], plots: dict[str, Path], skipped: dict[str, str]
+    data: AblationData,
+    rows: list[ArmRow],
+    results: list[Verdict],
+    plots: dict[str, Path],
+    skipped: dict[str, str],
+    differences: dict | None = None,
 ) -> str:
     info, spec = data.info, data.spec
     matching = str(info.get("compute_matching") or spec.get("compute_matching") or "none")
@@ -199,7 +206,18 @@ def results_markdown(
         "",
     ]
     lines += [f"- {v.line()}" for v in results] or [f"No claims in {SWEEP_COPY}."]
-    lines += ["", overall_line(results), "", "## Plots", ""]
+    lines += ["", overall_line(results), ""]
+    if differences:
+        lines += [
+            "## Loss against training tokens",
+            "",
+            "Δ of each validation-loss claim at every evaluation, tested as the final value is (pointwise 95% "
+            "intervals, descriptive: evaluations are not independent tests); the arms separate where the "
+            "interval leaves 0 and stays on that side to the end (plot: val loss difference).",
+            "",
+            *curve_lines(data, differences),
+        ]
+    lines += ["## Plots", ""]
     lines += [
         f"- {key.replace('_', ' ')}: [png]({path.relative_to(data.study_dir).as_posix()})"
         for key, path in plots.items()

@@ -77,6 +77,26 @@ def curves_with_band(curves: dict[str, list[dict[int, float]]], ylabel: str, tit
     return fig
 
 
+def differences_with_band(series: dict[str, list[tuple[int, float, float, float]]], ylabel: str, title: str = ""):
+    """One line per comparison (label -> [(tokens, Δ, low, high)]): Δ with its confidence band shaded and
+    the zero line, so where a band leaves 0 is where the two arms separate. Returns a Figure."""
+    fig, ax = plt.subplots(figsize=(8.0, 4.8))
+    colours = plt.get_cmap("tab10")
+    for i, (label, points) in enumerate(series.items()):
+        tokens, delta, low, high = (np.asarray(v, dtype=float) for v in zip(*points, strict=True))
+        colour = colours(i % colours.N)
+        ax.plot(tokens, delta, color=colour, lw=1.5, marker="o", ms=3, label=label)
+        ax.fill_between(tokens, low, high, color=colour, alpha=0.2, lw=0)
+    ax.axhline(0.0, color="black", lw=0.8)
+    ax.set_xlabel("training tokens")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title or ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
+    fig.tight_layout()
+    return fig
+
+
 def grouped_bars(groups: dict[str, dict[str, list[float]]], ylabel: str, title: str = "", empty_note: str = "no data"):
     """One group of bars per key of `groups` (e.g. an ablation arm), one bar per series inside it (e.g. a
     MoE layer): the mean over seeds with a ±1 sample-std error bar where there are several seeds. A series
