@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from moe_lab.report.ablation_data import AblationData, Arm, Claim
 from moe_lab.report.common import four_decimals_or_sci
-from moe_lab.report.stats import CONFIDENCE, CONTRADICTED, SUPPORTED, UNDECIDED, Comparison, compare
+from moe_lab.report.stats import CONFIDENCE, CONTRADICTED, SUPPORTED, UNDECIDED, WELCH, Comparison, compare
 
 OUTCOMES = (SUPPORTED, CONTRADICTED, UNDECIDED)
 
@@ -36,10 +36,6 @@ class Verdict:
     def indicative(self) -> bool:
         return self.tested and self.comparison.indicative
 
-    @property
-    def p(self) -> float | None:
-        return self.comparison.test.p if self.comparison.test else None
-
     def line(self) -> str:
         c, cmp = self.claim, self.comparison
         if not self.tested:
@@ -52,6 +48,8 @@ class Verdict:
             f"{c.text} — {outcome}: {means} (n = {cmp.a.n} vs {cmp.b.n}), Δ = {cmp.delta:+.4f}; "
             f"{cmp.describe()}{self._bound()}"
         )
+        if cmp.test is not None and cmp.test.name == WELCH:
+            text += f" ({cmp.test.why})"
         return text + (f". Note: {c.note}" if c.note else "")
 
     def _bound(self) -> str:

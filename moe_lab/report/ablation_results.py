@@ -41,9 +41,10 @@ from moe_lab.report.common import matching_means
 from moe_lab.report.stats import CONFIDENCE, INDICATIVE_N
 
 CLAIMS_METHOD = (
-    "Δ = mean(arm) − mean(other). Each claim is tested paired by seed (a seed fixes every arm's data order "
-    "and the initial weights of the modules the arms share, so per-seed differences cancel the seed's luck; "
-    "Student's t on the differences, df = pairs − 1), or with Welch's t where the arms share fewer than two "
+    "Δ = mean(arm) − mean(other). Each claim is tested paired by seed (a seed fixes every arm's data order, "
+    "and the initial weights where the arms build the same modules, so per-seed differences cancel what of "
+    "the seed's luck the arms share; Student's t on the differences, df = pairs − 1), or with Welch's t where "
+    "the arms share fewer than two "
     f"seeds. **supported**: the whole {CONFIDENCE:.0%} confidence interval of Δ lies on the claimed side "
     "(below 0, or below the tolerance for ≤ claims); **contradicted**: wholly on the other side; "
     "**undecided**: the interval straddles it, and its ends are the largest effects the data still allow. "

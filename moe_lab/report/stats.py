@@ -3,8 +3,10 @@ larger than what changing the seed alone does, at a stated confidence?
 
 Δ = mean(a) − mean(b), tested against a margin m (0 for "a < b", the tolerance for "a ≤ b + tol"):
 - **paired t** (Student 1908) on the per-seed differences d_s = a_s − b_s when the two settings share at
-  least two seeds. A seed fixes the data order of every arm (moe_lab.data.sampler) and the initial weights
-  of the modules both architectures have, so the seed's own luck cancels in d_s; df = n_pairs − 1.
+  least two seeds. A seed fixes the data order of every arm (moe_lab.data.sampler), and the initial weights
+  where two arms build the same modules, so what of the seed's luck the arms share cancels in d_s;
+  df = n_pairs − 1. The test is valid either way; it is sharper only as far as the arms' losses correlate
+  over seeds (dense against MoE did not, r = −0.34 over 6 seeds: experiments/pilots/README.md).
 - **Welch t** (Welch 1947) otherwise: SE = sqrt(s_a²/n_a + s_b²/n_b), Welch–Satterthwaite df.
 The test is chosen by that rule before any value is looked at, never by which p-value is smaller.
 
@@ -30,7 +32,7 @@ INDICATIVE_N = 2  # at most this many seeds on a side: a decision is only indica
 
 SUPPORTED, CONTRADICTED, UNDECIDED = "supported", "contradicted", "undecided"
 PAIRED, WELCH = "paired t", "Welch t"
-WHY_PAIRED = "paired by seed: a seed fixes every arm's data order and shared initial weights"
+WHY_PAIRED = "paired by seed: a seed fixes every arm's data order (and its initial weights, architectures alike)"
 WHY_WELCH = "Welch t: the settings share fewer than 2 seeds, so no pairing"
 
 
