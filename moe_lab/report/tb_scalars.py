@@ -9,6 +9,7 @@ an earlier one: the curve is the one the finished run actually followed.
 from __future__ import annotations
 
 import csv
+import functools
 from pathlib import Path
 
 from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
@@ -39,16 +40,26 @@ def read_scalars(run_dir: str | Path, tag: str) -> dict[int, float]:
     metrics.csv instead. A directory without either (a run that failed before logging) gives {}. A file
     still being written is read up to its last complete record.
     """
-    curve: dict[int, float] = {}
     paths = event_files(run_dir)
     if not paths:
         return _csv_scalars(Path(run_dir) / CSV_METRICS, tag)
-    for path in paths:
-        for event in EventFileLoader(str(path)).Load():
+    # A report asks one run for many tags (val/loss, every layer's load CV): parse its files once. The
+    # files' sizes and times are part of the cache key, so a file still being written is read again.
+    signature = tuple((str(p), p.stat().st_mtime_ns, p.stat().st_size) for p in paths)
+    return dict(_all_scalars(signature).get(tag, {}))
+
+
+@functools.lru_cache(maxsize=32)
+def _all_scalars(signature: tuple) -> dict[str, dict[int, float]]:
+    """{tag: {step: value}} of every scalar in the files named by `signature`, later files winning."""
+    curves: dict[str, dict[int, float]] = {}
+    for path, _, _ in signature:
+        for event in EventFileLoader(path).Load():
             for value in event.summary.value:
-                if value.tag == tag:
-                    curve[int(event.step)] = _scalar(value)
-    return dict(sorted(curve.items()))
+                if value.metadata.plugin_data.plugin_name not in ("scalars", ""):
+                    continue  # an image, text or histogram summary: only scalars are read here
+                curves.setdefault(value.tag, {})[int(event.step)] = _scalar(value)
+    return {tag: dict(sorted(curve.items())) for tag, curve in curves.items()}
 
 
 def _csv_scalars(path: Path, tag: str) -> dict[int, float]:
