@@ -572,3 +572,11 @@ def test_separation_is_where_the_interval_leaves_zero_for_good():
     assert separation([point(1, below), point(2, straddle)]) is None  # not separated at the end
     assert separation([point(1, above), point(2, below), point(3, below)]).step == 2  # a side change restarts
     assert separation([]) is None
+
+
+def test_tokens_per_step_counts_accumulated_micro_batches():
+    from moe_lab.report.ablation_data import tokens_per_step
+
+    assert tokens_per_step(4, 16, None) == 64 and tokens_per_step(4, 16, 1) == 64
+    assert tokens_per_step(4, 16, 3) == 4 * 16 * 3
+    assert tokens_per_step(4, None, 1) is None

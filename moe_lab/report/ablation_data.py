@@ -49,6 +49,20 @@ class SeedRun:
             tree = tree.get(key) if isinstance(tree, dict) else None
         return tree
 
+    def budget(self) -> tuple:
+        """(max_steps, batch_size, block_size, accumulate_grad_batches) of the run's config (None: unset)."""
+        return tuple(self.setting(k) for k in BUDGET_KEYS)
+
+
+BUDGET_KEYS = ("trainer.max_steps", "data.batch_size", "data.block_size", "trainer.accumulate_grad_batches")
+
+
+def tokens_per_step(batch: Any, block: Any, accumulate: Any) -> int | None:
+    """Training tokens per optimizer step; None unless batch and block are integers (accumulate: 1 if unset)."""
+    if not (isinstance(batch, int) and isinstance(block, int)):
+        return None
+    return batch * block * (accumulate if isinstance(accumulate, int) and accumulate > 1 else 1)
+
 
 @dataclass
 class Arm:

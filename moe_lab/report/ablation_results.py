@@ -23,7 +23,7 @@ from moe_lab.artifacts.run_dir import CONFIG, ENV
 from moe_lab.artifacts.study_dir import PER_SEED_CSV, RESULTS_CSV, RESULTS_MD, RESULTS_TEX, SWEEP_COPY
 from moe_lab.report.ablation_claims import Verdict, overall_line, verdicts
 from moe_lab.report.ablation_curves import claim_curves, curve_lines
-from moe_lab.report.ablation_data import AblationData, load_ablation_data
+from moe_lab.report.ablation_data import AblationData, load_ablation_data, tokens_per_step
 from moe_lab.report.ablation_plots import write_plots
 from moe_lab.report.ablation_tables import (
     ArmRow,
@@ -87,30 +87,18 @@ def budget_line(data: AblationData) -> str:
     for arm in data.arms:
         for run in arm.runs:
             if run.config:
-                key = tuple(
-                    run.setting(k)
-                    for k in (
-                        "trainer.max_steps",
-                        "data.batch_size",
-                        "data.block_size",
-                        "trainer.accumulate_grad_batches",
-                    )
-                )
-                names = by_budget.setdefault(key, [])
+                names = by_budget.setdefault(run.budget(), [])
                 if arm.name not in names:
                     names.append(arm.name)
     if not by_budget:
         return f"- budget: unknown (no run has written its {CONFIG} yet)"
 
     def text(steps, batch, block, accumulate) -> str:
-        if not all(isinstance(v, int) for v in (steps, batch, block)):
+        per_step = tokens_per_step(batch, block, accumulate)
+        if per_step is None or not isinstance(steps, int):
             return f"{steps} steps × {batch} sequences × {block} tokens"
-        accumulate = accumulate if isinstance(accumulate, int) and accumulate > 1 else 1
-        acc = f" × {accumulate} accumulated" if accumulate > 1 else ""
-        return (
-            f"{steps} steps × {batch} sequences{acc} × {block} tokens = "
-            f"{steps * batch * block * accumulate:,} training tokens per run"
-        )
+        acc = f" × {accumulate} accumulated" if per_step != batch * block else ""
+        return f"{steps} steps × {batch} sequences{acc} × {block} tokens = {steps * per_step:,} training tokens per run"
 
     if len(by_budget) == 1:
         return f"- budget: {text(*next(iter(by_budget)))} (all arms)"
