@@ -544,6 +544,24 @@ def test_per_seed_table_has_every_seed_and_re_derives_the_verdicts(ablation):
     assert "| e8_top1 | 1.8600 | 1.9200 | - |" in text.split("## Per seed")[1]  # seed 2 failed
 
 
+def test_a_claim_on_collapses_keeps_one_collapse_column(tmp_path):
+    """The per-seed table always carries the collapse count; a claim on it must not add it twice
+    (a CSV reader keeps only one of two equal headers)."""
+    study_dir = make_ablation(tmp_path / "demo_ablation")
+    sweep = OmegaConf.load(study_dir / "sweep.yaml")
+    sweep.claims.append({"metric": "collapse_events_count", "arm": "e8_top2", "less_than": "e8_top1"})
+    (study_dir / "sweep.yaml").write_text(OmegaConf.to_yaml(sweep))
+    paths = write_ablation_report(study_dir)
+    with paths["per_seed_csv"].open(newline="") as f:
+        header = next(csv.reader(f))
+        rows = list(csv.DictReader(f, fieldnames=header))
+    assert header.count("collapse_events_count") == 1 and len(header) == len(set(header))
+    counts = {(r["arm"], int(r["seed"])): r["collapse_events_count"] for r in rows}
+    for arm in ARMS:
+        for seed, values in enumerate(RUNS[arm]):
+            assert counts[arm, seed] == ("" if values is None else str(values["collapse"]))
+
+
 def test_loss_against_tokens_says_where_the_arms_separate(ablation):
     """Every fixture curve sits a constant above its run's final value, so at each evaluation the paired
     differences are the final ones (-0.09, -0.07, -0.11): separated from the first evaluation, after 11

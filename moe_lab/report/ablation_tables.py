@@ -208,15 +208,15 @@ def per_seed_csv(data: AblationData) -> str:
     """One row per arm and seed, every seed with its status (only completed ones count in the means and
     tests): the metrics of the table and the claims, where the run is and which code trained it, so
     anyone can pair, re-test or pool the seeds without the run directories."""
-    metrics = csv_metrics(data)
-    header = ["arm", "seed", "status", *metrics, "collapse_events_count", "steps", "run_dir", "code", "reused_from"]
+    # A claim on collapses already puts the count among the metrics; a column appears once.
+    metrics = list(dict.fromkeys([*csv_metrics(data), "collapse_events_count"]))
+    header = ["arm", "seed", "status", *metrics, "steps", "run_dir", "code", "reused_from"]
     lines = [
         [
             arm.name,
             run.seed,
             run.status,
             *(run.metrics.get(m) for m in metrics),
-            run.metrics.get("collapse_events_count"),
             run.metrics.get("steps"),
             run.run_dir.relative_to(data.study_dir).as_posix() if run.run_dir else None,
             common.code_revision(run.env) if run.env else None,
