@@ -18,3 +18,12 @@ class ConfigError(MoELabError, ValueError):
 
 class DataError(MoELabError, ValueError):
     """Data input is unusable (missing file, empty corpus, unknown text field, ...)."""
+
+
+def first_line(err: BaseException, limit: int | None = None) -> str:
+    """The first non-empty line of an error's message (a database driver's own error where one is
+    wrapped, as SQLAlchemy's `orig`), or the error's type name when the message is empty; at most
+    `limit` characters. Used wherever a lower-level error is quoted inside a one-line message."""
+    text = str(getattr(err, "orig", None) or err).strip()
+    line = next((s.strip() for s in text.splitlines() if s.strip()), type(err).__name__)
+    return line if limit is None else line[:limit]

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from moe_lab.cli import run_main
-from moe_lab.errors import DataError
+from moe_lab.errors import DataError, first_line
 from moe_lab.interop.checkpoint import (
     CONFIG_FILE,
     CheckpointError,
@@ -103,7 +103,7 @@ def hf_tokenizer(file: Path):
     try:
         return HFTokenizer(tokenizers.Tokenizer.from_file(str(file)), "pretrained", str(file))
     except Exception as err:  # the tokenizers library raises its own exception types
-        raise CheckpointError(f"{file}: not a readable tokenizer: {str(err).splitlines()[0]}") from None
+        raise CheckpointError(f"{file}: not a readable tokenizer: {first_line(err)}") from None
 
 
 def saved_tokenizer(directories: list[Path]):

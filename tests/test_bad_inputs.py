@@ -347,3 +347,32 @@ def test_resume_auto_names_the_intact_previous_checkpoint_and_it_resumes(trained
     assert metrics["resumed_from_step"] == 1 and metrics["steps"] == 3
     assert metrics["train_tokens"] == 3 * 4 * 32 and metrics["this_part"]["train_tokens"] == 2 * 4 * 32
     assert metrics["wall_time_s"] > metrics["this_part"]["wall_time_s"]
+
+
+class _DriverError(Exception):
+    """Stands in for SQLAlchemy's wrapper: the driver's own error is `orig`."""
+
+    def __init__(self, message: str, orig: Exception):
+        super().__init__(message)
+        self.orig = orig
+
+
+@pytest.mark.parametrize(
+    ("err", "limit", "expected"),
+    [
+        (ValueError("bad value\nsecond line"), None, "bad value"),
+        (ValueError("\n\n  indented first  \nnext"), None, "indented first"),
+        (ValueError(""), None, "ValueError"),  # an empty message: the type, never an IndexError
+        (KeyError(), None, "KeyError"),
+        (ValueError("x" * 50), 10, "x" * 10),
+        (
+            _DriverError("(wrapped) long SQL text\n[SQL: ...]", OSError("could not connect\nhint")),
+            None,
+            "could not connect",
+        ),
+    ],
+)
+def test_first_line_of_an_error(err, limit, expected):
+    from moe_lab.errors import first_line
+
+    assert first_line(err, limit) == expected

@@ -13,7 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
 from moe_lab.config.schema import EXTENDS_KEY
-from moe_lab.errors import ConfigError
+from moe_lab.errors import ConfigError, first_line
 
 
 def read_yaml(path: Path, chain: tuple[Path, ...] = ()) -> DictConfig:
@@ -79,7 +79,7 @@ def explain(err: OmegaConfBaseException, schema: Any, key_hint: str = "config") 
         value = getattr(err, "value", None)
         got = "" if value is None else f", got {value!r}"
         return ConfigError(key, f"expected {expected_type(schema, key)}{got}")
-    return ConfigError(key, " ".join(str(err).split("\n")[0].split()))
+    return ConfigError(key, " ".join(first_line(err).split()))
 
 
 def merge(base: DictConfig, update: DictConfig, schema: Any, key_hint: str = "config") -> DictConfig:
@@ -96,4 +96,4 @@ def parse_override(item: str) -> DictConfig:
     try:
         return OmegaConf.from_dotlist([item])
     except OmegaConfBaseException as err:
-        raise ConfigError(key, " ".join(str(err).split("\n")[0].split())) from None
+        raise ConfigError(key, " ".join(first_line(err).split())) from None

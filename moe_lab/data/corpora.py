@@ -16,7 +16,7 @@ import numpy as np
 
 from moe_lab.data.config import DataConfig
 from moe_lab.data.plays import shakespeare_play_files, unknown_play_message
-from moe_lab.errors import DataError
+from moe_lab.errors import DataError, first_line
 
 # The validation documents of a val_fraction split are drawn with this fixed seed, never the run seed,
 # so every run of an experiment is evaluated on the same text.
@@ -136,7 +136,7 @@ def _load_hub_split(cfg: DataConfig, split: str, hf_cache_dir: Path, key: str) -
     try:
         raw = datasets.load_dataset(cfg.hub_name, cfg.hub_config or None, split=split, cache_dir=str(hf_cache_dir))
     except Exception as err:  # network, unknown name, unknown split: all end here
-        raise DataError(f"{key}: cannot load {origin}: {_first_line(err)}") from err
+        raise DataError(f"{key}: cannot load {origin}: {first_line(err)}") from err
     docs = _text_column(raw, cfg.text_field, origin, "data.text_field")
     names = [f"{split}:{row}" for row in range(len(docs))]
     docs = docs.add_column("doc", names).select_columns(["doc", "text"])
@@ -243,10 +243,10 @@ def _load_failure(path: Path, err: Exception) -> str:
         innermost = err
         while innermost.__cause__ is not None:
             innermost = innermost.__cause__
-        return _first_line(innermost)
+        return first_line(innermost)
     where = _first_invalid_utf8(path) if not set(path.suffixes) & COMPRESSION_SUFFIXES else None
     if where is None:
-        return f"not UTF-8 text ({_first_line(cause)}); re-encode it as UTF-8"
+        return f"not UTF-8 text ({first_line(cause)}); re-encode it as UTF-8"
     offset, line, value = where
     return f"not UTF-8 text: byte 0x{value:02x} at offset {offset} (line {line}); re-encode it as UTF-8"
 
@@ -267,8 +267,3 @@ def _first_invalid_utf8(path: Path, chunk_size: int = 1 << 20) -> tuple[int, int
             newlines += chunk.count(b"\n")
     cut = decoder.getstate()[0]  # the file ends inside a character
     return (offset - len(cut), newlines + 1, cut[0]) if cut else None
-
-
-def _first_line(err: Exception) -> str:
-    text = str(err).strip() or type(err).__name__
-    return text.splitlines()[0]

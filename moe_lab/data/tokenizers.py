@@ -18,7 +18,7 @@ from tokenizers import decoders, models, pre_tokenizers, trainers
 
 from moe_lab.data.config import DataConfig
 from moe_lab.data.staging import CacheWrites, atomic_directory
-from moe_lab.errors import DataError
+from moe_lab.errors import DataError, first_line
 
 # Documents tokenised per encode_batch call: big enough for the tokenizers library to use all cores,
 # small enough that one batch of a huge hub corpus fits in memory.
@@ -154,7 +154,7 @@ def build_pretrained(
     try:
         tokenizer = tokenizers.Tokenizer.from_pretrained(name)
     except Exception as err:  # offline, unknown name, no tokenizer.json in the repo
-        reason = (str(err).strip() or type(err).__name__).splitlines()[0]
+        reason = first_line(err)
         raise DataError(f"data.pretrained_tokenizer: cannot load {name!r}: {reason}") from err
     return HFTokenizer(tokenizer, "pretrained", name)
 

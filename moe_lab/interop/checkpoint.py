@@ -19,7 +19,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from moe_lab.config import PRETRAINED_MODEL_FILE
-from moe_lab.errors import ConfigError, MoELabError
+from moe_lab.errors import ConfigError, MoELabError, first_line
 from moe_lab.model.config import ModelConfig, validate_model_config
 from moe_lab.model.transformer import MoETransformer
 
@@ -39,7 +39,7 @@ def model_config_from_dict(data: dict, source: str) -> ModelConfig:
         cfg = OmegaConf.to_object(merged)
     except OmegaConfBaseException as err:
         key = f"model.{err.full_key}" if getattr(err, "full_key", None) else "model"
-        reason = str(err).splitlines()[0]
+        reason = first_line(err)
         raise ConfigError(key, f"{reason} (in {source})") from None
     validate_model_config(cfg)
     return cfg
@@ -106,7 +106,7 @@ def load_pretrained(directory: str | Path) -> tuple[ModelConfig, dict[str, torch
     try:
         data = OmegaConf.to_container(OmegaConf.load(config_path))
     except Exception as err:  # YAML syntax errors come in several types
-        raise CheckpointError(f"{config_path}: not readable YAML: {str(err).splitlines()[0]}") from None
+        raise CheckpointError(f"{config_path}: not readable YAML: {first_line(err)}") from None
     if not isinstance(data, dict):
         raise CheckpointError(f"{config_path}: expected a mapping of model config keys")
     cfg = model_config_from_dict(data, str(config_path))
@@ -141,11 +141,10 @@ def read_torch_checkpoint(path: Path) -> object:
     except pickle.UnpicklingError as err:
         raise CheckpointError(
             f"{path}: holds objects other than tensors and plain containers, which are "
-            f"never unpickled ({str(err).splitlines()[0][:200]})"
+            f"never unpickled ({first_line(err, 200)})"
         ) from None
     except (RuntimeError, EOFError, OSError, ValueError) as err:
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        raise CheckpointError(f"{path}: not a torch checkpoint: {first}") from None
+        raise CheckpointError(f"{path}: not a torch checkpoint: {first_line(err)}") from None
 
 
 # What a weights-only trainer checkpoint keeps: enough for load_lightning_checkpoint and for Lightning's

@@ -22,6 +22,7 @@ from omegaconf import OmegaConf
 
 from moe_lab.artifacts.run_dir import CONFIG, ENV, METRICS
 from moe_lab.artifacts.study_dir import STUDY_INFO, SWEEP_COPY, TRIALS
+from moe_lab.config.budget import step_tokens
 from moe_lab.report.common import ReportError, is_finite_non_bool, optional_json_object, read_json_object
 
 TRIAL_DIR = re.compile(r"^t(\d+)-(arm=.*)$")
@@ -61,7 +62,7 @@ def tokens_per_step(batch: Any, block: Any, accumulate: Any) -> int | None:
     """Training tokens per optimizer step; None unless batch and block are integers (accumulate: 1 if unset)."""
     if not (isinstance(batch, int) and isinstance(block, int)):
         return None
-    return batch * block * (accumulate if isinstance(accumulate, int) and accumulate > 1 else 1)
+    return step_tokens(batch, block, accumulate if isinstance(accumulate, int) else 1)
 
 
 @dataclass

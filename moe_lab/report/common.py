@@ -12,7 +12,7 @@ from typing import Any
 
 from moe_lab.artifacts.run_dir import METRICS
 from moe_lab.artifacts.study_dir import default_storage_url
-from moe_lab.errors import MoELabError
+from moe_lab.errors import MoELabError, first_line
 
 
 class ReportError(MoELabError):
@@ -79,8 +79,7 @@ def load_stored_study(study_dir: Path, study_name: str, storage_url: str = ""):
     except KeyError:
         raise ReportError(f"{url}: no study named {study_name!r}") from None
     except Exception as err:  # storage backends raise their own types (SQLAlchemy, redis, ...)
-        first_line = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        raise ReportError(f"{url}: cannot open the study storage: {first_line}") from None
+        raise ReportError(f"{url}: cannot open the study storage: {first_line(err)}") from None
 
 
 def _local_file(path: Path, study_dir: Path, url: str) -> Path:

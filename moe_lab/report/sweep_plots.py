@@ -20,6 +20,7 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
+from moe_lab.errors import first_line
 from moe_lab.report.common import is_finite
 from moe_lab.report.sweep_study import StudyData
 
@@ -105,7 +106,7 @@ def write_optuna_plots(
                     png = save_figure(fig, plots_dir / f"{name}.png")
                 written[f"{name}_png"] = png
             except Exception as err:  # a plot the study's data cannot make must not cost the report
-                reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+                reason = first_line(err)
         if reason is not None:
             skipped[name] = reason
             log.warning("note: skipped the %s plot: %s", name.replace("_", " "), reason)

@@ -16,6 +16,7 @@ import time
 from moe_lab.artifacts.atomic import check_writable_dir
 from moe_lab.artifacts.study_dir import STUDY_INFO
 from moe_lab.cli import filter_known_harmless_warnings, run_main
+from moe_lab.config.budget import step_tokens, training_flops, training_flops_per_token
 from moe_lab.errors import MoELabError
 from moe_lab.model.accounting import count_model
 from moe_lab.sweep.config import Sweep, load_sweep, trial_label
@@ -39,8 +40,7 @@ def plan_flops(sweep: Sweep) -> float:
     total = 0.0
     for params in planned_configurations(sweep):
         cfg, _ = sweep.experiment(params)
-        tokens = cfg.trainer.max_steps * cfg.data.batch_size * cfg.data.block_size
-        total += 3 * count_model(cfg.model, cfg.data.block_size).total_flops_per_token * tokens * len(sweep.cfg.seeds)
+        total += training_flops(cfg) * len(sweep.cfg.seeds)
     return total
 
 
@@ -98,7 +98,9 @@ def dry_run(sweep: Sweep, workers: int = 1, gflops: float | None = None) -> None
         cfg, matched = sweep.experiment(params)
         counts = count_model(cfg.model, cfg.data.block_size)
         if gflops:  # the old rule of thumb, on request: FLOPs (3x forward) at an assumed rate
-            train_s = 3 * counts.total_flops_per_token * cfg.data.batch_size * cfg.data.block_size / (gflops * 1e9)
+            # One micro-batch, as the measured step times are; run_seconds counts the accumulation.
+            micro_batch = step_tokens(cfg.data.batch_size, cfg.data.block_size)
+            train_s = training_flops_per_token(cfg) * micro_batch / (gflops * 1e9)
             times = estimate.StepTimes(train_s=train_s, eval_s=train_s / 3, threads=threads)
         else:
             times = estimate.step_times(cfg, threads, concurrent)

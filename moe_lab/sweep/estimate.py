@@ -36,7 +36,7 @@ MEASUREMENT_VERSION = 3
 
 @dataclass
 class StepTimes:
-    train_s: float  # one training step: forward, backward, clip, AdamW
+    train_s: float  # one training step on one micro-batch: forward, backward, clip, AdamW
     eval_s: float  # one validation batch: forward without gradients
     threads: int
     cached: bool = False
@@ -193,11 +193,13 @@ def step_times(cfg, threads: int, concurrent: int = 1) -> StepTimes:
 
 
 def run_seconds(cfg, times: StepTimes) -> float:
-    """One run: its training steps, its validations (trainer.val_batches each, plus the final one when
-    max_steps is not a multiple of the cadence), and the fixed overhead."""
+    """One run: its training steps (accumulate_grad_batches micro-batches each, so a little over: the
+    optimizer update is timed with each), its validations (trainer.val_batches each, plus the final one
+    when max_steps is not a multiple of the cadence), and the fixed overhead."""
     t = cfg.trainer
     n_val = t.max_steps // t.val_every_n_steps + (t.max_steps % t.val_every_n_steps != 0)
-    return t.max_steps * times.train_s + n_val * (t.val_batches or 50) * times.eval_s + RUN_OVERHEAD_S
+    train = t.max_steps * max(1, t.accumulate_grad_batches) * times.train_s
+    return train + n_val * (t.val_batches or 50) * times.eval_s + RUN_OVERHEAD_S
 
 
 def makespan(units: list[float], workers: int) -> float:

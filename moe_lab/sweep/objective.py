@@ -42,6 +42,7 @@ from moe_lab.artifacts.study_dir import (
     TRIALS,
     trial_unit,
 )
+from moe_lab.errors import first_line
 from moe_lab.sweep.claims import TrialTakenAway, fence, still_mine, worker_name
 from moe_lab.sweep.config import Sweep, trial_label
 
@@ -247,4 +248,4 @@ def _mean(values) -> float | None:
 
 
 def one_line(err: BaseException) -> str:
-    return f"{type(err).__name__}: {err}".splitlines()[0]
+    return f"{type(err).__name__}: {first_line(err)}" if str(err).strip() else type(err).__name__

@@ -17,7 +17,7 @@ import optuna
 import sqlalchemy
 from sqlalchemy.engine import make_url
 
-from moe_lab.errors import MoELabError
+from moe_lab.errors import MoELabError, first_line
 
 JOURNAL = "journal:"  # journal:<file>: Optuna's file journal, for filesystems where SQLite locking fails
 SCHEMA_RETRIES = 5
@@ -79,11 +79,6 @@ def _hide(text: str, url: str) -> str:
     return text.replace(password, "***") if password else text
 
 
-def _first_line(err: BaseException) -> str:
-    text = str(getattr(err, "orig", None) or err).strip()
-    return (text.splitlines() or [type(err).__name__])[0].strip()
-
-
 def _check_folder(path: Path, shown: str, what: str) -> None:
     if not path.parent.is_dir():
         raise MoELabError(
@@ -115,7 +110,7 @@ def open_storage(
         parsed.get_dialect().import_dbapi()  # the driver module, as create_engine will import it
     except (ImportError, sqlalchemy.exc.NoSuchModuleError) as err:
         hint = DRIVER_HINTS.get(parsed.get_backend_name(), "install the SQLAlchemy driver it names")
-        raise MoELabError(f"storage: {shown}: database driver not available ({_first_line(err)}); {hint}") from None
+        raise MoELabError(f"storage: {shown}: database driver not available ({first_line(err)}); {hint}") from None
     if file is not None:
         _check_folder(file, shown, "sqlite file")
     from optuna.storages import RetryHeartbeatStaleTrialCallback
@@ -148,7 +143,7 @@ def open_storage(
             if racing and attempt < SCHEMA_RETRIES:
                 time.sleep(0.5 + random.random())
                 continue
-            reason = _hide(_first_line(err), url)
+            reason = _hide(first_line(err), url)
             raise MoELabError(
                 f"storage: cannot open {shown}: {reason}; check the host, port, user, password "
                 "(PGPASSWORD or ~/.pgpass) and that the database exists (createdb)"

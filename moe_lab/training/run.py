@@ -36,10 +36,10 @@ from moe_lab.callbacks.nonfinite import NonFiniteLossError, NonFiniteLossGuard
 from moe_lab.callbacks.progress import ProgressBar
 from moe_lab.callbacks.progress_file import ProgressFile
 from moe_lab.config import ExperimentConfig, derive, to_yaml
+from moe_lab.config.budget import training_flops_per_step
 from moe_lab.data.datamodule import TextDataModule
-from moe_lab.errors import ConfigError, DataError
+from moe_lab.errors import ConfigError, DataError, first_line
 from moe_lab.interop.checkpoint import CheckpointError, check_state_dict, load_pretrained, read_torch_checkpoint
-from moe_lab.model.accounting import count_model
 from moe_lab.model.summary import model_summary
 from moe_lab.training.lit import MoELitModule
 from moe_lab.training.loggers import build_loggers
@@ -145,15 +145,8 @@ def build_callbacks(cfg: ExperimentConfig, run_dir: Path, resume_ckpt: Path | No
         ),
         "lr_monitor": LearningRateMonitor(logging_interval="step"),
         "nan_guard": NonFiniteLossGuard(),
-        "progress": ProgressFile(run_dir / PROGRESS, flops_per_step(cfg)),
+        "progress": ProgressFile(run_dir / PROGRESS, training_flops_per_step(cfg)),
     }
-
-
-def flops_per_step(cfg: ExperimentConfig) -> float:
-    """Training FLOPs of one optimizer step, counted as 3x the forward (forward + backward), the count the
-    sweep's dry run estimates its cost with."""
-    tokens = cfg.data.batch_size * cfg.data.block_size * cfg.trainer.accumulate_grad_batches
-    return 3 * count_model(cfg.model, cfg.data.block_size).total_flops_per_token * tokens
 
 
 def _precision(value: str) -> str:
@@ -202,7 +195,7 @@ def build_trainer(
             default_root_dir=run_dir,
         )
     except (MisconfigurationException, ValueError, TypeError, ImportError, RuntimeError) as err:
-        reason = " ".join((str(err).strip() or type(err).__name__).split("\n")[0].split())
+        reason = " ".join(first_line(err).split())
         reason = reason.split(". ")[0].rstrip(".")  # the first sentence; the rest is links and lists
         lowered = reason.lower()
         name = next((k for k in TRAINER_KEYS if k in lowered), "accelerator")
