@@ -11,8 +11,8 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "moe_lab"
 # Lowest first: a module may import its own layer and the layers below, never one above.
 LAYERS = (
-    ("errors",),
-    ("artifacts", "model", "data", "cli"),
+    ("errors", "formatting"),
+    ("artifacts", "study", "model", "data", "cli"),
     ("config",),
     ("callbacks", "interop"),
     ("training",),
@@ -29,8 +29,19 @@ ENTRY_POINTS = {
     "moe_lab.report.__main__",
     "moe_lab.interop.hf",
 }
-TOP_LEVEL = {"__init__.py", "errors.py", "cli.py", "train.py", "ablate.py", "bench.py", "inspect.py"}
-TOP_LEVEL_PACKAGES = {"config", "artifacts", "model", "data", "callbacks", "interop", "training", "sweep", "report"}
+TOP_LEVEL = {"__init__.py", "errors.py", "formatting.py", "cli.py", "train.py", "ablate.py", "bench.py", "inspect.py"}
+TOP_LEVEL_PACKAGES = {
+    "config",
+    "artifacts",
+    "study",
+    "model",
+    "data",
+    "callbacks",
+    "interop",
+    "training",
+    "sweep",
+    "report",
+}
 MAX_LINES = 400
 
 
@@ -125,3 +136,16 @@ def test_top_level_holds_entry_points_and_foundations_only():
 def test_no_module_over_the_limit():
     long = {name: n for name, p in MODULES.items() if (n := len(p.read_text().splitlines())) > MAX_LINES}
     assert not long, long
+
+
+def test_reports_never_import_the_sweep_machinery():
+    """What both read about a study (storage, trial labels, number formats) lives below both, in study/
+    and formatting; a report module importing moe_lab.sweep would tie the two rooms together again."""
+    tied = [
+        f"{a} -> {b}"
+        for a in GRAPH
+        if a.startswith("moe_lab.report")
+        for b in GRAPH[a]
+        if b.startswith("moe_lab.sweep")
+    ]
+    assert not tied, tied

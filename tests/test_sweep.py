@@ -19,8 +19,8 @@ from optuna.trial import TrialState
 from moe_lab.config import load_config
 from moe_lab.errors import ConfigError, MoELabError
 from moe_lab.model.accounting import count_model
+from moe_lab.study import storage as storage_module
 from moe_lab.sweep import estimate
-from moe_lab.sweep import storage as storage_module
 from moe_lab.sweep.__main__ import dry_run
 from moe_lab.sweep.config import load_sweep
 from moe_lab.sweep.objective import Objective

@@ -87,13 +87,3 @@ def count_model(cfg: ModelConfig, seq_len: int | None = None) -> ModelCounts:
     flops.update({k: 2.0 * active[k] for k in ("dense_ffn", "experts", "shared_experts", "router")})
     flops.update(embedding=0.0, norm=0.0, lm_head=2.0 * V * D)
     return ModelCounts(params=params, active_params=active, flops_per_token=flops)
-
-
-def si(n: float | None) -> str:
-    """A parameter or FLOP count as the tables print it: 1_086_592 -> '1.09M'; None -> '-'."""
-    if n is None:
-        return "-"
-    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if abs(n) >= scale:
-            return f"{n / scale:.2f}{unit}"
-    return f"{n:.0f}"

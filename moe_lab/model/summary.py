@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from moe_lab.model.accounting import count_model, si
+from moe_lab.formatting import si
+from moe_lab.model.accounting import count_model
 from moe_lab.model.config import ModelConfig, expert_dims, moe_layer_indices
 
 

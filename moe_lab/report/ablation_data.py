@@ -24,10 +24,10 @@ from moe_lab.artifacts.run_dir import CONFIG, ENV, METRICS
 from moe_lab.artifacts.study_dir import STUDY_INFO, SWEEP_COPY, TRIALS
 from moe_lab.config.budget import step_tokens
 from moe_lab.report.common import ReportError, is_finite_non_bool, optional_json_object, read_json_object
+from moe_lab.study.labels import LABEL_WIDTH
 
 TRIAL_DIR = re.compile(r"^t(\d+)-(arm=.*)$")
 SEED_DIR = re.compile(r"^seed(\d+)(?:\.retry(\d+))?$")
-LABEL_WIDTH = 80  # moe_lab.sweep.config.trial_label truncates a trial directory's label to this many chars
 
 
 @dataclass

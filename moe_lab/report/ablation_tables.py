@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from moe_lab.artifacts.run_dir import METRICS, TABLE_METRICS
 from moe_lab.artifacts.run_index import reused_from
-from moe_lab.model.accounting import si
+from moe_lab.formatting import si
 from moe_lab.report import common
 from moe_lab.report.ablation_data import AblationData, Arm, SeedRun
 from moe_lab.report.common import csv_text, four_decimals_or_sci, latex_escape, text_table

@@ -67,7 +67,7 @@ def load_stored_study(study_dir: Path, study_name: str, storage_url: str = ""):
     (the study directory was copied or moved) is looked for in the study directory."""
     import optuna
 
-    from moe_lab.sweep.storage import open_storage, storage_file, with_storage_file
+    from moe_lab.study.storage import open_storage, storage_file, with_storage_file
 
     url = storage_url or default_storage_url(study_dir)
     recorded = storage_file(url)

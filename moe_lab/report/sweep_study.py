@@ -36,6 +36,7 @@ from moe_lab.artifacts.study_dir import (
     trial_unit,
 )
 from moe_lab.report.common import ReportError, is_finite, load_stored_study, read_json_object, run_metrics
+from moe_lab.study.labels import trial_label
 
 # Non-complete configurations go below the complete ones, in this order.
 STATE_ORDER = ("COMPLETE", "PRUNED", "RUNNING", "WAITING", "FAIL")
@@ -236,7 +237,7 @@ def _row(trial: FrozenTrial, retries: int) -> ConfigRow:
         trial=trial.number,
         config_id=attrs.get(TRIAL_CONFIG_ID),
         state=trial.state.name,
-        label=attrs.get(TRIAL_LABEL) or _label(trial.params),
+        label=attrs.get(TRIAL_LABEL) or trial_label(trial.params),
         params=dict(trial.params),
         objective_mean=mean,
         objective_std=attrs.get(TRIAL_OBJECTIVE_STD),
@@ -263,14 +264,6 @@ def _finished_seeds(trial: FrozenTrial) -> list[int]:
         return []
     seed = trial.user_attrs.get(TRIAL_UNIT_SEED)
     return [seed] if seed is not None else list(trial.user_attrs.get(TRIAL_SEEDS) or [])
-
-
-def _label(params: dict[str, Any]) -> str:
-    # Imported here: moe_lab.sweep.config pulls in the experiment schema and the data stack (seconds),
-    # which a report needs only for trials the runner never labelled.
-    from moe_lab.sweep.config import trial_label
-
-    return trial_label(params)
 
 
 def sort_rows(rows: list[ConfigRow], direction: str) -> list[ConfigRow]:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from moe_lab.artifacts.atomic import write_text_atomic
 from moe_lab.artifacts.study_dir import PLOTS, SUMMARY, TRIALS_CSV
-from moe_lab.model.accounting import si
+from moe_lab.formatting import si
 from moe_lab.report.common import is_finite, matching_means, optional
 from moe_lab.report.stats import CONFIDENCE, INDICATIVE_N, SUPPORTED, UNDECIDED, compare, format_df, format_p
 from moe_lab.report.sweep_plots import (

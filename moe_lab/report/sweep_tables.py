@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from moe_lab.artifacts.atomic import write_text_atomic
-from moe_lab.model.accounting import si
+from moe_lab.formatting import si
 from moe_lab.report import common
 from moe_lab.report.common import csv_text, duration, four_decimals, is_finite, optional, text_table
 from moe_lab.report.sweep_study import ConfigRow

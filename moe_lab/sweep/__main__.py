@@ -19,8 +19,9 @@ from moe_lab.cli import filter_known_harmless_warnings, run_main
 from moe_lab.config.budget import step_tokens, training_flops, training_flops_per_token
 from moe_lab.errors import MoELabError
 from moe_lab.model.accounting import count_model
-from moe_lab.sweep.config import Sweep, load_sweep, trial_label
-from moe_lab.sweep.storage import masked_url
+from moe_lab.study.labels import trial_label
+from moe_lab.study.storage import masked_url
+from moe_lab.sweep.config import Sweep, load_sweep
 
 
 def seeds_claimed_separately(sweep: Sweep) -> bool:

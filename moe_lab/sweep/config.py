@@ -235,14 +235,6 @@ def merged_values(*parts: Mapping[str, Any] | None) -> dict[str, Any]:
     return out
 
 
-def _yaml_value(value: Any) -> str:
-    if isinstance(value, (list, tuple)):
-        return "[" + ",".join(_yaml_value(v) for v in value) + "]"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return str(value)
-
-
 def _parse_param(key: str, spec: Any) -> Param:
     where = f"space.{key}"
     if isinstance(spec, (list, ListConfig)):
@@ -364,13 +356,3 @@ def _check_configurations(sweep: Sweep) -> None:
             described = ", ".join(f"{k}={v}" for k, v in params.items())
             where = f"arms.{params['arm']}" if sweep.arms is not None else f"space ({described})"
             raise ConfigError(where, f"invalid experiment: {err}") from None
-
-
-def trial_label(params: dict[str, Any]) -> str:
-    """A short readable run name: {'model.moe.top_k': 2} -> 'top_k=2'."""
-    parts = []
-    for key, value in params.items():
-        if isinstance(value, float):
-            value = f"{value:.3g}"
-        parts.append(f"{key.rsplit('.', 1)[-1]}={_yaml_value(value)}")
-    return ",".join(parts).replace("/", "_").replace(" ", "")[:80] or "base"

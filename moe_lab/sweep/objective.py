@@ -43,8 +43,9 @@ from moe_lab.artifacts.study_dir import (
     trial_unit,
 )
 from moe_lab.errors import first_line
+from moe_lab.study.labels import trial_label
 from moe_lab.sweep.claims import TrialTakenAway, fence, still_mine, worker_name
-from moe_lab.sweep.config import Sweep, trial_label
+from moe_lab.sweep.config import Sweep
 
 
 @dataclasses.dataclass

@@ -45,10 +45,11 @@ from moe_lab.artifacts.study_dir import (
     trial_unit,
 )
 from moe_lab.errors import MoELabError
+from moe_lab.study.labels import trial_label
+from moe_lab.study.storage import masked_url, open_storage, recorded_url
 from moe_lab.sweep.claims import TrialTakenAway, fail_stale_trials, heartbeat
-from moe_lab.sweep.config import Sweep, trial_label
+from moe_lab.sweep.config import Sweep
 from moe_lab.sweep.objective import Objective, one_line
-from moe_lab.sweep.storage import masked_url, open_storage, recorded_url
 from moe_lab.training.tb_hparams import write_study_layout
 
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)

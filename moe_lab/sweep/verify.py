@@ -25,7 +25,8 @@ from pathlib import Path
 from moe_lab.artifacts.run_dir import ENV, METRICS
 from moe_lab.artifacts.study_dir import TRIALS, VERIFY, VERIFY_MD
 from moe_lab.errors import MoELabError
-from moe_lab.sweep.config import Sweep, trial_label
+from moe_lab.study.labels import trial_label
+from moe_lab.sweep.config import Sweep
 
 
 @dataclass

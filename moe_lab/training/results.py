@@ -15,8 +15,8 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from moe_lab.artifacts.atomic import write_json_atomic, write_text_atomic
 from moe_lab.artifacts.run_dir import BEST_CKPT, CHECKPOINTS, CONFIG, LAST_CKPT, METRICS, PREVIOUS_CKPT, RunMetrics
 from moe_lab.config import ExperimentConfig, to_dict, to_yaml
+from moe_lab.formatting import si
 from moe_lab.interop.checkpoint import strip_to_weights
-from moe_lab.model.accounting import si
 from moe_lab.model.summary import summary_record
 from moe_lab.training.lit import MoELitModule
 from moe_lab.training.loggers import finalize
