@@ -592,9 +592,9 @@ def test_separation_is_where_the_interval_leaves_zero_for_good():
     assert separation([]) is None
 
 
-def test_tokens_per_step_counts_accumulated_micro_batches():
-    from moe_lab.report.ablation_data import tokens_per_step
+def test_recorded_tokens_per_step_counts_accumulated_micro_batches():
+    from moe_lab.report.ablation_data import recorded_tokens_per_step
 
-    assert tokens_per_step(4, 16, None) == 64 and tokens_per_step(4, 16, 1) == 64
-    assert tokens_per_step(4, 16, 3) == 4 * 16 * 3
-    assert tokens_per_step(4, None, 1) is None
+    assert recorded_tokens_per_step(4, 16, None) == 64 and recorded_tokens_per_step(4, 16, 1) == 64
+    assert recorded_tokens_per_step(4, 16, 3) == 4 * 16 * 3
+    assert recorded_tokens_per_step(4, None, 1) is None

@@ -7,7 +7,7 @@ import pytest
 from moe_lab.config import load_config
 from moe_lab.config.budget import tokens_per_step, training_flops, training_flops_per_step
 from moe_lab.model.accounting import count_model
-from moe_lab.report.ablation_data import tokens_per_step as recorded_tokens_per_step
+from moe_lab.report.ablation_data import recorded_tokens_per_step
 from moe_lab.sweep import estimate
 from moe_lab.sweep.__main__ import plan_flops
 from moe_lab.sweep.config import load_sweep

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from moe_lab.report.ablation_data import AblationData, Arm, Claim, tokens_per_step
+from moe_lab.report.ablation_data import AblationData, Arm, Claim, recorded_tokens_per_step
 from moe_lab.report.stats import Comparison, compare
 
 VAL_LOSS, VAL_TAG = "val_loss", "val/loss"
@@ -25,10 +25,10 @@ class Point:
     comparison: Comparison
 
 
-def step_tokens(data: AblationData) -> int:
+def first_recorded_tokens_per_step(data: AblationData) -> int:
     """Training tokens per optimizer step of the first run that records them (0: none does; a budget that
     differs between arms is flagged by the report's budget line)."""
-    per_step = (tokens_per_step(*run.budget()[1:]) for arm in data.arms for run in arm.runs)
+    per_step = (recorded_tokens_per_step(*run.budget()[1:]) for arm in data.arms for run in arm.runs)
     return next((n for n in per_step if n is not None), 0)
 
 
@@ -45,7 +45,7 @@ def difference_curve(data: AblationData, claim: Claim) -> list[Point]:
     if claim.metric != VAL_LOSS or claim.at_most or claim.arm not in arms or claim.other not in arms:
         return []
     a, b = seed_curves(arms[claim.arm]), seed_curves(arms[claim.other])
-    per_step = step_tokens(data)
+    per_step = first_recorded_tokens_per_step(data)
     points = []
     for step in sorted({s for curve in a.values() for s in curve}):
         at_a = {seed: curve[step] for seed, curve in a.items() if step in curve}

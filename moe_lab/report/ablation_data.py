@@ -58,7 +58,7 @@ class SeedRun:
 BUDGET_KEYS = ("trainer.max_steps", "data.batch_size", "data.block_size", "trainer.accumulate_grad_batches")
 
 
-def tokens_per_step(batch: Any, block: Any, accumulate: Any) -> int | None:
+def recorded_tokens_per_step(batch: Any, block: Any, accumulate: Any) -> int | None:
     """Training tokens per optimizer step; None unless batch and block are integers (accumulate: 1 if unset)."""
     if not (isinstance(batch, int) and isinstance(block, int)):
         return None

@@ -23,7 +23,7 @@ from moe_lab.artifacts.run_dir import CONFIG, ENV
 from moe_lab.artifacts.study_dir import PER_SEED_CSV, RESULTS_CSV, RESULTS_MD, RESULTS_TEX, SWEEP_COPY
 from moe_lab.report.ablation_claims import Verdict, overall_line, verdicts
 from moe_lab.report.ablation_curves import claim_curves, curve_lines
-from moe_lab.report.ablation_data import AblationData, load_ablation_data, tokens_per_step
+from moe_lab.report.ablation_data import AblationData, load_ablation_data, recorded_tokens_per_step
 from moe_lab.report.ablation_plots import write_plots
 from moe_lab.report.ablation_tables import (
     ArmRow,
@@ -94,7 +94,7 @@ def budget_line(data: AblationData) -> str:
         return f"- budget: unknown (no run has written its {CONFIG} yet)"
 
     def text(steps, batch, block, accumulate) -> str:
-        per_step = tokens_per_step(batch, block, accumulate)
+        per_step = recorded_tokens_per_step(batch, block, accumulate)
         if per_step is None or not isinstance(steps, int):
             return f"{steps} steps × {batch} sequences × {block} tokens"
         acc = f" × {accumulate} accumulated" if per_step != batch * block else ""
