@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from moe_lab.artifacts.run_dir import CLAIM_METRICS
+from moe_lab.checks import one_of
 from moe_lab.cli import run_main
 from moe_lab.errors import ConfigError
 from moe_lab.sweep.config import Param, Sweep, SweepConfig, check_sweep, read_structured, validate_sweep_config
@@ -59,10 +60,7 @@ def load_ablation(path: str | Path, overrides: list[str] = ()) -> Sweep:
     validate_sweep_config(cfg, needs_space=False)
     for i, claim in enumerate(cfg.claims):
         where = f"claims[{i}]"
-        if claim.metric not in CLAIM_METRICS:
-            raise ConfigError(
-                f"{where}.metric", f"unknown metric {claim.metric!r}; expected one of {', '.join(CLAIM_METRICS)}"
-            )
+        one_of(f"{where}.metric", claim.metric, CLAIM_METRICS)
         if bool(claim.less_than) == bool(claim.at_most):
             raise ConfigError(where, "a claim needs exactly one of less_than or at_most")
         for key in ("arm", "less_than", "at_most"):
@@ -119,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if "--verify" in argv:
         return verify_main(argv)
-    from moe_lab.sweep.__main__ import cli
+    from moe_lab.sweep.command import cli
 
     def report(study_dir: Path) -> None:
         from moe_lab.report.ablation_results import write_ablation_report

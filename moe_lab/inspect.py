@@ -32,6 +32,7 @@ from moe_lab.interop.checkpoint import (
     load_pretrained,
 )
 from moe_lab.model import ModelConfig, MoETransformer, count_model, expert_dims, moe_layer_indices
+from moe_lab.model.summary import moe_layers_line
 
 HF_CONFIG_FILE = "config.json"  # kept equal to moe_lab.interop.hf's, which needs transformers to import
 HF_TOKENIZER_FILE = "tokenizer.json"
@@ -179,17 +180,7 @@ def format_model_summary(cfg: ModelConfig) -> str:
         f"({share:.1%}); FLOPs per token at context {cfg.max_seq_len}: "
         f"{counts.total_flops_per_token:,.0f}"
     )
-    layers = moe_layer_indices(cfg)
-    if layers:
-        dims = expert_dims(cfg)
-        shared = f", shared width {dims.shared_hidden}" if dims.shared_hidden else ""
-        lines.append(
-            f"MoE layers {', '.join(map(str, layers))} of {cfg.n_layers} (placement "
-            f"{cfg.moe.placement}): {dims.n_routed_experts} experts of width {dims.routed_hidden}, "
-            f"top-{dims.routed_top_k}, router {cfg.moe.router}{shared}"
-        )
-    else:
-        lines.append(f"no MoE layers: all {cfg.n_layers} layers are dense")
+    lines.append(moe_layers_line(cfg))
     return "\n".join(lines)
 
 

@@ -9,7 +9,7 @@ from moe_lab.config.budget import tokens_per_step, training_flops, training_flop
 from moe_lab.model.accounting import count_model
 from moe_lab.report.ablation_data import recorded_tokens_per_step
 from moe_lab.sweep import estimate
-from moe_lab.sweep.__main__ import plan_flops
+from moe_lab.sweep.command import plan_flops
 from moe_lab.sweep.config import load_sweep
 from moe_lab.training.run import build_callbacks
 from tests.helpers import write_tiny_experiment
@@ -51,7 +51,7 @@ def test_the_sweep_plans_what_its_runs_count(accumulating, tmp_path):
     """The console's ETA divides the FLOPs the runs' progress files report (steps x flops_per_step) into
     the plan: both must count the accumulated micro-batches, or the ETA is off by the factor."""
     cfg, sweep = accumulating
-    progress = build_callbacks(cfg, tmp_path / "run")["progress"]
+    progress = build_callbacks(cfg, tmp_path / "run").progress
     assert progress.flops_per_step == pytest.approx(hand_flops_per_step(cfg))
     planned = 0.0
     for top_k in (1, 2):

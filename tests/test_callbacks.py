@@ -14,6 +14,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from moe_lab.callbacks import ExpertCollapseDetector, ExpertLoadMonitor
 from moe_lab.callbacks import routing_metrics as rm
+from moe_lab.callbacks.collapse import DeadRouter, LowEntropy, StarvedExpert
 from moe_lab.config import load_config
 from moe_lab.errors import ConfigError
 from moe_lab.model.moe import RoutingStats
@@ -133,9 +134,8 @@ def test_collapse_fires_when_patience_is_exactly_reached(tmp_path):
     with pytest.warns(UserWarning, match="expert 2 of layer 2 below 10% of uniform load for 5 steps"):
         trainer = fit(layer2_starved_on(starved), [detector], tmp_path, max_steps=16)
     assert trainer.global_step == 16  # action "warn" does not stop
-    assert detector.events == [
-        {"step": 10, "layer": 2, "expert": 2, "kind": "starved_expert", "load": pytest.approx(0.01)}
-    ]  # once, though it stays starved
+    # Once, though it stays starved.
+    assert detector.events == [StarvedExpert(step=10, layer=2, expert=2, load=pytest.approx(0.01))]
     assert detector.prune_reason is None
     ea = read_events(trainer)
     counts = {e.step + 1: e.value for e in ea.Scalars("moe/collapse_events")}  # TB step = global_step - 1
@@ -163,7 +163,7 @@ def test_collapse_is_checked_per_optimizer_step_under_accumulation(tmp_path):
 
     detector = ExpertCollapseDetector(patience_steps=3, action="stop")
     trainer = fit(schedule, [detector], tmp_path, max_steps=20, accumulate_grad_batches=2)
-    assert [(e["step"], e["expert"]) for e in detector.events] == [(6, 2)]  # optimizer steps 4, 5, 6
+    assert [(e.step, e.expert) for e in detector.events] == [(6, 2)]  # optimizer steps 4, 5, 6
     assert trainer.global_step == 6
 
 
@@ -173,9 +173,7 @@ def test_low_entropy_fires_and_stop_ends_training(tmp_path):
 
     detector = ExpertCollapseDetector(min_entropy_norm=0.2, patience_steps=4, action="stop")
     trainer = fit(schedule, [detector], tmp_path, max_steps=30)
-    assert detector.events == [
-        {"step": 8, "layer": 1, "expert": None, "kind": "low_entropy", "entropy_norm": pytest.approx(0.05)}
-    ]
+    assert detector.events == [LowEntropy(step=8, layer=1, entropy_norm=pytest.approx(0.05))]
     assert trainer.global_step == 8 and trainer.should_stop and detector.prune_reason is None
 
 
@@ -184,6 +182,27 @@ def test_prune_sets_reason_and_stops(tmp_path):
     trainer = fit(layer2_starved_on(set(range(1, 100))), [detector], tmp_path, max_steps=30)
     assert trainer.global_step == 8  # steps 1-3 are not checked: 4..8
     assert detector.prune_reason == "expert 2 of layer 2 below 10% of uniform load for 5 steps (step 8)"
+
+
+def test_collapse_events_are_kept_in_checkpoints_as_the_dicts_of_metrics_json():
+    events = [
+        StarvedExpert(step=10, layer=2, expert=3, load=0.01),
+        LowEntropy(step=8, layer=1, entropy_norm=0.05),
+        DeadRouter(step=16, layer=0, grad_norm=5e-10),
+    ]
+    detector = ExpertCollapseDetector()
+    detector.events = list(events)
+    state = detector.state_dict()
+    as_before = [  # the dicts the detector kept before its events were records, keys in the same order
+        {"step": 10, "layer": 2, "expert": 3, "kind": "starved_expert", "load": 0.01},
+        {"step": 8, "layer": 1, "expert": None, "kind": "low_entropy", "entropy_norm": 0.05},
+        {"step": 16, "layer": 0, "expert": None, "kind": "dead_router", "grad_norm": 5e-10},
+    ]
+    assert state["events"] == as_before
+    assert [list(e) for e in state["events"]] == [list(e) for e in as_before]
+    restored = ExpertCollapseDetector()
+    restored.load_state_dict(state)
+    assert restored.events == events
 
 
 def test_resumed_callbacks_continue_streak_and_window(tmp_path):
@@ -203,7 +222,7 @@ def test_resumed_callbacks_continue_streak_and_window(tmp_path):
     resumed_trainer = fit(
         starved, [resumed, resumed_monitor], tmp_path / "b", max_steps=12, ckpt_path=tmp_path / "mid.ckpt"
     )
-    assert [e["step"] for e in whole.events] == [e["step"] for e in resumed.events] == [8]
+    assert [e.step for e in whole.events] == [e.step for e in resumed.events] == [8]
     assert resumed.events == whole.events
 
     def first_window(t):  # load of the starved expert over steps 1-7 (TB step 6)
@@ -400,7 +419,7 @@ def test_dead_router_fires_after_patience_of_measured_steps(tmp_path):
     detector = ExpertCollapseDetector(patience_steps=7, dead_router_max_grad_norm=1e-8, action="stop")
     with pytest.warns(UserWarning, match="router of layer 1 gets no gradient from the LM loss"):
         trainer = fit_grads(grads, detector, tmp_path, max_steps=40)
-    assert detector.events == [{"step": 16, "layer": 1, "expert": None, "kind": "dead_router", "grad_norm": 5e-10}]
+    assert detector.events == [DeadRouter(step=16, layer=1, grad_norm=5e-10)]
     assert trainer.global_step == 16
 
 
@@ -408,7 +427,7 @@ def test_dead_router_measurement_in_first_micro_batch_counts_for_its_step(tmp_pa
     grads = lambda step, micro: {0: 0.0} if micro == 0 else None  # noqa: E731 - measured once per step
     detector = ExpertCollapseDetector(patience_steps=3, dead_router_max_grad_norm=1e-8, action="stop")
     trainer = fit_grads(grads, detector, tmp_path, max_steps=20, accumulate_grad_batches=2)
-    assert [(e["step"], e["kind"]) for e in detector.events] == [(3, "dead_router")]
+    assert [(e.step, e.kind) for e in detector.events] == [(3, "dead_router")]
     assert trainer.global_step == 3
 
 

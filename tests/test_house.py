@@ -11,7 +11,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "moe_lab"
 # Lowest first: a module may import its own layer and the layers below, never one above.
 LAYERS = (
-    ("errors", "formatting"),
+    ("errors", "formatting", "checks"),
     ("artifacts", "study", "model", "data", "cli"),
     ("config",),
     ("callbacks", "interop"),
@@ -29,7 +29,17 @@ ENTRY_POINTS = {
     "moe_lab.report.__main__",
     "moe_lab.interop.hf",
 }
-TOP_LEVEL = {"__init__.py", "errors.py", "formatting.py", "cli.py", "train.py", "ablate.py", "bench.py", "inspect.py"}
+TOP_LEVEL = {
+    "__init__.py",
+    "errors.py",
+    "formatting.py",
+    "checks.py",
+    "cli.py",
+    "train.py",
+    "ablate.py",
+    "bench.py",
+    "inspect.py",
+}
 TOP_LEVEL_PACKAGES = {
     "config",
     "artifacts",

@@ -139,7 +139,7 @@ def test_table_one_row_per_config_best_first(study):
     assert [r.trial for r in rows] == EXPECTED_ORDER
     assert [r.retries for r in rows] == [1, 0, 0, 0, 0]  # trial 1 is retried by trial 4: one row
 
-    lines = format_table(rows).splitlines()
+    lines = format_table(rows, "val_loss").splitlines()
     assert lines[0].split()[:3] == ["trial", "config", "objective"]
     body = lines[2:-1]  # the last line is the load caveat
     assert [int(line.split()[0]) for line in body] == EXPECTED_ORDER
@@ -149,7 +149,8 @@ def test_table_one_row_per_config_best_first(study):
     assert "2.3750 ± 0.0000 (n=1/2)" in body[1]  # seed 1 gave no value
     assert body[0].split()[1] == "top_k=2,lr=0.003" and "COMPLETE" in body[0]
     cells = body[0].split()
-    assert cells[6:11] == ["COMPLETE", "6.80M", "1.20M", "0.500", "0"]  # state, total, active, load CV, collapses
+    # state, total, active, val bpb, load CV, dropped, collapses (the objective, val loss, has its own column)
+    assert cells[6:13] == ["COMPLETE", "6.80M", "1.20M", "-", "0.500", "-", "0"]
     assert "10.00k" in body[0]  # the recorded tokens/s: these runs have no metrics.json to take medians from
     retries = lines[0].index("retries") + len("retries")  # right-aligned: the column ends there
     assert [line[retries - 1] for line in body] == ["1", "0", "0", "0", "0"]  # 0 written, as in trials.csv
@@ -231,9 +232,12 @@ def test_trials_csv_reads_back_the_attrs(study):
         "duration_s",
         "active_params",
         "total_params",
+        "val_loss",
+        "val_bpb",
         "tokens_per_s",
         "final_load_cv",
-        "collapse_events",
+        "final_dropped_frac",
+        "collapse_events_count",
         "prune_reason",
         "error",
         "retries",
@@ -251,8 +255,10 @@ def test_trials_csv_reads_back_the_attrs(study):
         assert row["error"] == (a["error"] or "") and row["prune_reason"] == (a["prune_reason"] or "")
         for key in ("objective_mean", "objective_std", "tokens_per_s", "final_load_cv"):
             assert (float(row[key]) if row[key] else None) == a.get(key)
-        for key in ("active_params", "total_params", "collapse_events"):
+        for key in ("active_params", "total_params"):
             assert (int(row[key]) if row[key] else None) == a.get(key)
+        # The fixture's attrs are a study written before the vocabulary named the count collapse_events_count.
+        assert (int(row["collapse_events_count"]) if row["collapse_events_count"] else None) == a.get("collapse_events")
     assert [int(r["retries"]) for r in rows] == [1, 0, 0, 0, 0]
     assert [int(r["n_seeds"]) for r in rows] == [2, 1, 2, 1, 0]
 
@@ -456,8 +462,9 @@ def test_a_grid_over_one_key_gets_its_own_plot_mean_runs_and_per_run_medians(tmp
     ]
     rows = load_study_data(study_dir).rows
     assert [r.label for r in rows] == ["top_k=1", "top_k=4"]
-    assert [r.tokens_per_s for r in rows] == [2000.0, 3000.0] and [r.run_time_s for r in rows] == [50.0, 60.0]
-    table = format_table(rows)
+    assert [r.metrics["tokens_per_s"] for r in rows] == [2000.0, 3000.0]
+    assert [r.run_time_s for r in rows] == [50.0, 60.0]
+    table = format_table(rows, "val_loss")
     assert "2.00M" in table.splitlines()[2] and "2.00k" in table.splitlines()[2] and "50.0s" in table
     # The mean run: the mean of the three seeds' curves, step by step.
     for config, (top_k, per_seed) in enumerate(runs.items()):

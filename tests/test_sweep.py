@@ -21,7 +21,7 @@ from moe_lab.errors import ConfigError, MoELabError
 from moe_lab.model.accounting import count_model
 from moe_lab.study import storage as storage_module
 from moe_lab.sweep import estimate
-from moe_lab.sweep.__main__ import dry_run
+from moe_lab.sweep.command import dry_run
 from moe_lab.sweep.config import load_sweep
 from moe_lab.sweep.objective import Objective
 from moe_lab.sweep.runner import claim_trial, open_study, run_worker
@@ -440,7 +440,7 @@ def test_makespan_schedules_units_on_the_first_free_worker():
 
 
 def test_workers_get_disjoint_device_groups():
-    from moe_lab.sweep.__main__ import device_groups, devices_per_trial
+    from moe_lab.sweep.command import device_groups, devices_per_trial
 
     gpus = [str(i) for i in range(8)]
     assert device_groups(8, devices_per_trial("auto"), gpus) == gpus  # one trial per GPU

@@ -12,14 +12,16 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from moe_lab.artifacts.metrics import TOKENS_PER_S
 from moe_lab.callbacks.progress import ProgressBar
+from moe_lab.callbacks.throughput import Throughput
 from moe_lab.config import config_from_dict, load_config
 from moe_lab.interop.checkpoint import load_lightning_checkpoint
-from moe_lab.model import MoETransformer
+from moe_lab.model import MoETransformer, RoutingStats
 from moe_lab.report.tb_scalars import read_scalars
-from moe_lab.training.lit import TOKENS_PER_S
+from moe_lab.training.lit import reduce_routing
 from moe_lab.training.results import finish_checkpoints
-from moe_lab.training.run import run
+from moe_lab.training.run import build_callbacks, build_trainer, run
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::DeprecationWarning")
@@ -282,6 +284,52 @@ def test_one_tokens_per_s_in_the_bar_metrics_json_and_tensorboard(tmp_path, data
     assert tokens / metrics["wall_time_s"] < metrics["tokens_per_s"]
     # The first logged value is one step's rate; the last is the run's, not the last step's alone.
     assert logged[0] != logged[11]
+
+
+def test_throughput_is_the_last_callback_after_checkpoints_extras_and_bar(tmp_path):
+    """Its step interval must end after every other callback's hook, checkpoint saving included."""
+    cfg = load_config(REPO / "experiments/shakespeare_moe.yaml", tiny(tmp_path, tmp_path, "trainer.progress_bar=true"))
+    callbacks = build_callbacks(cfg, tmp_path / "run")
+    extra = _KeepBarMetrics()
+    trainer = build_trainer(cfg, False, [*callbacks.as_list(), extra], tmp_path / "run", quiet=False)
+    assert trainer.callbacks[-1] is callbacks.throughput
+    assert trainer.callbacks[-3:-1] == [callbacks.best_checkpoint, callbacks.last_checkpoint]
+    assert extra in trainer.callbacks and any(isinstance(c, ProgressBar) for c in trainer.callbacks)
+    assert sum(isinstance(c, Throughput) for c in trainer.callbacks) == 1
+
+
+def test_routing_reduce_sums_counts_and_averages_each_scalar_by_name():
+    """A stub strategy whose sum doubles and whose mean halves: each output field must be its own input
+    transformed, so swapping two fields (or misplacing a new one) fails."""
+
+    def reduce(tensor, reduce_op):
+        return tensor * 2 if reduce_op == "sum" else tensor / 2
+
+    def layer(base: float) -> RoutingStats:  # every field a different value
+        return RoutingStats(
+            expert_counts=torch.tensor([base, base + 1.0]),
+            dropped_frac=torch.tensor(base + 0.1),
+            entropy=torch.tensor(base + 0.2),
+            mean_topk_weight=torch.tensor(base + 0.3),
+            aux_loss=torch.tensor(base + 0.4),
+            z_loss=torch.tensor(base + 0.5),
+        )
+
+    reduced = reduce_routing({3: layer(30.0), 1: layer(10.0)}, reduce)
+    assert sorted(reduced) == [1, 3]
+    for i, stats in reduced.items():
+        base = 10.0 * i
+        torch.testing.assert_close(stats.expert_counts, torch.tensor([2 * base, 2 * base + 2.0]))
+        expected = {
+            "dropped_frac": base + 0.1,
+            "entropy": base + 0.2,
+            "mean_topk_weight": base + 0.3,
+            "aux_loss": base + 0.4,
+            "z_loss": base + 0.5,
+        }
+        assert set(RoutingStats.scalar_fields()) == set(expected)  # a new field needs its expectation here
+        for name, value in expected.items():
+            assert float(getattr(stats, name)) == pytest.approx(value / 2), name
 
 
 def test_finished_runs_keep_what_keep_checkpoints_says(tmp_path, data_cache):

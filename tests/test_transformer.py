@@ -158,7 +158,7 @@ def test_generate_greedy_matches_manual_argmax_loop():
         nxt = model(idx).logits[:, -1].argmax(-1, keepdim=True)
         idx = torch.cat([idx, nxt], 1)
     assert torch.equal(got, idx)
-    assert torch.equal(model.generate(prompt, 6, temperature=1.0, top_k=1), idx)  # top-1 is greedy
+    assert torch.equal(model.generate(prompt, 6, temperature=1.0, sample_top_k=1), idx)  # top-1 is greedy
 
 
 def test_generate_samples_only_from_top_k():
@@ -166,7 +166,9 @@ def test_generate_samples_only_from_top_k():
     randomise(model, std=0.5)
     prompt = torch.randint(0, 64, (64, 3))
     allowed = model(prompt).logits[:, -1].topk(3).indices
-    sampled = model.generate(prompt, 1, temperature=2.0, top_k=3, generator=torch.Generator().manual_seed(0))[:, -1]
+    sampled = model.generate(prompt, 1, temperature=2.0, sample_top_k=3, generator=torch.Generator().manual_seed(0))[
+        :, -1
+    ]
     assert (sampled.unsqueeze(1) == allowed).any(1).all()
 
 

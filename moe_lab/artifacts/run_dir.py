@@ -4,8 +4,10 @@ the file names every writer and reader of a run uses."""
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field, fields
+from dataclasses import field, make_dataclass
 from pathlib import Path
+
+from moe_lab.artifacts.metrics import VOCABULARY, metrics_where
 
 CONFIG = "config.yaml"  # the resolved ExperimentConfig
 METRICS = "metrics.json"  # final metrics (RunMetrics) and status
@@ -22,75 +24,45 @@ VERSION_PREFIX = "version_"  # <output_dir>/<name>/version_N: Lightning's run nu
 
 
 # ------------------------------------------------------------------------------------------- metrics
-# What a finished run reports in METRICS. Every list of metric names in moe_lab (the sweep's
-# objectives, the ablation claims and tables, TensorBoard's HPARAMS columns) is derived from these
-# fields' metadata, so a metric is added or renamed here only.
-#   curve:     the logged scalar that tracks it during training (what validation pruning watches)
-#   title:     its column title in the ablation results table (absent: not a table column)
-#   objective: a sweep may optimise it;  claim: an ablation claim may compare it
-#   hparams:   a column of TensorBoard's HPARAMS table (`final/<name>`), in field order
+# A run's status in METRICS, and those of a run that is over for good (resuming it would train nothing).
+COMPLETED, PRUNED, STOPPED, FAILED = "completed", "pruned", "stopped", "failed"
+FINISHED_STATUSES = (COMPLETED, PRUNED)
+
+# What a finished run reports in METRICS: how it ended, then one field per metric of the vocabulary
+# (moe_lab.artifacts.metrics.VOCABULARY, each field's metadata["metric"] its Metric), then the run's totals
+# and records. Every list of metric names in moe_lab is read from the vocabulary, so a metric is added
+# or renamed there only.
+RunMetrics = make_dataclass(
+    "RunMetrics",
+    [
+        ("status", str, field(default=COMPLETED)),  # COMPLETED | PRUNED | STOPPED | FAILED
+        ("error", str | None, field(default=None)),
+        ("steps", int, field(default=0)),
+        *((m.name, float | None, field(default=None, metadata={"metric": m})) for m in VOCABULARY),
+        # Totals over every part of a resumed run (each part up to the checkpoint the next resumed from).
+        ("train_tokens", int | None, field(default=None)),
+        ("train_seconds", float | None, field(default=None)),
+        ("wall_time_s", float | None, field(default=None)),
+        ("resumed_from_step", int | None, field(default=None)),
+        ("this_part", dict | None, field(default=None)),  # the throughput figures of this part alone
+        ("total_params", int | None, field(default=None)),
+        ("active_params", float | None, field(default=None)),
+        ("flops_per_token", float | None, field(default=None)),
+        ("moe_layers", list | None, field(default=None)),
+        ("collapse_events", list, field(default_factory=list)),
+        ("prune_reason", str | None, field(default=None)),
+    ],
+)
 
 
-def _metric(
-    curve: str | None = None,
-    title: str | None = None,
-    objective: bool = False,
-    claim: bool = True,
-    hparams: bool = False,
-):
-    return field(
-        default=None,
-        metadata={
-            "metric": True,
-            "curve": curve,
-            "title": title,
-            "objective": objective,
-            "claim": claim,
-            "hparams": hparams,
-        },
-    )
+def _names(flag: str) -> tuple[str, ...]:
+    return tuple(m.name for m in metrics_where(flag))
 
 
-@dataclass
-class RunMetrics:
-    status: str = "completed"  # completed | pruned | stopped | failed
-    error: str | None = None
-    steps: int = 0
-    val_loss: float | None = _metric("val/loss", "val loss", objective=True, hparams=True)
-    val_bpb: float | None = _metric("val/bpb", "val bpb", objective=True, hparams=True)
-    val_ppl: float | None = _metric("val/ppl", objective=True, hparams=True)
-    best_val_loss: float | None = _metric("val/loss", objective=True, hparams=True)
-    # Totals over every part of a resumed run (each part up to the checkpoint the next resumed from).
-    train_tokens: int | None = None
-    tokens_per_s: float | None = _metric(None, "tok/s", objective=True, hparams=True)
-    train_seconds: float | None = None
-    wall_time_s: float | None = None
-    resumed_from_step: int | None = None
-    this_part: dict | None = None  # the same throughput figures for this part alone (resumed runs)
-    total_params: int | None = None
-    active_params: float | None = None
-    flops_per_token: float | None = None
-    moe_layers: list | None = None
-    final_load_cv: float | None = _metric(None, "load CV", objective=True, hparams=True)
-    final_max_over_uniform: float | None = _metric()
-    final_dropped_frac: float | None = _metric(None, "dropped", hparams=True)
-    # The last training step's router losses (unweighted): how large the router logits ended up.
-    final_aux_loss: float | None = _metric()
-    final_z_loss: float | None = _metric()
-    collapse_events: list = field(default_factory=list)
-    collapse_events_count: int | None = _metric(None, "collapses", hparams=True)
-    prune_reason: str | None = None
-
-
-def _metrics(flag: str) -> tuple[str, ...]:
-    return tuple(f.name for f in fields(RunMetrics) if f.metadata.get("metric") and f.metadata[flag])
-
-
-OBJECTIVE_METRICS = _metrics("objective")
-CLAIM_METRICS = _metrics("claim")
-HPARAM_METRICS = _metrics("hparams")
-TABLE_METRICS = tuple((f.name, f.metadata["title"]) for f in fields(RunMetrics) if f.metadata.get("title"))
-METRIC_CURVES = {f.name: f.metadata["curve"] for f in fields(RunMetrics) if f.metadata.get("metric")}
+OBJECTIVE_METRICS = _names("objective")
+CLAIM_METRICS = _names("claim")
+HPARAM_METRICS = _names("hparams")
+METRIC_CURVES = {m.name: m.tag for m in VOCABULARY}
 
 
 # -------------------------------------------------------------------------------- finding runs

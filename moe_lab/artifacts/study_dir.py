@@ -50,13 +50,21 @@ TRIAL_SEEDS = "seeds"  # the seeds those runs trained
 TRIAL_OBJECTIVE_VALUES = "objective_values"  # the objective metric of each run
 TRIAL_OBJECTIVE_MEAN = "objective_mean"  # their mean over finite values (the trial's value)
 TRIAL_OBJECTIVE_STD = "objective_std"
-TRIAL_COLLAPSE_EVENTS = "collapse_events"  # collapse events, summed over the runs
 TRIAL_DURATION_S = "duration_s"  # wall time of the whole trial
-# Also trial attributes, under their RunMetrics field names: these of the first run, and the
-# mean over runs of TRIAL_MEAN_METRICS; prune_reason is the first run's that has one.
+# Also trial attributes, under their RunMetrics field names: these of the first run, and every table
+# metric of the vocabulary (moe_lab.artifacts.metrics) with the runs combined as the metric says (mean,
+# sum or median); prune_reason is the first run's that has one.
 TRIAL_FIRST_RUN_METRICS = ("active_params", "total_params")
-TRIAL_MEAN_METRICS = ("tokens_per_s", "final_load_cv")
+# Studies written before the vocabulary stored the collapse count under this name.
+LEGACY_TRIAL_METRICS = {"collapse_events_count": "collapse_events"}
 TRIAL_PRUNE_REASON = "prune_reason"
+
+
+def trial_metric(attrs: dict, name: str):
+    """A table metric a trial recorded (see TRIAL_FIRST_RUN_METRICS), or None."""
+    if name in attrs:
+        return attrs[name]
+    return attrs.get(LEGACY_TRIAL_METRICS.get(name, name))
 
 
 def trial_unit(trial) -> tuple[int, int | None]:

@@ -7,11 +7,14 @@ collective of its own; one host sync per step moves the per-layer counts to the 
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass, field, fields
+
 import numpy as np
 from lightning.pytorch import Callback
 from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 
-from moe_lab.callbacks.expert_load import check_int, tensorboard_writers
+from moe_lab.artifacts.metrics import COLLAPSE_EVENTS
+from moe_lab.callbacks.expert_load import tensorboard_writers
 from moe_lab.callbacks.routing_metrics import (
     RoutingAccumulator,
     load_fractions,
@@ -19,7 +22,49 @@ from moe_lab.callbacks.routing_metrics import (
     routing_from_outputs,
     starved_experts,
 )
+from moe_lab.checks import whole_at_least
 from moe_lab.config import check_collapse_settings
+
+# A collapse event as it fired, one record type per kind. Field order is the order of the keys in the
+# dicts of metrics.json and of the checkpoint (dataclasses.asdict): step, layer, expert, kind, value.
+# What a kind fixes (its name; no expert but for starved_expert) is init=False: not passed, still recorded.
+
+
+@dataclass(frozen=True)
+class StarvedExpert:
+    step: int
+    layer: int
+    expert: int
+    kind: str = field(default="starved_expert", init=False)
+    load: float  # the expert's load fraction at the firing step
+
+
+@dataclass(frozen=True)
+class LowEntropy:
+    step: int
+    layer: int
+    expert: None = field(default=None, init=False)
+    kind: str = field(default="low_entropy", init=False)
+    entropy_norm: float  # the layer's normalised router entropy at the firing step
+
+
+@dataclass(frozen=True)
+class DeadRouter:
+    step: int
+    layer: int
+    expert: None = field(default=None, init=False)
+    kind: str = field(default="dead_router", init=False)
+    grad_norm: float  # the router's LM-loss gradient norm measured at the firing step
+
+
+CollapseEvent = StarvedExpert | LowEntropy | DeadRouter
+EVENT_TYPES = {cls.kind: cls for cls in (StarvedExpert, LowEntropy, DeadRouter)}
+
+
+def event_from_dict(record: dict) -> CollapseEvent:
+    """The event an asdict() record describes (as held in checkpoints)."""
+    cls = EVENT_TYPES[record["kind"]]
+    return cls(**{f.name: record[f.name] for f in fields(cls) if f.init})
 
 
 class ExpertCollapseDetector(Callback):
@@ -35,10 +80,10 @@ class ExpertCollapseDetector(Callback):
 
     Steps before `check_from_step` (global_step counts completed optimizer steps, from 1) are ignored,
     so warm-up routing noise cannot start a streak. Each (layer, expert, kind) fires once and appends to
-    `events` a dict {"step", "layer", "expert" (None for low_entropy), "kind", "load" | "entropy_norm"}
-    holding the value at the firing step. On firing: `rank_zero_warn`, a TensorBoard text entry
-    `moe/collapse`, and per `action`: "warn" nothing more; "stop" sets `trainer.should_stop`; "prune" also
-    sets `prune_reason` (the first event's description) for a sweep to mark the trial pruned.
+    `events` its record (StarvedExpert, LowEntropy or DeadRouter) holding the value at the firing step.
+    On firing: `rank_zero_warn`, a TensorBoard text entry `moe/collapse`, and per `action`: "warn" nothing
+    more; "stop" sets `trainer.should_stop`; "prune" also sets `prune_reason` (the first event's
+    description) for a sweep to mark the trial pruned.
     `moe/collapse_events` (running count) is logged every step.
     """
 
@@ -52,8 +97,8 @@ class ExpertCollapseDetector(Callback):
         dead_router_max_grad_norm: float | None = None,
     ):
         check_collapse_settings(min_load_fraction, min_entropy_norm, action)
-        check_int("patience_steps", patience_steps, 1)
-        check_int("check_from_step", check_from_step, 0)
+        whole_at_least("patience_steps", patience_steps, 1)
+        whole_at_least("check_from_step", check_from_step, 0)
         self.min_load_fraction = float(min_load_fraction)
         self.patience_steps = patience_steps
         self.min_entropy_norm = float(min_entropy_norm)
@@ -62,7 +107,7 @@ class ExpertCollapseDetector(Callback):
         self.dead_router_max_grad_norm = dead_router_max_grad_norm
         self._dead_router_since: dict[int, int] = {}  # layer -> first step of its current dead streak
         self._router_grad: dict[int, float] = {}  # this optimizer step's measurement, if any
-        self.events: list[dict] = []
+        self.events: list[CollapseEvent] = []
         self.prune_reason: str | None = None
         self._starved_run: dict[int, np.ndarray] = {}  # layer -> [E] consecutive starved steps
         self._low_entropy_run: dict[int, int] = {}  # layer -> consecutive low-entropy steps
@@ -91,23 +136,23 @@ class ExpertCollapseDetector(Callback):
                 new += self._check_router_grad(step, layer, norm)
             for event in new:
                 self._fire(trainer, event)
-        pl_module.log("moe/collapse_events", float(len(self.events)))
+        pl_module.log(COLLAPSE_EVENTS, float(len(self.events)))
 
     # ---- checks: update streaks, return the events that reached patience now ----
 
-    def _check_load(self, step: int, layer: int, counts: np.ndarray) -> list[dict]:
+    def _check_load(self, step: int, layer: int, counts: np.ndarray) -> list[CollapseEvent]:
         starved = starved_experts(counts, self.min_load_fraction)
         run = self._starved_run.get(layer, np.zeros(len(counts), dtype=np.int64))
         run = np.where(starved, run + 1, 0)
         self._starved_run[layer] = run
         frac = load_fractions(counts)
         return [
-            {"step": step, "layer": layer, "expert": int(j), "kind": "starved_expert", "load": float(frac[j])}
+            StarvedExpert(step, layer, int(j), load=float(frac[j]))
             for j in np.flatnonzero(run >= self.patience_steps)
             if not self._fired(layer, int(j), "starved_expert")
         ]
 
-    def _check_entropy(self, step: int, layer: int, entropy_norm: float) -> list[dict]:
+    def _check_entropy(self, step: int, layer: int, entropy_norm: float) -> list[CollapseEvent]:
         if self.min_entropy_norm <= 0.0:
             return []
         low = entropy_norm < self.min_entropy_norm
@@ -115,11 +160,9 @@ class ExpertCollapseDetector(Callback):
         self._low_entropy_run[layer] = run
         if run < self.patience_steps or self._fired(layer, None, "low_entropy"):
             return []
-        return [
-            {"step": step, "layer": layer, "expert": None, "kind": "low_entropy", "entropy_norm": float(entropy_norm)}
-        ]
+        return [LowEntropy(step, layer, entropy_norm=float(entropy_norm))]
 
-    def _check_router_grad(self, step: int, layer: int, grad_norm: float) -> list[dict]:
+    def _check_router_grad(self, step: int, layer: int, grad_norm: float) -> list[CollapseEvent]:
         if self.dead_router_max_grad_norm is None:
             return []
         if grad_norm > self.dead_router_max_grad_norm:
@@ -128,34 +171,32 @@ class ExpertCollapseDetector(Callback):
         since = self._dead_router_since.setdefault(layer, step)
         if step - since + 1 < self.patience_steps or self._fired(layer, None, "dead_router"):
             return []
-        return [{"step": step, "layer": layer, "expert": None, "kind": "dead_router", "grad_norm": grad_norm}]
+        return [DeadRouter(step, layer, grad_norm=grad_norm)]
 
     def _fired(self, layer: int, expert: int | None, kind: str) -> bool:
-        return any((e["layer"], e["expert"], e["kind"]) == (layer, expert, kind) for e in self.events)
+        return any((e.layer, e.expert, e.kind) == (layer, expert, kind) for e in self.events)
 
     # ---- reacting ----
 
-    def describe(self, event: dict) -> str:
+    def describe(self, event: CollapseEvent) -> str:
         """One human-readable line, e.g. 'expert 3 of layer 1 below 10% of uniform load for 100 steps
         (step 250)'."""
-        if event["kind"] == "starved_expert":
+        if isinstance(event, StarvedExpert):
+            what = f"expert {event.expert} of layer {event.layer} below {self.min_load_fraction:.0%} of uniform load"
+        elif isinstance(event, DeadRouter):
             what = (
-                f"expert {event['expert']} of layer {event['layer']} below {self.min_load_fraction:.0%} of uniform load"
-            )
-        elif event["kind"] == "dead_router":
-            what = (
-                f"router of layer {event['layer']} gets no gradient from the LM loss "
+                f"router of layer {event.layer} gets no gradient from the LM loss "
                 f"(norm <= {self.dead_router_max_grad_norm:g})"
             )
         else:
-            what = f"router entropy of layer {event['layer']} below {self.min_entropy_norm:g} x ln(E)"
-        return f"{what} for {self.patience_steps} steps (step {event['step']})"
+            what = f"router entropy of layer {event.layer} below {self.min_entropy_norm:g} x ln(E)"
+        return f"{what} for {self.patience_steps} steps (step {event.step})"
 
-    def _fire(self, trainer, event: dict) -> None:
+    def _fire(self, trainer, event: CollapseEvent) -> None:
         self.events.append(event)
         message = self.describe(event)
         rank_zero_warn(f"expert collapse: {message}")
-        self._write_text(trainer, message, event["step"])
+        self._write_text(trainer, message, event.step)
         if self.action in ("stop", "prune"):
             trainer.should_stop = True
         if self.action == "prune" and self.prune_reason is None:
@@ -171,7 +212,7 @@ class ExpertCollapseDetector(Callback):
 
     def state_dict(self) -> dict:
         return {
-            "events": [dict(e) for e in self.events],
+            "events": [asdict(e) for e in self.events],  # plain dicts: checkpoints load with weights_only
             "prune_reason": self.prune_reason,
             "starved_run": {layer: run.tolist() for layer, run in self._starved_run.items()},
             "low_entropy_run": dict(self._low_entropy_run),
@@ -180,7 +221,7 @@ class ExpertCollapseDetector(Callback):
         }
 
     def load_state_dict(self, state_dict: dict) -> None:
-        self.events = [dict(e) for e in state_dict["events"]]
+        self.events = [event_from_dict(e) for e in state_dict["events"]]
         self.prune_reason = state_dict["prune_reason"]
         self._starved_run = {int(k): np.asarray(v, dtype=np.int64) for k, v in state_dict["starved_run"].items()}
         self._low_entropy_run = {int(k): int(v) for k, v in state_dict["low_entropy_run"].items()}

@@ -20,6 +20,7 @@ from lightning.pytorch import Callback
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 
+from moe_lab.artifacts.metrics import DROPPED_FRAC_MEAN, LOAD_CV_MAX, LOAD_CV_MEAN, layer_tag
 from moe_lab.callbacks.routing_metrics import (
     LayerTotals,
     RoutingAccumulator,
@@ -31,17 +32,12 @@ from moe_lab.callbacks.routing_metrics import (
     routing_from_outputs,
     token_spread,
 )
-from moe_lab.errors import ConfigError
+from moe_lab.checks import whole_at_least
 
 
 def tensorboard_writers(trainer) -> list:
     """SummaryWriters of the trainer's TensorBoard loggers (none for other or absent loggers)."""
     return [lg.experiment for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)]
-
-
-def check_int(name: str, value, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigError(name, f"expected an integer >= {minimum}, got {value!r}")
 
 
 def layer_metrics(t: LayerTotals, n_steps: int) -> dict[str, float]:
@@ -74,9 +70,9 @@ class ExpertLoadMonitor(Callback):
     """
 
     def __init__(self, log_every_n_steps: int = 10, heatmap_every_n_steps: int = 200, max_experts_logged: int = 64):
-        check_int("log_every_n_steps", log_every_n_steps, 1)
-        check_int("heatmap_every_n_steps", heatmap_every_n_steps, 0)
-        check_int("max_experts_logged", max_experts_logged, 0)
+        whole_at_least("log_every_n_steps", log_every_n_steps, 1)
+        whole_at_least("heatmap_every_n_steps", heatmap_every_n_steps, 0)
+        whole_at_least("max_experts_logged", max_experts_logged, 0)
         self.log_every_n_steps = log_every_n_steps
         self.heatmap_every_n_steps = heatmap_every_n_steps
         self.max_experts_logged = max_experts_logged
@@ -128,18 +124,18 @@ class ExpertLoadMonitor(Callback):
         per_layer = {layer: layer_metrics(t, n_steps) for layer, t in totals.items()}
         fractions = {layer: load_fractions(t.counts) for layer, t in totals.items()}
         cvs = [m["load_cv"] for m in per_layer.values()]
-        headline = {f"moe/layer{layer}/{k}": v for layer, m in per_layer.items() for k, v in m.items()}
+        headline = {layer_tag(layer, k): v for layer, m in per_layer.items() for k, v in m.items()}
         headline.update(
             {
-                "moe/load_cv_mean": float(np.mean(cvs)),
-                "moe/load_cv_max": float(np.max(cvs)),
-                "moe/dropped_frac_mean": float(np.mean([m["dropped_frac"] for m in per_layer.values()])),
+                LOAD_CV_MEAN: float(np.mean(cvs)),
+                LOAD_CV_MAX: float(np.max(cvs)),
+                DROPPED_FRAC_MEAN: float(np.mean([m["dropped_frac"] for m in per_layer.values()])),
             }
         )
         scalars = dict(headline)
         for layer, frac in fractions.items():
             if len(frac) <= self.max_experts_logged:
-                scalars.update({f"moe/layer{layer}/expert{j}": float(f) for j, f in enumerate(frac)})
+                scalars.update({layer_tag(layer, f"expert{j}"): float(f) for j, f in enumerate(frac)})
         self._last = self._summarise(step, per_layer, fractions)
         self._write(trainer, scalars, fractions, step, n_steps)
         if pl_module is not None:
@@ -174,7 +170,7 @@ class ExpertLoadMonitor(Callback):
         same_width = len({len(f) for f in fractions.values()}) == 1
         for writer in writers:
             for layer, frac in fractions.items():
-                add_load_histogram(writer, f"moe/layer{layer}/load", frac, tb_step)
+                add_load_histogram(writer, layer_tag(layer, "load"), frac, tb_step)
             if heatmap_due and same_width:
                 from moe_lab.callbacks.heatmap import expert_load_heatmap  # matplotlib: imported only when drawing
 

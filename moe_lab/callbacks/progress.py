@@ -11,8 +11,10 @@ from __future__ import annotations
 from lightning.pytorch.callbacks import RichProgressBar, TQDMProgressBar
 from lightning.pytorch.utilities.imports import _RICH_AVAILABLE
 
+from moe_lab.artifacts.metrics import TOKENS_PER_S, TRAIN_LM_LOSS, VAL_LOSS
+
 # logged name -> (label on the bar, digits after the point)
-BAR_LABELS = {"train/lm_loss": ("loss", 3), "train/tokens_per_s": ("tok/s", 0), "val/loss": ("val", 3)}
+BAR_LABELS = {TRAIN_LM_LOSS: ("loss", 3), TOKENS_PER_S: ("tok/s", 0), VAL_LOSS: ("val", 3)}
 
 
 def bar_items(metrics: dict) -> dict[str, str]:

@@ -10,6 +10,7 @@ from lightning.pytorch import Callback
 from lightning.pytorch.utilities import rank_zero_only
 
 from moe_lab.artifacts.atomic import write_json_atomic
+from moe_lab.artifacts.metrics import TOKENS_PER_S, TRAIN_LM_LOSS, VAL_LOSS
 
 
 class ProgressFile(Callback):
@@ -33,9 +34,9 @@ class ProgressFile(Callback):
                 "status": status,
                 "step": int(trainer.global_step),
                 "max_steps": int(trainer.max_steps),
-                "train_loss": value("train/lm_loss"),
-                "val_loss": value("val/loss"),
-                "tokens_per_s": value("train/tokens_per_s"),
+                "train_loss": value(TRAIN_LM_LOSS),
+                "val_loss": value(VAL_LOSS),
+                "tokens_per_s": value(TOKENS_PER_S),
                 "flops_per_step": self.flops_per_step,
                 "updated": time.time(),
             },

@@ -12,6 +12,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from moe_lab.artifacts.yaml_file import read_yaml_mapping
 from moe_lab.config.merging import explain, merge, parse_override, read_yaml
 from moe_lab.config.schema import ExperimentConfig
 from moe_lab.config.validation import validate_experiment
@@ -28,12 +29,7 @@ def _pretrained_model_section(model_init: str) -> DictConfig:
         raise ConfigError("model_init", f"no such directory: {model_init}")
     if not path.is_file():
         raise ConfigError("model_init", f"no {PRETRAINED_MODEL_FILE} in {model_init}")
-    try:
-        node = OmegaConf.load(path)
-    except Exception as err:  # yaml.YAMLError and friends
-        raise ConfigError("model_init", f"cannot parse {path}: {' '.join(str(err).split())}") from None
-    if not isinstance(node, DictConfig):
-        raise ConfigError("model_init", f"{path} must hold a mapping of model config keys")
+    node = read_yaml_mapping(path, lambda message: ConfigError("model_init", message), "model config keys")
     return OmegaConf.create({"model": node})
 
 

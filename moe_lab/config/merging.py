@@ -12,6 +12,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
+from moe_lab.artifacts.yaml_file import read_yaml_mapping
 from moe_lab.config.schema import EXTENDS_KEY
 from moe_lab.errors import ConfigError, first_line
 
@@ -23,13 +24,7 @@ def read_yaml(path: Path, chain: tuple[Path, ...] = ()) -> DictConfig:
         raise ConfigError(EXTENDS_KEY, f"{path} extends itself through {' -> '.join(map(str, chain))}")
     if not path.is_file():
         raise ConfigError(EXTENDS_KEY if chain else "config", f"no such config file: {path}")
-    try:
-        node = OmegaConf.load(path)
-    except Exception as err:  # yaml.YAMLError and friends: say which file and why, in one line
-        reason = " ".join(str(err).split())
-        raise ConfigError("config", f"cannot parse {path}: {reason}") from None
-    if not isinstance(node, DictConfig):
-        raise ConfigError("config", f"{path} must hold a mapping of config keys")
+    node = read_yaml_mapping(path, lambda message: ConfigError("config", message), "config keys")
     if not node:  # an empty file would silently train every schema default
         raise ConfigError("config", f"{path} is empty; an experiment names at least the keys it changes")
     bases = node.pop(EXTENDS_KEY, None)

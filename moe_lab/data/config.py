@@ -9,6 +9,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from moe_lab.checks import at_least, one_of
 from moe_lab.data.plays import shakespeare_play_names, unknown_play_message
 from moe_lab.errors import ConfigError
 
@@ -68,19 +69,12 @@ def validate_data_config(cfg: DataConfig, prefix: str = "data") -> None:
     def fail(key: str, message: str) -> None:
         raise ConfigError(f"{prefix}.{key}", message)
 
-    def one_of(key: str, allowed: tuple[str, ...]) -> None:
-        value = getattr(cfg, key)
-        if value not in allowed:
-            fail(key, f"unknown value {value!r}; expected one of {', '.join(allowed)}")
-
-    one_of("source", SOURCES)
-    one_of("format", FORMATS)
-    one_of("tokenizer", TOKENIZERS)
+    one_of(f"{prefix}.source", cfg.source, SOURCES)
+    one_of(f"{prefix}.format", cfg.format, FORMATS)
+    one_of(f"{prefix}.tokenizer", cfg.tokenizer, TOKENIZERS)
     for key in ("block_size", "batch_size"):
-        if getattr(cfg, key) < 1:
-            fail(key, f"must be >= 1, got {getattr(cfg, key)}")
-    if cfg.num_workers < 0:
-        fail("num_workers", f"must be >= 0, got {cfg.num_workers}")
+        at_least(f"{prefix}.{key}", getattr(cfg, key), 1)
+    at_least(f"{prefix}.num_workers", cfg.num_workers, 0)
     if not 0.0 < cfg.val_fraction < 1.0:
         fail("val_fraction", f"must be strictly between 0 and 1, got {cfg.val_fraction}")
     _validate_source(cfg, fail)

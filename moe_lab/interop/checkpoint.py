@@ -18,6 +18,7 @@ from omegaconf.errors import OmegaConfBaseException
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from moe_lab.artifacts.yaml_file import read_yaml_mapping
 from moe_lab.config import PRETRAINED_MODEL_FILE
 from moe_lab.errors import ConfigError, MoELabError, first_line
 from moe_lab.model.config import ModelConfig, validate_model_config
@@ -103,12 +104,7 @@ def load_pretrained(directory: str | Path) -> tuple[ModelConfig, dict[str, torch
             raise CheckpointError(
                 f"{path}: not found (a moe_lab model directory holds {CONFIG_FILE} and {WEIGHTS_FILE})"
             )
-    try:
-        data = OmegaConf.to_container(OmegaConf.load(config_path))
-    except Exception as err:  # YAML syntax errors come in several types
-        raise CheckpointError(f"{config_path}: not readable YAML: {first_line(err)}") from None
-    if not isinstance(data, dict):
-        raise CheckpointError(f"{config_path}: expected a mapping of model config keys")
+    data = OmegaConf.to_container(read_yaml_mapping(config_path, CheckpointError, "model config keys"))
     cfg = model_config_from_dict(data, str(config_path))
     try:
         state_dict = load_file(str(weights_path))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from moe_lab.checks import above, at_least, in_range, one_of
 from moe_lab.errors import ConfigError
 from moe_lab.model.routers import ROUTER_REGISTRY
 
@@ -113,6 +114,11 @@ def head_dim(cfg: ModelConfig) -> int:
     return cfg.head_dim or cfg.d_model // cfg.n_heads
 
 
+def routed_top_k(moe: MoEConfig) -> int:
+    """Experts each token is routed to after the granularity split: top_k * granularity."""
+    return moe.top_k * moe.granularity
+
+
 def expert_dims(cfg: ModelConfig) -> ExpertDims:
     moe = cfg.moe
     base_hidden = moe.expert_hidden or cfg.d_ff
@@ -120,7 +126,7 @@ def expert_dims(cfg: ModelConfig) -> ExpertDims:
     shared_one = moe.shared_expert_hidden or hidden
     return ExpertDims(
         n_routed_experts=moe.n_experts * moe.granularity,
-        routed_top_k=moe.top_k * moe.granularity,
+        routed_top_k=routed_top_k(moe),
         routed_hidden=hidden,
         shared_hidden=moe.n_shared_experts * shared_one,
     )
@@ -130,7 +136,7 @@ def renormalizes(moe: MoEConfig) -> bool:
     """Whether the selected gate weights are renormalised, resolving the auto (null) default:
     only where it keeps a gradient path from the LM loss to the router, i.e. k >= 2 after the split."""
     if moe.renormalize is None:
-        return moe.top_k * moe.granularity >= 2
+        return routed_top_k(moe) >= 2
     return bool(moe.renormalize)
 
 
@@ -156,23 +162,13 @@ def capacity(factor: float, n_tokens: int, routed_top_k: int, n_routed_experts: 
     return max(1, math.ceil(factor * n_tokens * routed_top_k / n_routed_experts))
 
 
-def _one_of(key: str, value: str, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ConfigError(key, f"unknown value {value!r}; expected one of {', '.join(choices)}")
-
-
-def _at_least(key: str, value: float, low: float) -> None:
-    if value < low:
-        raise ConfigError(key, f"must be >= {low}, got {value}")
-
-
 def validate_model_config(cfg: ModelConfig, prefix: str = "model") -> None:
     """Raise ConfigError naming the offending key; runs before any tensor exists."""
     k = lambda name: f"{prefix}.{name}"  # noqa: E731 - tiny key builder
     for name in ("vocab_size", "d_model", "n_layers", "n_heads", "d_ff", "max_seq_len"):
-        _at_least(k(name), getattr(cfg, name), 1)
-    _at_least(k("n_kv_heads"), cfg.n_kv_heads, 0)
-    _at_least(k("head_dim"), cfg.head_dim, 0)
+        at_least(k(name), getattr(cfg, name), 1)
+    at_least(k("n_kv_heads"), cfg.n_kv_heads, 0)
+    at_least(k("head_dim"), cfg.head_dim, 0)
     if cfg.head_dim:
         if cfg.head_dim % 2:
             raise ConfigError(k("head_dim"), f"{cfg.head_dim} must be even for RoPE")
@@ -182,25 +178,22 @@ def validate_model_config(cfg: ModelConfig, prefix: str = "model") -> None:
         raise ConfigError(k("d_model"), f"head dim {cfg.d_model // cfg.n_heads} must be even for RoPE")
     if cfg.n_kv_heads and cfg.n_heads % cfg.n_kv_heads:
         raise ConfigError(k("n_kv_heads"), f"{k('n_heads')}={cfg.n_heads} is not a multiple of {cfg.n_kv_heads}")
-    if cfg.rope_theta <= 0:
-        raise ConfigError(k("rope_theta"), f"must be > 0, got {cfg.rope_theta}")
-    _one_of(k("norm"), cfg.norm, NORMS)
-    _one_of(k("qk_norm"), cfg.qk_norm, QK_NORMS)
-    _one_of(k("activation"), cfg.activation, ACTIVATIONS)
-    if not 0.0 <= cfg.dropout < 1.0:
-        raise ConfigError(k("dropout"), f"must be in [0, 1), got {cfg.dropout}")
-    if cfg.init_std <= 0:
-        raise ConfigError(k("init_std"), f"must be > 0, got {cfg.init_std}")
+    above(k("rope_theta"), cfg.rope_theta, 0)
+    one_of(k("norm"), cfg.norm, NORMS)
+    one_of(k("qk_norm"), cfg.qk_norm, QK_NORMS)
+    one_of(k("activation"), cfg.activation, ACTIVATIONS)
+    in_range(k("dropout"), cfg.dropout, 0, 1)
+    above(k("init_std"), cfg.init_std, 0)
     _validate_moe(cfg, prefix)
 
 
 def _validate_moe(cfg: ModelConfig, prefix: str) -> None:
     moe = cfg.moe
     k = lambda name: f"{prefix}.moe.{name}"  # noqa: E731
-    _one_of(k("placement"), moe.placement, PLACEMENTS)
-    _one_of(k("router"), moe.router, tuple(ROUTER_REGISTRY))
-    _one_of(k("aux_loss_scope"), moe.aux_loss_scope, AUX_LOSS_SCOPES)
-    _one_of(k("router_loss_reduction"), moe.router_loss_reduction, ROUTER_LOSS_REDUCTIONS)
+    one_of(k("placement"), moe.placement, PLACEMENTS)
+    one_of(k("router"), moe.router, tuple(ROUTER_REGISTRY))
+    one_of(k("aux_loss_scope"), moe.aux_loss_scope, AUX_LOSS_SCOPES)
+    one_of(k("router_loss_reduction"), moe.router_loss_reduction, ROUTER_LOSS_REDUCTIONS)
     for name in (
         "router_jitter",
         "capacity_factor",
@@ -213,12 +206,12 @@ def _validate_moe(cfg: ModelConfig, prefix: str) -> None:
         "expert_hidden",
         "n_experts",
     ):
-        _at_least(k(name), getattr(moe, name), 0)
-    _at_least(k("granularity"), moe.granularity, 1)
+        at_least(k(name), getattr(moe, name), 0)
+    at_least(k("granularity"), moe.granularity, 1)
     if moe.router_jitter >= 1:
         raise ConfigError(k("router_jitter"), f"must be < 1, got {moe.router_jitter}")
     if moe.placement == "every_n":
-        _at_least(k("every_n"), moe.every_n, 1)
+        at_least(k("every_n"), moe.every_n, 1)
     if moe.placement == "first_k_dense" and not 0 <= moe.first_k_dense < cfg.n_layers:
         raise ConfigError(k("first_k_dense"), f"{moe.first_k_dense} must be in [0, {prefix}.n_layers={cfg.n_layers})")
     if moe.placement == "list":
@@ -231,12 +224,12 @@ def _validate_moe(cfg: ModelConfig, prefix: str) -> None:
             raise ConfigError(k("layers"), f"duplicate layer index in {list(moe.layers)}")
     if not moe_layer_indices(cfg):
         return  # dense model: the remaining keys are unused
-    _at_least(k("n_experts"), moe.n_experts, 1)
-    _at_least(k("top_k"), moe.top_k, 1)
+    at_least(k("n_experts"), moe.n_experts, 1)
+    at_least(k("top_k"), moe.top_k, 1)
     if moe.top_k > moe.n_experts:
         raise ConfigError(k("top_k"), f"{moe.top_k} > {k('n_experts')}={moe.n_experts}")
     _refuse_ignored_router_options(moe, k)
-    if moe.renormalize and ROUTER_REGISTRY[moe.router].token_choice and moe.top_k * moe.granularity == 1:
+    if moe.renormalize and ROUTER_REGISTRY[moe.router].token_choice and routed_top_k(moe) == 1:
         raise ConfigError(
             k("renormalize"),
             "true with top_k=1 makes every gate weight p/p = 1.0, so the LM loss never reaches "

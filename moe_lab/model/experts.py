@@ -39,14 +39,14 @@ class GroupedExperts(nn.Module):
         dtype = x_sorted.dtype
         if torch.is_autocast_enabled(x_sorted.device.type):
             dtype = torch.get_autocast_dtype(x_sorted.device.type)
-        x = x_sorted.to(dtype)
-        w = row_weight.to(dtype).unsqueeze(-1)
-        h = grouped_linear(x, self.w_in.to(dtype), counts)
+        x_AD = x_sorted.to(dtype)
+        weight_A1 = row_weight.to(dtype).unsqueeze(-1)
+        h_AH = grouped_linear(x_AD, self.w_in.to(dtype), counts)  # [A, 2H] for SwiGLU: [gate | up]
         # w * (act @ W_out^T) == (w * act) @ W_out^T: apply the gate weight on the narrower tensor.
-        scale_hidden = self.hidden <= x.shape[-1]
-        act = apply_activation(h, self.activation, w if scale_hidden else None)
-        y = grouped_linear(act, self.w_out.to(dtype), counts)
-        return y if scale_hidden else y * w
+        scale_hidden = self.hidden <= x_AD.shape[-1]
+        act_AH = apply_activation(h_AH, self.activation, weight_A1 if scale_hidden else None)
+        y_AD = grouped_linear(act_AH, self.w_out.to(dtype), counts)
+        return y_AD if scale_hidden else y_AD * weight_A1
 
     def forward(
         self,
@@ -57,20 +57,22 @@ class GroupedExperts(nn.Module):
         capacity: int | None,
     ) -> DispatchResult:
         """x [T, D]; assignments token_idx/expert_idx/weight [A] in priority order."""
-        counts = torch.bincount(expert_idx, minlength=self.n_experts)
+        counts_E = torch.bincount(expert_idx, minlength=self.n_experts)
         # Stable sort keeps priority order inside each expert's group, which is what capacity
         # dropping needs: the first `capacity` assignments of each expert are kept.
-        order = torch.argsort(expert_idx, stable=True)
-        kept_counts, n_dropped = counts, counts.new_zeros(())
+        sorted_idx_A = torch.argsort(expert_idx, stable=True)
+        kept_counts_E, n_dropped = counts_E, counts_E.new_zeros(())
         if capacity is not None:
-            group_start = counts.cumsum(0) - counts
-            rank_in_expert = torch.arange(order.numel(), device=x.device) - group_start[expert_idx[order]]
-            order = order[rank_in_expert < capacity]
-            kept_counts = counts.clamp(max=capacity)
-            n_dropped = counts.sum() - kept_counts.sum()
-        tokens = token_idx[order]
+            group_start_E = counts_E.cumsum(0) - counts_E
+            rank_in_expert_A = (
+                torch.arange(sorted_idx_A.numel(), device=x.device) - group_start_E[expert_idx[sorted_idx_A]]
+            )
+            sorted_idx_A = sorted_idx_A[rank_in_expert_A < capacity]  # from here A counts the kept assignments
+            kept_counts_E = counts_E.clamp(max=capacity)
+            n_dropped = counts_E.sum() - kept_counts_E.sum()
+        sorted_token_idx_A = token_idx[sorted_idx_A]
         # index_select, not x[tokens]: its backward is an index_add_, while advanced indexing's is an
         # accumulating index_put_, measured several times slower on CPU.
-        y = self.compute(x.index_select(0, tokens), kept_counts, weight[order])  # [A_kept, D]
-        out = torch.zeros_like(x, dtype=y.dtype).index_add_(0, tokens, y)
-        return DispatchResult(out=out, expert_counts=counts, n_dropped=n_dropped)
+        y_AD = self.compute(x.index_select(0, sorted_token_idx_A), kept_counts_E, weight[sorted_idx_A])
+        out_TD = torch.zeros_like(x, dtype=y_AD.dtype).index_add_(0, sorted_token_idx_A, y_AD)
+        return DispatchResult(out=out_TD, expert_counts=counts_E, n_dropped=n_dropped)

@@ -1,11 +1,11 @@
 """Grouped GEMMs over stacked expert weights: rows of the input are grouped by expert, and each group
 is multiplied by its own expert's matrix.
 
-Three products make up forward and backward (w is [E, N, K], nn.Linear's (out, in) layout, so HF
+Three products make up forward and backward (w is [E, O, I], nn.Linear's (out, in) layout, so HF
 checkpoints map without transposes; counts [E] rows per group):
-  grouped_linear              y_e  = x_e @ w_e^T     [A, K] -> [A, N]
-  grouped_linear_input_grad   dx_e = g_e @ w_e       [A, N] -> [A, K]
-  grouped_linear_weight_grad  dw_e = g_e^T @ x_e     -> [E, N, K]
+  grouped_linear              y_e  = x_e @ w_e^T     [A, I] -> [A, O]
+  grouped_linear_input_grad   dx_e = g_e @ w_e       [A, O] -> [A, I]
+  grouped_linear_weight_grad  dw_e = g_e^T @ x_e     -> [E, O, I]
 Each runs as one `F.grouped_mm` kernel where the torch build supports it for the device and dtype, and
 as one matmul per expert elsewhere (float64, old torch, pre-sm80 GPUs, unaligned widths).
 
@@ -81,11 +81,11 @@ class _ContiguousGrad(torch.autograd.Function):
 def _product(x: Tensor, w: Tensor, counts: Tensor) -> Tensor:
     if _use_grouped_mm(x, x.shape[-1], w.shape[1]):
         return F.grouped_mm(x, w.transpose(1, 2), offs=_offsets(counts))
-    return torch.cat([part @ w[e].t() for e, part in enumerate(x.split(counts.tolist()))])
+    return torch.cat([x_e @ w[e].t() for e, x_e in enumerate(x.split(counts.tolist()))])
 
 
 def grouped_linear(x: Tensor, w: Tensor, counts: Tensor) -> Tensor:
-    """x [A, K] grouped by expert (counts [E]), w [E, N, K] -> x_e @ w_e^T, [A, N], differentiable.
+    """x [A, I] grouped by expert (counts [E]), w [E, O, I] -> x_e @ w_e^T, [A, O], differentiable.
 
     Eager mode differentiates grouped_mm with autograd directly: going through the custom op instead
     measured about 3% slower per MoE layer at the base size of `python -m moe_lab.bench moe`.
@@ -102,19 +102,19 @@ def _grouped_linear_op(x: Tensor, w: Tensor, counts: Tensor) -> Tensor:
 
 @torch.library.custom_op("moe_lab::grouped_linear_input_grad", mutates_args=())
 def grouped_linear_input_grad(g: Tensor, w: Tensor, counts: Tensor) -> Tensor:
-    """g [A, N] grouped by expert, w [E, N, K] -> g_e @ w_e, [A, K]."""
+    """g [A, O] grouped by expert, w [E, O, I] -> g_e @ w_e, [A, I]."""
     if _use_grouped_mm(g, g.shape[-1], w.shape[2]):
         return F.grouped_mm(g, w, offs=_offsets(counts))
-    return torch.cat([part @ w[e] for e, part in enumerate(g.split(counts.tolist()))])
+    return torch.cat([g_e @ w[e] for e, g_e in enumerate(g.split(counts.tolist()))])
 
 
 @torch.library.custom_op("moe_lab::grouped_linear_weight_grad", mutates_args=())
 def grouped_linear_weight_grad(g: Tensor, x: Tensor, counts: Tensor) -> Tensor:
-    """g [A, N], x [A, K], both grouped by expert -> g_e^T @ x_e, [E, N, K] (zeros for empty groups)."""
+    """g [A, O], x [A, I], both grouped by expert -> g_e^T @ x_e, [E, O, I] (zeros for empty groups)."""
     if _use_grouped_mm(g, g.shape[-1], x.shape[-1]):
         return F.grouped_mm(g.t(), x, offs=_offsets(counts))
     parts = counts.tolist()
-    return torch.stack([a.t() @ b for a, b in zip(g.split(parts), x.split(parts), strict=True)])
+    return torch.stack([g_e.t() @ x_e for g_e, x_e in zip(g.split(parts), x.split(parts), strict=True)])
 
 
 @_grouped_linear_op.register_fake
@@ -140,10 +140,10 @@ def _setup_context(ctx, inputs, output):
 def _backward(ctx, grad):
     x, w, counts = ctx.saved_tensors
     # grouped_mm rejects stride-0 gradients (e.g. from `.sum()`), which autograd happily produces.
-    grad = grad.contiguous()
-    dw = grouped_linear_weight_grad(grad, x, counts) if ctx.needs_input_grad[1] else None
-    dx = grouped_linear_input_grad(grad, w, counts) if ctx.needs_input_grad[0] else None
-    return dx, dw, None
+    grad_AO = grad.contiguous()
+    dw_EOI = grouped_linear_weight_grad(grad_AO, x, counts) if ctx.needs_input_grad[1] else None
+    dx_AI = grouped_linear_input_grad(grad_AO, w, counts) if ctx.needs_input_grad[0] else None
+    return dx_AI, dw_EOI, None
 
 
 _grouped_linear_op.register_autograd(_backward, setup_context=_setup_context)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 from torch import nn
@@ -28,6 +28,11 @@ class RoutingStats:
     mean_topk_weight: torch.Tensor  # scalar, mean gate weight of the assignments
     aux_loss: torch.Tensor  # scalar, this layer's load-balancing loss
     z_loss: torch.Tensor  # scalar, this layer's router z-loss
+
+    @classmethod
+    def scalar_fields(cls) -> tuple[str, ...]:
+        """Every field but expert_counts: per-batch scalars, averaged (not summed) when batches combine."""
+        return tuple(f.name for f in fields(cls) if f.name != "expert_counts")
 
 
 @dataclass
@@ -82,11 +87,11 @@ class MoELayer(nn.Module):
         return MoEOutput(y=y_TD.view(B, S, D), aux_loss=aux, z_loss=z, stats=stats)
 
     def shared_output(self, x_TD: torch.Tensor) -> torch.Tensor:
-        shared = self.shared(x_TD)
+        shared_TD = self.shared(x_TD)
         if self.shared_gate is None:
-            return shared
+            return shared_TD
         # One scalar gate per token for the whole shared path (Qwen2-MoE: sigmoid(x W_g) * shared(x)).
-        return torch.sigmoid(self.shared_gate(x_TD)) * shared
+        return torch.sigmoid(self.shared_gate(x_TD)) * shared_TD
 
     def dispatch(self, x_TD: torch.Tensor, routing: Routing, cap: int | None) -> DispatchResult:
         return self.experts(x_TD, routing.token_idx, routing.expert_idx, routing.weight, cap)
@@ -95,13 +100,12 @@ class MoELayer(nn.Module):
     def routing_stats(
         self, routing: Routing, counts: torch.Tensor, n_dropped: torch.Tensor, aux: torch.Tensor, z: torch.Tensor
     ) -> RoutingStats:
-        p = routing.probs
-        entropy = -(p * p.clamp_min(1e-30).log()).sum(-1).mean()
-        n_tokens = p.shape[0]
+        probs_TE = routing.probs
+        entropy = -(probs_TE * probs_TE.clamp_min(1e-30).log()).sum(-1).mean()
         if self.router.bounded:
-            picked = torch.zeros(n_tokens, dtype=torch.bool, device=p.device)
-            picked[routing.token_idx] = True
-            dropped = 1.0 - picked.float().mean()
+            picked_T = torch.zeros(probs_TE.shape[0], dtype=torch.bool, device=probs_TE.device)
+            picked_T[routing.token_idx] = True
+            dropped = 1.0 - picked_T.float().mean()
         else:
             dropped = n_dropped.float() / max(1, routing.expert_idx.numel())
         return RoutingStats(

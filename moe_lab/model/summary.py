@@ -7,9 +7,22 @@ from moe_lab.model.accounting import count_model
 from moe_lab.model.config import ModelConfig, expert_dims, moe_layer_indices
 
 
+def moe_layers_line(cfg: ModelConfig) -> str:
+    """One sentence on where the MoE layers are and what they hold (experts after the granularity split)."""
+    layers = moe_layer_indices(cfg)
+    if not layers:
+        return f"no MoE layers: all {cfg.n_layers} layers are dense"
+    d = expert_dims(cfg)
+    shared = f", shared width {d.shared_hidden}" if d.shared_hidden else ""
+    return (
+        f"MoE layers {', '.join(map(str, layers))} of {cfg.n_layers} (placement {cfg.moe.placement}): "
+        f"{d.n_routed_experts} experts of width {d.routed_hidden}, top-{d.routed_top_k}, router {cfg.moe.router}"
+        f"{shared}, capacity {cfg.moe.capacity_factor or 'dropless'}"
+    )
+
+
 def model_summary(cfg: ModelConfig, seq_len: int) -> str:
     counts = count_model(cfg, seq_len)
-    moe_layers = moe_layer_indices(cfg)
     lines = [f"{'component':<16}{'params':>10}{'active/token':>14}{'fwd FLOPs/token':>17}"]
     for name, n in counts.params.items():
         if n or counts.flops_per_token[name]:
@@ -20,15 +33,7 @@ def model_summary(cfg: ModelConfig, seq_len: int) -> str:
         f"{'total':<16}{si(counts.total_params):>10}{si(counts.total_active_params):>14}"
         f"{si(counts.total_flops_per_token):>17}"
     )
-    placement = ", ".join(map(str, moe_layers)) if moe_layers else "none (dense)"
-    lines.append(f"MoE layers ({cfg.moe.placement}): {placement} of {cfg.n_layers}")
-    if moe_layers:
-        d = expert_dims(cfg)
-        shared = f", shared width {d.shared_hidden}" if d.shared_hidden else ""
-        lines.append(
-            f"experts: {d.n_routed_experts} x width {d.routed_hidden}, top-{d.routed_top_k}, "
-            f"router {cfg.moe.router}{shared}, capacity {cfg.moe.capacity_factor or 'dropless'}"
-        )
+    lines.append(moe_layers_line(cfg))
     return "\n".join(lines)
 
 

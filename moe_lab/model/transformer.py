@@ -14,6 +14,7 @@ from moe_lab.model.config import ModelConfig, moe_layer_indices, validate_model_
 from moe_lab.model.experts import GroupedExperts
 from moe_lab.model.ffn import DenseFFN, make_norm
 from moe_lab.model.moe import MoELayer, RoutingStats
+from moe_lab.model.routers import Router
 
 
 @dataclass
@@ -87,10 +88,9 @@ class MoETransformer(nn.Module):
             elif isinstance(module, GroupedExperts):
                 nn.init.normal_(module.w_in, 0.0, std)
                 nn.init.normal_(module.w_out, 0.0, out_std)
-        for block in self.blocks:  # the noisy-gating projection starts at zero (Shazeer 2017)
-            noise = getattr(getattr(block.ffn, "router", None), "noise", None)
-            if noise is not None:
-                nn.init.zeros_(noise.weight)
+        for module in self.modules():  # then each router's own init, e.g. noisy gating's zero noise
+            if isinstance(module, Router):
+                module.init_weights()
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None) -> ModelOutput:
         if idx.shape[1] > self.cfg.max_seq_len:
@@ -145,10 +145,11 @@ class MoETransformer(nn.Module):
         idx: torch.Tensor,
         max_new_tokens: int,
         temperature: float = 1.0,
-        top_k: int | None = None,
+        sample_top_k: int | None = None,
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
-        """Sample continuations of idx [B, S]. temperature 0 is greedy; top_k limits the candidates."""
+        """Sample continuations of idx [B, S]. temperature 0 is greedy; sample_top_k samples among only that
+        many most likely tokens (top-k sampling; named apart from routing's top_k, a different k)."""
         was_training = self.training
         self.eval()
         for _ in range(max_new_tokens):
@@ -158,8 +159,8 @@ class MoETransformer(nn.Module):
                 nxt = logits.argmax(dim=-1, keepdim=True)
             else:
                 logits = logits / temperature
-                if top_k is not None:
-                    kth = logits.topk(min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]
+                if sample_top_k is not None:
+                    kth = logits.topk(min(sample_top_k, logits.shape[-1]), dim=-1).values[:, -1:]
                     logits = logits.masked_fill(logits < kth, float("-inf"))
                 nxt = torch.multinomial(logits.softmax(dim=-1), 1, generator=generator)
             idx = torch.cat([idx, nxt], dim=1)

@@ -12,10 +12,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from moe_lab.artifacts.metrics import metric_named
 from moe_lab.report.ablation_data import AblationData, Arm, Claim, recorded_tokens_per_step
 from moe_lab.report.stats import Comparison, compare
 
-VAL_LOSS, VAL_TAG = "val_loss", "val/loss"
+VAL_LOSS, VAL_TAG = "val_loss", metric_named("val_loss").tag
 
 
 @dataclass(frozen=True)

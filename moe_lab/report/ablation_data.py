@@ -22,7 +22,9 @@ from omegaconf import OmegaConf
 
 from moe_lab.artifacts.run_dir import CONFIG, ENV, METRICS
 from moe_lab.artifacts.study_dir import STUDY_INFO, SWEEP_COPY, TRIALS
+from moe_lab.artifacts.yaml_file import read_yaml_mapping
 from moe_lab.config.budget import step_tokens
+from moe_lab.errors import first_line
 from moe_lab.report.common import ReportError, is_finite_non_bool, optional_json_object, read_json_object
 from moe_lab.study.labels import LABEL_WIDTH
 
@@ -123,12 +125,11 @@ class AblationData:
 
 def _read_yaml(path: Path) -> dict:
     try:
-        data = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
-    except Exception as err:  # yaml and OmegaConf raise their own types; one line for people
-        raise ReportError(f"{path}: not readable YAML: {' '.join(str(err).split())}") from None
-    if not isinstance(data, dict):
-        raise ReportError(f"{path}: expected a mapping")
-    return data
+        return OmegaConf.to_container(read_yaml_mapping(path, ReportError), resolve=True)
+    except ReportError:
+        raise
+    except Exception as err:  # an interpolation that does not resolve
+        raise ReportError(f"cannot parse {path}: {first_line(err)}") from None
 
 
 def _optional_yaml(path: Path) -> dict:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from moe_lab.artifacts.metrics import VAL_LOSS, layer_tag
 from moe_lab.artifacts.study_dir import PLOTS
 from moe_lab.report.ablation_data import AblationData, SeedRun
 
@@ -15,7 +16,7 @@ def val_curves(data: AblationData) -> dict[str, list[dict[int, float]]]:
 
     curves = {}
     for arm in data.arms:
-        runs = [read_scalars(r.run_dir, "val/loss") for r in arm.runs if r.run_dir is not None]
+        runs = [read_scalars(r.run_dir, VAL_LOSS) for r in arm.runs if r.run_dir is not None]
         if runs := [r for r in runs if r]:
             curves[arm.name] = runs
     return curves
@@ -38,7 +39,7 @@ def layer_load_cv(data: AblationData) -> dict[str, dict[int, list[float]]]:
         per_layer: dict[int, list[float]] = {}
         for run in arm.completed:
             for layer in _moe_layers(run):
-                curve = read_scalars(run.run_dir, f"moe/layer{layer}/load_cv")
+                curve = read_scalars(run.run_dir, layer_tag(layer, "load_cv"))
                 if curve:
                     per_layer.setdefault(layer, []).append(curve[max(curve)])
         out[arm.name] = dict(sorted(per_layer.items()))

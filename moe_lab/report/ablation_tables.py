@@ -7,12 +7,14 @@ import json
 import re
 from dataclasses import dataclass
 
-from moe_lab.artifacts.run_dir import METRICS, TABLE_METRICS
+from moe_lab.artifacts.metrics import SEED_MEAN, Metric, metric_named, metrics_where
+from moe_lab.artifacts.run_dir import METRICS
 from moe_lab.artifacts.run_index import reused_from
 from moe_lab.formatting import si
-from moe_lab.report import common
+from moe_lab.report import columns, common
 from moe_lab.report.ablation_data import AblationData, Arm, SeedRun
-from moe_lab.report.common import csv_text, four_decimals_or_sci, latex_escape, text_table
+from moe_lab.report.columns import Column, CsvColumn
+from moe_lab.report.common import csv_text, four_decimals_or_sci, latex_escape
 from moe_lab.report.stats import Stat
 
 
@@ -22,75 +24,79 @@ class ArmRow:
     stats: dict[str, Stat]  # metric -> over the completed seeds
     active_params: int | None
     total_params: int | None
-    collapse_events_total: int | None
 
     @property
     def n_label(self) -> str:
         return f"{len(self.arm.completed)}/{len(self.arm.runs)}"
 
+    def combined(self, metric: Metric) -> float | None:
+        """The completed seeds' values combined as the metric says (a sum of counts, a median of the
+        machine's figures)."""
+        return metric.combine(self.arm.values(metric.name))
+
 
 def arm_rows(data: AblationData) -> list[ArmRow]:
     metrics = csv_metrics(data)
-    rows = []
-    for arm in data.arms:
-        collapses = arm.values("collapse_events_count")
-        rows.append(
-            ArmRow(
-                arm,
-                {m: Stat.of(arm.values(m)) for m in metrics},
-                arm.first("active_params"),
-                arm.first("total_params"),
-                int(sum(collapses)) if collapses else None,
-            )
-        )
-    return rows
+    return [
+        ArmRow(arm, {m: Stat.of(arm.values(m)) for m in metrics}, arm.first("active_params"), arm.first("total_params"))
+        for arm in data.arms
+    ]
 
 
 def csv_metrics(data: AblationData) -> list[str]:
     """The table's metrics, then any other metric a claim is about."""
-    return list(dict.fromkeys([m for m, _ in TABLE_METRICS] + [c.metric for c in data.claims]))
+    return list(dict.fromkeys([m.name for m in TABLE_METRICS] + [c.metric for c in data.claims]))
 
 
+TABLE_METRICS = metrics_where("table")
+
+
+def _spread(metric: Metric) -> bool:
+    """Whether the table shows the metric's mean ± std over seeds (else one combined figure)."""
+    return metric.seeds == SEED_MEAN and not metric.machine
+
+
+def _metric_cell(metric: Metric, row: ArmRow) -> str:
+    if not _spread(metric):
+        return metric.format(row.combined(metric))
+    stat = row.stats[metric.name]
+    return _mean_std(stat, with_n=stat.n != len(row.arm.completed))
+
+
+def _metric_tex(metric: Metric, row: ArmRow) -> str:
+    if not _spread(metric):
+        value = row.combined(metric)
+        return "--" if value is None else metric.format(value)
+    return _tex_mean_std(row.stats[metric.name])
+
+
+def _metric_column(metric: Metric) -> Column:
+    title = metric.title + (" (mean ± std)" if _spread(metric) else "")
+    return Column(
+        title,
+        lambda r: _metric_cell(metric, r),
+        tex_title=latex_escape(metric.title),
+        tex_cell=lambda r: _metric_tex(metric, r),
+    )
+
+
+# n: completed seeds of those run; a mean ± std cell says its own n when fewer seeds had the metric.
 COLUMNS = (
-    "arm",
-    "n",
-    "val loss (mean ± std, n)",
-    "val bpb (mean ± std, n)",
-    "tok/s",
-    "active",
-    "total",
-    "load CV",
-    "dropped",
-    "collapses",
+    Column("arm", lambda r: r.arm.name, left=True, tex_title="Arm"),
+    Column("n", lambda r: r.n_label, tex_title="$n$"),
+    *(_metric_column(m) for m in TABLE_METRICS),
+    Column("active", lambda r: si(r.active_params), tex_title="Active"),
+    Column("total", lambda r: si(r.total_params), tex_title="Total"),
 )
-RIGHT_ALIGNED = set(COLUMNS[1:])
-
-
-def table_cells(rows: list[ArmRow]) -> list[list[str]]:
-    return [
-        [
-            r.arm.name,
-            r.n_label,
-            _mean_std(r.stats["val_loss"], with_n=True),
-            _mean_std(r.stats["val_bpb"], with_n=True),
-            si(r.stats["tokens_per_s"].mean),
-            si(r.active_params),
-            si(r.total_params),
-            _mean_std(r.stats["final_load_cv"]),
-            _mean_std(r.stats["final_dropped_frac"]),
-            "-" if r.collapse_events_total is None else str(r.collapse_events_total),
-        ]
-        for r in rows
-    ]
 
 
 def format_table(rows: list[ArmRow]) -> str:
     """Plain aligned text for the terminal (arm names left, numbers right)."""
-    return text_table(COLUMNS, table_cells(rows), RIGHT_ALIGNED)
+    return columns.text_table(COLUMNS, rows)
 
 
 def markdown_table(rows: list[ArmRow]) -> str:
-    return common.markdown_table(COLUMNS, table_cells(rows), RIGHT_ALIGNED)
+    return columns.markdown_table(COLUMNS, rows)
 
 
 def seed_notes(data: AblationData) -> list[str]:
@@ -123,33 +129,23 @@ def _mean_std(stat: Stat, with_n: bool = False) -> str:
 
 def results_csv(data: AblationData, rows: list[ArmRow]) -> str:
     """One line per arm; mean/std/n per metric (empty cells for no value); floats at full precision."""
-    metrics = csv_metrics(data)
-    header = [
-        "arm",
-        "overrides",
-        "seeds",
-        "seeds_completed",
-        "n",
-        "active_params",
-        "total_params",
-        "collapse_events_total",
-        *(f"{m}_{s}" for m in metrics for s in ("mean", "std", "n")),
-    ]
-    lines = [
-        [
-            r.arm.name,
-            json.dumps(r.arm.overrides),
-            json.dumps([run.seed for run in r.arm.runs]),
-            json.dumps([run.seed for run in r.arm.completed]),
-            len(r.arm.completed),
-            r.active_params,
-            r.total_params,
-            r.collapse_events_total,
-            *(v for m in metrics for v in (r.stats[m].mean, r.stats[m].std, r.stats[m].n)),
-        ]
-        for r in rows
-    ]
-    return csv_text(header, lines)
+    collapses = metric_named("collapse_events_count")
+    spec = (
+        CsvColumn("arm", lambda r: r.arm.name),
+        CsvColumn("overrides", lambda r: json.dumps(r.arm.overrides)),
+        CsvColumn("seeds", lambda r: json.dumps([run.seed for run in r.arm.runs])),
+        CsvColumn("seeds_completed", lambda r: json.dumps([run.seed for run in r.arm.completed])),
+        CsvColumn("n", lambda r: len(r.arm.completed)),
+        CsvColumn("active_params", lambda r: r.active_params),
+        CsvColumn("total_params", lambda r: r.total_params),
+        CsvColumn("collapse_events_total", lambda r: r.combined(collapses)),
+        *(
+            CsvColumn(f"{m}_{part}", lambda r, m=m, part=part: getattr(r.stats[m], part))
+            for m in csv_metrics(data)
+            for part in ("mean", "std", "n")
+        ),
+    )
+    return columns.csv_table(spec, rows)
 
 
 def _tex_mean_std(stat: Stat) -> str:
@@ -161,25 +157,8 @@ def _tex_mean_std(stat: Stat) -> str:
 
 def results_tex(data: AblationData, rows: list[ArmRow]) -> str:
     label = re.sub(r"[^A-Za-z0-9:-]+", "-", data.name)
-    head = r"Arm & $n$ & Val.\ loss & Val.\ bpb & Tokens/s & Active & Total & Load CV & Dropped & Collapses \\"
-    body = [
-        " & ".join(
-            [
-                latex_escape(r.arm.name),
-                r.n_label,
-                _tex_mean_std(r.stats["val_loss"]),
-                _tex_mean_std(r.stats["val_bpb"]),
-                si(r.stats["tokens_per_s"].mean),
-                si(r.active_params),
-                si(r.total_params),
-                _tex_mean_std(r.stats["final_load_cv"]),
-                _tex_mean_std(r.stats["final_dropped_frac"]),
-                "--" if r.collapse_events_total is None else str(r.collapse_events_total),
-            ]
-        )
-        + r" \\"
-        for r in rows
-    ]
+    head = columns.tex_header(COLUMNS)
+    body = columns.tex_lines(COLUMNS, rows)
     return (
         "\n".join(
             [
@@ -190,7 +169,7 @@ def results_tex(data: AblationData, rows: list[ArmRow]) -> str:
                 rf"\caption{{{latex_escape(data.name)}: mean $\pm$ sample std over the completed seeds "
                 r"($n$ = completed / expected).}",
                 rf"\label{{tab:{label}}}",
-                r"\begin{tabular}{lrrrrrrrrr}",
+                rf"\begin{{tabular}}{{{columns.tex_alignment(COLUMNS)}}}",
                 r"\toprule",
                 head,
                 r"\midrule",

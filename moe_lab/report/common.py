@@ -11,8 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from moe_lab.artifacts.run_dir import METRICS
-from moe_lab.artifacts.study_dir import default_storage_url
-from moe_lab.errors import MoELabError, first_line
+from moe_lab.errors import MoELabError
 
 
 class ReportError(MoELabError):
@@ -59,37 +58,6 @@ def optional_json_object(path: Path) -> dict:
 def run_metrics(run_dir: Path) -> dict:
     """The final metrics a run recorded, or {} while it is running (or died before finishing)."""
     return optional_json_object(Path(run_dir) / METRICS)
-
-
-def load_stored_study(study_dir: Path, study_name: str, storage_url: str = ""):
-    """The Optuna study a sweep recorded in its study directory (read only: a sweep creates and runs
-    it with moe_lab.sweep.runner.open_study). A SQLite or journal file that is not where it was written
-    (the study directory was copied or moved) is looked for in the study directory."""
-    import optuna
-
-    from moe_lab.study.storage import open_storage, storage_file, with_storage_file
-
-    url = storage_url or default_storage_url(study_dir)
-    recorded = storage_file(url)
-    if recorded is not None:
-        url = with_storage_file(url, _local_file(recorded, study_dir, url).resolve())
-    storage = open_storage(url)  # MoELabError naming the storage when it cannot be opened
-    try:
-        return optuna.load_study(study_name=study_name, storage=storage)
-    except KeyError:
-        raise ReportError(f"{url}: no study named {study_name!r}") from None
-    except Exception as err:  # storage backends raise their own types (SQLAlchemy, redis, ...)
-        raise ReportError(f"{url}: cannot open the study storage: {first_line(err)}") from None
-
-
-def _local_file(path: Path, study_dir: Path, url: str) -> Path:
-    if path.is_file():
-        return path
-    moved = study_dir / path.name
-    if moved.is_file():
-        return moved
-    looked = f"{path} and {moved}" if path.resolve() != moved.resolve() else str(path)
-    raise ReportError(f"{url}: no such storage file (looked for {looked})")
 
 
 # ------------------------------------------------------------------------------------------ values

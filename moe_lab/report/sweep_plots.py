@@ -20,6 +20,7 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
+from moe_lab.artifacts.metrics import TRAIN_LM_LOSS, VAL_BPB, VAL_LOSS
 from moe_lab.errors import first_line
 from moe_lab.report.common import is_finite
 from moe_lab.report.sweep_study import StudyData
@@ -149,7 +150,7 @@ def write_objective_by_value(data: StudyData, key: str, plots_dir: Path) -> dict
 
 
 MEAN_RUN = "mean"  # trials/<config>/mean: the TensorBoard run of the mean over seeds
-MEAN_TAGS = ("val/loss", "val/bpb", "train/lm_loss")
+MEAN_TAGS = (VAL_LOSS, VAL_BPB, TRAIN_LM_LOSS)
 
 
 def write_mean_runs(data: StudyData) -> list[Path]:
@@ -199,8 +200,8 @@ def write_curve_plots(data: StudyData, plots_dir: Path) -> tuple[dict[str, Path]
 
     written, skipped = {}, {}
     for key, tag, ylabel, smoothing in (
-        ("val_loss_curves", "val/loss", "validation loss", 0.0),
-        ("train_loss_curves", "train/lm_loss", "train LM loss", TRAIN_SMOOTHING),
+        ("val_loss_curves", VAL_LOSS, "validation loss", 0.0),
+        ("train_loss_curves", TRAIN_LM_LOSS, "train LM loss", TRAIN_SMOOTHING),
     ):
         curves = study_curves(data, tag)
         if not curves:

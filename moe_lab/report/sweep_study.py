@@ -18,9 +18,9 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from moe_lab.artifacts.metrics import metrics_where
 from moe_lab.artifacts.study_dir import (
     STUDY_INFO,
-    TRIAL_COLLAPSE_EVENTS,
     TRIAL_CONFIG_ID,
     TRIAL_DURATION_S,
     TRIAL_ERROR,
@@ -32,12 +32,15 @@ from moe_lab.artifacts.study_dir import (
     TRIAL_PRUNE_REASON,
     TRIAL_RUN_DIRS,
     TRIAL_SEEDS,
-    TRIAL_UNIT_SEED,
+    trial_metric,
     trial_unit,
 )
-from moe_lab.report.common import ReportError, is_finite, load_stored_study, read_json_object, run_metrics
+from moe_lab.report.common import ReportError, is_finite, read_json_object, run_metrics
+from moe_lab.study.finished import seeds_finished_by
 from moe_lab.study.labels import trial_label
+from moe_lab.study.storage import load_stored_study
 
+TABLE_METRICS = metrics_where("table")
 # Non-complete configurations go below the complete ones, in this order.
 STATE_ORDER = ("COMPLETE", "PRUNED", "RUNNING", "WAITING", "FAIL")
 # A configuration of several units takes the state of its least finished one, in this order: one
@@ -75,9 +78,9 @@ class ConfigRow:
     active_params: int | None
     total_params: int | None
     expert_hidden: int | None
-    tokens_per_s: float | None  # median over the configuration's runs (seeds), from their final metrics
-    final_load_cv: float | None
-    collapse_events: int | None
+    # The vocabulary's table metrics (moe_lab.artifacts.metrics), its seeds combined as each metric says;
+    # machine figures are medians over the runs' own metrics files where those can be read.
+    metrics: dict[str, float | None]
     prune_reason: str | None
     error: str | None
     retries: int = 0
@@ -137,14 +140,16 @@ def load_study_data(study_dir: str | Path) -> StudyData:
 
 
 def _per_run_medians(study_dir: Path, row: ConfigRow) -> None:
-    """Throughput and time per run (seed), medians over the configuration's runs, from their final
-    metrics. A trial's own duration counts its seeds one after another and the time it waited for a
-    core; one run's figures do not. Without metrics files the trial's recorded values stay."""
+    """The machine's figures (throughput) and the time per run (seed), medians over the configuration's
+    runs, from their final metrics. A trial's own duration counts its seeds one after another and the
+    time it waited for a core; one run's figures do not. Without metrics files the trial's recorded
+    values stay."""
     runs = [run_metrics(study_dir / run_dir) for run_dir in row.run_dirs]
-    rates = [m["tokens_per_s"] for m in runs if is_finite(m.get("tokens_per_s"))]
+    for metric in TABLE_METRICS:
+        values = [m[metric.name] for m in runs if is_finite(m.get(metric.name))]
+        if metric.machine and values:
+            row.metrics[metric.name] = statistics.median(values)
     times = [m["wall_time_s"] for m in runs if is_finite(m.get("wall_time_s"))]
-    if rates:
-        row.tokens_per_s = statistics.median(rates)
     if times:
         row.run_time_s = statistics.median(times)
 
@@ -187,9 +192,7 @@ def merge_units(units: list[ConfigRow]) -> ConfigRow:
         active_params=_first(u.active_params for u in units),
         total_params=_first(u.total_params for u in units),
         expert_hidden=_first(u.expert_hidden for u in units),
-        tokens_per_s=_median(u.tokens_per_s for u in units),
-        final_load_cv=_mean(u.final_load_cv for u in units),
-        collapse_events=_sum(u.collapse_events for u in units),
+        metrics={m.name: m.combine(u.metrics.get(m.name) for u in units) for m in TABLE_METRICS},
         prune_reason=_first(u.prune_reason for u in units),
         error=_first(u.error for u in units),
         retries=sum(u.retries for u in units),
@@ -215,16 +218,6 @@ def _sum(values):
     return sum(values) if values else None
 
 
-def _mean(values):
-    values = [v for v in values if is_finite(v)]
-    return statistics.fmean(values) if values else None
-
-
-def _median(values):
-    values = [v for v in values if is_finite(v)]
-    return statistics.median(values) if values else None
-
-
 def _row(trial: FrozenTrial, retries: int) -> ConfigRow:
     attrs = trial.user_attrs
     mean = attrs.get(TRIAL_OBJECTIVE_MEAN)
@@ -248,22 +241,12 @@ def _row(trial: FrozenTrial, retries: int) -> ConfigRow:
         active_params=attrs.get("active_params"),
         total_params=attrs.get("total_params"),
         expert_hidden=attrs.get(TRIAL_EXPERT_HIDDEN),
-        tokens_per_s=attrs.get("tokens_per_s"),
-        final_load_cv=attrs.get("final_load_cv"),
-        collapse_events=attrs.get(TRIAL_COLLAPSE_EVENTS),
+        metrics={m.name: trial_metric(attrs, m.name) for m in TABLE_METRICS},
         prune_reason=attrs.get(TRIAL_PRUNE_REASON),
         error=attrs.get(TRIAL_ERROR),
         retries=retries,
-        finished_seeds=_finished_seeds(trial),
+        finished_seeds=seeds_finished_by(trial),
     )
-
-
-def _finished_seeds(trial: FrozenTrial) -> list[int]:
-    """The seeds a trial finished: its unit's seed, or (a trial of all seeds) the seeds it ran."""
-    if trial.state not in (TrialState.COMPLETE, TrialState.PRUNED):
-        return []
-    seed = trial.user_attrs.get(TRIAL_UNIT_SEED)
-    return [seed] if seed is not None else list(trial.user_attrs.get(TRIAL_SEEDS) or [])
 
 
 def sort_rows(rows: list[ConfigRow], direction: str) -> list[ConfigRow]:

@@ -16,9 +16,10 @@ import os
 from pathlib import Path
 
 from moe_lab.artifacts.atomic import write_text_atomic
+from moe_lab.artifacts.metrics import metric_named
 from moe_lab.artifacts.study_dir import PLOTS, SUMMARY, TRIALS_CSV
 from moe_lab.formatting import si
-from moe_lab.report.common import is_finite, matching_means, optional
+from moe_lab.report.common import is_finite, matching_means
 from moe_lab.report.stats import CONFIDENCE, INDICATIVE_N, SUPPORTED, UNDECIDED, compare, format_df, format_p
 from moe_lab.report.sweep_plots import (
     TRAIN_SMOOTHING,
@@ -44,7 +45,8 @@ def write_study_report(
             f"study {data.info.study_name}: {data.info.objective_metric} ({data.info.direction}), "
             f"seeds {data.info.seeds}, compute matching {data.info.compute_matching}"
         )
-        print(format_table(data.rows), flush=True)  # before the plots, which take a few seconds
+        # Before the plots, which take a few seconds.
+        print(format_table(data.rows, data.info.objective_metric), flush=True)
     plots_dir = data.study_dir / PLOTS
     target = f"{data.info.objective_metric} (mean over seeds)"
     key = one_key_grid(data)
@@ -83,7 +85,7 @@ def summary_markdown(data: StudyData, plots: dict[str, Path], skipped: dict[str,
         "",
         "## Results",
         "",
-        markdown_table(rows) if rows else "No trials yet.",
+        markdown_table(rows, info.objective_metric) if rows else "No trials yet.",
         "",
         *([LOAD_CAVEAT, ""] if rows else []),
         *seed_noise_lines(rows, info),
@@ -196,5 +198,5 @@ def _best_text(row: ConfigRow | None, info: StudyInfo) -> str:
         f"**{row.label}** (trial {row.trial}, config {row.config_id}; {params}): "
         f"{info.objective_metric} {format_objective(row)}; active params {si(row.active_params)}, "
         f"total params {si(row.total_params)}, "
-        f"final load CV {optional(row.final_load_cv, '{:.3f}')}. Runs: {runs}."
+        f"final load CV {metric_named('final_load_cv').format(row.metrics.get('final_load_cv'))}. Runs: {runs}."
     )

@@ -7,38 +7,18 @@ import json
 from pathlib import Path
 
 from moe_lab.artifacts.atomic import write_text_atomic
+from moe_lab.artifacts.metrics import Metric, metrics_where
 from moe_lab.formatting import si
-from moe_lab.report import common
-from moe_lab.report.common import csv_text, duration, four_decimals, is_finite, optional, text_table
+from moe_lab.report import columns
+from moe_lab.report.columns import Column, CsvColumn
+from moe_lab.report.common import duration, four_decimals, is_finite
 from moe_lab.report.sweep_study import ConfigRow
 
 NOTE_WIDTH = 48  # prune reason / error characters shown in the tables (trials.csv has them whole)
-COLUMNS = (
-    "trial",
-    "config",
-    "objective (mean ± std, n seeds)",
-    "state",
-    "total",
-    "active",
-    "load CV",
-    "collapses",
-    "retries",
-    "time/run",
-    "tok/s/run",
-    "prune reason / error",
-)
-RIGHT_ALIGNED = {
-    "trial",
-    "objective (mean ± std, n seeds)",
-    "total",
-    "active",
-    "load CV",
-    "collapses",
-    "retries",
-    "time/run",
-    "tok/s/run",
-}
-# Printed under every table that shows the two throughput columns.
+# The vocabulary's table metrics: results, then the machine's figures (medians over the runs, per run).
+RESULT_METRICS = tuple(m for m in metrics_where("table") if not m.machine)
+MACHINE_METRICS = tuple(m for m in metrics_where("table") if m.machine)
+# Printed under every table that shows the throughput columns.
 LOAD_CAVEAT = (
     "time/run and tok/s/run are medians over a configuration's runs; they depend on the machine's "
     "load and on how many workers shared its cores, so they are not results and do not rank."
@@ -56,35 +36,34 @@ def format_objective(row: ConfigRow) -> str:
     return f"{text} (n={n})"
 
 
-def table_cells(rows: list[ConfigRow]) -> list[list[str]]:
-    """The cells of the results table, shared by the terminal and the markdown versions."""
-    return [
-        [
-            str(r.trial),
-            r.label,
-            format_objective(r),
-            r.state,
-            si(r.total_params),
-            si(r.active_params),
-            optional(r.final_load_cv, "{:.3f}"),
-            optional(r.collapse_events, "{}"),
-            str(r.retries),
-            duration(r.run_time_s),
-            si(r.tokens_per_s),
-            _note(r),
-        ]
-        for r in rows
-    ]
+def metric_column(metric: Metric, suffix: str = "") -> Column:
+    return Column(metric.title + suffix, lambda r: metric.format(r.metrics.get(metric.name)))
 
 
-def format_table(rows: list[ConfigRow]) -> str:
+def result_columns(objective: str) -> tuple[Column, ...]:
+    """The results table's columns; `objective` (a metric name) has its own column, with its spread."""
+    return (
+        Column("trial", lambda r: str(r.trial)),
+        Column("config", lambda r: r.label, left=True),
+        Column("objective (mean ± std, n seeds)", format_objective),
+        Column("state", lambda r: r.state, left=True),
+        Column("total", lambda r: si(r.total_params)),
+        Column("active", lambda r: si(r.active_params)),
+        *(metric_column(m) for m in RESULT_METRICS if m.name != objective),
+        Column("retries", lambda r: str(r.retries)),
+        Column("time/run", lambda r: duration(r.run_time_s)),
+        *(metric_column(m, "/run") for m in MACHINE_METRICS),
+        Column("prune reason / error", _note, left=True),
+    )
+
+
+def format_table(rows: list[ConfigRow], objective: str) -> str:
     """Plain aligned text, one line per configuration, best first."""
-    cells = table_cells(rows)
-    return text_table(COLUMNS, cells, RIGHT_ALIGNED) + (f"\n{LOAD_CAVEAT}" if cells else "")
+    return columns.text_table(result_columns(objective), rows) + (f"\n{LOAD_CAVEAT}" if rows else "")
 
 
-def markdown_table(rows: list[ConfigRow]) -> str:
-    return common.markdown_table(COLUMNS, table_cells(rows), RIGHT_ALIGNED)
+def markdown_table(rows: list[ConfigRow], objective: str) -> str:
+    return columns.markdown_table(result_columns(objective), rows)
 
 
 def _note(row: ConfigRow) -> str:
@@ -93,50 +72,30 @@ def _note(row: ConfigRow) -> str:
 
 
 CSV_COLUMNS = (
-    "objective_mean",
-    "objective_std",
-    "n_seeds",
-    "objective_values",
-    "duration_s",
-    "active_params",
-    "total_params",
-    "tokens_per_s",
-    "final_load_cv",
-    "collapse_events",
-    "prune_reason",
-    "error",
-    "retries",
-    "run_time_s",
+    CsvColumn("objective_mean", lambda r: r.objective_mean),
+    CsvColumn("objective_std", lambda r: r.objective_std),
+    CsvColumn("n_seeds", lambda r: r.n_seeds),
+    CsvColumn("objective_values", lambda r: json.dumps(r.objective_values)),
+    CsvColumn("duration_s", lambda r: r.duration_s),
+    CsvColumn("active_params", lambda r: r.active_params),
+    CsvColumn("total_params", lambda r: r.total_params),
+    *(CsvColumn(m.name, lambda r, name=m.name: r.metrics.get(name)) for m in metrics_where("table")),
+    CsvColumn("prune_reason", lambda r: r.prune_reason),
+    CsvColumn("error", lambda r: r.error),
+    CsvColumn("retries", lambda r: r.retries),
+    CsvColumn("run_time_s", lambda r: r.run_time_s),
 )
 
 
 def write_trials_csv(path: Path, rows: list[ConfigRow], param_keys: list[str]) -> None:
     """One line per configuration, best first; empty cells for missing values, objective_values as a
     JSON list (null for a seed without a value)."""
-    lines = [
-        [
-            r.trial,
-            r.config_id,
-            r.state,
-            *(r.params.get(k) for k in param_keys),
-            r.objective_mean,
-            r.objective_std,
-            r.n_seeds,
-            json.dumps(r.objective_values),
-            r.duration_s,
-            r.active_params,
-            r.total_params,
-            r.tokens_per_s,
-            r.final_load_cv,
-            r.collapse_events,
-            r.prune_reason,
-            r.error,
-            r.retries,
-            r.run_time_s,
-        ]
-        for r in rows
-    ]
-    # The csv module's default (Excel) line ends, as trials.csv has always had.
-    write_text_atomic(
-        path, csv_text(["trial", "config_id", "state", *param_keys, *CSV_COLUMNS], lines, line_end="\r\n")
+    spec = (
+        CsvColumn("trial", lambda r: r.trial),
+        CsvColumn("config_id", lambda r: r.config_id),
+        CsvColumn("state", lambda r: r.state),
+        *(CsvColumn(k, lambda r, key=k: r.params.get(key)) for k in param_keys),
+        *CSV_COLUMNS,
     )
+    # The csv module's default (Excel) line ends, as trials.csv has always had.
+    write_text_atomic(path, columns.csv_table(spec, rows, line_end="\r\n"))

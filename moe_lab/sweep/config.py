@@ -26,6 +26,7 @@ from omegaconf.errors import OmegaConfBaseException
 from moe_lab.artifacts.run_dir import METRIC_CURVES, OBJECTIVE_METRICS
 from moe_lab.artifacts.run_index import RunIndex
 from moe_lab.artifacts.study_dir import default_storage_url
+from moe_lab.checks import at_least, one_of
 from moe_lab.config import (
     KEEP_CHECKPOINTS,
     ExperimentConfig,
@@ -310,10 +311,6 @@ def check_sweep(sweep: Sweep) -> None:
 
 
 def validate_sweep_config(cfg: SweepConfig, needs_space: bool = True) -> None:
-    def one_of(key: str, value: str, choices: tuple) -> None:
-        if value not in choices:
-            raise ConfigError(key, f"unknown value {value!r}; expected one of {', '.join(choices)}")
-
     if not cfg.base:
         raise ConfigError("base", "a sweep needs a base experiment file")
     if needs_space and not cfg.space:
@@ -332,8 +329,7 @@ def validate_sweep_config(cfg: SweepConfig, needs_space: bool = True) -> None:
         raise ConfigError("seeds", f"needs one or more distinct seeds, got {list(cfg.seeds)}")
     if cfg.heartbeat_interval < 1 or cfg.grace_period <= cfg.heartbeat_interval:
         raise ConfigError("grace_period", f"must exceed heartbeat_interval={cfg.heartbeat_interval}")
-    if cfg.max_retries < 0:
-        raise ConfigError("max_retries", f"must be >= 0, got {cfg.max_retries}")
+    at_least("max_retries", cfg.max_retries, 0)
     if cfg.pruner != "none" and METRIC_CURVES[cfg.objective.metric] is None:
         raise ConfigError("pruner", f"objective {cfg.objective.metric} has no validation curve to prune on")
 

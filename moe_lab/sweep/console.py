@@ -1,7 +1,7 @@
 """The sweep console: one live view of the whole study, whichever worker runs which trial.
 
 It reads only what the workers write anyway: the Optuna storage (trial states) and each running seed's
-progress.json (moe_lab.callbacks.progress). On a terminal it is a `rich` table redrawn every second: one
+progress.json (moe_lab.callbacks.progress_file). On a terminal it is a `rich` table redrawn every second: one
 row per running trial (configuration, seed, step/total, last train/val loss, tokens/s) under a line of
 counts of trials (done, pruned, failed, running, waiting; a grid's trial is one configuration and seed),
 elapsed time and an ETA. Elsewhere (CI, nohup, a pipe)

@@ -19,18 +19,17 @@ from pathlib import Path
 
 import optuna
 
-from moe_lab.artifacts.run_dir import CHECKPOINTS, LAST_CKPT, METRIC_CURVES, METRICS
+from moe_lab.artifacts.metrics import metrics_where
+from moe_lab.artifacts.run_dir import CHECKPOINTS, FINISHED_STATUSES, LAST_CKPT, METRIC_CURVES, METRICS
 from moe_lab.artifacts.run_index import run_key
 from moe_lab.artifacts.study_dir import (
     TRIAL_ATTEMPT,
-    TRIAL_COLLAPSE_EVENTS,
     TRIAL_CONFIG_ID,
     TRIAL_DURATION_S,
     TRIAL_ERROR,
     TRIAL_EXPERT_HIDDEN,
     TRIAL_FIRST_RUN_METRICS,
     TRIAL_LABEL,
-    TRIAL_MEAN_METRICS,
     TRIAL_OBJECTIVE_MEAN,
     TRIAL_OBJECTIVE_STD,
     TRIAL_OBJECTIVE_VALUES,
@@ -89,7 +88,7 @@ def _finished(run_dir: Path) -> dict | None:
     path = run_dir / METRICS
     if path.is_file():
         metrics = json.loads(path.read_text())
-        if metrics.get("status") in ("completed", "pruned"):
+        if metrics.get("status") in FINISHED_STATUSES:
             return metrics
     return None
 
@@ -214,8 +213,7 @@ class Objective:
             TRIAL_OBJECTIVE_MEAN: mean,
             TRIAL_OBJECTIVE_STD: statistics.stdev(finite) if len(finite) > 1 else 0.0,
             **{name: first.get(name) for name in TRIAL_FIRST_RUN_METRICS},
-            **{name: _mean(r.metrics.get(name) for r in results) for name in TRIAL_MEAN_METRICS},
-            TRIAL_COLLAPSE_EVENTS: sum(r.metrics.get("collapse_events_count") or 0 for r in results),
+            **{m.name: m.combine(r.metrics.get(m.name) for r in results) for m in metrics_where("table")},
             TRIAL_PRUNE_REASON: next(
                 (r.metrics.get("prune_reason") for r in results if r.metrics.get("prune_reason")), None
             ),
@@ -241,11 +239,6 @@ class Objective:
             shutil.copyfile(ckpt, target.with_suffix(".tmp"))
             target.with_suffix(".tmp").replace(target)
         return True
-
-
-def _mean(values) -> float | None:
-    values = [v for v in values if v is not None]
-    return statistics.fmean(values) if values else None
 
 
 def one_line(err: BaseException) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import functools
 import math
-import time
+from collections.abc import Callable
 
 import lightning.pytorch as pl
 import torch
@@ -13,17 +13,20 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 from torchmetrics import MeanMetric
 
+from moe_lab.artifacts.metrics import (
+    TRAIN_AUX_LOSS,
+    TRAIN_LM_LOSS,
+    TRAIN_LOSS,
+    TRAIN_Z_LOSS,
+    VAL_BPB,
+    VAL_LOSS,
+    VAL_PPL,
+    layer_tag,
+)
 from moe_lab.config import ExperimentConfig, config_from_dict, to_dict
 from moe_lab.model import MoETransformer, RoutingStats
 
 LN2 = math.log(2.0)
-# Checkpoint entry holding the training totals up to that checkpoint (see on_save_checkpoint).
-PROGRESS_KEY = "moe_lab_progress"
-PROGRESS_ZERO = {"train_tokens": 0, "train_seconds": 0.0, "wall_time_s": 0.0}
-# Training tokens per second: tokens of all training steps so far over the wall-clock seconds of those
-# steps, validation excluded. Logged each step (progress bar and TensorBoard); the final metrics hold the
-# final value.
-TOKENS_PER_S = "train/tokens_per_s"
 
 
 def checkpoint_activations(blocks: nn.ModuleList) -> None:
@@ -43,6 +46,23 @@ def warmup_cosine(step: int, warmup: int, total: int, min_ratio: float) -> float
         return (step + 1) / warmup
     progress = min(1.0, (step - warmup) / max(1, total - warmup))
     return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def reduce_routing(routing: dict[int, RoutingStats], reduce: Callable[..., torch.Tensor]) -> dict[int, RoutingStats]:
+    """Expert counts summed and scalar statistics averaged over ranks (`reduce`: the strategy's), so every
+    rank (and every callback) sees the loads of the global batch. Two collectives per step, whatever the
+    depth. Fields are matched by name: a field added to RoutingStats is averaged too."""
+    layers = sorted(routing)
+    names = RoutingStats.scalar_fields()
+    counts = torch.stack([routing[i].expert_counts for i in layers])  # [L, E]
+    # One collective for all scalars: stacking promotes them to the widest dtype among the fields.
+    scalars = torch.stack([torch.stack([getattr(routing[i], name) for name in names]) for i in layers])  # [L, F]
+    counts = reduce(counts, reduce_op="sum")
+    scalars = reduce(scalars, reduce_op="mean")
+    return {
+        i: RoutingStats(expert_counts=counts[j], **dict(zip(names, scalars[j].unbind(), strict=True)))
+        for j, i in enumerate(layers)
+    }
 
 
 class MoELitModule(pl.LightningModule):
@@ -66,18 +86,8 @@ class MoELitModule(pl.LightningModule):
         object.__setattr__(self, "_forward", self.model)
         if self.cfg.trainer.activation_checkpointing:
             checkpoint_activations(self.model.blocks)
-        # Throughput, one definition for the progress bar, TensorBoard, the final metrics and the sweep
-        # table: training tokens over the wall-clock time of the training steps (see TOKENS_PER_S).
-        # These count this process's part; progress_before holds the parts before a resume.
-        self.train_tokens = 0
-        self.train_seconds = 0.0
-        self._step_clock = 0.0  # end of the previous training step, validation or train start
+        # Throughput is timed by the Throughput callback (moe_lab.callbacks.throughput).
         self._router_grad_step = -1  # global step of the last router-health measurement
-        self._batch_tokens = 0  # of the batch in flight; 0 between batches
-        self._fit_start = time.perf_counter()
-        # What the parts of the run before a resume did, up to the checkpoint resumed from.
-        self.progress_before = dict(PROGRESS_ZERO)
-        self.resumed_from_step: int | None = None
         self.last_val: dict[str, float] = {}
 
     def configure_model(self) -> None:
@@ -92,10 +102,10 @@ class MoELitModule(pl.LightningModule):
         routing = self._reduce_across_ranks(out.routing)
         for layer, stats in routing.items():
             self._step_counts[layer] = self._step_counts.get(layer, 0) + stats.expert_counts
-        self.log("train/loss", loss, prog_bar=False)
-        self.log("train/lm_loss", out.lm_loss, prog_bar=True)
-        self.log("train/aux_loss", out.aux_loss)
-        self.log("train/z_loss", out.z_loss)
+        self.log(TRAIN_LOSS, loss, prog_bar=False)
+        self.log(TRAIN_LM_LOSS, out.lm_loss, prog_bar=True)
+        self.log(TRAIN_AUX_LOSS, out.aux_loss)
+        self.log(TRAIN_Z_LOSS, out.z_loss)
         result = {"loss": loss, "routing": routing}
         if self._router_grad_due():
             result["router_lm_grad"] = self.router_lm_grad_norms(out.lm_loss)
@@ -123,35 +133,15 @@ class MoELitModule(pl.LightningModule):
         if self.global_rank == 0:
             for logger in self.loggers:
                 logger.log_metrics(
-                    {f"moe/layer{layer}/router_lm_grad_norm": norm for layer, norm in norms.items()},
+                    {layer_tag(layer, "router_lm_grad_norm"): norm for layer, norm in norms.items()},
                     step=self.global_step,
                 )
         return norms
 
     def _reduce_across_ranks(self, routing: dict[int, RoutingStats]) -> dict[int, RoutingStats]:
-        """Expert counts summed and scalar statistics averaged over ranks: every rank (and every
-        callback) sees the loads of the global batch. Two collectives per step, whatever the depth."""
         if self.trainer.world_size == 1 or not routing:
             return routing
-        layers = sorted(routing)
-        counts = torch.stack([routing[i].expert_counts for i in layers])
-        scalars = torch.stack(
-            [
-                torch.stack(
-                    [
-                        routing[i].dropped_frac.float(),
-                        routing[i].entropy,
-                        routing[i].mean_topk_weight,
-                        routing[i].aux_loss,
-                        routing[i].z_loss,
-                    ]
-                )
-                for i in layers
-            ]
-        )
-        counts = self.trainer.strategy.reduce(counts, reduce_op="sum")
-        scalars = self.trainer.strategy.reduce(scalars, reduce_op="mean")
-        return {i: RoutingStats(counts[j], *scalars[j].unbind()) for j, i in enumerate(layers)}
+        return reduce_routing(routing, self.trainer.strategy.reduce)
 
     def optimizer_step(self, *args, **kwargs):
         super().optimizer_step(*args, **kwargs)
@@ -160,51 +150,7 @@ class MoELitModule(pl.LightningModule):
         self.model.update_router_biases(self._step_counts)
         self._step_counts = {}
 
-    def on_train_start(self):
-        self._step_clock = time.perf_counter()
-
-    def on_validation_end(self):
-        # Called after the callbacks' own hook (the best checkpoint is saved there): validation,
-        # text samples and that checkpoint stay out of the training time.
-        self._step_clock = time.perf_counter()
-
-    def on_train_batch_start(self, batch, batch_idx):
-        self._batch_tokens = batch[0].numel() * self.trainer.world_size
-
-    def on_train_batch_end(self, outputs, batch, batch_idx):
-        # An interval runs from the end of the previous step (or validation) to the end of this one,
-        # after the callbacks' hooks: data loading, forward, backward, optimiser, logging and
-        # callbacks are all inside.
-        now = time.perf_counter()
-        tokens, self._batch_tokens = self._batch_tokens, 0
-        self.train_tokens += tokens
-        self.train_seconds += now - self._step_clock
-        self._step_clock = now
-        # The running value, not the last step's: the bar's final value is the run's figure.
-        self.log(TOKENS_PER_S, self.tokens_per_s, prog_bar=True)
-
-    @property
-    def tokens_per_s(self) -> float:
-        return self.train_tokens / self.train_seconds if self.train_seconds else 0.0
-
-    # ------------------------------------------------------------------ progress across resumes
-    def on_fit_start(self):
-        self._fit_start = time.perf_counter()
-
-    def on_save_checkpoint(self, checkpoint):
-        # Totals up to this checkpoint, so a resumed run can report the whole run. Checkpoint
-        # callbacks save before this module's on_train_batch_end: the batch in flight is counted here.
-        in_flight = time.perf_counter() - self._step_clock if self._batch_tokens else 0.0
-        before = self.progress_before
-        checkpoint[PROGRESS_KEY] = {
-            "train_tokens": before["train_tokens"] + self.train_tokens + self._batch_tokens,
-            "train_seconds": before["train_seconds"] + self.train_seconds + in_flight,
-            "wall_time_s": before["wall_time_s"] + time.perf_counter() - self._fit_start,
-        }
-
     def on_load_checkpoint(self, checkpoint):
-        self.progress_before = {**PROGRESS_ZERO, **checkpoint.get(PROGRESS_KEY, {})}
-        self.resumed_from_step = int(checkpoint.get("global_step", 0))
         # Checkpoints written before `_forward` stopped being a submodule hold a second copy of the weights.
         state = checkpoint.get("state_dict", {})
         for key in [k for k in state if k.startswith("_forward.")]:
@@ -238,7 +184,7 @@ class MoELitModule(pl.LightningModule):
         loss = self.val_loss.compute()  # synchronised over ranks by torchmetrics
         self.val_loss.reset()
         bpb = loss / LN2 / self.val_bytes_per_token
-        metrics = {"val/loss": loss, "val/ppl": torch.exp(loss), "val/bpb": bpb}
+        metrics = {VAL_LOSS: loss, VAL_PPL: torch.exp(loss), VAL_BPB: bpb}
         self.log_dict(metrics, sync_dist=False)
         self.last_val = {k: float(v) for k, v in metrics.items()} | {"step": int(self.global_step)}
         self._log_sample()
@@ -253,7 +199,7 @@ class MoELitModule(pl.LightningModule):
         prompt = torch.tensor([self.tokenizer.encode(m.sample_prompt)], device=self.device)
         # A generator of its own: sampling must not move the global RNG that training draws from.
         generator = torch.Generator(device=self.device).manual_seed(self.cfg.seed + self.global_step)
-        ids = self.model.generate(prompt, m.sample_tokens, temperature=0.8, top_k=50, generator=generator)
+        ids = self.model.generate(prompt, m.sample_tokens, temperature=0.8, sample_top_k=50, generator=generator)
         text = self.tokenizer.decode(ids[0].tolist())
         # TensorBoard renders Markdown: indent by four spaces so line breaks survive.
         experiment.add_text("samples", "    " + text.replace("\n", "\n    "), self.global_step)

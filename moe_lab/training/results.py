@@ -13,60 +13,79 @@ import lightning.pytorch as pl
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from moe_lab.artifacts.atomic import write_json_atomic, write_text_atomic
-from moe_lab.artifacts.run_dir import BEST_CKPT, CHECKPOINTS, CONFIG, LAST_CKPT, METRICS, PREVIOUS_CKPT, RunMetrics
+from moe_lab.artifacts.metrics import VOCABULARY
+from moe_lab.artifacts.run_dir import (
+    BEST_CKPT,
+    CHECKPOINTS,
+    COMPLETED,
+    CONFIG,
+    FAILED,
+    FINISHED_STATUSES,
+    LAST_CKPT,
+    METRICS,
+    PREVIOUS_CKPT,
+    PRUNED,
+    STOPPED,
+    RunMetrics,
+)
+from moe_lab.callbacks.throughput import Throughput
 from moe_lab.config import ExperimentConfig, to_dict, to_yaml
 from moe_lab.formatting import si
 from moe_lab.interop.checkpoint import strip_to_weights
 from moe_lab.model.summary import summary_record
 from moe_lab.training.lit import MoELitModule
 from moe_lab.training.loggers import finalize
+from moe_lab.training.run_callbacks import RunCallbacks
 from moe_lab.training.tb_hparams import HEADLINE_HPARAMS, experiment_summary, flatten, ordered_metrics, write_session
-
-FINISHED = ("completed", "pruned")  # statuses of a run that is over for good (nothing to resume)
 
 
 def final_metrics(
-    cfg: ExperimentConfig, lit: MoELitModule, trainer: pl.Trainer, callbacks: dict, wall: float, error: str | None
+    cfg: ExperimentConfig,
+    lit: MoELitModule,
+    trainer: pl.Trainer,
+    callbacks: RunCallbacks,
+    wall: float,
+    error: str | None,
 ) -> RunMetrics:
     summary = summary_record(cfg.model, cfg.data.block_size)
-    load = callbacks["load_monitor"].summary()
-    detector = callbacks["collapse_detector"]
-    best = callbacks["best_checkpoint"].best_model_score
-    before = lit.progress_before  # zeros unless the run resumed from a checkpoint
-    tokens = before["train_tokens"] + lit.train_tokens
-    train_seconds = before["train_seconds"] + lit.train_seconds
-    status = "completed"
+    load = callbacks.load_monitor.summary()
+    detector = callbacks.collapse_detector
+    best = callbacks.best_checkpoint.best_model_score
+    throughput = callbacks.throughput
+    before = throughput.progress_before  # zeros unless the run resumed from a checkpoint
+    tokens = before["train_tokens"] + throughput.train_tokens
+    train_seconds = before["train_seconds"] + throughput.train_seconds
+    status = COMPLETED
     if error is not None:
-        status = "failed"
+        status = FAILED
     elif detector.prune_reason:
-        status = "pruned"
+        status = PRUNED
     elif trainer.global_step < cfg.trainer.max_steps:
-        status = "stopped"
+        status = STOPPED
+    # A metric of the vocabulary is what a monitor of the run reports under its name, else the last
+    # logged value of its tag (moe_lab.artifacts.metrics.Metric).
+    reported = {
+        **load,
+        "best_val_loss": float(best) if best is not None else None,
+        "tokens_per_s": _rate(tokens, train_seconds),
+        "collapse_events_count": len(detector.events),
+    }
+    values = {m.name: reported[m.name] if m.name in reported else _last_value(lit, trainer, m.tag) for m in VOCABULARY}
     return RunMetrics(
         status=status,
         error=error,
         steps=int(trainer.global_step),
-        val_loss=lit.last_val.get("val/loss"),
-        val_bpb=lit.last_val.get("val/bpb"),
-        val_ppl=lit.last_val.get("val/ppl"),
-        best_val_loss=float(best) if best is not None else None,
+        **values,
         train_tokens=tokens,
-        tokens_per_s=_rate(tokens, train_seconds),
         train_seconds=train_seconds,
         wall_time_s=before["wall_time_s"] + wall,
-        resumed_from_step=lit.resumed_from_step,
-        this_part=_this_part(lit, wall) if lit.resumed_from_step is not None else None,
+        resumed_from_step=throughput.resumed_from_step,
+        this_part=_this_part(throughput, wall) if throughput.resumed_from_step is not None else None,
         total_params=summary["total_params"],
         active_params=summary["total_active_params"],
         flops_per_token=summary["total_flops_per_token"],
         moe_layers=summary["moe_layers"],
-        final_load_cv=load.get("final_load_cv"),
-        final_max_over_uniform=load.get("final_max_over_uniform"),
-        final_dropped_frac=load.get("final_dropped_frac"),
-        final_aux_loss=_logged(trainer, "train/aux_loss"),
-        final_z_loss=_logged(trainer, "train/z_loss"),
-        collapse_events=list(detector.events),
-        collapse_events_count=len(detector.events),
+        collapse_events=[asdict(event) for event in detector.events],
         prune_reason=detector.prune_reason,
     )
 
@@ -75,17 +94,20 @@ def _rate(tokens: int, seconds: float) -> float | None:
     return tokens / seconds if seconds else None
 
 
-def _this_part(lit: MoELitModule, wall: float) -> dict:
+def _this_part(throughput: Throughput, wall: float) -> dict:
     """The throughput figures of this part alone of a resumed run."""
     return {
-        "train_tokens": lit.train_tokens,
-        "tokens_per_s": _rate(lit.train_tokens, lit.train_seconds),
+        "train_tokens": throughput.train_tokens,
+        "tokens_per_s": _rate(throughput.train_tokens, throughput.train_seconds),
         "wall_time_s": wall,
     }
 
 
-def _logged(trainer: pl.Trainer, name: str) -> float | None:
-    value = trainer.callback_metrics.get(name)
+def _last_value(lit: MoELitModule, trainer: pl.Trainer, tag: str | None) -> float | None:
+    """The last value logged under `tag`: the last validation's, or the last training step's."""
+    if tag in lit.last_val:
+        return lit.last_val[tag]
+    value = trainer.callback_metrics.get(tag) if tag else None
     return None if value is None else float(value)
 
 
@@ -113,7 +135,7 @@ def json_text(record: dict) -> str:
 def finish_checkpoints(directory: Path, keep: str, status: str) -> None:
     """Apply `trainer.keep_checkpoints` to a run that has finished for good (completed or pruned); a
     failed or stopped run keeps what resuming it needs."""
-    if keep == "all" or status not in FINISHED or not directory.is_dir():
+    if keep == "all" or status not in FINISHED_STATUSES or not directory.is_dir():
         return
     if keep == "none":
         shutil.rmtree(directory)

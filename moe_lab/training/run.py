@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -16,6 +16,7 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from moe_lab.artifacts.atomic import check_writable_dir, write_text_atomic
 from moe_lab.artifacts.environment import environment_record
+from moe_lab.artifacts.metrics import VAL_LOSS
 from moe_lab.artifacts.run_dir import (
     CHECKPOINTS,
     CONFIG,
@@ -35,6 +36,7 @@ from moe_lab.callbacks.checkpoint import RotatingCheckpoint
 from moe_lab.callbacks.nonfinite import NonFiniteLossError, NonFiniteLossGuard
 from moe_lab.callbacks.progress import ProgressBar
 from moe_lab.callbacks.progress_file import ProgressFile
+from moe_lab.callbacks.throughput import Throughput
 from moe_lab.config import ExperimentConfig, derive, to_yaml
 from moe_lab.config.budget import training_flops_per_step
 from moe_lab.data.datamodule import TextDataModule
@@ -53,13 +55,14 @@ from moe_lab.training.results import (
     write_metrics,
     write_record,
 )
+from moe_lab.training.run_callbacks import RunCallbacks
 
 
 @dataclass
 class RunResult:
     run_dir: Path
     record: RunMetrics
-    callbacks: dict = field(default_factory=dict)  # name -> callback instance, for sweeps
+    callbacks: RunCallbacks | None = None  # the run's own callbacks, for sweeps
 
     @property
     def metrics(self) -> dict:
@@ -108,22 +111,22 @@ def _checkpoint_problem(cfg: ExperimentConfig, ckpt: Path) -> str | None:
     return None
 
 
-def build_callbacks(cfg: ExperimentConfig, run_dir: Path, resume_ckpt: Path | None = None) -> dict[str, pl.Callback]:
+def build_callbacks(cfg: ExperimentConfig, run_dir: Path, resume_ckpt: Path | None = None) -> RunCallbacks:
     m = cfg.monitor
     every = cfg.trainer.checkpoint_every_n_steps or cfg.trainer.val_every_n_steps
     last = run_dir / CHECKPOINTS / LAST_CKPT
     resumed_from_last = resume_ckpt is not None and resume_ckpt.resolve() == last.resolve()
-    return {
-        "best_checkpoint": RotatingCheckpoint(
+    return RunCallbacks(
+        best_checkpoint=RotatingCheckpoint(
             dirpath=run_dir / CHECKPOINTS,
             filename="best",
-            monitor="val/loss",
+            monitor=VAL_LOSS,
             mode="min",
             save_top_k=1,
             auto_insert_metric_name=False,
             enable_version_counter=False,
         ),
-        "last_checkpoint": RotatingCheckpoint(
+        last_checkpoint=RotatingCheckpoint(
             dirpath=run_dir / CHECKPOINTS,
             save_top_k=0,
             save_last=True,
@@ -131,22 +134,23 @@ def build_callbacks(cfg: ExperimentConfig, run_dir: Path, resume_ckpt: Path | No
             keep_previous=True,
             trusted=resumed_from_last,
         ),
-        "load_monitor": ExpertLoadMonitor(
+        load_monitor=ExpertLoadMonitor(
             log_every_n_steps=m.log_every_n_steps,
             heatmap_every_n_steps=m.heatmap_every_n_steps,
             max_experts_logged=m.max_experts_logged,
         ),
-        "collapse_detector": ExpertCollapseDetector(
+        collapse_detector=ExpertCollapseDetector(
             min_load_fraction=m.collapse_min_load_fraction,
             patience_steps=m.collapse_patience_steps,
             min_entropy_norm=m.collapse_min_entropy_norm,
             action=m.collapse_action,
             dead_router_max_grad_norm=m.dead_router_max_grad_norm,
         ),
-        "lr_monitor": LearningRateMonitor(logging_interval="step"),
-        "nan_guard": NonFiniteLossGuard(),
-        "progress": ProgressFile(run_dir / PROGRESS, training_flops_per_step(cfg)),
-    }
+        lr_monitor=LearningRateMonitor(logging_interval="step"),
+        nan_guard=NonFiniteLossGuard(),
+        progress=ProgressFile(run_dir / PROGRESS, training_flops_per_step(cfg)),
+        throughput=Throughput(),
+    )
 
 
 def _precision(value: str) -> str:
@@ -171,7 +175,7 @@ def build_trainer(
     """The Trainer; Lightning checks accelerator, devices and strategy here, and writes nothing yet."""
     t = cfg.trainer
     try:
-        return pl.Trainer(
+        trainer = pl.Trainer(
             max_steps=t.max_steps,
             max_epochs=-1,
             val_check_interval=t.val_every_n_steps,
@@ -206,6 +210,10 @@ def build_trainer(
             f"(accelerator={t.accelerator}, devices={t.devices}, strategy={t.strategy}): "
             f"{reason}",
         ) from None
+    # Lightning moves the checkpoint callbacks to the end of the list; Throughput must come after them and
+    # after the extra callbacks and the progress bar, to time each step with all their hooks inside.
+    trainer.callbacks.sort(key=lambda callback: isinstance(callback, Throughput))  # stable: others keep order
+    return trainer
 
 
 def _print(msg: str, quiet: bool) -> None:
@@ -272,7 +280,7 @@ def run(
     # train.log, written once the run directory exists).
     with contextlib.ExitStack() as early:
         captured = early.enter_context(lightning_output_captured()) if quiet else None
-        trainer = build_trainer(cfg, loggers or False, [*callbacks.values(), *extra_callbacks], run_dir, quiet)
+        trainer = build_trainer(cfg, loggers or False, [*callbacks.as_list(), *extra_callbacks], run_dir, quiet)
     run_dir.mkdir(parents=True, exist_ok=True)
     _print(f"run directory: {run_dir}" + (f" (resuming {resume_ckpt})" if resume_ckpt else ""), quiet)
     summary = model_summary(cfg.model, cfg.data.block_size)

@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from moe_lab.artifacts.metrics import DROPPED_FRAC_MEAN, LOAD_CV_MEAN, TRAIN_LM_LOSS, VAL_LOSS, layer_tag
 from moe_lab.artifacts.run_dir import HPARAM_METRICS
 
 # HPARAM_METRICS (RunMetrics field names) are shown as `final/<key>`, in their declared order (the objective
@@ -41,11 +42,11 @@ HEADLINE_HPARAMS = (
 )
 # The study comparison charts: (title, tag regex); TensorBoard draws every run matching a regex on one chart.
 COMPARISON_CHARTS = (
-    ("val loss", r"val/loss"),
-    ("load CV (mean over layers)", r"moe/load_cv_mean"),
-    ("dropped fraction (mean over layers)", r"moe/dropped_frac_mean"),
-    ("router entropy / ln E, per layer", r"moe/layer\d+/entropy_norm"),
-    ("train LM loss", r"train/lm_loss"),
+    ("val loss", VAL_LOSS),
+    ("load CV (mean over layers)", LOAD_CV_MEAN),
+    ("dropped fraction (mean over layers)", DROPPED_FRAC_MEAN),
+    ("router entropy / ln E, per layer", layer_tag(r"\d+", "entropy_norm")),
+    ("train LM loss", TRAIN_LM_LOSS),
 )
 
 

@@ -53,6 +53,10 @@ class Router(nn.Module):
         self.renormalize = renormalize
         self.gate = nn.Linear(d_model, n_routed_experts, bias=False)
 
+    def init_weights(self) -> None:
+        """The router's own initialisation, applied after the model's generic one (every Linear, the gate
+        included, drawn from N(0, init_std)). Nothing to change for a plain gate."""
+
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         with torch.autocast(x.device.type, enabled=False):
             return nn.functional.linear(x.float(), self.gate.weight.float())
@@ -69,19 +73,19 @@ def token_choice(
     top_k: int,
     renormalize: bool,
 ) -> Routing:
-    """Each token picks its top-k experts by `selection_scores`; weights come from `gate_scores`."""
+    """Each token picks its top-k experts by `selection_scores`; weights come from `gate_scores` (all [T, E])."""
     T = logits.shape[0]
-    _, idx = selection_scores.topk(top_k, dim=-1)  # [T, k]
-    weight = gate_scores.gather(-1, idx)  # [T, k]
+    _, topk_idx_TK = selection_scores.topk(top_k, dim=-1)
+    weight_TK = gate_scores.gather(-1, topk_idx_TK)
     if renormalize:
-        weight = weight / weight.sum(dim=-1, keepdim=True)
-    tokens = torch.arange(T, device=logits.device)
+        weight_TK = weight_TK / weight_TK.sum(dim=-1, keepdim=True)
+    tokens_T = torch.arange(T, device=logits.device)
     return Routing(
         logits=logits,
         probs=probs,
-        token_idx=tokens.repeat(top_k),  # slot-major: every token's 1st choice, then every 2nd ...
-        expert_idx=idx.t().reshape(-1),
-        weight=weight.t().reshape(-1),
+        token_idx=tokens_T.repeat(top_k),  # slot-major: every token's 1st choice, then every 2nd ...
+        expert_idx=topk_idx_TK.t().reshape(-1),
+        weight=weight_TK.t().reshape(-1),
     )
 
 

@@ -24,12 +24,16 @@ class ExpertChoiceRouter(Router):
     options = ()  # the weights are the chosen tokens' affinities: nothing to renormalise
 
     def forward(self, x: torch.Tensor, capacity: int | None) -> Routing:
-        logits = self.logits(x)
-        probs = logits.softmax(dim=-1)  # [T, E], token-to-expert affinities (paper eq. 1)
-        T = logits.shape[0]
-        c = min(T, capacity or T)
-        weight, tokens = probs.t().topk(c, dim=-1)  # [E, C]
-        experts = torch.arange(self.n_routed_experts, device=x.device).repeat_interleave(c)
+        logits_TE = self.logits(x)
+        probs_TE = logits_TE.softmax(dim=-1)  # token-to-expert affinities (paper eq. 1)
+        T = logits_TE.shape[0]
+        C = min(T, capacity or T)
+        weight_EC, token_idx_EC = probs_TE.t().topk(C, dim=-1)
+        expert_idx_A = torch.arange(self.n_routed_experts, device=x.device).repeat_interleave(C)
         return Routing(
-            logits=logits, probs=probs, token_idx=tokens.reshape(-1), expert_idx=experts, weight=weight.reshape(-1)
+            logits=logits_TE,
+            probs=probs_TE,
+            token_idx=token_idx_EC.reshape(-1),
+            expert_idx=expert_idx_A,
+            weight=weight_EC.reshape(-1),
         )

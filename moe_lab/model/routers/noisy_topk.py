@@ -20,6 +20,10 @@ class NoisyTopKRouter(Router):
     def __init__(self, d_model: int, n_routed_experts: int, routed_top_k: int, **kw):
         super().__init__(d_model, n_routed_experts, routed_top_k, **kw)
         self.noise = nn.Linear(d_model, n_routed_experts, bias=False)
+        self.init_weights()
+
+    def init_weights(self) -> None:
+        # W_noise starts at zero (Shazeer 2017): every logit's noise std starts at softplus(0) = ln 2.
         nn.init.zeros_(self.noise.weight)
 
     def noise_std(self, x: torch.Tensor) -> torch.Tensor:
@@ -27,10 +31,10 @@ class NoisyTopKRouter(Router):
             return F.softplus(F.linear(x.float(), self.noise.weight.float()))
 
     def forward(self, x: torch.Tensor, capacity: int | None) -> Routing:
-        clean = self.logits(x)
-        noisy = clean
+        clean_TE = self.logits(x)
+        noisy_TE = clean_TE
         if self.training:
-            noisy = clean + torch.randn_like(clean) * self.noise_std(x)
-        probs = noisy.softmax(dim=-1)
+            noisy_TE = clean_TE + torch.randn_like(clean_TE) * self.noise_std(x)
+        probs_TE = noisy_TE.softmax(dim=-1)
         # z-loss is taken on the clean logits: the noise is exploration, not something to penalise.
-        return token_choice(clean, probs, probs, probs, self.routed_top_k, self.renormalize)
+        return token_choice(clean_TE, probs_TE, probs_TE, probs_TE, self.routed_top_k, self.renormalize)

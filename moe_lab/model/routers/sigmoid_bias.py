@@ -24,15 +24,16 @@ class SigmoidBiasRouter(Router):
         self.register_buffer("selection_bias", torch.zeros(n_routed_experts))
 
     def forward(self, x: torch.Tensor, capacity: int | None) -> Routing:
-        logits = self.logits(x)
-        scores = logits.sigmoid()
+        logits_TE = self.logits(x)
+        scores_TE = logits_TE.sigmoid()
         # The distribution the aux loss and entropy see: affinities normalised per token (DeepSeek-V3
         # eq. 18, the complementary sequence-wise balance loss).
-        probs = scores / scores.sum(dim=-1, keepdim=True)
-        return token_choice(logits, probs, scores + self.selection_bias, scores, self.routed_top_k, self.renormalize)
+        probs_TE = scores_TE / scores_TE.sum(dim=-1, keepdim=True)
+        selection_TE = scores_TE + self.selection_bias
+        return token_choice(logits_TE, probs_TE, selection_TE, scores_TE, self.routed_top_k, self.renormalize)
 
     @torch.no_grad()
     def update_bias(self, expert_counts: torch.Tensor) -> None:
         """expert_counts: [E] tokens routed to each expert over the step (summed over ranks)."""
-        load = expert_counts.to(self.selection_bias)
-        self.selection_bias += self.bias_update_speed * torch.sign(load.mean() - load)
+        load_E = expert_counts.to(self.selection_bias)
+        self.selection_bias += self.bias_update_speed * torch.sign(load_E.mean() - load_E)

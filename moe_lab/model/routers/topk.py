@@ -20,6 +20,6 @@ class TopKRouter(Router):
         if self.training and self.jitter > 0:
             # Switch Transformer's multiplicative jitter on the router input (exploration).
             x = x * torch.empty_like(x).uniform_(1.0 - self.jitter, 1.0 + self.jitter)
-        logits = self.logits(x)
-        probs = logits.softmax(dim=-1)
-        return token_choice(logits, probs, probs, probs, self.routed_top_k, self.renormalize)
+        logits_TE = self.logits(x)
+        probs_TE = logits_TE.softmax(dim=-1)
+        return token_choice(logits_TE, probs_TE, probs_TE, probs_TE, self.routed_top_k, self.renormalize)

@@ -1,0 +1,31 @@
+"""The callbacks every run has (built by moe_lab.training.run.build_callbacks), by name: the final metrics
+read the load monitor, the collapse detector, the best checkpoint and the throughput from them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import lightning.pytorch as pl
+from lightning.pytorch.callbacks import LearningRateMonitor
+
+from moe_lab.callbacks import ExpertCollapseDetector, ExpertLoadMonitor
+from moe_lab.callbacks.checkpoint import RotatingCheckpoint
+from moe_lab.callbacks.nonfinite import NonFiniteLossGuard
+from moe_lab.callbacks.progress_file import ProgressFile
+from moe_lab.callbacks.throughput import Throughput
+
+
+@dataclass
+class RunCallbacks:
+    best_checkpoint: RotatingCheckpoint
+    last_checkpoint: RotatingCheckpoint
+    load_monitor: ExpertLoadMonitor
+    collapse_detector: ExpertCollapseDetector
+    lr_monitor: LearningRateMonitor
+    nan_guard: NonFiniteLossGuard
+    progress: ProgressFile
+    throughput: Throughput  # build_trainer puts it after every other callback (see Throughput)
+
+    def as_list(self) -> list[pl.Callback]:
+        """The callbacks in field order (not dataclasses.astuple: it would copy them)."""
+        return [getattr(self, f.name) for f in fields(self)]
