@@ -7,6 +7,7 @@ results.md / results.csv / results.tex and plots that say whether the paper's di
 
 from __future__ import annotations
 
+import argparse
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -77,17 +78,14 @@ def load_ablation(path: str | Path, overrides: list[str] = ()) -> Sweep:
     return sweep
 
 
-def verify_main(argv: list[str]) -> int:
-    """`--verify`: rerun one seed of each stored arm and say which numbers reproduced (exit 1 if any
-    did not). See moe_lab/sweep/verify.py for what counts as reproduced."""
-    import argparse
+VERIFY_PROG = "python -m moe_lab.ablate FILE --verify"
 
-    from moe_lab.sweep.verify import verdict_table, verify
 
-    parser = argparse.ArgumentParser(prog="python -m moe_lab.ablate FILE --verify")
-    parser.add_argument("ablation")
-    parser.add_argument("overrides", nargs="*")
-    parser.add_argument("--verify", action="store_true", required=True)
+def add_verify_options(parser) -> None:
+    """The --verify options, on an ArgumentParser or one of its argument groups."""
+    parser.add_argument(
+        "--verify", action="store_true", required=True, help="rerun one seed of each stored arm: did it reproduce?"
+    )
     parser.add_argument("--arms", default="", help="comma-separated arms to rerun (default: all)")
     parser.add_argument("--seed", type=int, default=None, help="the seed to rerun (default: the first)")
     parser.add_argument(
@@ -96,6 +94,24 @@ def verify_main(argv: list[str]) -> int:
         default=None,
         help="allowed |difference| where settings differ (default: 2 x the arm's seed std)",
     )
+
+
+def verify_help() -> str:
+    """The --verify options as a section of the ablation command's --help (they have their own parser)."""
+    parser = argparse.ArgumentParser(prog=VERIFY_PROG, usage=argparse.SUPPRESS, add_help=False)
+    add_verify_options(parser.add_argument_group(f"verify a finished ablation ({VERIFY_PROG} [options])"))
+    return parser.format_help()
+
+
+def verify_main(argv: list[str]) -> int:
+    """`--verify`: rerun one seed of each stored arm and say which numbers reproduced (exit 1 if any
+    did not). See moe_lab/sweep/verify.py for what counts as reproduced."""
+    from moe_lab.sweep.verify import verdict_table, verify
+
+    parser = argparse.ArgumentParser(prog=VERIFY_PROG)
+    parser.add_argument("ablation")
+    parser.add_argument("overrides", nargs="*")
+    add_verify_options(parser)
     args = parser.parse_intermixed_args(argv)  # overrides may follow the options
 
     def rerun() -> int:
@@ -119,12 +135,14 @@ def main(argv: list[str] | None = None) -> int:
         return verify_main(argv)
     from moe_lab.sweep.command import cli
 
-    def report(study_dir: Path) -> None:
+    def report(study_dir: Path, storage_url: str) -> None:  # an ablation's report reads its run directories
         from moe_lab.report.ablation_results import write_ablation_report
 
         write_ablation_report(study_dir, echo=True)
 
-    return cli(argv, prog="python -m moe_lab.ablate", doc=__doc__, loader=load_ablation, reporter=report)
+    return cli(
+        argv, prog="python -m moe_lab.ablate", doc=__doc__, loader=load_ablation, reporter=report, epilog=verify_help()
+    )
 
 
 if __name__ == "__main__":

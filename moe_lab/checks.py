@@ -4,6 +4,7 @@ offending key in one wording. Each raises ConfigError(key, message)."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from typing import Any
 
@@ -22,11 +23,17 @@ def one_of(key: str, value: Any, allowed: Iterable[str]) -> None:
 
 
 def at_least(key: str, value: float, low: float) -> None:
-    require(value >= low, key, f"must be >= {low}, got {value}")
+    """A finite number >= low (inf would pass the comparison and fail at step 1)."""
+    require(math.isfinite(value) and value >= low, key, f"must be {_finite(value)}>= {low}, got {value}")
 
 
 def above(key: str, value: float, low: float) -> None:
-    require(value > low, key, f"must be > {low}, got {value}")
+    """A finite number > low: rates and scales."""
+    require(math.isfinite(value) and value > low, key, f"must be {_finite(value)}> {low}, got {value}")
+
+
+def _finite(value: float) -> str:
+    return "" if math.isfinite(value) else "a finite number "
 
 
 def in_range(key: str, value: float, low: float, high: float, what: str = "") -> None:
@@ -39,3 +46,24 @@ def whole_at_least(key: str, value: Any, low: int) -> None:
     that has typed them already."""
     ok = isinstance(value, int) and not isinstance(value, bool) and value >= low
     require(ok, key, f"expected an integer >= {low}, got {value!r}")
+
+
+def path_component(key: str, value: str) -> None:
+    """A name that becomes one directory: not empty, not '.' or '..', no '/', no NUL byte; so a run or a
+    study never writes outside its output_dir."""
+    require(
+        bool(value.strip()) and value not in (".", "..") and "/" not in value and "\x00" not in value,
+        key,
+        f"must be a single directory name (not empty, '.' or '..'; no '/' or NUL byte), got {value!r}",
+    )
+
+
+def no_nul(key: str, value: str) -> None:
+    require("\x00" not in value, key, f"holds a NUL byte: {value!r}")
+
+
+SEED_LIMIT = 2**32  # numpy's and Lightning's seeds are 32-bit
+
+
+def seed(key: str, value: int) -> None:
+    require(0 <= value < SEED_LIMIT, key, f"must be in [0, 2^32), got {value}")

@@ -4,39 +4,67 @@ Each `python -m moe_lab.X` parses its arguments, then hands its work to `run_mai
 
 - a `MoELabError` (bad config, bad data, a refused checkpoint) prints `error: <message>` on one line of
   stderr and exits 2, no traceback (an error class may name another code in `exit_code`);
-- Ctrl-C prints the command's own hint (how to resume) and exits 130, the shell's code for SIGINT;
+- a stop signal (SIGTERM, SIGINT = Ctrl-C, SIGUSR1: moe_lab.signals, handled by the entry points that train)
+  ends the work at a safe point with what resuming needs saved, prints the command's own hint (how to resume)
+  and exits 128 + the signal's number, the shell's code for it: 143 SIGTERM, 130 SIGINT, 138 SIGUSR1 (Linux);
+  never 0, so that a scheduler does not count the job as done;
 - the CPU allocator keeps freed memory in the process (`tune_cpu_allocator`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import functools
+import signal
 import sys
 from collections.abc import Callable
 
-from moe_lab.errors import MoELabError
+from moe_lab import signals
+from moe_lab.errors import Interrupted, MoELabError
+from moe_lab.redact import redact
 
 EXIT_ERROR = 2  # a MoELabError: the input is at fault, not the code
-EXIT_INTERRUPTED = 130  # 128 + SIGINT
+
+
+def signal_exit_code(signum: int) -> int:
+    """The exit code of a process a signal ended, as the shell reports it: 128 + the signal's number."""
+    return 128 + int(signum)
+
+
+EXIT_INTERRUPTED = signal_exit_code(signal.SIGINT)  # 130: Ctrl-C
+EXIT_TERMINATED = signal_exit_code(signal.SIGTERM)  # 143: a scheduler's preemption or time limit
+EXIT_USR1 = signal_exit_code(signal.SIGUSR1)  # 138 on Linux: SLURM's warning before the time limit
 
 # glibc mallopt parameters (malloc.h)
 _M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3
 
 
-def run_main(body: Callable[[], int | None], interrupted: str = "interrupted", tune_allocator: bool = True) -> int:
-    """Run an entry point's `body` and turn its outcome into an exit code (None counts as 0)."""
+def run_main(
+    body: Callable[[], int | None],
+    interrupted: str | Callable[[Interrupted], str] = "interrupted",
+    tune_allocator: bool = True,
+    stop_signals: bool = False,
+) -> int:
+    """Run an entry point's `body` and turn its outcome into an exit code (None counts as 0).
+    `stop_signals`: handle SIGTERM, SIGINT and SIGUSR1 as moe_lab.signals says (the entry points that train).
+    `interrupted`: what to print when a stop signal or Ctrl-C ends the body (how to resume), or a function of
+    the Interrupted that says it; nothing when empty."""
     if tune_allocator:
         tune_cpu_allocator()
     try:
-        return body() or 0
+        with signals.handled() if stop_signals else contextlib.nullcontext():
+            return body() or 0
     except MoELabError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {redact(str(err))}", file=sys.stderr)
         return getattr(err, "exit_code", EXIT_ERROR)
-    except KeyboardInterrupt:
-        print(interrupted, file=sys.stderr)
-        return EXIT_INTERRUPTED
+    except (Interrupted, KeyboardInterrupt) as err:
+        stop = err if isinstance(err, Interrupted) else Interrupted(signal.SIGINT)
+        message = interrupted(stop) if callable(interrupted) else interrupted
+        if message:
+            print(message, file=sys.stderr, flush=True)
+        return signal_exit_code(stop.signum)
 
 
 @functools.cache

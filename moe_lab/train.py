@@ -3,14 +3,20 @@
 Writes <output_dir>/<name>/<version>/ with TensorBoard events, config.yaml, env.json,
 model_summary.txt, the tokenizer, checkpoints/ (best.ckpt, last.ckpt) and the final metrics (moe_lab.artifacts.run_dir).
 `trainer.resume=auto` continues the latest run of the experiment from its last checkpoint.
+SIGTERM, SIGINT (Ctrl-C) or SIGUSR1 stop training at the next step boundary with last.ckpt saved there and
+metrics.json status "interrupted"; the command that continues the run is printed on stderr, and the exit
+code is 128 + the signal's number (143, 130, 138).
 """
 
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
+from pathlib import Path
 
 from moe_lab.cli import run_main
+from moe_lab.errors import Interrupted, signal_name
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,11 +35,29 @@ def main(argv: list[str] | None = None) -> int:
         if args.print_config:
             print(to_yaml(cfg), end="")
             return
+        from moe_lab.training.output import lightning_info_silenced
         from moe_lab.training.run import run  # Lightning and torch: only when training
 
+        lightning_info_silenced()
         run(cfg)
 
-    return run_main(train, interrupted="interrupted: resume with trainer.resume=auto")
+    def resume_hint(stop: Interrupted) -> str:
+        command = resume_command([args.config, *args.overrides], stop.run_dir)
+        saved = f"last checkpoint saved in {stop.run_dir}; " if stop.run_dir else ""
+        return f"interrupted by {signal_name(stop.signum)}: {saved}continue with\n  {command}"
+
+    return run_main(train, interrupted=resume_hint, stop_signals=True)
+
+
+def resume_command(args: list[str], run_dir: Path | None) -> str:
+    """The command that continues an interrupted run: the same arguments, resuming (trainer.resume=auto) the run
+    directory it saved its checkpoint in; without one, the same command (nothing to resume)."""
+    if run_dir is not None:
+        args = [a for a in args if not a.startswith("trainer.resume=")]
+        if not any(a.startswith("version=") for a in args):
+            args.append(f"version={run_dir.name}")  # this run's directory, not the experiment's newest
+        args.append("trainer.resume=auto")
+    return shlex.join(["python", "-m", "moe_lab.train", *args])
 
 
 if __name__ == "__main__":

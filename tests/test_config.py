@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from moe_lab.config import config_from_dict, load_config, to_dict
+from moe_lab.config.experiment import flatten
 from moe_lab.errors import ConfigError
-from moe_lab.training.tb_hparams import flatten
 
 REPO = Path(__file__).resolve().parents[1]
 

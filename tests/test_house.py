@@ -11,7 +11,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "moe_lab"
 # Lowest first: a module may import its own layer and the layers below, never one above.
 LAYERS = (
-    ("errors", "formatting", "checks"),
+    ("errors", "formatting", "checks", "redact", "signals"),
     ("artifacts", "study", "model", "data", "cli"),
     ("config",),
     ("callbacks", "interop"),
@@ -32,8 +32,10 @@ ENTRY_POINTS = {
 TOP_LEVEL = {
     "__init__.py",
     "errors.py",
+    "signals.py",
     "formatting.py",
     "checks.py",
+    "redact.py",
     "cli.py",
     "train.py",
     "ablate.py",

@@ -171,3 +171,44 @@ def test_storage_that_cannot_work_is_one_error_line(tmp_path, data_cache, server
     assert f"127.0.0.1:{url.rsplit(':', 1)[1].split('/')[0]}" in proc.stderr  # names the storage
     assert "***" in proc.stderr and postgres_server.PASSWORD not in proc.stdout + proc.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == before  # no output_dir, no .study.lock
+
+
+def files_holding(root: Path, secret: str) -> list[str]:
+    """Every file under `root` whose bytes contain `secret` (TensorBoard event files and checkpoints too)."""
+    return [str(p.relative_to(root)) for p in root.rglob("*") if p.is_file() and secret.encode() in p.read_bytes()]
+
+
+def test_a_password_in_the_url_reaches_no_file_and_the_sweep_reports(tmp_path, data_cache, database):
+    """The URL with its password on the command line and no PGPASSWORD: the sweep trains, writes its report
+    with the URL it ran with, and no file of its output (env.json's argv included) holds the password."""
+    path = write_sweep(tmp_path, data_cache, "sampler: grid\nspace:\n  model.moe.top_k: [1, 2]\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("PGPASSWORD", "MOE_LAB_STORAGE_PASSWORD")}
+    proc = subprocess.run(
+        host_cmd(path, database, "hostA", tmp_path), cwd=REPO, capture_output=True, text=True, env=env, timeout=900
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    study = tmp_path / "hostA" / "pg"
+    assert (study / "summary.md").is_file() and "top_k=2" in (study / "summary.md").read_text()
+    assert len(list(study.glob("trials/*/seed0/env.json"))) == 2
+    assert files_holding(tmp_path / "hostA", postgres_server.PASSWORD) == []
+    assert postgres_server.PASSWORD not in proc.stdout + proc.stderr
+    # The argv a run records still says which storage it used, password masked.
+    argv = json.loads(next(study.glob("trials/*/seed0/env.json")).read_text())["argv"]
+    assert any(a.startswith("storage=postgresql+psycopg://") and ":***@127.0.0.1" in a for a in argv), argv
+
+
+def test_the_password_may_come_from_moe_lab_storage_password(tmp_path, data_cache, database):
+    """A URL without a password, the password in MOE_LAB_STORAGE_PASSWORD: the sweep and a later report
+    both open the storage."""
+    from sqlalchemy.engine import make_url
+
+    url = make_url(database)._replace(password=None).render_as_string(hide_password=False)
+    path = write_sweep(tmp_path, data_cache, "sampler: grid\nspace:\n  model.moe.top_k: [1]\n")
+    env = {k: v for k, v in os.environ.items() if k != "PGPASSWORD"}
+    env["MOE_LAB_STORAGE_PASSWORD"] = postgres_server.PASSWORD
+    proc = subprocess.run(host_cmd(path, url, "hostA", tmp_path), cwd=REPO, capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    report = [sys.executable, "-m", "moe_lab.report", str(tmp_path / "hostA" / "pg")]
+    again = subprocess.run(report, cwd=REPO, capture_output=True, text=True, env=env, timeout=300)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert files_holding(tmp_path / "hostA", postgres_server.PASSWORD) == []

@@ -293,7 +293,9 @@ def test_throughput_is_the_last_callback_after_checkpoints_extras_and_bar(tmp_pa
     extra = _KeepBarMetrics()
     trainer = build_trainer(cfg, False, [*callbacks.as_list(), extra], tmp_path / "run", quiet=False)
     assert trainer.callbacks[-1] is callbacks.throughput
-    assert trainer.callbacks[-3:-1] == [callbacks.best_checkpoint, callbacks.last_checkpoint]
+    # The stop-signal checkpoint after last.ckpt's: it saves what a periodic last.ckpt of its step holds.
+    stops = [callbacks.best_checkpoint, callbacks.last_checkpoint, callbacks.stop_on_signal]
+    assert trainer.callbacks[-4:-1] == stops
     assert extra in trainer.callbacks and any(isinstance(c, ProgressBar) for c in trainer.callbacks)
     assert sum(isinstance(c, Throughput) for c in trainer.callbacks) == 1
 

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import torch
 
+from moe_lab.redact import redact_all
+
 PACKAGES = (
     "moe-lab",
     "torch",
@@ -78,17 +80,20 @@ def package_versions() -> dict[str, str | None]:
 
 
 def environment_record(**extra) -> dict:
-    return {
-        "python": sys.version.split()[0],
-        "platform": platform.platform(),
-        "packages": package_versions(),
-        "torch": {
-            "threads": torch.get_num_threads(),
-            "cuda_available": torch.cuda.is_available(),
-            "cuda_device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-            "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
-        },
-        "git": CODE.record(),
-        "argv": sys.argv,
-        **extra,
-    }
+    """What a run ran on, credentials in it masked (moe_lab.redact: a storage URL on the command line)."""
+    return redact_all(
+        {
+            "python": sys.version.split()[0],
+            "platform": platform.platform(),
+            "packages": package_versions(),
+            "torch": {
+                "threads": torch.get_num_threads(),
+                "cuda_available": torch.cuda.is_available(),
+                "cuda_device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+                "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
+            },
+            "git": CODE.record(),
+            "argv": sys.argv,
+            **extra,
+        }
+    )

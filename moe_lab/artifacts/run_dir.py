@@ -3,11 +3,14 @@ the file names every writer and reader of a run uses."""
 
 from __future__ import annotations
 
+import fcntl
 import re
-from dataclasses import field, make_dataclass
+from dataclasses import dataclass, field, make_dataclass
 from pathlib import Path
+from typing import IO
 
 from moe_lab.artifacts.metrics import VOCABULARY, metrics_where
+from moe_lab.errors import ConfigError
 
 CONFIG = "config.yaml"  # the resolved ExperimentConfig
 METRICS = "metrics.json"  # final metrics (RunMetrics) and status
@@ -20,12 +23,14 @@ PREVIOUS_CKPT = "previous.ckpt"  # the last.ckpt before the newest: what a damag
 MODEL_SUMMARY = "model_summary.txt"  # parameter and FLOP accounting of the model (moe_lab.model.summary)
 TOKENIZER_DIR = "tokenizer"  # the tokenizer in use (its file names: moe_lab.data.tokenizers)
 PROGRESS = "progress.json"  # a running run's step, losses and throughput, for watchers outside the process
+LOCK = ".lock"  # locked by the process that writes into the run directory (claim_run_dir)
 VERSION_PREFIX = "version_"  # <output_dir>/<name>/version_N: Lightning's run numbering
 
 
 # ------------------------------------------------------------------------------------------- metrics
 # A run's status in METRICS, and those of a run that is over for good (resuming it would train nothing).
 COMPLETED, PRUNED, STOPPED, FAILED = "completed", "pruned", "stopped", "failed"
+INTERRUPTED = "interrupted"  # a stop signal ended it at a step boundary, last.ckpt saved there: resume it
 FINISHED_STATUSES = (COMPLETED, PRUNED)
 
 # What a finished run reports in METRICS: how it ended, then one field per metric of the vocabulary
@@ -35,7 +40,7 @@ FINISHED_STATUSES = (COMPLETED, PRUNED)
 RunMetrics = make_dataclass(
     "RunMetrics",
     [
-        ("status", str, field(default=COMPLETED)),  # COMPLETED | PRUNED | STOPPED | FAILED
+        ("status", str, field(default=COMPLETED)),  # COMPLETED | PRUNED | STOPPED | FAILED | INTERRUPTED
         ("error", str | None, field(default=None)),
         ("steps", int, field(default=0)),
         *((m.name, float | None, field(default=None, metadata={"metric": m})) for m in VOCABULARY),
@@ -77,6 +82,48 @@ def next_version(experiment_dir: Path) -> str:
         if (m := re.fullmatch(rf"{VERSION_PREFIX}(\d+)", d.name)) and d.is_dir()
     ]
     return f"{VERSION_PREFIX}{max(numbers) + 1 if numbers else 0}"
+
+
+@dataclass
+class RunDirClaim:
+    """A run directory this process writes into, and the lock that says so (see claim_run_dir)."""
+
+    path: Path
+    made: bool  # this process created the directory
+    lock: IO
+
+    def release(self, remove_if_unused: bool = False) -> None:
+        """Let the directory go; `remove_if_unused`: a run refused before writing anything leaves none."""
+        if remove_if_unused and self.made and [p.name for p in self.path.iterdir()] == [LOCK]:
+            (self.path / LOCK).unlink()
+            self.path.rmdir()
+        self.lock.close()  # closing the file drops the lock
+
+
+def claim_run_dir(experiment_dir: Path, version: str | None) -> RunDirClaim:
+    """The run directory, claimed for this process: made if missing, and locked (flock on its LOCK file,
+    dropped by the OS when the process ends, however it ends). Two runs started together never share
+    one: with `version` None the loser of a race takes the next free version_N; a version named by the
+    user (or a sweep) that another live process holds is refused in one line. A directory that no live
+    process holds may be continued (a resumed run, a retried sweep unit)."""
+    experiment_dir.mkdir(parents=True, exist_ok=True)
+    while True:
+        path = experiment_dir / (version or next_version(experiment_dir))
+        try:
+            path.mkdir()
+            made = True
+        except FileExistsError:
+            made = False
+        lock = open(path / LOCK, "a")  # noqa: SIM115 - held open for the whole run
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return RunDirClaim(path, made, lock)
+        except BlockingIOError:
+            lock.close()
+            if version:
+                raise ConfigError(
+                    "version", f"{path}: another run is writing into it now; pick another version or let it finish"
+                ) from None
 
 
 def latest_last_checkpoint(experiment_dir: Path) -> Path | None:

@@ -44,6 +44,9 @@ TRIAL_LABEL = "label"  # the configuration in short: "top_k=2", "arm=coef_0"
 TRIAL_ATTEMPT = "attempt"  # 0 for a unit's first trial, n for its n-th retry
 TRIAL_WORKER = "worker"  # host:pid of the worker that ran it
 TRIAL_ERROR = "error"  # why it failed, one line (None while it has not)
+# The signal that stopped its worker (e.g. "SIGTERM"): the trial went back to WAITING, its run's last.ckpt saved,
+# and the next worker resumes it as the same attempt; None once a worker has claimed it again.
+TRIAL_INTERRUPTED = "interrupted"
 TRIAL_EXPERT_HIDDEN = "expert_hidden"  # the expert width compute matching chose
 TRIAL_RUN_DIRS = "run_dirs"  # its run directories (one per seed), relative to the study directory
 TRIAL_SEEDS = "seeds"  # the seeds those runs trained
@@ -51,6 +54,8 @@ TRIAL_OBJECTIVE_VALUES = "objective_values"  # the objective metric of each run
 TRIAL_OBJECTIVE_MEAN = "objective_mean"  # their mean over finite values (the trial's value)
 TRIAL_OBJECTIVE_STD = "objective_std"
 TRIAL_DURATION_S = "duration_s"  # wall time of the whole trial
+# A sampled trial whose parameters equal a completed trial's: that trial's number (it trained nothing).
+TRIAL_DUPLICATE_OF = "duplicate_of"
 # Also trial attributes, under their RunMetrics field names: these of the first run, and every table
 # metric of the vocabulary (moe_lab.artifacts.metrics) with the runs combined as the metric says (mean,
 # sum or median); prune_reason is the first run's that has one.

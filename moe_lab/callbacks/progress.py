@@ -3,7 +3,9 @@
 Lightning's bar says `Epoch 0/-2` for a run bounded by max_steps (max_epochs=-1), shows the logger
 version as `v_num: 0.000`, and prints every metric with three decimals under its full logged name,
 which a terminal truncates. This bar shows the epoch alone, drops v_num and gives short labels; the
-values are the logged ones (trainer.progress_bar_metrics), unchanged.
+values are the logged ones (trainer.progress_bar_metrics), unchanged. It counts the run's optimizer steps,
+global step of max_steps: Lightning's counts batches of the epoch against the steps left when the epoch
+started, which reads 74/950 for a run resumed at step 50 of 1000.
 """
 
 from __future__ import annotations
@@ -30,6 +32,14 @@ class _StepRunBar:
     def get_metrics(self, trainer, pl_module):
         return bar_items(trainer.progress_bar_metrics)
 
+    @property
+    def total_train_batches(self) -> int:
+        return self.trainer.max_steps  # every run is bounded by max_steps (max_epochs=-1, moe_lab.training.run)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        # Lightning's bars move to batch_idx + 1; this one to the steps taken (fewer with gradient accumulation).
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, trainer.global_step - 1)
+
 
 if _RICH_AVAILABLE:
 
@@ -40,4 +50,7 @@ if _RICH_AVAILABLE:
 else:
 
     class ProgressBar(_StepRunBar, TQDMProgressBar):
-        pass
+        def on_train_start(self, trainer, pl_module) -> None:
+            super().on_train_start(trainer, pl_module)
+            # A run resumed mid-epoch starts without on_train_epoch_start, which sets the total.
+            self.train_progress_bar.reset(self.total_train_batches)

@@ -11,11 +11,15 @@ from lightning.pytorch.utilities import rank_zero_only
 
 from moe_lab.artifacts.atomic import write_json_atomic
 from moe_lab.artifacts.metrics import TOKENS_PER_S, TRAIN_LM_LOSS, VAL_LOSS
+from moe_lab.artifacts.run_dir import FAILED, INTERRUPTED
+from moe_lab.errors import Interrupted
 
 
 class ProgressFile(Callback):
     """Writes {status, step, max_steps, train_loss, val_loss, tokens_per_s, flops_per_step, updated} at most
-    every `min_interval_s` seconds and at each validation; status "running", then "finished"."""
+    every `min_interval_s` seconds and at each validation; status "running", then "finished", or "interrupted"
+    (a stop signal, Ctrl-C) or "failed" (any other exception ending the fit: a watcher never sees a run that
+    ended as running; a sweep worker whose trial was taken away leaves its attempt "failed", as the trial is)."""
 
     def __init__(self, path: Path, flops_per_step: float, min_interval_s: float = 1.0):
         self.path, self.flops_per_step, self.min_interval_s = Path(path), flops_per_step, min_interval_s
@@ -56,3 +60,7 @@ class ProgressFile(Callback):
     @rank_zero_only
     def on_fit_end(self, trainer, pl_module):
         self._write(trainer, "finished")
+
+    @rank_zero_only
+    def on_exception(self, trainer, pl_module, exception):
+        self._write(trainer, INTERRUPTED if isinstance(exception, (Interrupted, KeyboardInterrupt)) else FAILED)

@@ -112,5 +112,18 @@ def to_dict(cfg: ExperimentConfig) -> dict:
     return OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)
 
 
+def flatten(values: dict, prefix: str = "") -> dict[str, Any]:
+    """Nested config values as flat dotted keys (how TensorBoard's HPARAMS and resume checks name them):
+    {"model": {"moe": {"top_k": 2}}} -> {"model.moe.top_k": 2}; lists become strings."""
+    flat: dict[str, Any] = {}
+    for key, value in values.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, name + "."))
+        else:
+            flat[name] = str(value) if isinstance(value, (list, tuple)) else value
+    return flat
+
+
 def to_yaml(cfg: ExperimentConfig) -> str:
     return OmegaConf.to_yaml(OmegaConf.structured(cfg))

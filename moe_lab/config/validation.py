@@ -6,7 +6,7 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
-from moe_lab.checks import above, at_least, in_range, one_of, require
+from moe_lab.checks import above, at_least, in_range, no_nul, one_of, path_component, require, seed
 from moe_lab.config.schema import (
     COLLAPSE_ACTIONS,
     KEEP_CHECKPOINTS,
@@ -24,12 +24,11 @@ from moe_lab.model.config import validate_model_config
 def validate_experiment(cfg: ExperimentConfig) -> None:
     validate_model_config(cfg.model, "model")
     validate_data_config(cfg.data, "data")
-    require(
-        bool(cfg.name.strip()) and "/" not in cfg.name,
-        "name",
-        f"must be a non-empty name without '/', got {cfg.name!r}",
-    )
-    require("/" not in cfg.version, "version", f"must be a directory name, got {cfg.version!r}")
+    path_component("name", cfg.name)
+    if cfg.version:
+        path_component("version", cfg.version)
+    no_nul("output_dir", cfg.output_dir)
+    seed("seed", cfg.seed)
     require(
         cfg.data.block_size <= cfg.model.max_seq_len,
         "data.block_size",

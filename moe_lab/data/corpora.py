@@ -7,6 +7,7 @@ Sources are looked up by name in `CORPUS_LOADERS`; a new source is one function 
 import codecs
 import contextlib
 import glob
+import stat
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +33,13 @@ TEXT_SUFFIXES = {
     ".parquet": "parquet",
 }
 COMPRESSION_SUFFIXES = {".gz", ".bz2", ".xz", ".zst", ".zip"}
+# What a path that is not a regular file is, by its stat mode, for the one-line refusal.
+SPECIAL_FILES = (
+    (stat.S_ISFIFO, "FIFO"),
+    (stat.S_ISCHR, "character device"),
+    (stat.S_ISBLK, "block device"),
+    (stat.S_ISSOCK, "socket"),
+)
 
 
 @dataclass
@@ -65,7 +73,7 @@ def load_shakespeare(cfg: DataConfig, hf_cache_dir: Path) -> Corpus:
 
 
 def _expand(patterns: list[str], key: str) -> list[Path]:
-    """Paths and glob patterns -> existing files, in the order given."""
+    """Paths and glob patterns -> existing regular files, in the order given."""
     paths = []
     for pattern in patterns:
         if glob.has_magic(pattern):
@@ -74,11 +82,26 @@ def _expand(patterns: list[str], key: str) -> list[Path]:
                 raise DataError(f"{key}: no file matches {pattern!r}")
             paths.extend(Path(m) for m in matches)
         else:
-            path = Path(pattern).expanduser()
-            if not path.is_file():
-                raise DataError(f"{key}: file not found: {path}")
-            paths.append(path)
+            paths.append(Path(pattern).expanduser())
+    for path in paths:
+        _check_regular_file(path, key)
     return paths
+
+
+def _check_regular_file(path: Path, key: str) -> None:
+    """DataError unless `path` is a regular file. Decided by stat, before anything opens it: reading a
+    FIFO waits for a writer that may never come, and a device such as /dev/zero never ends."""
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        raise DataError(f"{key}: file not found: {path}") from None
+    except OSError as err:
+        raise DataError(f"{key}: cannot look at {path}: {err.strerror}") from None
+    if stat.S_ISDIR(mode):
+        raise DataError(f"{key}: {path} is a directory, not a text file (for the files in it, use a glob: {path}/*)")
+    if not stat.S_ISREG(mode):
+        kind = next((name for is_kind, name in SPECIAL_FILES if is_kind(mode)), "special file")
+        raise DataError(f"{key}: {path} is a {kind}, not a regular file")
 
 
 def file_format(path: Path, fmt: str) -> str:
@@ -91,8 +114,9 @@ def file_format(path: Path, fmt: str) -> str:
     raise DataError(f"{path}: cannot infer the format from the extension; set data.format to text, json or parquet")
 
 
-def _load_file(path: Path, cfg: DataConfig, hf_cache_dir: Path) -> datasets.Dataset:
+def _load_file(path: Path, cfg: DataConfig, hf_cache_dir: Path, key: str) -> datasets.Dataset:
     fmt = file_format(path, cfg.format)
+    _refuse_binary(path, fmt, key)
     # A whole text file is one document, so how the builder would split lines cannot change the text
     # (it still reads in universal-newline mode, like open(): "\r\n" and "\r" become "\n").
     options = {"sample_by": "document"} if fmt == "text" else {}
@@ -110,9 +134,33 @@ def _load_file(path: Path, cfg: DataConfig, hf_cache_dir: Path) -> datasets.Data
 
 
 def _load_files(paths: list[Path], cfg: DataConfig, hf_cache_dir: Path, key: str) -> datasets.Dataset:
-    docs = datasets.concatenate_datasets([_load_file(path, cfg, hf_cache_dir) for path in paths])
-    _require_text(docs, f"{key}: no text in {', '.join(str(p) for p in paths)}")
-    return docs
+    per_file = [_load_file(path, cfg, hf_cache_dir, key) for path in paths]
+    # Each file must hold text: an empty one in a list is a mistake (a wrong path, a failed export).
+    empty = [str(path) for path, docs in zip(paths, per_file, strict=True) if not _has_text(docs)]
+    if empty:
+        raise DataError(f"{key}: no text in {', '.join(empty)} (empty or whitespace only)")
+    return datasets.concatenate_datasets(per_file)
+
+
+def _refuse_binary(path: Path, fmt: str, key: str) -> None:
+    """DataError for a text or JSON file holding a NUL byte: binary data (or UTF-16) that UTF-8 decoding
+    alone would let through. Compressed files are checked by their builder, after decompression."""
+    if fmt not in ("text", "json") or set(path.suffixes) & COMPRESSION_SUFFIXES:
+        return
+    offset = _first_nul(path)
+    if offset is not None:
+        raise DataError(f"{key}: {path} holds binary data (a NUL byte at offset {offset}); expected UTF-8 text")
+
+
+def _first_nul(path: Path, chunk_size: int = 1 << 20) -> int | None:
+    """The byte offset of the first NUL byte of `path`, or None."""
+    offset = 0
+    with open(path, "rb") as f:
+        while chunk := f.read(chunk_size):
+            if (found := chunk.find(b"\0")) >= 0:
+                return offset + found
+            offset += len(chunk)
+    return None
 
 
 def load_files(cfg: DataConfig, hf_cache_dir: Path) -> Corpus:
@@ -210,11 +258,15 @@ def _text_column(raw: datasets.Dataset, field: str, origin: str, key: str) -> da
     return docs.rename_column(field, "text") if field != "text" else docs
 
 
+def _has_text(docs: datasets.Dataset) -> bool:
+    """Whether any document holds more than whitespace."""
+    batches = docs.iter(batch_size=1024)
+    return any(text and not text.isspace() for batch in batches for text in batch["text"])
+
+
 def _require_text(docs: datasets.Dataset, message: str) -> None:
-    for batch in docs.iter(batch_size=1024):
-        if any(batch["text"]):
-            return
-    raise DataError(message)
+    if not _has_text(docs):
+        raise DataError(message)
 
 
 @contextlib.contextmanager

@@ -22,6 +22,7 @@ class PreparedData:
     tokenizer: Tokenizer
     splits: dict[str, TokenSplit]  # "train", "val"
     data_hash: str  # content hash of the raw text of both splits
+    cache_dir: Path  # the cache used: the one configured, or a temporary one when that cannot be written
 
 
 def prepare(cfg: DataConfig, cache_dir: Path) -> PreparedData:
@@ -32,6 +33,7 @@ def prepare(cfg: DataConfig, cache_dir: Path) -> PreparedData:
     appear only when every step succeeded (see CacheWrites).
     """
     with CacheWrites(cache_dir) as writes:
+        cache_dir = writes.root  # a temporary folder, with a warning, when `cache_dir` cannot be written
         # Hub downloads go to the shared `datasets` cache (fetching them again costs network time).
         # Local files are parsed into a scratch cache dropped afterwards: their text is read and
         # hashed on every run anyway, and a file that fails to parse must leave nothing behind.
@@ -44,7 +46,7 @@ def prepare(cfg: DataConfig, cache_dir: Path) -> PreparedData:
             check_block_fits(split, cfg.block_size, f"the {name} split of {corpus.descriptor}")
         writes.commit()
     data_hash = hashlib.sha256(f"{hashes['train']}:{hashes['val']}".encode()).hexdigest()[:16]
-    return PreparedData(corpus.descriptor, tokenizer, splits, data_hash)
+    return PreparedData(corpus.descriptor, tokenizer, splits, data_hash, cache_dir)
 
 
 def evenly_spaced(n_blocks: int, n_wanted: int) -> list[int]:
@@ -77,6 +79,9 @@ class TextDataModule(pl.LightningDataModule):
     def prepare_data(self) -> None:
         # Lightning calls this on one process per node: the one place that may tokenise or train BPE.
         self._prepared = prepare(self.cfg, self.cache_dir)
+        # Lightning calls this again in fit(): a temporary cache standing in for the configured one is
+        # reused then, not made (and warned about) a second time.
+        self.cache_dir = self._prepared.cache_dir
 
     def setup(self, stage: str | None = None) -> None:
         if self.tokenizer is not None:

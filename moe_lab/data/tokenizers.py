@@ -7,6 +7,7 @@ mapping from text to ids could change; part of cache keys and run records) and `
 
 import hashlib
 import json
+import os
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Protocol
@@ -17,7 +18,7 @@ import tokenizers
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
 from moe_lab.data.config import DataConfig
-from moe_lab.data.staging import CacheWrites, atomic_directory
+from moe_lab.data.staging import CacheWrites, atomic_directory, set_aside_damaged
 from moe_lab.errors import DataError, first_line
 
 # Documents tokenised per encode_batch call: big enough for the tokenizers library to use all cores,
@@ -138,8 +139,11 @@ def build_bpe(
 ) -> HFTokenizer:
     """Train on the train split only (validation text must stay unseen), or reuse the cached result."""
     entry = cache_dir / "tokenizers" / f"bpe-{cfg.bpe_vocab_size}-{train_hash[:20]}"
-    if (entry / HF_FILE).is_file():
-        return HFTokenizer(tokenizers.Tokenizer.from_file(str(entry / HF_FILE)), "bpe")
+    if os.path.lexists(entry):
+        try:
+            return HFTokenizer(tokenizers.Tokenizer.from_file(str(entry / HF_FILE)), "bpe")
+        except Exception as err:  # missing, truncated, not JSON, not a tokenizer: the library raises many kinds
+            set_aside_damaged(entry, "tokenizer cache entry", first_line(err))
     texts = (batch["text"] for batch in train.iter(batch_size=DOCS_PER_BATCH))
     with atomic_directory(entry, writes) as tmp:
         train_bpe(texts, cfg.bpe_vocab_size).save(str(tmp / HF_FILE))

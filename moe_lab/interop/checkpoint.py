@@ -18,6 +18,7 @@ from omegaconf.errors import OmegaConfBaseException
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from moe_lab.artifacts.atomic import atomic_file
 from moe_lab.artifacts.yaml_file import read_yaml_mapping
 from moe_lab.config import PRETRAINED_MODEL_FILE
 from moe_lab.errors import ConfigError, MoELabError, first_line
@@ -155,9 +156,8 @@ def strip_to_weights(path: str | Path) -> int:
     path = Path(path)
     before = path.stat().st_size
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save({k: ckpt[k] for k in WEIGHTS_ONLY_KEYS if k in ckpt}, tmp)
-    tmp.replace(path)
+    with atomic_file(path, "wb") as f:  # a failed write leaves neither half a file nor a temporary one
+        torch.save({k: ckpt[k] for k in WEIGHTS_ONLY_KEYS if k in ckpt}, f)
     return before - path.stat().st_size
 
 

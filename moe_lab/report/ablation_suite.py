@@ -9,8 +9,10 @@ The suite takes hours, so it runs in chunks, possibly over several sessions on f
 its runs recorded) in DIR
 (default experiments/ablations/results/<name>/, small enough to commit); `assemble` writes RESULTS.md
 from whatever DIR holds: one overview table, the provenance over every run of every ablation (it says
-so loudly when runs came from more than one commit or a dirty tree), an optional hand-written reading,
-and each ablation's report as a section.
+so loudly when runs came from more than one commit or a dirty tree), an optional hand-written reading
+(--reading FILE; without it, the Reading section of the RESULTS.md it replaces is kept), and each
+ablation's report as a section. `collect` refuses an ablation with seeds still running or not started,
+unless --partial says its finished runs are wanted now.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from moe_lab.artifacts.run_dir import ENV, METRICS, PROGRESS
 from moe_lab.artifacts.run_index import reused_from
 from moe_lab.artifacts.study_dir import PLOTS, RESULTS_MD, STUDY_INFO, TRIALS
 from moe_lab.errors import MoELabError
-from moe_lab.report.ablation_data import SEED_DIR, load_ablation_data
+from moe_lab.report.ablation_data import SEED_DIR, AblationData, load_ablation_data
 from moe_lab.report.common import (
     code_revision,
     duration,
@@ -40,6 +42,8 @@ REPORT_FILES = ("results_md", "results_csv", "results_tex", "per_seed_csv")  # c
 SUITE_JSON = "suite.json"  # per ablation in the results folder: what the overview and provenance need
 DEFAULT_RESULTS = Path("experiments/ablations/results")
 DEFAULT_OUT = Path("experiments/ablations/RESULTS.md")
+READING_HEADING = "## Reading"
+UNFINISHED = ("running", "not started")  # seed statuses (ablation_data.SeedRun) of an ablation not done yet
 
 
 def busy_seconds(intervals: list[tuple[float, float]]) -> float:
@@ -84,13 +88,28 @@ def attempt_intervals(study_dir: Path) -> list[tuple[float, float]]:
     return [i for i in map(attempt_interval, dirs) if i is not None]
 
 
-def collect(study_dir: Path, into: Path) -> Path:
-    """Regenerate the ablation's report from its runs and keep it, with suite.json, in into/<name>/."""
+def unfinished_runs(data: AblationData) -> str:
+    """The seeds of an ablation still running or not started, as 'running: a seed 1; not started: b seed 2'
+    ("" when every seed finished: completed, pruned, stopped or failed)."""
+    runs = [(arm.name, run) for arm in data.arms for run in arm.runs]
+    groups = [(s, [f"{arm} seed {run.seed}" for arm, run in runs if run.status == s]) for s in UNFINISHED]
+    return "; ".join(f"{status}: {', '.join(names)}" for status, names in groups if names)
+
+
+def collect(study_dir: Path, into: Path, partial: bool = False) -> Path:
+    """Regenerate the ablation's report from its runs and keep it, with suite.json, in into/<name>/.
+    An ablation with unfinished seeds is refused unless `partial` (suite.json then names them)."""
     from moe_lab.report.ablation_claims import counts, overall_line, verdicts
     from moe_lab.report.ablation_results import write_ablation_report
 
-    written = write_ablation_report(study_dir)
     data = load_ablation_data(study_dir)
+    unfinished = unfinished_runs(data)
+    if unfinished and not partial:
+        raise MoELabError(
+            f"{study_dir}: ablation {data.name} is unfinished ({unfinished}); rerun its ablate command to finish "
+            f"it, or pass --partial to collect the runs finished so far"
+        )
+    written = write_ablation_report(study_dir)
     runs = [run for arm in data.arms for run in arm.runs]
     results = verdicts(data)
     summary = {
@@ -104,6 +123,7 @@ def collect(study_dir: Path, into: Path) -> Path:
         "commits": sorted({code_revision(run.env) for run in runs if run.env}),
         "threads": sorted({str((run.env.get("torch") or {}).get("threads")) for run in runs if run.env}),
         "software": sorted({_software(run.env) for run in runs if run.env}),
+        "unfinished": unfinished,
     }
     dest = into / data.name
     if dest.exists():
@@ -124,8 +144,19 @@ def _software(env: dict) -> str:
     )
 
 
+def existing_reading(out: Path) -> str:
+    """The hand-written Reading section of an existing RESULTS.md, up to the next section ("" if none)."""
+    lines = out.read_text().splitlines() if out.is_file() else []
+    if READING_HEADING not in lines:
+        return ""
+    start = lines.index(READING_HEADING) + 1
+    end = next((i for i in range(start, len(lines)) if lines[i].startswith("## ")), len(lines))
+    return "\n".join(lines[start:end]).strip()
+
+
 def assemble(results: Path, out: Path, reading: Path | None = None) -> str:
-    """Write RESULTS.md from the collected ablations in `results`; return its text."""
+    """Write RESULTS.md from the collected ablations in `results`; return its text. The reading is `reading`'s
+    text, or else the one `out` already has (it is written by hand: an assemble must not drop it)."""
     folders = sorted(d for d in results.iterdir() if (d / SUITE_JSON).is_file()) if results.is_dir() else []
     if not folders:
         raise MoELabError(f"{results}: no collected ablation (run `collect` on a finished ablation first)")
@@ -161,8 +192,9 @@ def assemble(results: Path, out: Path, reading: Path | None = None) -> str:
     lines += [markdown_table(columns, cells, {"runs completed", "wall time (2 workers)"}), ""]
     total = sum(s["wall_time_s"] for s in suites)
     lines += [f"Total wall time: {duration(total)} for {len(suites)} ablations.", ""]
-    if reading is not None:
-        lines += ["## Reading", "", reading.read_text().strip(), ""]
+    reading_text = reading.read_text().strip() if reading is not None else existing_reading(out)
+    if reading_text:
+        lines += [READING_HEADING, "", reading_text, ""]
     lines += [section for folder in folders for section in (_section(folder, out.parent), "")]
     text = "\n".join(lines).rstrip() + "\n"
     write_text_atomic(out, text)
@@ -185,22 +217,33 @@ def main(argv: list[str] | None = None) -> int:
     p_collect = sub.add_parser("collect", help="keep a finished ablation's report for the suite file")
     p_collect.add_argument("study_dir", type=Path)
     p_collect.add_argument("--into", type=Path, default=DEFAULT_RESULTS)
+    p_collect.add_argument(
+        "--partial", action="store_true", help="collect an ablation with seeds still running or not started"
+    )
     p_assemble = sub.add_parser("assemble", help="write RESULTS.md from the collected ablations")
     p_assemble.add_argument("--results", type=Path, default=DEFAULT_RESULTS)
     p_assemble.add_argument("--out", type=Path, default=DEFAULT_OUT)
-    p_assemble.add_argument("--reading", type=Path, default=None, help="a hand-written reading of the results")
+    p_assemble.add_argument(
+        "--reading",
+        type=Path,
+        default=None,
+        help="a hand-written reading of the results (default: keep the one --out already has)",
+    )
     args = parser.parse_args(argv)
 
     def body() -> int:
         if args.command == "collect":
             if not (args.study_dir / STUDY_INFO).is_file():
                 raise MoELabError(f"{args.study_dir}: no {STUDY_INFO}; expected an ablation directory")
-            print(f"collected {args.study_dir} into {collect(args.study_dir, args.into)}")
+            dest = collect(args.study_dir, args.into, partial=args.partial)
+            unfinished = read_json_object(dest / SUITE_JSON)["unfinished"]
+            print(f"collected {args.study_dir} into {dest}" + (f" (partial: {unfinished})" if unfinished else ""))
         else:
             if args.reading is not None and not args.reading.is_file():
                 raise MoELabError(f"--reading: {args.reading}: no such file")
+            kept = args.reading is None and existing_reading(args.out)
             assemble(args.results, args.out, args.reading)
-            print(f"wrote {args.out}")
+            print(f"wrote {args.out}" + (" (its Reading section kept)" if kept else ""))
         return 0
 
     return run_main(body, tune_allocator=False)

@@ -118,10 +118,12 @@ def load_study_info(study_dir: Path) -> StudyInfo:
     return StudyInfo(**known)
 
 
-def load_study_data(study_dir: str | Path) -> StudyData:
+def load_study_data(study_dir: str | Path, storage_url: str = "") -> StudyData:
+    """The study, its rows and settings. `storage_url` overrides the URL the study recorded, which has no
+    password (a sweep reporting on itself passes the URL it ran with)."""
     study_dir = Path(study_dir)
     info = load_study_info(study_dir)
-    study = load_stored_study(study_dir, info.study_name, info.storage_url)
+    study = load_stored_study(study_dir, info.study_name, storage_url or info.storage_url)
     trials = study.get_trials(deepcopy=False)
     if not info.direction:
         info.direction = study.direction.name.lower()

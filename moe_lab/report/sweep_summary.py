@@ -34,12 +34,12 @@ from moe_lab.report.sweep_tables import LOAD_CAVEAT, format_objective, format_ta
 
 
 def write_study_report(
-    study_dir: str | Path, data: StudyData | None = None, html: bool = False, echo: bool = False
+    study_dir: str | Path, data: StudyData | None = None, html: bool = False, echo: bool = False, storage_url: str = ""
 ) -> dict[str, Path]:
     """Write summary.md, trials.csv, plots/ and the mean-over-seeds TensorBoard runs into the study
     directory; return {what: path}. `data` (from load_study_data) saves reading the study twice;
     `html` adds Optuna's interactive plots; `echo` prints the settings and the table first."""
-    data = data or load_study_data(study_dir)
+    data = data or load_study_data(study_dir, storage_url)
     if echo:
         print(
             f"study {data.info.study_name}: {data.info.objective_metric} ({data.info.direction}), "

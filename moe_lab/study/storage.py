@@ -9,6 +9,7 @@ its password masked, raised before anything is written.
 from __future__ import annotations
 
 import contextlib
+import os
 import random
 import time
 from pathlib import Path
@@ -20,6 +21,7 @@ from sqlalchemy.engine import make_url
 from moe_lab.artifacts.study_dir import default_storage_url
 from moe_lab.errors import MoELabError, first_line
 
+PASSWORD_VARIABLE = "MOE_LAB_STORAGE_PASSWORD"
 JOURNAL = "journal:"  # journal:<file>: Optuna's file journal, for filesystems where SQLite locking fails
 SCHEMA_RETRIES = 5
 # The SQLAlchemy dialects whose drivers we name in the install hint.
@@ -49,6 +51,22 @@ def recorded_url(url: str) -> str:
         return make_url(url)._replace(password=None).render_as_string(hide_password=False)
     except sqlalchemy.exc.ArgumentError:
         return url
+
+
+def with_password_from_environment(url: str) -> str:
+    """`url` with the password of MOE_LAB_STORAGE_PASSWORD when it names a user and no password. (The
+    libpq conventions, PGPASSWORD and ~/.pgpass, work anyway: the driver reads them itself.) So the URL
+    in a sweep file, on a command line or in the study's records never needs to hold the password."""
+    password = os.environ.get(PASSWORD_VARIABLE)
+    if not password or url.startswith(JOURNAL):
+        return url
+    try:
+        parsed = make_url(url)
+    except sqlalchemy.exc.ArgumentError:
+        return url
+    if not parsed.username or parsed.password is not None:
+        return url
+    return parsed.set(password=password).render_as_string(hide_password=False)
 
 
 def storage_file(url: str) -> Path | None:
@@ -93,6 +111,7 @@ def open_storage(
 ):
     """An Optuna storage for `url` (an SQLAlchemy URL or journal:<file>), connected and checked. The
     heartbeat settings are a running sweep's (stale trials failed and retried); a reader passes none."""
+    url = with_password_from_environment(url)
     shown = masked_url(url)
     file = storage_file(url)
     if url.startswith(JOURNAL):

@@ -1,6 +1,8 @@
 """Optuna sweeps: `python -m moe_lab.sweep SWEEP.yaml [key=value ...] [--dry-run] [--workers N]`.
 
 Re-running the same command resumes the study; several processes (or --workers) share it.
+SIGTERM, SIGINT (Ctrl-C) or SIGUSR1 stop the running trials at their next step boundary (passed on to
+--workers), checkpoints saved and the trials waiting to be resumed first; the exit code is 128 + the signal.
 Results: <output_dir>/<study>/ summary.md, trials.csv, plots/, and one run directory per trial and
 seed under trials/ (`tensorboard --logdir <output_dir>/<study>` compares them).
 """
@@ -14,10 +16,10 @@ from moe_lab.sweep.command import cli
 from moe_lab.sweep.config import load_sweep
 
 
-def report(study_dir: Path) -> None:
+def report(study_dir: Path, storage_url: str) -> None:
     from moe_lab.report.sweep_summary import write_study_report
 
-    for path in write_study_report(study_dir, echo=True).values():
+    for path in write_study_report(study_dir, echo=True, storage_url=storage_url).values():
         print(f"  wrote {path}")
 
 

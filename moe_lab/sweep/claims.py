@@ -1,6 +1,6 @@
 """A worker's hold on the trial it runs: heartbeats that tell other workers it is alive, failing the
-trials of workers that died (their retry is enqueued), and the fence that stops a worker whose trial
-was taken away from writing to it again."""
+trials of workers that died (their retry is enqueued), the fence that stops a worker whose trial
+was taken away from writing to it again, and handing a trial back when a stop signal ends the worker."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ import optuna
 from optuna.storages._heartbeat import is_heartbeat_enabled
 from optuna.trial import TrialState
 
-from moe_lab.artifacts.study_dir import TRIAL_ERROR
+from moe_lab.artifacts.study_dir import TRIAL_ERROR, TRIAL_INTERRUPTED
+from moe_lab.errors import signal_name
 
 
 def fail_stale_trials(study: optuna.Study, grace_period: int) -> list[int]:
@@ -91,3 +92,15 @@ def still_mine(trial: optuna.Trial) -> bool:
 def fence(trial: optuna.Trial) -> None:
     if not still_mine(trial):
         raise TrialTakenAway(f"trial {trial.number} was failed by another worker (heartbeat missed)")
+
+
+def hand_back(trial: optuna.Trial, signum: int) -> bool:
+    """Put this worker's trial back to WAITING after a stop signal ended its run at a step boundary, last.ckpt
+    saved: the next claim (a re-run of the same command) takes it at once and resumes that run as the same
+    attempt; no heartbeat grace period, no failure, no retry counted. False when it is no longer this worker's."""
+    storage = trial.study._storage
+    try:
+        storage.set_trial_user_attr(trial._trial_id, TRIAL_INTERRUPTED, signal_name(signum))
+        return storage.set_trial_state_values(trial._trial_id, state=TrialState.WAITING)
+    except optuna.exceptions.UpdateFinishedTrialError:
+        return False  # failed by another worker meanwhile (heartbeat missed)

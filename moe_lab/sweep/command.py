@@ -2,6 +2,8 @@
 point passes its file loader and its report): `SWEEP.yaml [key=value ...] [--dry-run] [--workers N]`.
 
 Re-running the same command resumes the study; several processes (or --workers) share it.
+SIGTERM, SIGINT (Ctrl-C) or SIGUSR1 stop the running trials at their next step boundary (passed on to
+--workers), checkpoints saved and the trials waiting to be resumed first; the exit code is 128 + the signal.
 Results: <output_dir>/<study>/ summary.md, trials.csv, plots/, and one run directory per trial and
 seed under trials/ (`tensorboard --logdir <output_dir>/<study>` compares them).
 """
@@ -9,16 +11,19 @@ seed under trials/ (`tensorboard --logdir <output_dir>/<study>` compares them).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import shlex
 import subprocess
 import sys
 import time
 
+from moe_lab import signals
 from moe_lab.artifacts.atomic import check_writable_dir
 from moe_lab.artifacts.study_dir import STUDY_INFO
 from moe_lab.cli import filter_known_harmless_warnings, run_main
 from moe_lab.config.budget import step_tokens, training_flops, training_flops_per_token
-from moe_lab.errors import MoELabError
+from moe_lab.errors import Interrupted, MoELabError, signal_name
 from moe_lab.model.accounting import count_model
 from moe_lab.study.finished import finished_seeds as study_finished_seeds
 from moe_lab.study.labels import trial_label
@@ -38,13 +43,15 @@ def planned_configurations(sweep: Sweep) -> list[dict]:
     return [{} for _ in range(sweep.n_trials())]  # sampled later: estimate with the base experiment
 
 
+def configuration_flops(sweep: Sweep) -> list[float]:
+    """Training FLOPs (3x forward) of one seed of each planned configuration, by config id (a grid index, or a
+    sampled trial's slot): the share of the plan a trial that ends early takes off the console's ETA."""
+    return [training_flops(sweep.experiment(params)[0]) for params in planned_configurations(sweep)]
+
+
 def plan_flops(sweep: Sweep) -> float:
     """Training FLOPs (3x forward, all seeds) of the planned configurations: what the console's ETA counts."""
-    total = 0.0
-    for params in planned_configurations(sweep):
-        cfg, _ = sweep.experiment(params)
-        total += training_flops(cfg) * len(sweep.cfg.seeds)
-    return total
+    return sum(configuration_flops(sweep)) * len(sweep.cfg.seeds)
 
 
 def finished_seeds(sweep: Sweep) -> dict[int, set[int]] | None:
@@ -89,7 +96,7 @@ def dry_run(sweep: Sweep, workers: int = 1, gflops: float | None = None) -> None
         return
     threads = worker_threads(workers)
     concurrent = min(workers, max(1, (os.cpu_count() or 1) // threads))  # workers training at once here
-    units, rows, end_bytes, live_bytes, measured = [], [], 0, 0, []
+    units, rows, end_bytes, live_bytes, measured, taken = [], [], 0, 0, [], {}
     for i, params in enumerate(planned):
         cfg, matched = sweep.experiment(params)
         counts = count_model(cfg.model, cfg.data.block_size)
@@ -99,7 +106,7 @@ def dry_run(sweep: Sweep, workers: int = 1, gflops: float | None = None) -> None
             train_s = training_flops_per_token(cfg) * micro_batch / (gflops * 1e9)
             times = estimate.StepTimes(train_s=train_s, eval_s=train_s / 3, threads=threads)
         else:
-            times = estimate.step_times(cfg, threads, concurrent)
+            times = estimate.step_times(cfg, threads, concurrent, taken)
             measured.append(times)
         seconds = estimate.run_seconds(cfg, times)
         state = "done" if done is not None and i not in todo else f"{seconds:5.0f} s/run"
@@ -136,8 +143,7 @@ def dry_run(sweep: Sweep, workers: int = 1, gflops: float | None = None) -> None
             "; NOTE: other processes kept the cores busy while timing, so this estimate is too long and those"
             " times were not cached: dry-run again on a quiet machine"
         )
-    if sweep.cfg.pruner != "none" or sweep.cfg.collapse_prunes:
-        stops = f"the {sweep.cfg.pruner} pruner" if sweep.cfg.pruner != "none" else "the collapse detector"
+    if stops := sweep.stops_early():
         how += f"; every run to the end: an upper bound, as {stops} may stop some early"
     print(f"estimated time: about {wall / 60:.0f} min with {workers} worker{'s' * (workers > 1)} ({how})")
     print(
@@ -145,6 +151,32 @@ def dry_run(sweep: Sweep, workers: int = 1, gflops: float | None = None) -> None
         f"{sweep.cfg.keep_checkpoints}), up to {workers * live_bytes / 1e6:.0f} MB more while runs are live, "
         f"plus TensorBoard logs; storage {masked_url(sweep.storage_url)}"
     )
+
+
+def check_workers(sweep: Sweep, workers: int, oversubscribe: bool) -> None:
+    """--workers within what the host has: on CPU its cores (more workers than cores share them and finish
+    later than fewer would); GPU hosts are checked per device group (device_groups)."""
+    if workers < 1:
+        raise MoELabError("--workers: must be >= 1")
+    cores = os.cpu_count() or 1
+    if workers <= cores or oversubscribe or (workers > 1 and visible_gpus(sweep)[0]):
+        return
+    raise MoELabError(
+        f"--workers: {workers} workers on a host with {cores} cores would share them and finish later than "
+        f"{cores}; use --workers {cores}, or pass --oversubscribe to run {workers} anyway"
+    )
+
+
+@contextlib.contextmanager
+def workers_stopped(processes: list[subprocess.Popen]):
+    """When a stop signal ends this process's part (Interrupted), wait for its worker processes: the signal was
+    passed on to them (signals.forwarding), and each hands its trial back at its next step boundary."""
+    try:
+        yield
+    except Interrupted:
+        for p in processes:
+            p.wait()
+        raise
 
 
 def spawn_workers(module: str, argv: list[str], n: int, devices: list[str] | None = None) -> list[subprocess.Popen]:
@@ -210,11 +242,14 @@ def quiet_console() -> None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
-def cli(argv, prog: str, doc: str, loader, reporter) -> int:
-    """The command line shared by sweeps and ablations (they differ in file format and report)."""
+def cli(argv, prog: str, doc: str, loader, reporter, epilog: str = "") -> int:
+    """The command line shared by sweeps and ablations (they differ in file format and report; `epilog`:
+    more of --help, e.g. the options of an entry point's own modes)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     module = prog.split()[-1]
-    parser = argparse.ArgumentParser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog=prog, description=doc, epilog=epilog or None, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("sweep", help="sweep or ablation YAML")
     parser.add_argument("overrides", nargs="*", help="key=value overrides of the sweep file")
     parser.add_argument("--dry-run", action="store_true", help="print the planned trials and cost, run nothing")
@@ -223,6 +258,11 @@ def cli(argv, prog: str, doc: str, loader, reporter) -> int:
         "--retry-failed",
         action="store_true",
         help="run again the configurations whose trials all failed (after fixing the cause)",
+    )
+    parser.add_argument(
+        "--oversubscribe",
+        action="store_true",
+        help="allow more --workers than this host has cores (on GPU hosts: device groups)",
     )
     parser.add_argument("--worker-only", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument(
@@ -235,8 +275,7 @@ def cli(argv, prog: str, doc: str, loader, reporter) -> int:
 
     def sweep_or_dry_run() -> int:
         sweep = loader(args.sweep, args.overrides)
-        if args.workers < 1:
-            raise MoELabError("--workers: must be >= 1")
+        check_workers(sweep, args.workers, args.oversubscribe)
         if args.dry_run:
             dry_run(sweep, args.workers, args.assume_gflops)
             return 0
@@ -266,11 +305,11 @@ def cli(argv, prog: str, doc: str, loader, reporter) -> int:
         groups = device_groups(args.workers, per_trial, gpu_ids)
         from moe_lab.sweep.console import SweepConsole
 
-        console = SweepConsole(sweep, study, planned_flops=plan_flops(sweep))
+        console = SweepConsole(sweep, study, planned_flops=plan_flops(sweep), config_flops=configuration_flops(sweep))
         if groups:  # every worker a subprocess with its own devices; this one only watches
             extra = spawn_workers(module, [args.sweep, *args.overrides], args.workers, devices=groups)
             print(f"{args.workers} workers on GPUs " + " | ".join(groups), flush=True)
-            with console:
+            with signals.forwarding(extra), console, workers_stopped(extra):
                 for p in extra:
                     p.wait()
         else:
@@ -279,11 +318,19 @@ def cli(argv, prog: str, doc: str, loader, reporter) -> int:
                 import torch
 
                 torch.set_num_threads(max(1, (os.cpu_count() or 1) // args.workers))
-            with console:
+            with signals.forwarding(extra), console, workers_stopped(extra):
                 run_worker(sweep, log=lambda msg: None)
         failed_workers = sum(p.wait() != 0 for p in extra)
         print(f"sweep finished in {time.time() - start:.0f} s", flush=True)
-        reporter(sweep.study_dir)
+        reporter(sweep.study_dir, sweep.storage_url)
         return 1 if failed_workers else 0
 
-    return run_main(sweep_or_dry_run, interrupted="interrupted: run the same command again to resume the study")
+    def resume_hint(stop: Interrupted) -> str:
+        if args.worker_only and os.environ.get("MOE_LAB_SWEEP_CONSOLE") == "parent":
+            return ""  # the parent says it
+        return (
+            f"interrupted by {signal_name(stop.signum)}: trials in progress wait, with their checkpoints, to be "
+            f"resumed; continue the study with\n  {prog} {shlex.join(argv)}"
+        )
+
+    return run_main(sweep_or_dry_run, interrupted=resume_hint, stop_signals=True)

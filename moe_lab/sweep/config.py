@@ -15,6 +15,7 @@ import difflib
 import functools
 import itertools
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +27,7 @@ from omegaconf.errors import OmegaConfBaseException
 from moe_lab.artifacts.run_dir import METRIC_CURVES, OBJECTIVE_METRICS
 from moe_lab.artifacts.run_index import RunIndex
 from moe_lab.artifacts.study_dir import default_storage_url
-from moe_lab.checks import at_least, one_of
+from moe_lab.checks import at_least, no_nul, one_of, path_component, require, seed
 from moe_lab.config import (
     KEEP_CHECKPOINTS,
     ExperimentConfig,
@@ -40,6 +41,9 @@ from moe_lab.errors import ConfigError, MoELabError
 from moe_lab.sweep.matching import Matched, match_expert_hidden
 
 SAMPLERS = ("grid", "random", "tpe")
+# Bounds a study has: past them a typo (a range to 1e9, n_trials 1e9) would fill memory or enqueue forever.
+MAX_GRID = 10_000  # configurations of a grid, each validated before the first trial
+MAX_TRIALS = 10_000
 PRUNERS = ("none", "median", "hyperband")
 DIRECTIONS = ("minimize", "maximize")
 MATCHING = ("none", "active", "total")
@@ -102,6 +106,12 @@ class Param:
             return list(range(int(self.low), int(self.high) + 1, int(self.step or 1)))
         raise ConfigError(f"space.{self.key}", "the grid sampler needs categorical values or an int range without log")
 
+    def grid_size(self) -> int:
+        """len(grid_values()), counted without building the list."""
+        if self.kind == "int" and not self.log:
+            return (int(self.high) - int(self.low)) // int(self.step or 1) + 1
+        return len(self.grid_values())
+
 
 @dataclass
 class Sweep:
@@ -143,6 +153,12 @@ class Sweep:
 
     def n_trials(self) -> int:
         return self.cfg.n_trials or len(self.grid())
+
+    def stops_early(self) -> str | None:
+        """What may stop runs before their last step (so a time estimate is an upper bound), or None."""
+        if self.cfg.pruner != "none":
+            return f"the {self.cfg.pruner} pruner"
+        return "the collapse detector" if self.cfg.collapse_prunes else None
 
     # ------------------------------------------------------------------ the experiments it trains
     @functools.cached_property
@@ -265,6 +281,8 @@ def _parse_param(key: str, spec: Any) -> Param:
             raise ConfigError(where, f"step must be > 0, got {step}")
         if kind == "int" and (low != int(low) or high != int(high)):
             raise ConfigError(where, f"int range needs integer bounds, got {low}..{high}")
+        if kind == "int" and step is not None and float(step) != int(float(step)):
+            raise ConfigError(where, f"int range needs an integer step, got {step}")
         param = Param(key, kind, low=low, high=high, step=None if step is None else float(step), log=log)
     else:
         raise ConfigError(where, f"unknown type {kind!r}; expected categorical, int or float")
@@ -307,6 +325,15 @@ def load_sweep(path: str | Path, overrides: list[str] = ()) -> Sweep:
 def check_sweep(sweep: Sweep) -> None:
     if not sweep.base_path.is_file():
         raise ConfigError("base", f"no such experiment file: {sweep.base_path}")
+    path_component("name", sweep.name)
+    if sweep.cfg.sampler == "grid":
+        sizes = [p.grid_size() for p in sweep.params]
+        require(
+            math.prod(sizes) <= MAX_GRID,
+            "space",
+            f"the grid has {math.prod(sizes):,} configurations ({' x '.join(map(str, sizes))}); at most {MAX_GRID:,}: "
+            "narrow a range or raise its step",
+        )
     _check_configurations(sweep)
 
 
@@ -325,8 +352,14 @@ def validate_sweep_config(cfg: SweepConfig, needs_space: bool = True) -> None:
         raise ConfigError("n_trials", f"sampler {cfg.sampler!r} needs n_trials >= 1")
     if cfg.n_trials < 0 or cfg.timeout_s < 0:
         raise ConfigError("n_trials" if cfg.n_trials < 0 else "timeout_s", "must be >= 0")
+    require(cfg.n_trials <= MAX_TRIALS, "n_trials", f"at most {MAX_TRIALS} trials a study, got {cfg.n_trials}")
     if not cfg.seeds or len(set(cfg.seeds)) != len(cfg.seeds):
         raise ConfigError("seeds", f"needs one or more distinct seeds, got {list(cfg.seeds)}")
+    for s in cfg.seeds:
+        seed("seeds", s)
+    if cfg.name:
+        path_component("name", cfg.name)
+    no_nul("output_dir", cfg.output_dir)
     if cfg.heartbeat_interval < 1 or cfg.grace_period <= cfg.heartbeat_interval:
         raise ConfigError("grace_period", f"must exceed heartbeat_interval={cfg.heartbeat_interval}")
     at_least("max_retries", cfg.max_retries, 0)

@@ -165,10 +165,15 @@ def machine_busy(threads: int) -> bool:
     return load > (os.cpu_count() or 1) - threads + 1.0
 
 
-def step_times(cfg, threads: int, concurrent: int = 1) -> StepTimes:
+def step_times(cfg, threads: int, concurrent: int = 1, taken: dict | None = None) -> StepTimes:
     """Cached measurement for this machine and model shape, with `concurrent` workers of `threads`
-    threads each running at once."""
+    threads each running at once. `taken`: the measurements of this dry run so far, by model shape; a
+    shape already timed (the same model under another learning rate or seed) is not timed again, even
+    when its time was not cached (busy machine, read-only home): a busy dry run once timed one model 16 times."""
     path, key = cache_path(), _key(cfg, threads, concurrent)
+    taken = {} if taken is None else taken
+    if key in taken:
+        return taken[key]
     try:
         cache = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError):
@@ -180,7 +185,9 @@ def step_times(cfg, threads: int, concurrent: int = 1) -> StepTimes:
         times = measure_step_times(cfg, threads, concurrent)
     busy = busy_before if others.cores is None else others.cores > BUSY_OTHER_CORES
     if busy:
-        return StepTimes(times.train_s, times.eval_s, threads, busy=True)
+        taken[key] = StepTimes(times.train_s, times.eval_s, threads, busy=True)
+        return taken[key]
+    taken[key] = times
     cache[key] = {"train_s": times.train_s, "eval_s": times.eval_s, "threads": threads}
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -5,7 +5,8 @@ moe_lab.artifacts.study_dir); the reports average a configuration's seeds over i
 
 A retry (the same unit after its worker died) trains in new run directories (seed0.retry1, ...),
 reuses seeds an earlier attempt finished, and continues a seed from the newest checkpoint an earlier
-attempt left in this output_dir."""
+attempt left in this output_dir. A sampled trial whose parameters a completed trial already drew (TPE
+proposes a finished point again) trains nothing: it reports that trial's result, marked `duplicate_of`."""
 
 from __future__ import annotations
 
@@ -25,10 +26,12 @@ from moe_lab.artifacts.run_index import run_key
 from moe_lab.artifacts.study_dir import (
     TRIAL_ATTEMPT,
     TRIAL_CONFIG_ID,
+    TRIAL_DUPLICATE_OF,
     TRIAL_DURATION_S,
     TRIAL_ERROR,
     TRIAL_EXPERT_HIDDEN,
     TRIAL_FIRST_RUN_METRICS,
+    TRIAL_INTERRUPTED,
     TRIAL_LABEL,
     TRIAL_OBJECTIVE_MEAN,
     TRIAL_OBJECTIVE_STD,
@@ -42,6 +45,7 @@ from moe_lab.artifacts.study_dir import (
     trial_unit,
 )
 from moe_lab.errors import first_line
+from moe_lab.redact import redact
 from moe_lab.study.labels import trial_label
 from moe_lab.sweep.claims import TrialTakenAway, fence, still_mine, worker_name
 from moe_lab.sweep.config import Sweep
@@ -68,6 +72,28 @@ def pruned_sibling(trial: optuna.Trial) -> str | None:
     for t in trial.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.PRUNED,)):
         if t.number != trial.number and trial_unit(t)[0] == config_id:
             return f"seed {t.user_attrs.get(TRIAL_UNIT_SEED, '?')} was pruned: {t.user_attrs.get(TRIAL_PRUNE_REASON)}"
+    return None
+
+
+# What a duplicate does not take over from the trial it repeats: which trial it is, and where and how that one ran.
+NOT_DUPLICATED = (
+    TRIAL_CONFIG_ID,
+    TRIAL_LABEL,
+    TRIAL_ATTEMPT,
+    TRIAL_WORKER,
+    TRIAL_ERROR,
+    TRIAL_INTERRUPTED,
+    TRIAL_RUN_DIRS,
+    TRIAL_DURATION_S,
+)
+
+
+def completed_twin(trial: optuna.Trial) -> optuna.trial.FrozenTrial | None:
+    """The first completed trial of the study with this trial's parameters, if there is one."""
+    params = trial.params
+    for t in trial.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+        if t.number != trial.number and t.params == params:
+            return t
     return None
 
 
@@ -151,12 +177,21 @@ class Objective:
         trial.set_user_attr(TRIAL_ATTEMPT, attempt)
         trial.set_user_attr(TRIAL_WORKER, worker_name())
         trial.set_user_attr(TRIAL_ERROR, None)  # a retry inherits the attributes of the attempt it retries
+        trial.set_user_attr(TRIAL_INTERRUPTED, None)  # claimed again after a stop signal: no longer waiting
         start = time.time()
         _, matched = self.sweep.experiment(params)  # the configuration the checks validated already
         if matched is not None:
             trial.set_user_attr(TRIAL_EXPERT_HIDDEN, matched.expert_hidden)
         unit_seed = trial.user_attrs.get(TRIAL_UNIT_SEED)
         seeds = list(self.sweep.cfg.seeds) if unit_seed is None else [unit_seed]
+        # A sampled configuration trains every seed: one a completed trial drew already has its result.
+        if unit_seed is None and (twin := completed_twin(trial)) is not None:
+            for key, value in twin.user_attrs.items():
+                if key not in NOT_DUPLICATED:
+                    trial.set_user_attr(key, value)
+            trial.set_user_attr(TRIAL_DUPLICATE_OF, twin.number)
+            trial.set_user_attr(TRIAL_DURATION_S, time.time() - start)
+            return twin.value
         if unit_seed is not None and (reason := pruned_sibling(trial)) is not None:
             self.record(trial, trial_dir, [], start)
             trial.set_user_attr(TRIAL_PRUNE_REASON, f"not trained: {reason}")
@@ -242,4 +277,5 @@ class Objective:
 
 
 def one_line(err: BaseException) -> str:
-    return f"{type(err).__name__}: {first_line(err)}" if str(err).strip() else type(err).__name__
+    """How a failure is recorded in the study (credentials masked: the storage is shared)."""
+    return f"{type(err).__name__}: {redact(first_line(err))}" if str(err).strip() else type(err).__name__

@@ -17,6 +17,11 @@ retry starts from the newest checkpoint an earlier attempt left in this output_d
 shared filesystem), otherwise from scratch, and reuses seeds an earlier attempt finished. A worker
 whose trial was taken away (its heartbeat went stale while it was paused or starved) finds out at
 the next validation, checkpoint or result, and drops the trial without writing to it again.
+
+A stop signal (SIGTERM, SIGINT, SIGUSR1: moe_lab.signals) ends the worker's run at its next step boundary
+with last.ckpt saved there, and the worker hands its trial back (WAITING, moe_lab.sweep.claims.hand_back)
+before it exits: re-running the same command claims that trial first and resumes the run as the same
+attempt, with no grace period, no failure and no retry. Between trials the worker exits at once.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from omegaconf import OmegaConf
 from optuna.storages._heartbeat import is_heartbeat_enabled
 from optuna.trial import TrialState
 
+from moe_lab import signals
 from moe_lab.artifacts.atomic import write_json_atomic, write_text_atomic
 from moe_lab.artifacts.study_dir import (
     STUDY_GRID_ENQUEUED,
@@ -39,15 +45,16 @@ from moe_lab.artifacts.study_dir import (
     STUDY_WORK_ENQUEUED,
     SWEEP_COPY,
     TRIAL_CONFIG_ID,
+    TRIAL_DUPLICATE_OF,
     TRIAL_ERROR,
     TRIAL_LABEL,
     TRIAL_UNIT_SEED,
     trial_unit,
 )
-from moe_lab.errors import MoELabError
+from moe_lab.errors import Interrupted, MoELabError, signal_name
 from moe_lab.study.labels import trial_label
 from moe_lab.study.storage import masked_url, open_storage, recorded_url
-from moe_lab.sweep.claims import TrialTakenAway, fail_stale_trials, heartbeat
+from moe_lab.sweep.claims import TrialTakenAway, fail_stale_trials, hand_back, heartbeat
 from moe_lab.sweep.config import Sweep
 from moe_lab.sweep.objective import Objective, one_line
 from moe_lab.training.tb_hparams import write_study_layout
@@ -193,7 +200,8 @@ def _wait_for_creator(study: optuna.Study, sweep: Sweep) -> None:
                 f"name: study {sweep.name!r} in {masked_url(sweep.storage_url)} exists but its "
                 f"trials were never enqueued (its creator stopped?); pass name=<new name>"
             )
-        time.sleep(1)
+        signals.raise_if_received()
+        signals.wait(1)
 
 
 def open_study(sweep: Sweep, retry: bool = False) -> optuna.Study:
@@ -279,18 +287,27 @@ def claim_trial(study: optuna.Study, sweep: Sweep, deadline: float | None) -> op
     """The next trial for this worker, or None when the sweep has nothing left to run. While other
     workers' trials are RUNNING, an idle worker waits: one of them may die, and its retry needs a worker."""
     while True:
+        signals.raise_if_received()  # no trial held: the worker stops here
         fail_stale_trials(study, sweep.cfg.grace_period)  # dead workers' trials -> FAIL, retry enqueued (RDB)
         if deadline is not None and time.time() > deadline:
             return None
         trial = _pop_waiting(study, sweep)
         if trial is not None or not _running(study) or not is_heartbeat_enabled(study._storage):
             return trial
-        time.sleep(sweep.cfg.heartbeat_interval)
+        signals.wait(sweep.cfg.heartbeat_interval)
 
 
 def run_worker(sweep: Sweep, quiet: bool = True, log=print, retry: bool = False) -> int:
     """Claim and run trials until the sweep is done (or the time budget is spent). Returns how many
-    trials this worker ran. `retry`: first enqueue again the configurations that only failed."""
+    trials this worker ran. `retry`: first enqueue again the configurations that only failed. A stop signal
+    ends it with Interrupted, its trial handed back (see the module's docstring)."""
+    # A stop signal is only recorded: the trial's run acts on it at its next step boundary, claim_trial before
+    # the next claim. So a trial this worker claimed is always handed back or told.
+    with signals.handled(), signals.deferred():
+        return _run_trials(sweep, quiet, log, retry)
+
+
+def _run_trials(sweep: Sweep, quiet: bool, log, retry: bool) -> int:
     study = open_study(sweep, retry=retry)
     objective = Objective(sweep, quiet=quiet)
     deadline = time.time() + sweep.cfg.timeout_s if sweep.cfg.timeout_s else None
@@ -298,16 +315,28 @@ def run_worker(sweep: Sweep, quiet: bool = True, log=print, retry: bool = False)
     while (trial := claim_trial(study, sweep, deadline)) is not None:
         seed = trial.user_attrs.get(TRIAL_UNIT_SEED)
         log(f"trial {trial.number}: {trial_label(dict(trial.params))}" + ("" if seed is None else f" seed {seed}"))
+        stop = None
         with heartbeat(study, trial):
             try:
                 value = objective(trial)
                 state, note = TrialState.COMPLETE, f"{sweep.cfg.objective.metric} = {value:.4f}"
+                if (twin := trial.user_attrs.get(TRIAL_DUPLICATE_OF)) is not None:
+                    note += f" (same parameters as trial {twin}, not trained again)"
+            except Interrupted as interrupted:
+                stop, state, value = interrupted, None, None
             except optuna.TrialPruned as pruned:
                 state, note, value = TrialState.PRUNED, f"pruned: {pruned}", None
             except TrialTakenAway as taken:
                 state, note, value = None, f"dropped: {taken}; its retry is another worker's", None
             except Exception as err:  # recorded as FAIL with its reason; the sweep goes on
                 state, value, note = TrialState.FAIL, None, f"failed: {one_line(err)}"
+        if stop is not None:
+            handed = hand_back(trial, stop.signum)
+            log(
+                f"trial {trial.number} interrupted by {signal_name(stop.signum)}: "
+                + ("waiting to be resumed from its checkpoint" if handed else "failed by another worker meanwhile")
+            )
+            raise stop
         if state is not None:
             try:
                 if state == TrialState.FAIL:

@@ -6,6 +6,21 @@ from __future__ import annotations
 import contextlib
 from pathlib import Path
 
+LIGHTNING_LOGGERS = ("lightning.pytorch", "lightning.fabric")
+
+
+def lightning_info_silenced() -> None:
+    """A console run (`train`) prints moe_lab's own lines only: Lightning's info lines (device summary,
+    its tips, "`Trainer.fit` stopped", the validation batch count) say nothing the run summary does not;
+    its warnings still show, and the known-harmless ones are filtered by their exact message."""
+    import logging
+
+    from moe_lab.cli import filter_known_harmless_warnings
+
+    filter_known_harmless_warnings()
+    for name in LIGHTNING_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
+
 
 @contextlib.contextmanager
 def lightning_output_to(path: Path):
@@ -40,7 +55,7 @@ def _lightning_output_to_handler(handler):
     import warnings
 
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    loggers = [logging.getLogger(name) for name in ("lightning.pytorch", "lightning.fabric")]
+    loggers = [logging.getLogger(name) for name in LIGHTNING_LOGGERS]
     saved = [(lg.handlers[:], lg.propagate) for lg in loggers]
     for lg in loggers:
         lg.handlers, lg.propagate = [handler], False

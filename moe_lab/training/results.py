@@ -21,6 +21,7 @@ from moe_lab.artifacts.run_dir import (
     CONFIG,
     FAILED,
     FINISHED_STATUSES,
+    INTERRUPTED,
     LAST_CKPT,
     METRICS,
     PREVIOUS_CKPT,
@@ -30,13 +31,14 @@ from moe_lab.artifacts.run_dir import (
 )
 from moe_lab.callbacks.throughput import Throughput
 from moe_lab.config import ExperimentConfig, to_dict, to_yaml
+from moe_lab.config.experiment import flatten
 from moe_lab.formatting import si
 from moe_lab.interop.checkpoint import strip_to_weights
 from moe_lab.model.summary import summary_record
 from moe_lab.training.lit import MoELitModule
 from moe_lab.training.loggers import finalize
 from moe_lab.training.run_callbacks import RunCallbacks
-from moe_lab.training.tb_hparams import HEADLINE_HPARAMS, experiment_summary, flatten, ordered_metrics, write_session
+from moe_lab.training.tb_hparams import HEADLINE_HPARAMS, experiment_summary, ordered_metrics, write_session
 
 
 def final_metrics(
@@ -46,7 +48,9 @@ def final_metrics(
     callbacks: RunCallbacks,
     wall: float,
     error: str | None,
+    interrupted: bool = False,
 ) -> RunMetrics:
+    """`interrupted`: a stop signal ended the fit (moe_lab.callbacks.stop)."""
     summary = summary_record(cfg.model, cfg.data.block_size)
     load = callbacks.load_monitor.summary()
     detector = callbacks.collapse_detector
@@ -58,6 +62,8 @@ def final_metrics(
     status = COMPLETED
     if error is not None:
         status = FAILED
+    elif interrupted:
+        status = INTERRUPTED
     elif detector.prune_reason:
         status = PRUNED
     elif trainer.global_step < cfg.trainer.max_steps:
@@ -182,11 +188,14 @@ def end_of_run_summary(metrics: RunMetrics, run_dir: Path, output_dir: Path) -> 
         return "-" if value is None else fmt.format(value)
 
     m = metrics
+    best = f"best {number(m.best_val_loss)}"
+    if m.best_val_loss is None and m.val_loss is not None:  # validated once, by run() after the last step
+        best = "no best.ckpt: validation first ran after the last step (trainer.val_every_n_steps > the steps run)"
     return "\n".join(
         [
             f"{m.status} after {m.steps} steps in {number(m.wall_time_s, '{:.0f}')} s"
             + (f": {m.error}" if m.error else ""),
-            f"  val loss {number(m.val_loss)} (best {number(m.best_val_loss)}), val bits/byte {number(m.val_bpb)}, "
+            f"  val loss {number(m.val_loss)} ({best}), val bits/byte {number(m.val_bpb)}, "
             f"{si(m.tokens_per_s)} training tokens/s",
             f"  params {si(m.total_params)} total, {si(m.active_params)} active per token; "
             f"final load CV {number(m.final_load_cv, '{:.3f}')}, collapse events {m.collapse_events_count}",

@@ -14,6 +14,7 @@ import torch
 from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
+from moe_lab import signals
 from moe_lab.artifacts.atomic import check_writable_dir, write_text_atomic
 from moe_lab.artifacts.environment import environment_record
 from moe_lab.artifacts.metrics import VAL_LOSS
@@ -23,12 +24,11 @@ from moe_lab.artifacts.run_dir import (
     ENV,
     LAST_CKPT,
     MODEL_SUMMARY,
-    PREVIOUS_CKPT,
     PROGRESS,
     TOKENIZER_DIR,
     TRAIN_LOG,
     RunMetrics,
-    next_version,
+    claim_run_dir,
     resolve_resume,
 )
 from moe_lab.callbacks import ExpertCollapseDetector, ExpertLoadMonitor
@@ -40,8 +40,8 @@ from moe_lab.callbacks.throughput import Throughput
 from moe_lab.config import ExperimentConfig, derive, to_yaml
 from moe_lab.config.budget import training_flops_per_step
 from moe_lab.data.datamodule import TextDataModule
-from moe_lab.errors import ConfigError, DataError, first_line
-from moe_lab.interop.checkpoint import CheckpointError, check_state_dict, load_pretrained, read_torch_checkpoint
+from moe_lab.errors import ConfigError, DataError, Interrupted, first_line
+from moe_lab.interop.checkpoint import CheckpointError, check_state_dict, load_pretrained
 from moe_lab.model.summary import model_summary
 from moe_lab.training.lit import MoELitModule
 from moe_lab.training.loggers import build_loggers
@@ -55,6 +55,7 @@ from moe_lab.training.results import (
     write_metrics,
     write_record,
 )
+from moe_lab.training.resume_check import check_resume_checkpoint
 from moe_lab.training.run_callbacks import RunCallbacks
 
 
@@ -68,47 +69,6 @@ class RunResult:
     def metrics(self) -> dict:
         """The run's final metrics file (run_dir.METRICS), as written."""
         return asdict(self.record)
-
-
-def check_resume_checkpoint(cfg: ExperimentConfig, ckpt: Path) -> None:
-    """Raise ConfigError unless `ckpt` loads and holds the model `cfg` describes. Run before the run
-    directory is touched: a damaged checkpoint must not leave records of a resume that never ran.
-    For resume=auto the message names the run's previous checkpoint when that one is intact."""
-    problem = _checkpoint_problem(cfg, ckpt)
-    if problem is None:
-        return
-    if cfg.trainer.resume != "auto":
-        raise ConfigError("trainer.resume", problem)
-    previous = ckpt.with_name(PREVIOUS_CKPT)
-    if previous.is_file() and _checkpoint_problem(cfg, previous) is None:
-        raise ConfigError(
-            "trainer.resume",
-            f"auto: the latest checkpoint is damaged ({problem}); the previous "
-            f"one is intact: continue from it with trainer.resume={previous}",
-        )
-    raise ConfigError(
-        "trainer.resume",
-        f"auto: the latest checkpoint is damaged ({problem}) and no intact "
-        f"{PREVIOUS_CKPT} is beside it; start afresh with trainer.resume=''",
-    )
-
-
-def _checkpoint_problem(cfg: ExperimentConfig, ckpt: Path) -> str | None:
-    # Lightning loads the file again when it resumes: reading it twice is the price of failing early.
-    try:
-        state = read_torch_checkpoint(ckpt)
-        tensors = state.get("state_dict") if isinstance(state, dict) else None
-        if not isinstance(tensors, dict) or "global_step" not in state:
-            return f"{ckpt}: not a training checkpoint (no state_dict and global_step)"
-        prefix = "model."
-        check_state_dict(
-            cfg.model,
-            {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)},
-            f"{ckpt} (step {state['global_step']})",
-        )
-    except CheckpointError as err:
-        return str(err)
-    return None
 
 
 def build_callbacks(cfg: ExperimentConfig, run_dir: Path, resume_ckpt: Path | None = None) -> RunCallbacks:
@@ -254,6 +214,17 @@ def run(
     """Train `cfg` (already validated by load_config). Raises MoELabError for bad data input before
     anything is written. `session`: (hyperparameters, group) of this run in the TensorBoard HPARAMS table
     of a study that declared its own columns (moe_lab.training.tb_hparams); None: the run declares itself."""
+    with contextlib.ExitStack() as held:  # the run directory's claim, let go however the run ends
+        return _train(cfg, extra_callbacks, quiet, session, held)
+
+
+def _train(
+    cfg: ExperimentConfig,
+    extra_callbacks: tuple[pl.Callback, ...],
+    quiet: bool,
+    session: tuple[dict, str] | None,
+    held: contextlib.ExitStack,
+) -> RunResult:
     if cfg.trainer.threads:
         torch.set_num_threads(cfg.trainer.threads)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -262,10 +233,6 @@ def run(
     check_writable_dir(cfg.output_dir, "output_dir")
     experiment_dir = Path(cfg.output_dir) / cfg.name
     version, resume_ckpt = resolve_resume(experiment_dir, cfg.version, cfg.trainer.resume)
-    version = version or next_version(experiment_dir)
-    loggers = build_loggers(cfg.trainer.loggers, cfg.output_dir, cfg.name, version)
-    run_dir = experiment_dir / version
-    callbacks = build_callbacks(cfg, run_dir, resume_ckpt)
     data = prepare_data(cfg)
     cfg = with_tokenizer_vocabulary(cfg, data.vocab_size)
     if resume_ckpt is not None:
@@ -274,14 +241,27 @@ def run(
     lit.tokenizer = data.tokenizer
     if cfg.model_init:
         _, state = load_pretrained(cfg.model_init)
+        try:  # the experiment's own model keys (its bases' included) may have changed a shape
+            check_state_dict(cfg.model, state, cfg.model_init)
+        except CheckpointError as err:
+            raise ConfigError("model_init", f"{err}; the experiment's model keys must keep its shapes") from None
         lit.model.load_state_dict(state, strict=True)
+    # Claimed only now, so a refused run leaves no directory; two runs of one name never share one.
+    claim = claim_run_dir(experiment_dir, version)
+    held.callback(claim.release)
+    run_dir = claim.path
+    loggers = build_loggers(cfg.trainer.loggers, cfg.output_dir, cfg.name, run_dir.name)
+    callbacks = build_callbacks(cfg, run_dir, resume_ckpt)
 
     # Last: Lightning logs its device lines while building the Trainer (a quiet run keeps them for its
     # train.log, written once the run directory exists).
-    with contextlib.ExitStack() as early:
-        captured = early.enter_context(lightning_output_captured()) if quiet else None
-        trainer = build_trainer(cfg, loggers or False, [*callbacks.as_list(), *extra_callbacks], run_dir, quiet)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        with contextlib.ExitStack() as early:
+            captured = early.enter_context(lightning_output_captured()) if quiet else None
+            trainer = build_trainer(cfg, loggers or False, [*callbacks.as_list(), *extra_callbacks], run_dir, quiet)
+    except BaseException:
+        claim.release(remove_if_unused=True)  # devices or strategy refused: the run never started
+        raise
     _print(f"run directory: {run_dir}" + (f" (resuming {resume_ckpt})" if resume_ckpt else ""), quiet)
     summary = model_summary(cfg.model, cfg.data.block_size)
     _print(summary, quiet)
@@ -297,16 +277,22 @@ def run(
             log.write(captured.getvalue())
         output.enter_context(lightning_output_to(run_dir / TRAIN_LOG))
     start = time.perf_counter()
-    error = None
+    error, interrupted = None, None
+    # From here on a stop signal only ends the fit at its next step boundary, last.ckpt saved there, and the
+    # records below are written whatever arrives (moe_lab.signals).
+    held.enter_context(signals.handled())
+    held.enter_context(signals.deferred())
     try:
         trainer.fit(lit, datamodule=data, ckpt_path=resume_ckpt, weights_only=True)
         if lit.last_val.get("step") != trainer.global_step and not trainer.interrupted:
             trainer.validate(lit, datamodule=data, verbose=False)  # final metrics at the final step
     except NonFiniteLossError as err:
         error = str(err)
+    except Interrupted as stop:
+        interrupted = Interrupted(stop.signum, run_dir=run_dir)
     finally:
         output.close()
-    metrics = final_metrics(cfg, lit, trainer, callbacks, time.perf_counter() - start, error)
+    metrics = final_metrics(cfg, lit, trainer, callbacks, time.perf_counter() - start, error, interrupted is not None)
     if trainer.is_global_zero:
         finish_checkpoints(run_dir / CHECKPOINTS, cfg.trainer.keep_checkpoints, metrics.status)
         write_metrics(run_dir, metrics)
@@ -314,4 +300,6 @@ def run(
     _print(end_of_run_summary(metrics, run_dir, Path(cfg.output_dir)), quiet)
     if error is not None:
         raise NonFiniteLossError(error)
+    if interrupted is not None:
+        raise interrupted
     return RunResult(run_dir=run_dir, record=metrics, callbacks=callbacks)

@@ -3,7 +3,7 @@ read the load monitor, the collapse detector, the best checkpoint and the throug
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import LearningRateMonitor
@@ -12,6 +12,7 @@ from moe_lab.callbacks import ExpertCollapseDetector, ExpertLoadMonitor
 from moe_lab.callbacks.checkpoint import RotatingCheckpoint
 from moe_lab.callbacks.nonfinite import NonFiniteLossGuard
 from moe_lab.callbacks.progress_file import ProgressFile
+from moe_lab.callbacks.stop import StopOnSignal
 from moe_lab.callbacks.throughput import Throughput
 
 
@@ -19,12 +20,17 @@ from moe_lab.callbacks.throughput import Throughput
 class RunCallbacks:
     best_checkpoint: RotatingCheckpoint
     last_checkpoint: RotatingCheckpoint
+    # After last_checkpoint: Lightning keeps the checkpoint callbacks' order (see StopOnSignal).
+    stop_on_signal: StopOnSignal = field(init=False)
     load_monitor: ExpertLoadMonitor
     collapse_detector: ExpertCollapseDetector
     lr_monitor: LearningRateMonitor
     nan_guard: NonFiniteLossGuard
     progress: ProgressFile
     throughput: Throughput  # build_trainer puts it after every other callback (see Throughput)
+
+    def __post_init__(self):
+        self.stop_on_signal = StopOnSignal(self.last_checkpoint)
 
     def as_list(self) -> list[pl.Callback]:
         """The callbacks in field order (not dataclasses.astuple: it would copy them)."""

@@ -50,19 +50,6 @@ COMPARISON_CHARTS = (
 )
 
 
-def flatten(values: dict, prefix: str = "") -> dict[str, Any]:
-    """Hyperparameters as the HPARAMS table names them: {"model": {"moe": {"top_k": 2}}} ->
-    {"model.moe.top_k": 2}; lists become strings."""
-    flat: dict[str, Any] = {}
-    for key, value in values.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            flat.update(flatten(value, name + "."))
-        else:
-            flat[name] = str(value) if isinstance(value, (list, tuple)) else value
-    return flat
-
-
 def _hparam_type(values: list[Any]):
     from tensorboard.plugins.hparams import api_pb2
 
