@@ -24,6 +24,41 @@ class DispatchResult:
     n_dropped: torch.Tensor  # scalar: assignments dropped for capacity
 
 
+@dataclass
+class ExpertOrder:
+    sorted_idx: torch.Tensor  # [A] kept assignments, grouped by expert, priority order inside each group
+    counts: torch.Tensor  # [E] assignments routed to each expert, before capacity dropping
+    kept_counts: torch.Tensor  # [E] assignments each expert keeps
+    n_dropped: torch.Tensor  # scalar: assignments dropped for capacity
+
+
+def sort_by_expert(expert_idx: torch.Tensor, n_experts: int, capacity: int | None) -> ExpertOrder:
+    """Group the assignments by expert and drop each expert's assignments past `capacity` (None: dropless).
+
+    Shared by the single-device dispatch and the expert-parallel one (`moe_lab.parallel`), so both drop
+    the same assignments.
+    """
+    counts_E = torch.bincount(expert_idx, minlength=n_experts)
+    # Stable sort keeps priority order inside each expert's group, which is what capacity
+    # dropping needs: the first `capacity` assignments of each expert are kept.
+    sorted_idx_A = torch.argsort(expert_idx, stable=True)
+    if capacity is None:
+        return ExpertOrder(
+            sorted_idx=sorted_idx_A, counts=counts_E, kept_counts=counts_E, n_dropped=counts_E.new_zeros(())
+        )
+    group_start_E = counts_E.cumsum(0) - counts_E
+    rank_in_expert_A = (
+        torch.arange(sorted_idx_A.numel(), device=expert_idx.device) - group_start_E[expert_idx[sorted_idx_A]]
+    )
+    kept_counts_E = counts_E.clamp(max=capacity)
+    return ExpertOrder(
+        sorted_idx=sorted_idx_A[rank_in_expert_A < capacity],  # from here A counts the kept assignments
+        counts=counts_E,
+        kept_counts=kept_counts_E,
+        n_dropped=counts_E.sum() - kept_counts_E.sum(),
+    )
+
+
 class GroupedExperts(nn.Module):
     """E FFN experts whose weights are stacked so all experts run in one grouped matmul."""
 
@@ -57,22 +92,10 @@ class GroupedExperts(nn.Module):
         capacity: int | None,
     ) -> DispatchResult:
         """x [T, D]; assignments token_idx/expert_idx/weight [A] in priority order."""
-        counts_E = torch.bincount(expert_idx, minlength=self.n_experts)
-        # Stable sort keeps priority order inside each expert's group, which is what capacity
-        # dropping needs: the first `capacity` assignments of each expert are kept.
-        sorted_idx_A = torch.argsort(expert_idx, stable=True)
-        kept_counts_E, n_dropped = counts_E, counts_E.new_zeros(())
-        if capacity is not None:
-            group_start_E = counts_E.cumsum(0) - counts_E
-            rank_in_expert_A = (
-                torch.arange(sorted_idx_A.numel(), device=x.device) - group_start_E[expert_idx[sorted_idx_A]]
-            )
-            sorted_idx_A = sorted_idx_A[rank_in_expert_A < capacity]  # from here A counts the kept assignments
-            kept_counts_E = counts_E.clamp(max=capacity)
-            n_dropped = counts_E.sum() - kept_counts_E.sum()
-        sorted_token_idx_A = token_idx[sorted_idx_A]
+        order = sort_by_expert(expert_idx, self.n_experts, capacity)
+        sorted_token_idx_A = token_idx[order.sorted_idx]
         # index_select, not x[tokens]: its backward is an index_add_, while advanced indexing's is an
         # accumulating index_put_, measured several times slower on CPU.
-        y_AD = self.compute(x.index_select(0, sorted_token_idx_A), kept_counts_E, weight[sorted_idx_A])
+        y_AD = self.compute(x.index_select(0, sorted_token_idx_A), order.kept_counts, weight[order.sorted_idx])
         out_TD = torch.zeros_like(x, dtype=y_AD.dtype).index_add_(0, sorted_token_idx_A, y_AD)
-        return DispatchResult(out=out_TD, expert_counts=counts_E, n_dropped=n_dropped)
+        return DispatchResult(out=out_TD, expert_counts=order.counts, n_dropped=order.n_dropped)
