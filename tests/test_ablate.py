@@ -114,7 +114,7 @@ def test_same_arm_and_seed_in_fresh_processes_give_identical_metrics(tmp_path, d
                 metrics["val_loss"],
                 metrics["final_load_cv"],
                 read_scalars(run_dir, "train/lm_loss"),
-                read_scalars(run_dir, "moe/layer0/expert1"),
+                read_scalars(run_dir, "moe/layer0/max_over_uniform"),
             )
         )
     assert outputs[0] == outputs[1]

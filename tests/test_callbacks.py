@@ -209,7 +209,7 @@ def test_resumed_callbacks_continue_streak_and_window(tmp_path):
     starved = layer2_starved_on(set(range(3, 100)))  # uninterrupted: steps 3..8 reach patience 6 at 8
 
     def callbacks():  # the monitor's first window, steps 1-7, straddles the interruption
-        return ExpertCollapseDetector(patience_steps=6), ExpertLoadMonitor(log_every_n_steps=7)
+        return ExpertCollapseDetector(patience_steps=6), ExpertLoadMonitor(log_every_n_steps=7, log_expert_scalars=True)
 
     whole, whole_monitor = callbacks()
     whole_trainer = fit(starved, [whole, whole_monitor], tmp_path / "whole", max_steps=12)
@@ -314,7 +314,7 @@ def expected_window(steps, layer):
 
 
 def test_load_monitor_writes_scalars_histograms_and_heatmap(tmp_path):
-    monitor = ExpertLoadMonitor(log_every_n_steps=3, heatmap_every_n_steps=6)
+    monitor = ExpertLoadMonitor(log_every_n_steps=3, heatmap_every_n_steps=6, log_expert_scalars=True)
     # Trainer logging every 50 steps must not hide or delay the monitor's windows.
     trainer = fit(monitor_schedule, [monitor], tmp_path, max_steps=7, accumulate_grad_batches=2, log_every_n_steps=50)
     ea = read_events(trainer)
@@ -352,7 +352,9 @@ def test_load_monitor_writes_scalars_histograms_and_heatmap(tmp_path):
 
 
 def test_load_monitor_caps_per_expert_scalars(tmp_path):
-    monitor = ExpertLoadMonitor(log_every_n_steps=2, heatmap_every_n_steps=0, max_experts_logged=3)
+    monitor = ExpertLoadMonitor(
+        log_every_n_steps=2, heatmap_every_n_steps=0, max_experts_logged=3, log_expert_scalars=True
+    )
     trainer = fit(monitor_schedule, [monitor], tmp_path, max_steps=4)
     tags = read_events(trainer).Tags()
     assert "moe/layer0/load_cv" in tags["scalars"] and "moe/layer0/load" in tags["histograms"]

@@ -197,6 +197,7 @@ def test_a_password_in_the_url_reaches_no_file_and_the_sweep_reports(tmp_path, d
     assert any(a.startswith("storage=postgresql+psycopg://") and ":***@127.0.0.1" in a for a in argv), argv
 
 
+@pytest.mark.slow  # 15 s; the default suite's test above covers the password in the URL
 def test_the_password_may_come_from_moe_lab_storage_password(tmp_path, data_cache, database):
     """A URL without a password, the password in MOE_LAB_STORAGE_PASSWORD: the sweep and a later report
     both open the storage."""

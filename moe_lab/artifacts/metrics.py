@@ -22,6 +22,7 @@ TRAIN_LOSS = "train/loss"  # LM loss plus the weighted router losses: what the o
 TRAIN_LM_LOSS = "train/lm_loss"
 TRAIN_AUX_LOSS = "train/aux_loss"  # load-balancing loss, unweighted, mean over the MoE layers
 TRAIN_Z_LOSS = "train/z_loss"  # router z-loss, unweighted, mean over the MoE layers
+TRAIN_LR = "train/lr"  # the learning rate of the step (every parameter group follows one schedule)
 # Training tokens per second: tokens of all training steps so far over the wall-clock seconds of those
 # steps, validation excluded (moe_lab.callbacks.throughput).
 TOKENS_PER_S = "train/tokens_per_s"
@@ -32,6 +33,15 @@ LOAD_CV_MEAN = "moe/load_cv_mean"  # coefficient of variation of the expert load
 LOAD_CV_MAX = "moe/load_cv_max"
 DROPPED_FRAC_MEAN = "moe/dropped_frac_mean"
 COLLAPSE_EVENTS = "moe/collapse_events"  # running count of the collapse detector's events
+
+
+FINAL_PREFIX = "final/"  # a run's final metrics, logged once at its end: TensorBoard's HPARAMS columns
+
+
+def final_tag(name: str) -> str:
+    """The scalar a run's final metric `name` (a RunMetrics field) is logged under, without a repeated
+    "final": final/load_cv for final_load_cv, final/val_loss for val_loss."""
+    return FINAL_PREFIX + name.removeprefix("final_")
 
 
 def layer_tag(layer: int | str, name: str) -> str:
@@ -59,8 +69,10 @@ class Metric:
     seeds:  how a configuration's seeds combine in a table: their mean, sum or median
     machine: it depends on the machine and its load, not on the configuration: shown, never a result
     objective / claim / hparams / table: a sweep may optimise it / an ablation claim may compare it /
-            a column of TensorBoard's HPARAMS table (`final/<name>`) / a column of the sweep and
+            a column of TensorBoard's HPARAMS table (`final_tag(name)`) / a column of the sweep and
             ablation tables (all in this order)
+    lead:   one of the HPARAMS table's leading columns, right after the objective (in this order); the
+            other HPARAMS columns follow them (moe_lab.training.tb_hparams.ordered_metrics)
     """
 
     name: str
@@ -75,6 +87,7 @@ class Metric:
     claim: bool = True
     hparams: bool = False
     table: bool = False
+    lead: bool = False
 
     def format(self, value) -> str:
         """A table cell: '-' for no value."""
@@ -107,15 +120,16 @@ VOCABULARY = (
         seeds=SEED_MEDIAN,
         machine=True,
         objective=True,
-        hparams=True,
         table=True,
     ),
-    Metric("final_load_cv", "load CV", fmt=".3f", objective=True, hparams=True, table=True),
-    Metric("final_max_over_uniform", "max load / uniform", fmt=".3f"),
+    Metric("final_load_cv", "load CV", fmt=".3f", objective=True, hparams=True, table=True, lead=True),
+    Metric("final_load_cv_max", "load CV (max over layers)", fmt=".3f", hparams=True, lead=True),
+    # MaxVio (DeepSeek-V3): max load / mean load - 1, mean over MoE layers (the per-layer max_over_uniform - 1).
+    Metric("final_max_vio", "MaxVio", fmt=".3f", hparams=True, lead=True),
     Metric("final_dropped_frac", "dropped", hparams=True, table=True),
     Metric("final_aux_loss", "aux loss", tag=TRAIN_AUX_LOSS),
     Metric("final_z_loss", "z-loss", tag=TRAIN_Z_LOSS),
-    Metric("collapse_events_count", "collapses", fmt=".0f", seeds=SEED_SUM, hparams=True, table=True),
+    Metric("collapse_events_count", "collapses", fmt=".0f", seeds=SEED_SUM, hparams=True, table=True, lead=True),
 )
 
 

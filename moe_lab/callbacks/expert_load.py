@@ -59,8 +59,9 @@ class ExpertLoadMonitor(Callback):
     """Logs expert load every `log_every_n_steps` optimizer steps, aggregated over those steps.
 
     Per MoE layer i: `moe/layer{i}/{load_cv, max_over_uniform, entropy_norm, dropped_frac, dead_experts,
-    tokens_min, tokens_max, tokens_std}`, and `moe/layer{i}/expert{j}` (load fraction of expert j) when
-    E <= max_experts_logged. Across layers: `moe/load_cv_mean`, `moe/load_cv_max`, `moe/dropped_frac_mean`.
+    tokens_min, tokens_max, tokens_std}`, and with `log_expert_scalars` `moe/layer{i}/expert{j}` (load
+    fraction of expert j) when E <= max_experts_logged. Across layers: `moe/load_cv_mean`, `moe/load_cv_max`,
+    `moe/dropped_frac_mean`.
     TensorBoard only: a histogram `moe/layer{i}/load` per window, and every `heatmap_every_n_steps`
     (0 disables) a layer x expert image `moe/load_heatmap`.
 
@@ -69,13 +70,20 @@ class ExpertLoadMonitor(Callback):
     window (a histogram of the fractions themselves would hide which expert is starved).
     """
 
-    def __init__(self, log_every_n_steps: int = 10, heatmap_every_n_steps: int = 200, max_experts_logged: int = 64):
+    def __init__(
+        self,
+        log_every_n_steps: int = 10,
+        heatmap_every_n_steps: int = 200,
+        max_experts_logged: int = 64,
+        log_expert_scalars: bool = False,
+    ):
         whole_at_least("log_every_n_steps", log_every_n_steps, 1)
         whole_at_least("heatmap_every_n_steps", heatmap_every_n_steps, 0)
         whole_at_least("max_experts_logged", max_experts_logged, 0)
         self.log_every_n_steps = log_every_n_steps
         self.heatmap_every_n_steps = heatmap_every_n_steps
         self.max_experts_logged = max_experts_logged
+        self.log_expert_scalars = log_expert_scalars
         self._window = RoutingAccumulator()
         self._window_steps = 0
         self._steps_before_batch = 0
@@ -134,7 +142,7 @@ class ExpertLoadMonitor(Callback):
         )
         scalars = dict(headline)
         for layer, frac in fractions.items():
-            if len(frac) <= self.max_experts_logged:
+            if self.log_expert_scalars and len(frac) <= self.max_experts_logged:
                 scalars.update({layer_tag(layer, f"expert{j}"): float(f) for j, f in enumerate(frac)})
         self._last = self._summarise(step, per_layer, fractions)
         self._write(trainer, scalars, fractions, step, n_steps)
@@ -151,6 +159,7 @@ class ExpertLoadMonitor(Callback):
             "final_load_cv": mean_of("load_cv"),
             "final_load_cv_max": float(np.max([m["load_cv"] for m in per_layer.values()])),
             "final_max_over_uniform": mean_of("max_over_uniform"),
+            "final_max_vio": float(np.mean([max_vio(f) for f in fractions.values()])),
             "final_dropped_frac": mean_of("dropped_frac"),
             "final_dead_experts": int(sum(m["dead_experts"] for m in per_layer.values())),
             "final_load_fractions": {f"layer{layer}": frac.tolist() for layer, frac in fractions.items()},
@@ -181,6 +190,14 @@ class ExpertLoadMonitor(Callback):
                     title=f"expert load, steps {step - n_steps + 1}-{step}",
                 )
                 writer.add_figure("moe/load_heatmap", fig, global_step=tb_step, close=True)
+
+
+def max_vio(fractions: np.ndarray) -> float:
+    """MaxVio = max_j load_j / mean_j load_j - 1: how much more than its even share the busiest expert
+    takes ("maximal violation", Wang et al. 2024, "Auxiliary-Loss-Free Load Balancing Strategy for
+    Mixture-of-Experts", arXiv:2408.15664; the balance metric DeepSeek-V3 reports). 0 is perfect
+    balance, E - 1 every assignment to one expert."""
+    return float(fractions.max() / fractions.mean() - 1.0)
 
 
 def add_load_histogram(writer, tag: str, fractions: np.ndarray, step: int) -> None:

@@ -65,7 +65,10 @@ class TrainerConfig:
 class MonitorConfig:
     log_every_n_steps: int = 10
     heatmap_every_n_steps: int = 200  # 0: no heatmap images
-    max_experts_logged: int = 64  # per-expert scalars only up to this many experts per layer (0: none)
+    # Per-expert load scalars moe/layer{i}/expert{j}: E charts per layer, off by default (the histograms
+    # and heatmap show the same loads); only up to max_experts_logged experts per layer (0: none).
+    log_expert_scalars: bool = False
+    max_experts_logged: int = 64
     collapse_min_load_fraction: float = 0.1  # of uniform load
     collapse_patience_steps: int = 100
     collapse_min_entropy_norm: float = 0.0  # 0 disables the entropy criterion

@@ -102,6 +102,13 @@ class Comparison:
             f"{CONFIDENCE:.0%} CI of Δ [{t.low:+.4f}, {t.high:+.4f}]"
         )
 
+    def brief(self) -> str:
+        """'Welch t(1.9) p = 0.41, indicative at n = 2': the test in a sentence, or why there is none."""
+        if self.test is None:
+            return self.why_no_test
+        text = f"{self.test.name}({format_df(self.test.df)}) p = {format_p(self.test.p)}"
+        return text + (f", indicative at n = {min(self.a.n, self.b.n)}" if self.indicative else "")
+
 
 def format_p(p: float) -> str:
     return f"{p:.2g}" if p >= 0.001 else "< 0.001"

@@ -20,7 +20,16 @@ from moe_lab.artifacts.metrics import metric_named
 from moe_lab.artifacts.study_dir import PLOTS, SUMMARY, TRIALS_CSV
 from moe_lab.formatting import si
 from moe_lab.report.common import is_finite, matching_means
-from moe_lab.report.stats import CONFIDENCE, INDICATIVE_N, SUPPORTED, UNDECIDED, compare, format_df, format_p
+from moe_lab.report.stats import (
+    CONFIDENCE,
+    INDICATIVE_N,
+    SUPPORTED,
+    UNDECIDED,
+    Comparison,
+    compare,
+    format_df,
+    format_p,
+)
 from moe_lab.report.sweep_plots import (
     TRAIN_SMOOTHING,
     one_key_grid,
@@ -71,7 +80,8 @@ def summary_markdown(data: StudyData, plots: dict[str, Path], skipped: dict[str,
     lines = [
         f"# Sweep report: {info.study_name}",
         "",
-        f"- objective: `{info.objective_metric}` ({info.direction}), mean ± std over seeds {info.seeds}",
+        f"- objective: `{info.objective_metric}` ({info.direction}), "
+        f"mean{' ± std' if len(info.seeds) > 1 else ''} over seeds {info.seeds}",
         f"- sampler: {info.sampler}; base experiment: `{_relative(info.base, data.study_dir) or '?'}`",
         f"- compute matching: **{info.compute_matching}**: "
         f"{matching_means(info.compute_matching, 'configuration', 'the expert width (expert_hidden)')}",
@@ -81,6 +91,7 @@ def summary_markdown(data: StudyData, plots: dict[str, Path], skipped: dict[str,
         "",
         "## Best configuration",
         "",
+        *([headline, ""] if (headline := best_headline(rows, info)) else []),
         _best_text(best_row(rows), info),
         "",
         "## Results",
@@ -114,16 +125,92 @@ def _relative(path: str, study_dir: Path) -> str:
     return os.path.relpath(path, study_dir.resolve()) if path and Path(path).is_absolute() else path
 
 
-def seed_noise_lines(rows: list[ConfigRow], info: StudyInfo) -> list[str]:
-    """The best configuration against each other complete one: is it better beyond seed noise?
-    (moe_lab.report.stats, the statistics of the ablation report's claims: paired by seed.)"""
+def against_best(rows: list[ConfigRow], info: StudyInfo) -> list[tuple[ConfigRow, Comparison]]:
+    """Each other complete configuration with the best mean's comparison against it (moe_lab.report.stats,
+    the statistics of the ablation report's claims), oriented so that Δ < 0 always means "the best is
+    better", also when the objective is maximised."""
     best = best_row(rows)
     others = [r for r in rows if r is not best and r.state == "COMPLETE" and is_finite(r.objective_mean)]
-    if best is None or not others:
+    return [(row, _compare(best, row, _sign(info))) for row in others]
+
+
+def best_headline(rows: list[ConfigRow], info: StudyInfo) -> str:
+    """Which configurations are best, in a sentence the comparisons below decide. The configurations not
+    decided worse than the best mean (the interval of Δ not wholly below 0) form a tie group: their order
+    is within seed noise as far as the seeds tell. Each member is then set against the configurations
+    decided worse (HEADLINE_DETAIL of them at most; the rest are counted)."""
+    best = best_row(rows)
+    if best is None:
+        return ""
+    sign, compared = _sign(info), against_best(rows, info)
+    if not compared:
+        return f"**{best.label}**: the only complete configuration."
+    tied = [(r, c) for r, c in compared if c.outcome() != SUPPORTED]
+    worse = [r for r, c in compared if c.outcome() == SUPPORTED]
+    if not tied:
+        beats = [f"beats {r.label} {_beats_by(c)}" for r, c in compared[:HEADLINE_DETAIL]]
+        return f"**{best.label}** is best: " + "; ".join(beats) + _more_worse(worse, len(beats), best) + "."
+    ties = [best] + [r for r, _ in tied]
+    text = f"**{' ≈ '.join(r.label for r in ties)}** ({_tie_words(tied, best, sign)})"
+    shown = worse[:HEADLINE_DETAIL] if len(ties) <= HEADLINE_DETAIL else []
+    text += "".join(_ties_against(ties, loser, sign) for loser in shown)
+    return text + _more_worse(worse, len(shown), best) + "."
+
+
+HEADLINE_DETAIL = 3  # configurations the headline spells out in one part (a tie group, those it beats)
+
+
+def _tie_words(tied: list[tuple[ConfigRow, Comparison]], best: ConfigRow, sign: float) -> str:
+    if len(tied) == 1:
+        return _undecided(tied[0][1], sign)
+    if len(tied) < HEADLINE_DETAIL:
+        return "; ".join(f"against {r.label} {_undecided(c, sign)}" for r, c in tied)
+    return f"none decided worse than {best.label}: the comparisons below"
+
+
+def _ties_against(ties: list[ConfigRow], loser: ConfigRow, sign: float) -> str:
+    """'; both beat C: A by … and B by …', or each member's own verdict where not all of them beat C."""
+    against = [(r, _compare(r, loser, sign)) for r in ties]
+    if all(c.outcome() == SUPPORTED for _, c in against):
+        everyone = "both" if len(ties) == 2 else f"all {len(ties)}"
+        return f"; {everyone} beat {loser.label}: " + " and ".join(f"{r.label} {_beats_by(c)}" for r, c in against)
+    return "; " + ", ".join(
+        f"{r.label} beats {loser.label} {_beats_by(c)}"
+        if c.outcome() == SUPPORTED
+        else f"{r.label} against {loser.label} {_undecided(c, sign)}"
+        for r, c in against
+    )
+
+
+def _beats_by(c: Comparison) -> str:
+    """'by 0.6000 ± 0.2267 (95% CI; Welch t(4) p = 0.0018)' for a decided comparison (oriented Δ < 0)."""
+    t = c.test
+    return f"by {-t.delta:.4f} ± {(t.high - t.low) / 2:.4f} ({CONFIDENCE:.0%} CI; {c.brief()})"
+
+
+def _undecided(c: Comparison, sign: float) -> str:
+    """'undecided: Δ -0.0500, 95% CI [-0.2767, +0.1767], Welch t(4) p = 0.57' in the objective's own sign."""
+    word = "undecided" if c.outcome() == UNDECIDED else "decided the other way"
+    if c.test is None:
+        return f"{word}: Δ {sign * c.delta:+.4f}, {c.why_no_test}"
+    low, high = sorted((sign * c.test.low, sign * c.test.high))
+    return f"{word}: Δ {sign * c.delta:+.4f}, {CONFIDENCE:.0%} CI [{low:+.4f}, {high:+.4f}], {c.brief()}"
+
+
+def _more_worse(worse: list[ConfigRow], shown: int, best: ConfigRow) -> str:
+    more = len(worse) - shown
+    if more <= 0:
+        return ""
+    return f"; {more}{' more' if shown else ''} decided worse than {best.label} (the comparisons below)"
+
+
+def seed_noise_lines(rows: list[ConfigRow], info: StudyInfo) -> list[str]:
+    """The best mean against each other complete configuration: a difference, or seed noise?"""
+    best, compared, sign = best_row(rows), against_best(rows, info), _sign(info)
+    if not compared:
         return []
-    sign = -1.0 if info.direction == "maximize" else 1.0  # Δ < 0 always means "the best is better"
     lines = [
-        "## Best against the others: beyond seed noise?",
+        "## Best mean against the others: a difference or seed noise?",
         "",
         f"Δ = mean {info.objective_metric} of **{best.label}** − that of the other configuration"
         + (" (negated: the objective is maximised)" if sign < 0 else "")
@@ -132,8 +219,7 @@ def seed_noise_lines(rows: list[ConfigRow], info: StudyInfo) -> list[str]:
         f"| against | Δ | test | p | {CONFIDENCE:.0%} CI of Δ | verdict |",
         "| --- | ---: | --- | ---: | --- | --- |",
     ]
-    for row in others:
-        c = compare(_seed_values(best, sign), _seed_values(row, sign), (best.label, row.label))
+    for row, c in compared:
         label = row.label.replace("|", "\\|")
         if c.test is None:
             lines.append(f"| {label} | {c.delta:+.4f} | - | - | - | {c.why_no_test} |")
@@ -142,7 +228,7 @@ def seed_noise_lines(rows: list[ConfigRow], info: StudyInfo) -> list[str]:
         verdict = {SUPPORTED: f"**{best.label} better**", UNDECIDED: "undecided (a tie within seed noise)"}.get(
             c.outcome(), f"**{row.label} better**"
         )
-        if c.indicative and c.outcome() != UNDECIDED:
+        if c.indicative:
             verdict += f" (indicative: n ≤ {min(c.a.n, c.b.n)})"
         lines.append(
             f"| {label} | {c.delta:+.4f} | {t.name}({format_df(t.df)}) | {format_p(t.p)} | "
@@ -157,6 +243,15 @@ SWEEP_METHOD = (
     f"**undecided**: it straddles 0, and its ends bound the difference either way. With n ≤ {INDICATIVE_N} "
     "seeds a decision is indicative only."
 )
+
+
+def _sign(info: StudyInfo) -> float:
+    return -1.0 if info.direction == "maximize" else 1.0
+
+
+def _compare(a: ConfigRow, b: ConfigRow, sign: float) -> Comparison:
+    """Δ = a − b over seeds by the shared rule: paired where they share 2 seeds, Welch otherwise."""
+    return compare(_seed_values(a, sign), _seed_values(b, sign), (a.label, b.label))
 
 
 def _seed_values(row: ConfigRow, sign: float) -> dict[int, float] | list[float]:
@@ -195,7 +290,7 @@ def _best_text(row: ConfigRow | None, info: StudyInfo) -> str:
     params = ", ".join(f"`{k}={v}`" for k, v in row.params.items()) or "base"
     runs = ", ".join(f"`{d}`" for d in row.run_dirs) or "-"
     return (
-        f"**{row.label}** (trial {row.trial}, config {row.config_id}; {params}): "
+        f"Best mean: **{row.label}** (trial {row.trial}, config {row.config_id}; {params}): "
         f"{info.objective_metric} {format_objective(row)}; active params {si(row.active_params)}, "
         f"total params {si(row.total_params)}, "
         f"final load CV {metric_named('final_load_cv').format(row.metrics.get('final_load_cv'))}. Runs: {runs}."

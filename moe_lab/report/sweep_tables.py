@@ -26,11 +26,12 @@ LOAD_CAVEAT = (
 
 
 def format_objective(row: ConfigRow) -> str:
-    """'2.3457 ± 0.0120 (n=2)'; 'n=1/2' when a seed gave no value; '-' without a value."""
+    """'2.3457 ± 0.0120 (n=2)'; 'n=1/2' when a seed gave no value; '-' without a value. One seed has no
+    spread (the runner records std 0 for it): '2.3750 (n=1)', never '± 0.0000'."""
     if not is_finite(row.objective_mean):
         return "-" if row.objective_mean is None else str(row.objective_mean)
     text = four_decimals(row.objective_mean)
-    if row.objective_std is not None:
+    if row.objective_std is not None and row.n_seeds > 1:
         text += f" ± {four_decimals(row.objective_std)}"
     n = f"{row.n_seeds}/{len(row.seeds)}" if row.seeds and row.n_seeds != len(row.seeds) else f"{row.n_seeds}"
     return f"{text} (n={n})"

@@ -9,6 +9,8 @@ from collections.abc import Callable
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.trainer.states import TrainerFn
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 from torchmetrics import MeanMetric
@@ -17,13 +19,14 @@ from moe_lab.artifacts.metrics import (
     TRAIN_AUX_LOSS,
     TRAIN_LM_LOSS,
     TRAIN_LOSS,
+    TRAIN_LR,
     TRAIN_Z_LOSS,
     VAL_BPB,
     VAL_LOSS,
     VAL_PPL,
     layer_tag,
 )
-from moe_lab.config import ExperimentConfig, config_from_dict, to_dict
+from moe_lab.config import ExperimentConfig, config_from_dict, to_dict, to_yaml
 from moe_lab.model import MoETransformer, RoutingStats
 
 LN2 = math.log(2.0)
@@ -89,12 +92,19 @@ class MoELitModule(pl.LightningModule):
         # Throughput is timed by the Throughput callback (moe_lab.callbacks.throughput).
         self._router_grad_step = -1  # global step of the last router-health measurement
         self.last_val: dict[str, float] = {}
+        self.last_val_logged_step: int | None = None  # the logger step of last_val (see on_validation_epoch_end)
 
     def configure_model(self) -> None:
         if self.cfg.trainer.compile and self._forward is self.model:
             object.__setattr__(self, "_forward", torch.compile(self.model))
 
     # ------------------------------------------------------------------ training
+    def on_train_start(self) -> None:
+        # The config once per run, as one entry of TensorBoard's Text tab: by the part that starts at step 0
+        # (a resumed part that changed a key records it in config.resume<n>.yaml).
+        if self.global_step == 0:
+            self._add_text("config", to_yaml(self.cfg))
+
     def training_step(self, batch, batch_idx):
         x, y = batch
         out = self._forward(x, y)
@@ -106,6 +116,8 @@ class MoELitModule(pl.LightningModule):
         self.log(TRAIN_LM_LOSS, out.lm_loss, prog_bar=True)
         self.log(TRAIN_AUX_LOSS, out.aux_loss)
         self.log(TRAIN_Z_LOSS, out.z_loss)
+        # Both parameter groups (with and without weight decay) follow one schedule: one curve.
+        self.log(TRAIN_LR, self.trainer.optimizers[0].param_groups[0]["lr"])
         result = {"loss": loss, "routing": routing}
         if self._router_grad_due():
             result["router_lm_grad"] = self.router_lm_grad_norms(out.lm_loss)
@@ -187,6 +199,10 @@ class MoELitModule(pl.LightningModule):
         metrics = {VAL_LOSS: loss, VAL_PPL: torch.exp(loss), VAL_BPB: bpb}
         self.log_dict(metrics, sync_dist=False)
         self.last_val = {k: float(v) for k, v in metrics.items()} | {"step": int(self.global_step)}
+        # Lightning plots a validation inside fit at the step of the training batch it follows (global_step - 1),
+        # one run after fit at global_step; the run's final metrics are logged at the same step.
+        fitting = self.trainer.state.fn == TrainerFn.FITTING
+        self.last_val_logged_step = int(self.global_step) - 1 if fitting else int(self.global_step)
         self._log_sample()
 
     def _log_sample(self) -> None:
@@ -200,6 +216,13 @@ class MoELitModule(pl.LightningModule):
         # A generator of its own: sampling must not move the global RNG that training draws from.
         generator = torch.Generator(device=self.device).manual_seed(self.cfg.seed + self.global_step)
         ids = self.model.generate(prompt, m.sample_tokens, temperature=0.8, sample_top_k=50, generator=generator)
-        text = self.tokenizer.decode(ids[0].tolist())
-        # TensorBoard renders Markdown: indent by four spaces so line breaks survive.
-        experiment.add_text("samples", "    " + text.replace("\n", "\n    "), self.global_step)
+        self._add_text("samples", self.tokenizer.decode(ids[0].tolist()))
+
+    def _add_text(self, tag: str, text: str) -> None:
+        """`text` as an entry of TensorBoard's Text tab at this step (the other loggers have no such tab)."""
+        if self.global_rank != 0:
+            return
+        for logger in self.loggers:
+            if isinstance(logger, TensorBoardLogger):
+                # TensorBoard renders Markdown: indent by four spaces so line breaks survive.
+                logger.experiment.add_text(tag, "    " + text.replace("\n", "\n    "), self.global_step)

@@ -12,12 +12,18 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:  # Lightning is imported only by the processes that train
-    from lightning.pytorch.loggers import Logger
+from lightning.pytorch.loggers import Logger, TensorBoardLogger
 
 PROJECT = "moe_lab"  # wandb project / MLflow experiment when the environment names none
+
+
+class StepTensorBoardLogger(TensorBoardLogger):
+    """Lightning's TensorBoard logger without the `epoch` scalar Lightning adds to every `self.log` call: a
+    run counts optimizer steps over an endless sampler (max_epochs=-1), so it is a flat line at 0."""
+
+    def log_metrics(self, metrics: dict, step: int | None = None) -> None:
+        super().log_metrics({k: v for k, v in metrics.items() if k != "epoch"}, step)
 
 
 def build_loggers(names: list[str], output_dir: str, name: str, version: str) -> list[Logger]:
@@ -26,9 +32,9 @@ def build_loggers(names: list[str], output_dir: str, name: str, version: str) ->
     loggers: list[Logger] = []
     for kind in names:
         if kind == "tensorboard":
-            from lightning.pytorch.loggers import TensorBoardLogger
-
-            loggers.append(TensorBoardLogger(save_dir=output_dir, name=name, version=version, default_hp_metric=False))
+            loggers.append(
+                StepTensorBoardLogger(save_dir=output_dir, name=name, version=version, default_hp_metric=False)
+            )
         elif kind == "csv":
             from lightning.pytorch.loggers import CSVLogger
 

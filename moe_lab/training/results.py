@@ -13,7 +13,7 @@ import lightning.pytorch as pl
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from moe_lab.artifacts.atomic import write_json_atomic, write_text_atomic
-from moe_lab.artifacts.metrics import VOCABULARY
+from moe_lab.artifacts.metrics import VOCABULARY, final_tag
 from moe_lab.artifacts.run_dir import (
     BEST_CKPT,
     CHECKPOINTS,
@@ -30,7 +30,7 @@ from moe_lab.artifacts.run_dir import (
     RunMetrics,
 )
 from moe_lab.callbacks.throughput import Throughput
-from moe_lab.config import ExperimentConfig, to_dict, to_yaml
+from moe_lab.config import ExperimentConfig, to_dict
 from moe_lab.config.experiment import flatten
 from moe_lab.formatting import si
 from moe_lab.interop.checkpoint import strip_to_weights
@@ -155,12 +155,13 @@ def finish_checkpoints(directory: Path, keep: str, status: str) -> None:
 def log_final(
     cfg: ExperimentConfig, loggers: list, metrics: RunMetrics, step: int, session: tuple[dict, str] | None
 ) -> None:
-    """The whole config and the final metrics to every logger. TensorBoard gets them through the hparams
-    plugin's own summaries (a few declared columns, moe_lab.training.tb_hparams) and the config as text."""
+    """The whole config and the final metrics to every logger, at `step` (that of the run's last validation
+    point). TensorBoard gets them through the hparams plugin's own summaries (a few declared columns,
+    moe_lab.training.tb_hparams); its config text was written once, when the run started (MoELitModule)."""
     hparams = flatten(to_dict(cfg))
     values = asdict(metrics)
     final = {
-        f"final/{k}": float(v) for k, v in values.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
+        final_tag(k): float(v) for k, v in values.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
     }
     failed = metrics.status == "failed"
     for logger in loggers:
@@ -173,7 +174,6 @@ def log_final(
                     experiment_summary({k: [v] for k, v in headline.items()}, ordered_metrics("val_loss"))
                 )
                 session = (headline, "")
-            writer.add_text("config", "    " + to_yaml(cfg).replace("\n", "\n    "), step)
             write_session(writer, *session, values, step, failed=failed)
         else:
             logger.log_hyperparams(hparams)

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from moe_lab import signals
@@ -98,6 +97,7 @@ def build_callbacks(cfg: ExperimentConfig, run_dir: Path, resume_ckpt: Path | No
             log_every_n_steps=m.log_every_n_steps,
             heatmap_every_n_steps=m.heatmap_every_n_steps,
             max_experts_logged=m.max_experts_logged,
+            log_expert_scalars=m.log_expert_scalars,
         ),
         collapse_detector=ExpertCollapseDetector(
             min_load_fraction=m.collapse_min_load_fraction,
@@ -106,7 +106,6 @@ def build_callbacks(cfg: ExperimentConfig, run_dir: Path, resume_ckpt: Path | No
             action=m.collapse_action,
             dead_router_max_grad_norm=m.dead_router_max_grad_norm,
         ),
-        lr_monitor=LearningRateMonitor(logging_interval="step"),
         nan_guard=NonFiniteLossGuard(),
         progress=ProgressFile(run_dir / PROGRESS, training_flops_per_step(cfg)),
         throughput=Throughput(),
@@ -296,7 +295,9 @@ def _train(
     if trainer.is_global_zero:
         finish_checkpoints(run_dir / CHECKPOINTS, cfg.trainer.keep_checkpoints, metrics.status)
         write_metrics(run_dir, metrics)
-        log_final(cfg, loggers, metrics, trainer.global_step, session)
+        # At the step of the last validation point, where the final val/* values are plotted.
+        final_step = lit.last_val_logged_step if lit.last_val_logged_step is not None else trainer.global_step
+        log_final(cfg, loggers, metrics, final_step, session)
     _print(end_of_run_summary(metrics, run_dir, Path(cfg.output_dir)), quiet)
     if error is not None:
         raise NonFiniteLossError(error)

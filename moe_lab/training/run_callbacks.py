@@ -6,7 +6,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 
 import lightning.pytorch as pl
-from lightning.pytorch.callbacks import LearningRateMonitor
 
 from moe_lab.callbacks import ExpertCollapseDetector, ExpertLoadMonitor
 from moe_lab.callbacks.checkpoint import RotatingCheckpoint
@@ -24,7 +23,6 @@ class RunCallbacks:
     stop_on_signal: StopOnSignal = field(init=False)
     load_monitor: ExpertLoadMonitor
     collapse_detector: ExpertCollapseDetector
-    lr_monitor: LearningRateMonitor
     nan_guard: NonFiniteLossGuard
     progress: ProgressFile
     throughput: Throughput  # build_trainer puts it after every other callback (see Throughput)

@@ -11,10 +11,10 @@ logged, alphabetically: the ~90 config keys, with the swept one lost among them.
   trials) on shared charts (`write_study_layout`);
 - a single `train` run declares itself, with a few headline keys (`HEADLINE_HPARAMS`);
 - every run writes its session, grouped by configuration (the seeds of one configuration form one
-  row of the HPARAMS table, their metrics averaged; so the seed is no column), and `final/<metric>`
-  scalars (`write_session`).
+  row of the HPARAMS table, their metrics averaged; so the seed is no column), and its final metrics
+  as `final/<metric>` scalars (`final_tag`; `write_session`), at the step of its last validation.
 
-The full config stays in config.yaml and, as text, under the `config` tag.
+The full config stays in config.yaml and, as one text entry per run, under the `config` tag.
 """
 
 from __future__ import annotations
@@ -23,12 +23,19 @@ import time
 from pathlib import Path
 from typing import Any
 
-from moe_lab.artifacts.metrics import DROPPED_FRAC_MEAN, LOAD_CV_MEAN, TRAIN_LM_LOSS, VAL_LOSS, layer_tag
-from moe_lab.artifacts.run_dir import HPARAM_METRICS
+from moe_lab.artifacts.metrics import (
+    DROPPED_FRAC_MEAN,
+    LOAD_CV_MEAN,
+    TRAIN_LM_LOSS,
+    VAL_LOSS,
+    final_tag,
+    layer_tag,
+    metric_named,
+)
+from moe_lab.artifacts.run_dir import HPARAM_METRICS, OBJECTIVE_METRICS
 
-# HPARAM_METRICS (RunMetrics field names) are shown as `final/<key>`, in their declared order (the objective
-# of a study is moved first).
-FINAL_PREFIX = "final/"
+# HPARAM_METRICS (RunMetrics field names) are shown as `final_tag(name)` columns: the objective first, then
+# the vocabulary's leading ones (Metric.lead), then the others (ordered_metrics).
 # A single run's HPARAMS columns: what distinguishes one MoE run from another at a glance.
 HEADLINE_HPARAMS = (
     "model.moe.n_experts",
@@ -77,21 +84,26 @@ def _plugin_summary(tag: str, **plugin_data):
 
 def experiment_summary(hparams: dict[str, list[Any]], metrics: list[str], swept: tuple[str, ...] = ()):
     """The plugin's experiment declaration: `hparams` {key: the values it takes}, in this order;
-    `metrics` (RunMetrics field names) as `final/<key>` columns, in this order. The plugin lists hyperparameters
+    `metrics` (RunMetrics field names) as `final_tag(name)` columns, in this order. The plugin lists hyperparameters
     whose `differs` flag is set first, so the swept keys are flagged and nothing else is."""
     from tensorboard.plugins.hparams import api_pb2, metadata
 
     infos = [
         api_pb2.HParamInfo(name=key, type=_hparam_type(values), differs=key in swept) for key, values in hparams.items()
     ]
-    metric_infos = [api_pb2.MetricInfo(name=api_pb2.MetricName(tag=FINAL_PREFIX + m), display_name=m) for m in metrics]
+    metric_infos = [
+        api_pb2.MetricInfo(name=api_pb2.MetricName(tag=final_tag(m)), display_name=metric_named(m).title)
+        for m in metrics
+    ]
     experiment = api_pb2.Experiment(hparam_infos=infos, metric_infos=metric_infos, time_created_secs=time.time())
     return _plugin_summary(metadata.EXPERIMENT_TAG, experiment=experiment)
 
 
 def ordered_metrics(objective: str | None) -> list[str]:
-    """HPARAM_METRICS with the objective first."""
-    return [m for m in (objective,) if m] + [m for m in HPARAM_METRICS if m != objective]
+    """HPARAM_METRICS with the objective first, then the leading ones (Metric.lead), each group in the
+    vocabulary's order."""
+    rest = sorted((m for m in HPARAM_METRICS if m != objective), key=lambda m: not metric_named(m).lead)
+    return [m for m in (objective,) if m] + rest
 
 
 def _writer(log_dir: Path):
@@ -137,9 +149,10 @@ def write_session(writer, hparams: dict[str, Any], group: str, metrics: dict, st
         setattr(start.hparams[key], field, value)
     file_writer = writer._get_file_writer()
     file_writer.add_summary(_plugin_summary(metadata.SESSION_START_INFO_TAG, session_start_info=start))
-    for key in HPARAM_METRICS:
+    # The objective metrics too: a study may declare one that is no HPARAMS column otherwise (tokens/s).
+    for key in dict.fromkeys(HPARAM_METRICS + OBJECTIVE_METRICS):
         if isinstance(metrics.get(key), (int, float)):
-            writer.add_scalar(FINAL_PREFIX + key, float(metrics[key]), step)
+            writer.add_scalar(final_tag(key), float(metrics[key]), step)
     end = plugin_data_pb2.SessionEndInfo(
         status=api_pb2.STATUS_FAILURE if failed else api_pb2.STATUS_SUCCESS, end_time_secs=time.time()
     )
