@@ -181,6 +181,7 @@ def test_a_signal_during_validation_stops_at_the_next_step_also_under_slurm(tmp_
 def test_a_signal_raises_at_once_outside_training_and_wakes_a_waiting_worker():
     """Outside a deferred block (data preparation, a sweep's parent) a stop signal acts at once; inside one it
     is recorded, a repeat is ignored, and an idle sweep worker's wait for other workers ends when it arrives."""
+    before = signal.getsignal(signal.SIGINT)  # pytest's handler, or SIG_IGN in a shell's background job
     with signals.handled():
         with pytest.raises(Interrupted) as stop:
             os.kill(os.getpid(), signal.SIGTERM)
@@ -195,7 +196,7 @@ def test_a_signal_raises_at_once_outside_training_and_wakes_a_waiting_worker():
         assert signals.received() == signal.SIGUSR1
         with pytest.raises(Interrupted):
             signals.raise_if_received()
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # pytest's own handler is back
+    assert signal.getsignal(signal.SIGINT) is before  # the handler from before is back
 
 
 def test_the_resume_command_names_the_run_directory_and_resume_auto():

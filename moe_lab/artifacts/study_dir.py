@@ -14,6 +14,7 @@ PLOTS = "plots"  # the reports' figures
 # The sweep report
 SUMMARY = "summary.md"  # settings, results table, best configuration
 TRIALS_CSV = "trials.csv"  # one row per configuration, every number the table shows
+REPORT_HTML = "report.html"  # `report --html`: header, headline, table, plots and glossary in one offline page
 
 # The ablation report
 RESULTS_MD = "results.md"  # settings, provenance, results table, one verdict per claim

@@ -65,7 +65,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--html",
         action="store_true",
-        help="also write Optuna's interactive plots (HTML + plotly.min.js, 4.8 MB) for a sweep",
+        help="also write report.html for a sweep: settings, best configuration, sortable table, plots and "
+        "a glossary of the metrics in one page that opens offline (a sweep over several keys also keeps Optuna's "
+        "interactive plotly pages and plotly.min.js, 4.8 MB, in plots/)",
     )
     args = parser.parse_args(argv)
     try:

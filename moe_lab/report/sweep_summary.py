@@ -20,6 +20,7 @@ from moe_lab.artifacts.metrics import metric_named
 from moe_lab.artifacts.study_dir import PLOTS, SUMMARY, TRIALS_CSV
 from moe_lab.formatting import si
 from moe_lab.report.common import is_finite, matching_means
+from moe_lab.report.html_report import write_html_report
 from moe_lab.report.stats import (
     CONFIDENCE,
     INDICATIVE_N,
@@ -47,7 +48,8 @@ def write_study_report(
 ) -> dict[str, Path]:
     """Write summary.md, trials.csv, plots/ and the mean-over-seeds TensorBoard runs into the study
     directory; return {what: path}. `data` (from load_study_data) saves reading the study twice;
-    `html` adds Optuna's interactive plots; `echo` prints the settings and the table first."""
+    `html` adds report.html (moe_lab.report.html_report) and Optuna's interactive plots; `echo` prints the
+    settings and the table first."""
     data = data or load_study_data(study_dir, storage_url)
     if echo:
         print(
@@ -69,17 +71,19 @@ def write_study_report(
     paths = {"summary": data.study_dir / SUMMARY, "trials_csv": data.study_dir / TRIALS_CSV}
     write_trials_csv(paths["trials_csv"], data.rows, data.param_keys)
     write_text_atomic(paths["summary"], summary_markdown(data, plots, {**skipped, **skipped_curves}))
+    if html:
+        best = _best_text(best_row(data.rows), data.info)
+        paths["report_html"] = write_html_report(data, study_header(data), best_headline(data.rows, data.info), best)
     return {**paths, **plots}
 
 
-def summary_markdown(data: StudyData, plots: dict[str, Path], skipped: dict[str, str]) -> str:
+def study_header(data: StudyData) -> list[str]:
+    """The study's settings and trial counts, one markdown bullet each (summary.md and report.html)."""
     info, rows = data.info, data.rows
     order = [s for s in STATE_ORDER if s in data.trial_states] + sorted(set(data.trial_states) - set(STATE_ORDER))
     states = ", ".join(f"{s} {data.trial_states[s]}" for s in order)
     retries = sum(r.retries for r in rows)
-    lines = [
-        f"# Sweep report: {info.study_name}",
-        "",
+    return [
         f"- objective: `{info.objective_metric}` ({info.direction}), "
         f"mean{' ± std' if len(info.seeds) > 1 else ''} over seeds {info.seeds}",
         f"- sampler: {info.sampler}; base experiment: `{_relative(info.base, data.study_dir) or '?'}`",
@@ -88,6 +92,15 @@ def summary_markdown(data: StudyData, plots: dict[str, Path], skipped: dict[str,
         *_held_constant(data),
         f"- trials: {sum(data.trial_states.values())} ({states or 'none'}) in {len(rows)} configurations"
         + (f", {retries} retried" if retries else ""),
+    ]
+
+
+def summary_markdown(data: StudyData, plots: dict[str, Path], skipped: dict[str, str]) -> str:
+    info, rows = data.info, data.rows
+    lines = [
+        f"# Sweep report: {info.study_name}",
+        "",
+        *study_header(data),
         "",
         "## Best configuration",
         "",
