@@ -437,3 +437,20 @@ def test_dead_router_check_is_off_without_a_threshold(tmp_path):
     detector = ExpertCollapseDetector(patience_steps=1)
     fit_grads(lambda step, micro: {0: 0.0}, detector, tmp_path, max_steps=5)
     assert detector.events == []
+
+
+def test_heatmap_colour_scale_is_the_same_for_every_run():
+    """One heatmap scale per sweep: the image of a balanced run and of a collapsed one share their colour
+    scale (1/8 .. 8 x uniform, log), and a starved expert's 0 is drawn at the low end, not off the scale."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from moe_lab.callbacks.heatmap import expert_load_heatmap
+
+    balanced = expert_load_heatmap(np.full((2, 4), 0.25), [0, 1])
+    collapsed = expert_load_heatmap(np.array([[1.0, 0.0, 0.0, 0.0], [0.5, 0.5, 0.0, 0.0]]), [0, 1])
+    (a,), (b,) = balanced.axes[0].images, collapsed.axes[0].images
+    assert (a.norm.vmin, a.norm.vmax) == (b.norm.vmin, b.norm.vmax) == (1 / 8, 8)
+    assert b.get_array()[0].tolist() == [4.0, 1 / 8, 1 / 8, 1 / 8]  # 1.0 of 4 experts: 4 x uniform
+    assert a.norm(a.get_array()[0, 0]) == 0.5  # uniform load sits mid-scale (white)
+    plt.close("all")

@@ -101,6 +101,7 @@ def test_tensorboard_lists_trials_swept_hparams_and_final_metrics(finished_sweep
 
     experiment = get(f"{tensorboard}/data/plugin/hparams/experiment", {"experimentName": ""})
     assert [h["name"] for h in experiment["hparamInfos"]] == ["model.moe.top_k"]  # not the ~90 config keys
+    assert experiment["hparamInfos"][0]["type"] == "DATA_TYPE_STRING"  # top_k 2, not 2.0000
     metrics = [m["name"]["tag"] for m in experiment["metricInfos"]]
     assert metrics[0] == "final/val_loss" and "final/load_cv" in metrics
 
@@ -119,7 +120,7 @@ def test_tensorboard_lists_trials_swept_hparams_and_final_metrics(finished_sweep
     for group in groups:
         row = rows[group["name"]]
         assert sorted(s["name"] for s in group["sessions"]) == sorted(run_dirs[group["name"]])
-        assert group["hparams"]["model.moe.top_k"] == row.params["model.moe.top_k"]
+        assert group["hparams"]["model.moe.top_k"] == str(row.params["model.moe.top_k"])  # a category
         value = {m["name"]["tag"]: m["value"] for m in group["metricValues"]}["final/val_loss"]
         assert value == pytest.approx(row.objective_mean, rel=1e-6)  # the seeds' mean, as the report has it
 

@@ -10,24 +10,36 @@ matplotlib.use("Agg")  # no display on servers and CI
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+HEATMAP_RANGE = 8.0  # the colour scale spans 1/8 .. 8 x uniform load, for every run alike
 
-def expert_load_heatmap(load: np.ndarray, layers: list[int], title: str = "expert load"):
-    """load [n_layers, n_experts]: fraction of routed tokens per expert (rows sum to 1).
+
+def expert_load_heatmap(load: np.ndarray, layers: list, title: str = "expert load", ylabel: str = "layer"):
+    """load [n_layers, n_experts]: fraction of routed tokens per expert (rows sum to 1). The rows may be
+    something else than layers (token classes: moe_lab.traces.specialisation), named by `ylabel`.
 
     Colours are relative to uniform load (1/E), so a balanced layer is one flat colour and a collapsed
-    expert stands out whatever the expert count. Returns a matplotlib Figure (caller closes it).
+    expert stands out whatever the expert count. The scale is fixed, the same for every image of every run
+    (so two runs of a sweep compare by eye): logarithmic from 1/8 to 8 times uniform, white at uniform,
+    loads beyond either end drawn at the end (an expert with no token at 1/8).
+    Returns a matplotlib Figure (caller closes it).
     """
+    from matplotlib.colors import LogNorm
+
     load = np.asarray(load, dtype=float)
     n_experts = load.shape[1]
-    rel = load * n_experts
+    rel = np.clip(load * n_experts, 1 / HEATMAP_RANGE, HEATMAP_RANGE)
     fig, ax = plt.subplots(figsize=(max(4.0, 0.35 * n_experts + 2), max(2.0, 0.4 * len(layers) + 1.2)))
-    im = ax.imshow(rel, aspect="auto", cmap="viridis", vmin=0.0, vmax=max(2.0, float(rel.max())))
+    norm = LogNorm(vmin=1 / HEATMAP_RANGE, vmax=HEATMAP_RANGE)
+    im = ax.imshow(rel, aspect="auto", cmap="RdBu_r", norm=norm)
     ax.set_xlabel("expert")
-    ax.set_ylabel("layer")
+    ax.set_ylabel(ylabel)
     ax.set_yticks(range(len(layers)), [str(i) for i in layers])
     if n_experts <= 32:
         ax.set_xticks(range(n_experts))
     ax.set_title(title)
-    fig.colorbar(im, ax=ax, label="load / uniform load")
+    bar = fig.colorbar(im, ax=ax, label="load / uniform load")
+    ticks = [2.0**e for e in range(-3, 4)]
+    bar.set_ticks(ticks, labels=["≤1/8", "1/4", "1/2", "1", "2", "4", "≥8"])
+    bar.minorticks_off()
     fig.tight_layout()
     return fig

@@ -45,16 +45,35 @@ def curve_band(runs: list[dict[int, float]], smoothing: float = 0.0):
     )
 
 
-def curves_with_band(curves: dict[str, list[dict[int, float]]], ylabel: str, title: str = "", smoothing: float = 0.0):
+def _colour_of(colours: dict[str, str] | None, n: int):
+    """label, index -> colour: the given one per label, else the tab10/tab20 cycle by position."""
+    cycle = plt.get_cmap("tab10" if n <= 10 else "tab20")
+    return lambda label, i: (colours or {}).get(label) or cycle(i % cycle.N)
+
+
+def curves_with_band(
+    curves: dict[str, list[dict[int, float]]],
+    ylabel: str,
+    title: str = "",
+    smoothing: float = 0.0,
+    colours: dict[str, str] | None = None,
+    zoom_last_half: bool = False,
+):
     """One line per configuration (label -> its seeds' {step: value} curves): the mean over seeds, with
-    a shaded min-max band where there are several seeds. Returns a matplotlib Figure (caller closes it)."""
+    a shaded min-max band where there are several seeds. `colours`: label -> colour (the sweep's fixed
+    one per configuration); `zoom_last_half`: the y range fits the second half of the steps, where the
+    configurations part (the first steps' loss is several times the final differences).
+    Returns a matplotlib Figure (caller closes it)."""
     fig, ax = plt.subplots(figsize=(8.0, 4.8))
-    colours = plt.get_cmap("tab10" if len(curves) <= 10 else "tab20")
+    colour_of = _colour_of(colours, len(curves))
+    late: list[float] = []
+    last_step = max((max(run) for runs in curves.values() for run in runs if run), default=0)
     for i, (label, runs) in enumerate(curves.items()):
         steps, mean, low, high = curve_band(runs, smoothing)
         if not len(steps):
             continue
-        colour = colours(i % colours.N)
+        colour = colour_of(label, i)
+        late += [*low[steps >= last_step / 2], *high[steps >= last_step / 2]]
         # Markers where points are few (a validation curve), so a one-point curve is still drawn.
         ax.plot(
             steps,
@@ -67,6 +86,10 @@ def curves_with_band(curves: dict[str, list[dict[int, float]]], ylabel: str, tit
         )
         if len(runs) > 1:
             ax.fill_between(steps, low, high, color=colour, alpha=0.2, lw=0)
+    if zoom_last_half and late and max(late) > min(late):
+        margin = 0.15 * (max(late) - min(late))
+        ax.set_ylim(min(late) - margin, max(late) + margin)
+        ax.set_xlim(last_step / 2 - 0.02 * last_step, last_step * 1.02)
     ax.set_xlabel("step")
     ax.set_ylabel(ylabel)
     ax.set_title(title or ylabel)
@@ -97,15 +120,22 @@ def differences_with_band(series: dict[str, list[tuple[int, float, float, float]
     return fig
 
 
-def grouped_bars(groups: dict[str, dict[str, list[float]]], ylabel: str, title: str = "", empty_note: str = "no data"):
+def grouped_bars(
+    groups: dict[str, dict[str, list[float]]],
+    ylabel: str,
+    title: str = "",
+    empty_note: str = "no data",
+    colours: dict[str, str] | None = None,
+):
     """One group of bars per key of `groups` (e.g. an ablation arm), one bar per series inside it (e.g. a
     MoE layer): the mean over seeds with a ±1 sample-std error bar where there are several seeds. A series
     keeps its colour and slot in every group, so a group missing a series shows a gap; a group without
-    any series is left empty and labelled `empty_note`. Returns a matplotlib Figure (caller closes it)."""
+    any series is left empty and labelled `empty_note`; `colours`: series -> colour. Returns a matplotlib
+    Figure (caller closes it)."""
     series = list(dict.fromkeys(name for bars in groups.values() for name in bars))
     width = 0.8 / max(1, len(series))
     fig, ax = plt.subplots(figsize=(max(6.0, 1.2 * len(groups) + 2.5), 4.5))
-    colours = plt.get_cmap("tab10" if len(series) <= 10 else "tab20")
+    colour_of = _colour_of(colours, len(series))
     for j, name in enumerate(series):
         xs, means, errors = [], [], []
         for i, bars in enumerate(groups.values()):
@@ -114,7 +144,7 @@ def grouped_bars(groups: dict[str, dict[str, list[float]]], ylabel: str, title: 
                 xs.append(i - 0.4 + width * (j + 0.5))
                 means.append(float(np.mean(values)))
                 errors.append(float(np.std(values, ddof=1)) if len(values) > 1 else 0.0)
-        ax.bar(xs, means, width, yerr=errors, capsize=3, color=colours(j % colours.N), label=name)
+        ax.bar(xs, means, width, yerr=errors, capsize=3, color=colour_of(name, j), label=name)
     for i, bars in enumerate(groups.values()):
         if not any(bars.values()):
             ax.text(i, 0.0, empty_note, ha="center", va="bottom", fontsize="small", color="0.4")

@@ -18,35 +18,46 @@ from moe_lab.artifacts.metrics import VOCABULARY, Metric
 from moe_lab.artifacts.study_dir import PLOTS, REPORT_HTML
 from moe_lab.errors import MoELabError
 from moe_lab.report import columns
+from moe_lab.report.common import run_metrics
 from moe_lab.report.sweep_study import StudyData
 from moe_lab.report.sweep_tables import LOAD_CAVEAT, result_columns
+from moe_lab.report.tb_link import answer_lines, answer_url
 
 
-def write_html_report(data: StudyData, header: list[str], headline: str, best: str) -> Path:
+def write_html_report(
+    data: StudyData, header: list[str], headline: str, best: str, colours: dict[str, str] | None = None
+) -> Path:
     """Write <study_dir>/report.html from the study, the summary's own header lines, headline and best line
-    (markdown, from moe_lab.report.sweep_summary) and the PNGs already in plots/; return its path."""
+    (markdown, from moe_lab.report.sweep_summary), the configurations' colours (config_colours) and the
+    PNGs already in plots/; return its path."""
     path = data.study_dir / REPORT_HTML
     try:
-        write_text_atomic(path, html_page(data, header, headline, best))
+        write_text_atomic(path, html_page(data, header, headline, best, colours or {}))
     except OSError as err:
         raise MoELabError(f"{path}: cannot write the HTML report ({err.strerror or err})") from err
     return path
 
 
-def html_page(data: StudyData, header: list[str], headline: str, best: str) -> str:
+def html_page(data: StudyData, header: list[str], headline: str, best: str, colours: dict[str, str]) -> str:
     info, rows = data.info, data.rows
     title = f"Sweep report: {info.study_name}"
+    command = answer_lines(".")[0]  # the page travels with its study folder: no absolute path
     body = [
         f"<h1>{html.escape(title)}</h1>",
         "<ul>" + "".join(f"<li>{inline(line.removeprefix('- '))}</li>" for line in header) + "</ul>",
         "<h2>Best configuration</h2>",
-        *([f"<p>{inline(headline)}</p>"] if headline else []),
+        *([f"<p class='headline'>{inline(headline)}</p>"] if headline else []),
         f"<p>{inline(best)}</p>",
+        f"<p>The answer in TensorBoard: <code>{html.escape(command)}</code> in this study's folder, then open "
+        f"<a href='{html.escape(answer_url())}'>this view</a> (validation loss, load CV and collapses, "
+        "unsmoothed, in the colours of this page).</p>",
         "<h2>Results</h2>",
-        results_table(data) if rows else "<p>No trials yet.</p>",
+        results_table(data, colours) if rows else "<p>No trials yet.</p>",
         *([f"<p class='note'>{html.escape(LOAD_CAVEAT)}</p>"] if rows else []),
         "<h2>Plots</h2>",
         *plot_figures(data.study_dir / PLOTS),
+        "<h2>Collapse log</h2>",
+        collapse_log(data),
         "<h2>Glossary of metrics</h2>",
         glossary(),
     ]
@@ -60,18 +71,19 @@ def inline(markdown: str) -> str:
     return re.sub(r"`(.+?)`", r"<code>\1</code>", text)
 
 
-def results_table(data: StudyData) -> str:
-    """The results table, one <tr> per configuration, best first; numbers align right."""
+def results_table(data: StudyData, colours: dict[str, str]) -> str:
+    """The results table, one <tr> per configuration, best first, led by the configuration's colour in
+    the plots and TensorBoard; numbers align right."""
     spec = result_columns(data.info.objective_metric)
     align = ["left" if c.left else "right" for c in spec]
-    head = "".join(
+    head = "<th></th>" + "".join(
         f"<th class='{a}' title='click to sort'>{html.escape(c.title)}</th>" for c, a in zip(spec, align, strict=True)
     )
     body = [
-        "<tr>"
+        f"<tr><td><span class='swatch' style='background:{colours.get(row.label, 'transparent')}'></span></td>"
         + "".join(f"<td class='{a}'>{html.escape(cell)}</td>" for cell, a in zip(line, align, strict=True))
         + "</tr>"
-        for line in columns.cells(spec, data.rows)
+        for row, line in zip(data.rows, columns.cells(spec, data.rows), strict=True)
     ]
     rows = "\n".join(body)
     return f"<table class='sortable'>\n<thead><tr>{head}</tr></thead>\n<tbody>\n{rows}\n</tbody></table>"
@@ -88,6 +100,26 @@ def plot_figures(plots_dir: Path) -> list[str]:
         f"<figcaption>{html.escape(png.name)}</figcaption></figure>"
         for png in pngs
     ]
+
+
+def collapse_log(data: StudyData) -> str:
+    """Every collapse event of every run (metrics.json's collapse_events): when, where, what kind, its value.
+    The kinds are defined in the glossary below."""
+    events = []
+    for row in data.rows:
+        for run_dir in row.run_dirs:
+            for event in run_metrics(data.study_dir / run_dir).get("collapse_events") or []:
+                value = next((v for k, v in event.items() if k not in ("step", "layer", "expert", "kind")), None)
+                cells = (row.label, Path(run_dir).name, event.get("step"), event.get("layer"), event.get("expert"))
+                events.append((*cells, event.get("kind"), value))
+    if not events:
+        return "<p>No collapse event in any run.</p>"
+    head = "".join(f"<th>{t}</th>" for t in ("configuration", "run", "step", "layer", "expert", "kind", "value"))
+    body = "\n".join(
+        "<tr>" + "".join(f"<td>{html.escape('-' if c is None else str(c))}</td>" for c in event) + "</tr>"
+        for event in events
+    )
+    return f"<table class='sortable'>\n<thead><tr>{head}</tr></thead>\n<tbody>\n{body}\n</tbody></table>"
 
 
 def _better(metric: Metric) -> str:
@@ -126,6 +158,7 @@ td.right, th.right { text-align: right; } td.left, th.left { text-align: left; }
 tbody tr:nth-child(even) { background: #fafafa; }
 figure { display: inline-block; margin: 0.5em; } img { max-width: 100%; }
 figcaption, .note { color: #555; font-size: 0.85em; }
+.swatch { display: inline-block; width: 1em; height: 1em; border-radius: 50%; vertical-align: middle; }
 """
 
 # Click a header to sort by its column; click again to reverse. Cells that read as numbers ("2.3457 ±

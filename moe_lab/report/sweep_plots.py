@@ -4,15 +4,21 @@ plots/objective_vs_<key>.png    a grid over one key: the objective per value, ea
                                 mean (Optuna's plots say nothing about one key)
 plots/*.png, (*.html)           otherwise Optuna's optimization history, importances, parallel
                                 coordinate and slice plots (HTML with `report --html`)
-trials/<config>/mean/           TensorBoard run: val/loss, val/bpb, train/lm_loss, mean over seeds
-plots/val_loss_curves.png       val/loss per configuration: mean over seeds, min-max band
+trials/<config>/mean/           TensorBoard run: the mean over seeds of the curves (MEAN_TAGS) and of every
+                                final/<metric> the HPARAMS table shows (each combined as its seeds combine)
+plots/val_loss_curves.png       val/loss per configuration: mean over seeds, min-max band, the y range
+                                zoomed on the last half of training
 plots/train_loss_curves.png
+plots/load_balance.png          the final load CV of each MoE layer per configuration (mean ± std)
+
+Every figure colours a configuration as TensorBoard's answer link does (moe_lab.report.config_colours).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import statistics
 import warnings
 from pathlib import Path
@@ -20,9 +26,23 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
-from moe_lab.artifacts.metrics import TRAIN_LM_LOSS, VAL_BPB, VAL_LOSS
+from moe_lab.artifacts.metrics import (
+    COLLAPSE_EVENTS,
+    LOAD_CV_MAX,
+    LOAD_CV_MEAN,
+    SEED_MEAN,
+    SEED_MEDIAN,
+    SEED_SUM,
+    TRAIN_LM_LOSS,
+    VAL_BPB,
+    VAL_LOSS,
+    final_tag,
+    layer_tag,
+    metric_named,
+)
+from moe_lab.artifacts.run_dir import HPARAM_METRICS
 from moe_lab.errors import first_line
-from moe_lab.report.common import is_finite
+from moe_lab.report.common import is_finite, run_metrics
 from moe_lab.report.sweep_study import StudyData
 
 log = logging.getLogger(__name__)
@@ -121,7 +141,9 @@ def one_key_grid(data: StudyData) -> str | None:
     return data.param_keys[0] if data.info.sampler == "grid" and len(data.param_keys) == 1 else None
 
 
-def write_objective_by_value(data: StudyData, key: str, plots_dir: Path) -> dict[str, Path]:
+def write_objective_by_value(
+    data: StudyData, key: str, plots_dir: Path, colours: dict[str, str] | None = None
+) -> dict[str, Path]:
     """The objective against the one searched value: each seed as a point, the mean over seeds as a
     line with a ±1 std bar. Values are the x axis in their own order (numbers sorted), evenly spaced."""
     from moe_lab.report.figures import objective_by_value, save_figure
@@ -145,18 +167,31 @@ def write_objective_by_value(data: StudyData, key: str, plots_dir: Path) -> dict
         title=title,
         unfinished=unfinished,
     )
+    tick_colour = {str(r.params[key]): (colours or {}).get(r.label) for r in rows}
+    for tick in fig.axes[0].get_xticklabels():  # each value's label in its configuration's colour
+        if colour := tick_colour.get(tick.get_text().split("\n")[0]):
+            tick.set_color(colour)
     name = f"objective_vs_{key.rsplit('.', 1)[-1]}"
     return {name: save_figure(fig, plots_dir / f"{name}.png")}
 
 
 MEAN_RUN = "mean"  # trials/<config>/mean: the TensorBoard run of the mean over seeds
-MEAN_TAGS = (VAL_LOSS, VAL_BPB, TRAIN_LM_LOSS)
+MEAN_TAGS = (VAL_LOSS, VAL_BPB, TRAIN_LM_LOSS, LOAD_CV_MEAN, LOAD_CV_MAX, COLLAPSE_EVENTS)
+# A final metric whose seeds add up (the collapse count) is summed in the mean run too, as in the tables.
+_COMBINE = {SEED_MEAN: statistics.fmean, SEED_SUM: math.fsum, SEED_MEDIAN: statistics.median}
+
+
+def mean_run_tags() -> dict[str, object]:
+    """{tag: how its seeds combine} for a configuration's mean run: the curves, then every HPARAMS metric."""
+    finals = {final_tag(m): _COMBINE[metric_named(m).seeds] for m in HPARAM_METRICS if not metric_named(m).machine}
+    return {**dict.fromkeys(MEAN_TAGS, statistics.fmean), **finals}
 
 
 def write_mean_runs(data: StudyData) -> list[Path]:
-    """Beside a configuration's seed runs, a TensorBoard run `mean` holding the mean over its seeds of
-    MEAN_TAGS at the steps every seed logged, so TensorBoard shows one line per configuration too.
-    Rewritten from the seed runs each time (never appended to)."""
+    """Beside a configuration's seed runs, a TensorBoard run `mean` holding, at the steps every seed
+    logged, the mean over its seeds of MEAN_TAGS and the combined final metrics (mean_run_tags), so
+    TensorBoard shows one line per configuration with every headline figure. Rewritten from the seed
+    runs each time (never appended to)."""
     from torch.utils.tensorboard import SummaryWriter
 
     from moe_lab.report.tb_scalars import event_files, read_scalars
@@ -166,7 +201,8 @@ def write_mean_runs(data: StudyData) -> list[Path]:
         if len(row.run_dirs) < 2:
             continue
         mean_dir = (data.study_dir / row.run_dirs[0]).parent / MEAN_RUN
-        curves = {tag: [read_scalars(data.study_dir / d, tag) for d in row.run_dirs] for tag in MEAN_TAGS}
+        tags = mean_run_tags()
+        curves = {tag: [read_scalars(data.study_dir / d, tag) for d in row.run_dirs] for tag in tags}
         for old in event_files(mean_dir):
             old.unlink()
         if not any(all(runs) for runs in curves.values()):
@@ -176,39 +212,77 @@ def write_mean_runs(data: StudyData) -> list[Path]:
                 if not all(runs):
                     continue
                 for step in sorted(set.intersection(*(set(r) for r in runs))):
-                    writer.add_scalar(tag, statistics.fmean(r[step] for r in runs), step)
+                    writer.add_scalar(tag, tags[tag]([r[step] for r in runs]), step)
         written.append(mean_dir)
     return written
 
 
-def study_curves(data: StudyData, tag: str) -> dict[str, list[dict[int, float]]]:
-    """{'#<trial> <label>': one {step: value} curve per seed} for the configurations that logged `tag`,
-    best first; a seed without the tag (failed before logging) is left out."""
+def study_curves(data: StudyData, tag: str, order: list[str] | None = None) -> dict[str, list[dict[int, float]]]:
+    """{configuration label: one {step: value} curve per seed} for the configurations that logged `tag`,
+    in `order` (labels; the colour order) or best first; a seed without the tag (failed before logging) is
+    left out."""
     from moe_lab.report.tb_scalars import read_scalars
 
+    rank = {label: i for i, label in enumerate(order or [])}
     curves = {}
-    for row in data.rows:
+    for row in sorted(data.rows, key=lambda r: rank.get(r.label, len(rank))):
         runs = [read_scalars(data.study_dir / d, tag) for d in row.run_dirs]
         runs = [r for r in runs if r]
         if runs:
-            curves[f"#{row.trial} {row.label}"] = runs
+            curves[row.label] = runs
     return curves
 
 
-def write_curve_plots(data: StudyData, plots_dir: Path) -> tuple[dict[str, Path], dict]:
+def write_curve_plots(data: StudyData, plots_dir: Path, colours: dict[str, str]) -> tuple[dict[str, Path], dict]:
     from moe_lab.report.figures import curves_with_band, save_figure
 
     written, skipped = {}, {}
-    for key, tag, ylabel, smoothing in (
-        ("val_loss_curves", VAL_LOSS, "validation loss", 0.0),
-        ("train_loss_curves", TRAIN_LM_LOSS, "train LM loss", TRAIN_SMOOTHING),
+    for key, tag, ylabel, smoothing, zoom in (
+        ("val_loss_curves", VAL_LOSS, "validation loss", 0.0, True),
+        ("train_loss_curves", TRAIN_LM_LOSS, "train LM loss", TRAIN_SMOOTHING, False),
     ):
-        curves = study_curves(data, tag)
+        curves = study_curves(data, tag, list(colours))
         if not curves:
             skipped[key] = f"no run directory has logged {tag}"
             log.warning("note: skipped the %s plot: %s", key.replace("_", " "), skipped[key])
             continue
         title = f"{data.info.study_name}: {tag}, mean over seeds, min-max band"
-        fig = curves_with_band(curves, ylabel, title + (f", EMA {smoothing}" if smoothing else ""), smoothing)
+        title += f", EMA {smoothing}" if smoothing else ", last half of training" if zoom else ""
+        fig = curves_with_band(curves, ylabel, title, smoothing, colours=colours, zoom_last_half=zoom)
         written[key] = save_figure(fig, plots_dir / f"{key}.png")
     return written, skipped
+
+
+def layer_load_cv(data: StudyData) -> dict[str, dict[int, list[float]]]:
+    """{configuration label: {MoE layer: the last logged moe/layer{i}/load_cv of each seed run}}."""
+    from moe_lab.report.tb_scalars import read_scalars
+
+    out: dict[str, dict[int, list[float]]] = {}
+    for row in data.rows:
+        per_layer: dict[int, list[float]] = {}
+        for run_dir in row.run_dirs:
+            metrics = run_metrics(data.study_dir / run_dir)
+            for layer in metrics.get("moe_layers") or []:
+                if curve := read_scalars(data.study_dir / run_dir, layer_tag(layer, "load_cv")):
+                    per_layer.setdefault(int(layer), []).append(curve[max(curve)])
+        out[row.label] = dict(sorted(per_layer.items()))
+    return out
+
+
+def write_load_balance(data: StudyData, plots_dir: Path, colours: dict[str, str]) -> tuple[dict[str, Path], dict]:
+    """plots/load_balance.png: per MoE layer, one bar per configuration (its colour): the final load CV,
+    mean ± std over seeds. The tables' "load CV" is the mean over layers: this shows the layer behind it."""
+    from moe_lab.report.figures import grouped_bars, save_figure
+
+    loads = layer_load_cv(data)
+    layers = sorted({layer for per_layer in loads.values() for layer in per_layer})
+    if not layers:
+        why = "no run has logged moe/layer*/load_cv (a dense study, or no run finished yet)"
+        return {}, {"load_balance": why}
+    groups = {
+        f"layer {layer}": {label: loads[label][layer] for label in colours if layer in loads.get(label, {})}
+        for layer in layers
+    }
+    title = f"{data.info.study_name}: final load CV per MoE layer, mean ± std over seeds"
+    fig = grouped_bars(groups, "final load CV (lower is more balanced)", title, colours=colours)
+    return {"load_balance": save_figure(fig, plots_dir / "load_balance.png")}, {}

@@ -20,6 +20,7 @@ from moe_lab.artifacts.metrics import metric_named
 from moe_lab.artifacts.study_dir import PLOTS, SUMMARY, TRIALS_CSV
 from moe_lab.formatting import si
 from moe_lab.report.common import is_finite, matching_means
+from moe_lab.report.config_colours import config_colours
 from moe_lab.report.html_report import write_html_report
 from moe_lab.report.stats import (
     CONFIDENCE,
@@ -35,12 +36,14 @@ from moe_lab.report.sweep_plots import (
     TRAIN_SMOOTHING,
     one_key_grid,
     write_curve_plots,
+    write_load_balance,
     write_mean_runs,
     write_objective_by_value,
     write_optuna_plots,
 )
 from moe_lab.report.sweep_study import STATE_ORDER, ConfigRow, StudyData, StudyInfo, best_row, load_study_data
 from moe_lab.report.sweep_tables import LOAD_CAVEAT, format_objective, format_table, markdown_table, write_trials_csv
+from moe_lab.report.tb_link import answer_lines
 
 
 def write_study_report(
@@ -61,19 +64,23 @@ def write_study_report(
     plots_dir = data.study_dir / PLOTS
     target = f"{data.info.objective_metric} (mean over seeds)"
     key = one_key_grid(data)
+    colours = config_colours(data)
     if key is None:
         optuna_plots, skipped = write_optuna_plots(data.study, plots_dir, target, html=html)
     else:
-        optuna_plots, skipped = write_objective_by_value(data, key, plots_dir), {}
+        optuna_plots, skipped = write_objective_by_value(data, key, plots_dir, colours), {}
     write_mean_runs(data)
-    curve_plots, skipped_curves = write_curve_plots(data, plots_dir)
-    plots = {**optuna_plots, **curve_plots}
+    curve_plots, skipped_curves = write_curve_plots(data, plots_dir, colours)
+    load_plot, skipped_load = write_load_balance(data, plots_dir, colours)
+    plots = {**optuna_plots, **curve_plots, **load_plot}
+    skipped = {**skipped, **skipped_curves, **skipped_load}
     paths = {"summary": data.study_dir / SUMMARY, "trials_csv": data.study_dir / TRIALS_CSV}
     write_trials_csv(paths["trials_csv"], data.rows, data.param_keys)
-    write_text_atomic(paths["summary"], summary_markdown(data, plots, {**skipped, **skipped_curves}))
+    write_text_atomic(paths["summary"], summary_markdown(data, plots, skipped))
     if html:
         best = _best_text(best_row(data.rows), data.info)
-        paths["report_html"] = write_html_report(data, study_header(data), best_headline(data.rows, data.info), best)
+        headline = best_headline(data.rows, data.info)
+        paths["report_html"] = write_html_report(data, study_header(data), headline, best, colours)
     return {**paths, **plots}
 
 
@@ -106,6 +113,13 @@ def summary_markdown(data: StudyData, plots: dict[str, Path], skipped: dict[str,
         "",
         *([headline, ""] if (headline := best_headline(rows, info)) else []),
         _best_text(best_row(rows), info),
+        "",
+        "The answer in TensorBoard (validation loss, load CV and collapses, unsmoothed, one colour per "
+        "configuration as in the plots), from this study's folder:",
+        "",
+        "```",
+        *answer_lines("."),
+        "```",
         "",
         "## Results",
         "",

@@ -18,9 +18,12 @@ from moe_lab.sweep.config import load_sweep
 
 def report(study_dir: Path, storage_url: str) -> None:
     from moe_lab.report.sweep_summary import write_study_report
+    from moe_lab.report.tb_link import answer_lines
 
     for path in write_study_report(study_dir, echo=True, storage_url=storage_url).values():
         print(f"  wrote {path}")
+    command, link = answer_lines(str(study_dir))
+    print(f"the answer in TensorBoard: {command}\n  {link}")
 
 
 def main(argv: list[str] | None = None) -> int:

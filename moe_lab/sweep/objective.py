@@ -133,6 +133,7 @@ class Objective:
         from moe_lab.callbacks.pruning import ValidationPruning
         from moe_lab.training.results import write_metrics
         from moe_lab.training.run import run
+        from moe_lab.training.tb_hparams import as_categories
 
         version = seed_dir_name(seed, attempt)
         run_dir = trial_dir / version
@@ -152,7 +153,8 @@ class Objective:
         monitor = METRIC_CURVES[self.sweep.cfg.objective.metric]
         pruning = ValidationPruning(trial, monitor) if report and monitor and self.sweep.cfg.pruner != "none" else None
         callbacks = [Fence(lambda: fence(trial), self.sweep.cfg.heartbeat_interval)] + ([pruning] if pruning else [])
-        result = run(cfg, extra_callbacks=tuple(callbacks), quiet=self.quiet, session=(params, trial_label(params)))
+        session = (as_categories(params), trial_label(params))
+        result = run(cfg, extra_callbacks=tuple(callbacks), quiet=self.quiet, session=session)
         fence(trial)  # results of a trial taken away are not reported
         record = result.record
         if pruning is not None and pruning.pruned_at is not None:

@@ -89,7 +89,10 @@ def experiment_summary(hparams: dict[str, list[Any]], metrics: list[str], swept:
     from tensorboard.plugins.hparams import api_pb2, metadata
 
     infos = [
-        api_pb2.HParamInfo(name=key, type=_hparam_type(values), differs=key in swept) for key, values in hparams.items()
+        api_pb2.HParamInfo(
+            name=key, type=api_pb2.DATA_TYPE_STRING if key in swept else _hparam_type(values), differs=key in swept
+        )
+        for key, values in hparams.items()
     ]
     metric_infos = [
         api_pb2.MetricInfo(name=api_pb2.MetricName(tag=final_tag(m)), display_name=metric_named(m).title)
@@ -97,6 +100,12 @@ def experiment_summary(hparams: dict[str, list[Any]], metrics: list[str], swept:
     ]
     experiment = api_pb2.Experiment(hparam_infos=infos, metric_infos=metric_infos, time_created_secs=time.time())
     return _plugin_summary(metadata.EXPERIMENT_TAG, experiment=experiment)
+
+
+def as_categories(params: dict[str, Any]) -> dict[str, str]:
+    """A study's swept values as the HPARAMS table shows them: categories (top_k `2`, not `2.0000`), so
+    its filter lists the values a sweep tried instead of a numeric range."""
+    return {key: str(value) for key, value in params.items()}
 
 
 def ordered_metrics(objective: str | None) -> list[str]:
