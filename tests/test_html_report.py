@@ -131,3 +131,15 @@ def test_without_html_no_page(tmp_path):
     make_one_key_grid(tmp_path / "grid1", {1: [(2.0, 1.0, 1.0), (2.5, 1.0, 1.0)], 2: [(3.0, 1.0, 1.0)] * 2})
     assert "report_html" not in write_study_report(tmp_path / "grid1")
     assert not Path(tmp_path / "grid1" / "report.html").exists()
+
+
+def test_cli_html_on_an_unsupported_directory_exits_2_in_one_line(tmp_path, capsys):
+    ablation = tmp_path / "abl"
+    ablation.mkdir()
+    (ablation / "study_info.json").write_text('{"study_name": "abl", "kind": "ablation"}')
+    (tmp_path / "empty").mkdir()
+    for path, says in ((ablation, "is an ablation"), (tmp_path / "empty", "no study_info.json")):
+        assert main([str(path), "--html"]) == 2
+        err = capsys.readouterr().err
+        assert says in err and len(err.strip().splitlines()) == 1
+        assert not (path / "report.html").exists()
