@@ -3,6 +3,8 @@
 An ablation is a grid sweep over named arms (each a set of overrides of one base experiment) with
 repeated seeds: it runs on the sweep machinery (storage, resume, workers) and then writes
 results.md / results.csv / results.tex and plots that say whether the paper's direction held.
+Arms may start from prerequisite runs, trained per seed before them and named `@name` in an arm's
+values (`prerequisites:`, moe_lab.sweep.prerequisites).
 """
 
 from __future__ import annotations
@@ -13,10 +15,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from moe_lab.artifacts.run_dir import CLAIM_METRICS
+from moe_lab.artifacts.study_dir import PREREQUISITES
 from moe_lab.checks import one_of
 from moe_lab.cli import run_main
 from moe_lab.errors import ConfigError
+from moe_lab.sweep import prerequisite_runs
 from moe_lab.sweep.config import Param, Sweep, SweepConfig, check_sweep, read_structured, validate_sweep_config
+from moe_lab.sweep.prerequisites import REFERENCE, Prerequisites, named
 
 
 @dataclass
@@ -38,6 +43,9 @@ class AblationConfig(SweepConfig):
     paper: str = ""  # the paper and the table / figure the ablation follows
     claim: str = ""  # the finding under test, in words
     arms: dict[str, list[str]] = field(default_factory=dict)
+    # Runs of the base (with `overrides`) trained per seed before the arms, in <study>/prerequisites/<name>/
+    # seed<S>: name -> overrides. An arm's value `@name` is that run directory for the arm's own seed.
+    prerequisites: dict[str, list[str]] = field(default_factory=dict)
     claims: list[ClaimConfig] = field(default_factory=list)
     caveat: str = ""  # printed with the results (e.g. expert choice's causality leak)
     output_dir: str = "ablations_out"
@@ -55,9 +63,11 @@ def load_ablation(path: str | Path, overrides: list[str] = ()) -> Sweep:
         raise ConfigError("space", "an ablation defines arms, not a search space")
     if len(cfg.arms) < 2:
         raise ConfigError("arms", f"an ablation compares at least two arms, got {len(cfg.arms)}")
-    for name in cfg.arms:
-        if not name or any(c in name for c in "/ ,="):
-            raise ConfigError(f"arms.{name}", "arm names are non-empty, without '/', ' ', ',' or '='")
+    for section in ("arms", "prerequisites"):
+        for name in getattr(cfg, section):
+            if not name or any(c in name for c in "/ ,="):
+                raise ConfigError(f"{section}.{name}", "names are non-empty, without '/', ' ', ',' or '='")
+    _check_references(cfg)
     validate_sweep_config(cfg, needs_space=False)
     for i, claim in enumerate(cfg.claims):
         where = f"claims[{i}]"
@@ -74,8 +84,28 @@ def load_ablation(path: str | Path, overrides: list[str] = ()) -> Sweep:
         params=[Param("arm", "categorical", choices=tuple(cfg.arms))],
         arms={name: list(ov) for name, ov in cfg.arms.items()},
     )
+    if cfg.prerequisites:
+        runs = {name: list(ov) for name, ov in cfg.prerequisites.items()}
+        sweep.prerequisites = Prerequisites(runs, (sweep.study_dir / PREREQUISITES).resolve())
+        prerequisite_runs.check(sweep)  # first: the arms are validated against the prerequisites as planned
     check_sweep(sweep)
     return sweep
+
+
+def _check_references(cfg: AblationConfig) -> None:
+    """Each `@name` an arm's value holds names a prerequisite, and each prerequisite is named by an arm."""
+    known = ", ".join(cfg.prerequisites) or "none"
+    used = set()
+    for arm, overrides in cfg.arms.items():
+        for item in overrides:
+            if (name := named(item)) is None:
+                continue
+            if name not in cfg.prerequisites:
+                raise ConfigError(f"arms.{arm}", f"{item}: no prerequisite named {name!r} (prerequisites: {known})")
+            used.add(name)
+    for name in cfg.prerequisites:
+        if name not in used:
+            raise ConfigError(f"prerequisites.{name}", f"no arm starts from it (an arm names it as {REFERENCE}{name})")
 
 
 VERIFY_PROG = "python -m moe_lab.ablate FILE --verify"

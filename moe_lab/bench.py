@@ -4,6 +4,10 @@ moe: forward+backward of one MoE layer against (a) a dense SwiGLU FFN with the s
 and (b) the same layer with the naive per-expert loop, in one process, contenders interleaved, medians.
 A fourth contender, `experts_only`, is the floor under any dispatch built on these kernels: the same
 experts on tokens already grouped by expert (no router, gather or combine).
+ep: the same layer with its experts sharded over N ranks, for each N of --ep-sizes (default 1,2,4): step time,
+all-to-all bytes per rank and the share of the step spent in the exchange (moe_lab.parallel.ep_bench). On CPU
+the ranks are gloo processes sharing the machine's cores (--threads each); on GPUs, one per GPU over NCCL:
+  python -m moe_lab.bench ep --device cuda --dtype bfloat16 --ep-sizes 1,2,4,8 --tokens 8192
 The training step's tokens/s is what every `python -m moe_lab.train` run reports (progress bar,
 TensorBoard `train/tokens_per_s`, the final metrics), measured on the real run with its callbacks and loggers.
 """
@@ -24,6 +28,7 @@ from moe_lab.model.config import ModelConfig, MoEConfig, expert_dims
 from moe_lab.model.ffn import DenseFFN
 from moe_lab.model.moe import MoELayer
 from moe_lab.model.naive import NaiveMoELayer
+from moe_lab.parallel.ep_bench import bench_ep, print_ep_table
 
 
 @dataclass(frozen=True)
@@ -183,8 +188,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m moe_lab.bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("what", choices=["moe"], help="which benchmark to run")
-    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
+    parser.add_argument("what", choices=["moe", "ep"], help="which benchmark to run")
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2; per rank with ep)")
+    parser.add_argument("--ep-sizes", default="1,2,4", help="ep: the EP sizes, one process per rank (default 1,2,4)")
+    parser.add_argument("--tokens", type=int, default=4096, help="ep: tokens per rank (default 4096)")
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
@@ -206,6 +213,8 @@ def bench(args: argparse.Namespace, allocator: bool) -> None:
         f"torch {torch.__version__}, device {args.device}, {torch.get_num_threads()} threads, "
         f"{args.repeats} repeats, forward+backward, heap-retaining allocator: {allocator}"
     )
+    if args.what == "ep":
+        return run_ep(args, dtype)
     rows = [bench_moe(size, dtype, args.device, args.repeats) for size in MOE_SIZES]
     print_moe_table(rows)
     if args.json:
@@ -218,6 +227,19 @@ def bench(args: argparse.Namespace, allocator: bool) -> None:
             "ms",
         )
         print(json.dumps({r["size"]: {k: r[k] for k in keys if k in r} for r in rows}))
+
+
+def run_ep(args: argparse.Namespace, dtype: torch.dtype) -> None:
+    size = MOE_SIZES[0]
+    print(
+        f"layer {size.name}: d_model {size.d_model}, {size.n_experts} experts, top-{size.top_k}, "
+        f"expert width {size.expert_hidden}; {args.tokens} tokens per rank"
+    )
+    ep_sizes = [int(n) for n in args.ep_sizes.split(",")]
+    rows = bench_ep(layer_config(size), args.tokens, ep_sizes, args.device, dtype, args.repeats, args.threads)
+    print_ep_table(rows)
+    if args.json:
+        print(json.dumps({f"ep{r['ep']}": r for r in rows}))
 
 
 if __name__ == "__main__":

@@ -9,6 +9,10 @@ also writes the load heatmap to TensorBoard.
 The text is tokenized with the checkpoint's own tokenizer: tokenizer.json of an HF directory
 (required there); for moe_lab models the tokenizer saved with them (a converted model's
 tokenizer.json, or the trainer's RUN/tokenizer/ for RUN/checkpoints/*.ckpt), else UTF-8 bytes.
+
+Routing traces (moe_lab.traces.command): --trace OUT.parquet writes the experts every token went to in
+every MoE layer, --compare OTHER (checkpoint or trace) prints the routing consistency per layer,
+--numerics the consistency of float32 vs bfloat16 autocast and of compiled vs eager.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from moe_lab.interop.checkpoint import (
 )
 from moe_lab.model import ModelConfig, MoETransformer, count_model, expert_dims, moe_layer_indices
 from moe_lab.model.summary import moe_layers_line
+from moe_lab.traces.command import TraceRequest, trace_command
 
 HF_CONFIG_FILE = "config.json"  # kept equal to moe_lab.interop.hf's, which needs transformers to import
 HF_TOKENIZER_FILE = "tokenizer.json"
@@ -259,10 +264,22 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m moe_lab.inspect", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("path", type=Path, help="moe_lab model directory, *.ckpt, or HF checkpoint directory")
-    parser.add_argument("--text", type=Path, required=True, help="UTF-8 text file to route")
+    parser.add_argument(
+        "--text", type=Path, help="UTF-8 text file to route (trace modes: default the start of the embedded Hamlet)"
+    )
     parser.add_argument("--max-tokens", type=positive_int, default=2048, help="route at most this many tokens")
-    parser.add_argument("--logdir", type=Path, help="write the TensorBoard routing heatmap here")
+    parser.add_argument("--logdir", type=Path, help="write the TensorBoard heatmap (--trace: specialisation) here")
+    parser.add_argument("--trace", type=Path, metavar="OUT.parquet", help="write PATH's routing trace")
+    parser.add_argument("--compare", type=Path, metavar="OTHER", help="routing consistency with a checkpoint or trace")
+    parser.add_argument("--numerics", action="store_true", help="routing consistency fp32 vs bf16, compiled vs eager")
     args = parser.parse_args(argv)
+    if args.trace or args.compare or args.numerics:
+        request = TraceRequest(
+            args.path, args.text, args.max_tokens, args.trace, args.compare, args.numerics, args.logdir
+        )
+        return run_main(lambda: trace_command(request, load_source, read_tokens))
+    if args.text is None:
+        parser.error("the following arguments are required: --text (unless --trace, --compare or --numerics)")
     return run_main(lambda: inspect(args.path, args.text, args.max_tokens, args.logdir))
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from moe_lab.model import MoETransformer
 from moe_lab.model.config import ModelConfig, MoEConfig
 
 
@@ -27,6 +28,15 @@ def randomise(module: torch.nn.Module, seed: int = 0, std: float = 0.3) -> None:
         for name, b in module.named_buffers():
             if name.endswith("selection_bias"):
                 b.copy_(torch.randn(b.shape, generator=g, dtype=b.dtype) * 0.1)
+
+
+def byte_model(**overrides) -> MoETransformer:
+    """A randomised 3-layer byte-level model whose MoE layers are 0 and 2 (6 experts), in eval mode."""
+    model = MoETransformer(
+        tiny_config(vocab_size=256, n_layers=3, placement="list", layers=[0, 2], n_experts=6, **overrides)
+    ).eval()
+    randomise(model)
+    return model
 
 
 TINY_EXPERIMENT = """

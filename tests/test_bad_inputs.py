@@ -115,7 +115,7 @@ CASES = [
         "model_init folder missing",
         TRAIN,
         "{exp} output_dir={runs} model_init={tmp}/nowhere",
-        names="model_init: no such directory: {tmp}/nowhere",
+        names="model_init: no such file or directory: {tmp}/nowhere",
     ),
     Case(
         "resume=auto, last.ckpt truncated",

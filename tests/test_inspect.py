@@ -11,7 +11,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from moe_lab.inspect import main, route_tokens
 from moe_lab.interop.checkpoint import save_pretrained
 from moe_lab.model import MoETransformer, count_model
-from tests.helpers import randomise, tiny_config
+from tests.helpers import byte_model, tiny_config
 
 TEXT = "To be, or not to be, that is the question: whether 'tis nobler in the mind to suffer. " * 4
 
@@ -21,14 +21,6 @@ def text_file(tmp_path):
     path = tmp_path / "text.txt"
     path.write_text(TEXT)
     return path
-
-
-def byte_model(**overrides) -> MoETransformer:
-    model = MoETransformer(
-        tiny_config(vocab_size=256, n_layers=3, placement="list", layers=[0, 2], n_experts=6, **overrides)
-    ).eval()
-    randomise(model)
-    return model
 
 
 def run(capsys, *argv) -> tuple[int, str, str]:

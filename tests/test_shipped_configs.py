@@ -3,7 +3,8 @@
 - each experiment in experiments/ trains for 2 steps;
 - each sweep in sweeps/ plans (--dry-run) and its first configuration trains for 2 steps, with the
   sweep's own compute matching; every configuration of its space validates;
-- every arm of each ablation validates and one arm (the last) trains for 2 steps.
+- every arm of each ablation validates and one arm (the last) trains for 2 steps, after the prerequisite
+  runs the arms start from (their first seed's, 2 steps each).
 The runs keep each file's model and data settings; only the budget, outputs and logging shrink.
 """
 
@@ -73,9 +74,14 @@ def space_points(sweep) -> list[dict]:
     return [first | {k: v} for k, vs in values.items() for v in vs] or [{}]
 
 
-def matched_overrides(sweep, params: dict) -> list[str]:
-    """The configuration as command-line overrides of the base: what a user would type to rerun it."""
-    chosen = list(sweep.arms[params["arm"]]) if sweep.arms is not None else [f"{k}={v}" for k, v in params.items()]
+def matched_overrides(sweep, params: dict, placement: dict | None = None) -> list[str]:
+    """The configuration as command-line overrides of the base: what a user would type to rerun it (an arm's
+    `@name` values bound to the prerequisite runs of the placement's seed, or to their planned stand-ins)."""
+    chosen = (
+        sweep.arm_overrides(params["arm"], placement)
+        if sweep.arms is not None
+        else [f"{k}={v}" for k, v in params.items()]
+    )
     _, matched = sweep.experiment(params)  # validates the configuration, matched width included
     extra = [f"model.moe.expert_hidden={matched.expert_hidden}"] if matched else []
     return list(sweep.cfg.overrides) + chosen + extra
@@ -101,7 +107,12 @@ def test_ablation_arms_validate_and_one_trains(path, tmp_path, data_cache):
     assert len(points) == len(sweep.arms)
     for params in points:
         load_config(sweep.base_path, matched_overrides(sweep, params))
-    train_two_steps(sweep.base_path, matched_overrides(sweep, points[-1]), tmp_path / "run", data_cache)
+    placement = {"seed": sweep.cfg.seeds[0]}
+    for name, overrides in (sweep.prerequisites.runs if sweep.prerequisites else {}).items():
+        run_dir = sweep.prerequisites.run_dir(name, placement["seed"])
+        where = [f"name={name}", f"version={run_dir.name}"]
+        train_two_steps(sweep.base_path, [*sweep.cfg.overrides, *overrides, *where], run_dir.parents[1], data_cache)
+    train_two_steps(sweep.base_path, matched_overrides(sweep, points[-1], placement), tmp_path / "run", data_cache)
 
 
 def test_space_points_cover_every_value_of_a_sampled_space():

@@ -33,6 +33,11 @@ LOAD_CV_MEAN = "moe/load_cv_mean"  # coefficient of variation of the expert load
 LOAD_CV_MAX = "moe/load_cv_max"
 DROPPED_FRAC_MEAN = "moe/dropped_frac_mean"
 COLLAPSE_EVENTS = "moe/collapse_events"  # running count of the collapse detector's events
+# Routing stability (moe_lab.callbacks.routing_trace), each trace of the fixed evaluation tokens against the
+# previous one: the share of tokens whose top-k expert set is unchanged, and of those whose first choice is;
+# per layer as layer_tag(i, "routing_consistency") and layer_tag(i, "top1_agreement"), here the mean over layers.
+ROUTING_CONSISTENCY_MEAN = "moe/routing_consistency_mean"
+TOP1_AGREEMENT_MEAN = "moe/top1_agreement_mean"
 
 
 FINAL_PREFIX = "final/"  # a run's final metrics, logged once at its end: TensorBoard's HPARAMS columns
@@ -129,6 +134,10 @@ VOCABULARY = (
     Metric("final_dropped_frac", "dropped", hparams=True, table=True),
     Metric("final_aux_loss", "aux loss", tag=TRAIN_AUX_LOSS),
     Metric("final_z_loss", "z-loss", tag=TRAIN_Z_LOSS),
+    # The last trace's consistency with the one before (monitor.trace_every_n_steps; None when it is 0).
+    Metric(
+        "final_routing_consistency", "routing consistency", better="higher", fmt=".3f", tag=ROUTING_CONSISTENCY_MEAN
+    ),
     Metric("collapse_events_count", "collapses", fmt=".0f", seeds=SEED_SUM, hparams=True, table=True, lead=True),
 )
 

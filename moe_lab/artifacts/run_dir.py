@@ -23,6 +23,7 @@ PREVIOUS_CKPT = "previous.ckpt"  # the last.ckpt before the newest: what a damag
 MODEL_SUMMARY = "model_summary.txt"  # parameter and FLOP accounting of the model (moe_lab.model.summary)
 TOKENIZER_DIR = "tokenizer"  # the tokenizer in use (its file names: moe_lab.data.tokenizers)
 PROGRESS = "progress.json"  # a running run's step, losses and throughput, for watchers outside the process
+TRACES = "traces"  # routing traces, step_<N>.parquet (monitor.trace_every_n_steps; moe_lab.callbacks.routing_trace)
 LOCK = ".lock"  # locked by the process that writes into the run directory (claim_run_dir)
 VERSION_PREFIX = "version_"  # <output_dir>/<name>/version_N: Lightning's run numbering
 

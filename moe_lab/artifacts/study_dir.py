@@ -8,6 +8,7 @@ from pathlib import Path
 STUDY_INFO = "study_info.json"  # what the report needs to open the study: storage URL, base, seeds
 SWEEP_COPY = "sweep.yaml"  # the sweep file as run
 TRIALS = "trials"  # one directory per configuration: trials/tNNN-<label>/seedS/
+PREREQUISITES = "prerequisites"  # an ablation's runs its arms start from: prerequisites/<name>/seedS/
 STUDY_DB = "study.db"  # the Optuna storage when the sweep names none (SQLite)
 PLOTS = "plots"  # the reports' figures
 

@@ -12,25 +12,54 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from moe_lab.artifacts.run_dir import CONFIG
 from moe_lab.artifacts.yaml_file import read_yaml_mapping
 from moe_lab.config.merging import explain, merge, parse_override, read_yaml
 from moe_lab.config.schema import ExperimentConfig
 from moe_lab.config.validation import validate_experiment
-from moe_lab.errors import ConfigError
+from moe_lab.errors import ConfigError, first_line
 
 PRETRAINED_MODEL_FILE = "moe_lab_model.yaml"  # written by moe_lab.interop.checkpoint.save_pretrained
 
 
 def _pretrained_model_section(model_init: str) -> DictConfig:
-    """The model section stored with a pretrained directory: a fine-tune starts from the architecture
-    it was trained with, and the experiment's own model keys change only what they name."""
-    path = Path(model_init) / PRETRAINED_MODEL_FILE
-    if not Path(model_init).is_dir():
-        raise ConfigError("model_init", f"no such directory: {model_init}")
-    if not path.is_file():
-        raise ConfigError("model_init", f"no {PRETRAINED_MODEL_FILE} in {model_init}")
-    node = read_yaml_mapping(path, lambda message: ConfigError("model_init", message), "model config keys")
+    """The model section stored with the model `model_init` names: a fine-tune starts from the architecture
+    it was trained with, and the experiment's own model keys change only what they name. Read without the
+    weights (moe_lab.interop.checkpoint.load_model_source reads those, from the same three kinds of source):
+    a pretrained directory's moe_lab_model.yaml, a run directory's config.yaml, or a trainer checkpoint's
+    hyper_parameters.config (written by the LightningModule)."""
+    path = Path(model_init)
+
+    def error(message: str) -> ConfigError:
+        return ConfigError("model_init", message)
+
+    if path.is_dir() and (path / PRETRAINED_MODEL_FILE).is_file():
+        node = read_yaml_mapping(path / PRETRAINED_MODEL_FILE, error, "model config keys")
+    elif path.is_dir() and (path / CONFIG).is_file():
+        node = read_yaml_mapping(path / CONFIG, error, "config keys").get("model")
+    elif path.is_file() and path.suffix == ".ckpt":
+        node = _checkpoint_model_section(path)
+    elif not path.exists():
+        raise error(f"no such file or directory: {model_init}")
+    else:
+        raise error(
+            f"{model_init}: not a moe_lab model directory ({PRETRAINED_MODEL_FILE}), a run directory ({CONFIG}) "
+            f"or a trainer checkpoint (*.ckpt)"
+        )
+    if not isinstance(node, (dict, DictConfig)):
+        raise error(f"{model_init}: holds no model section")
     return OmegaConf.create({"model": node})
+
+
+def _checkpoint_model_section(path: Path) -> dict | None:
+    import torch  # memory-mapped: the tensors are never read
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as err:  # torch's pickle, zip and OS errors: one line naming the file
+        raise ConfigError("model_init", f"{path}: not a readable trainer checkpoint: {first_line(err)}") from None
+    stored = (state.get("hyper_parameters") or {}).get("config") if isinstance(state, dict) else None
+    return stored.get("model") if isinstance(stored, dict) else None
 
 
 @dataclass(frozen=True)

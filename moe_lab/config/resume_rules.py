@@ -13,6 +13,7 @@ MAY_CHANGE_ON_RESUME = (
     "output_dir",
     "version",
     "model_init",  # used only at step 0; a resumed run takes its weights from the checkpoint
+    "upcycle.",  # the same: the dense model is read only when a run starts
     "monitor.",
     "data.num_workers",
     "data.cache_dir",
@@ -24,6 +25,7 @@ MAY_CHANGE_ON_RESUME = (
     "trainer.devices",
     "trainer.num_nodes",
     "trainer.strategy",
+    "trainer.expert_parallel",  # checkpoints hold full expert stacks (and optimizer state): any N loads them
     "trainer.threads",
     "trainer.compile",
     "trainer.activation_checkpointing",

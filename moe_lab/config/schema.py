@@ -44,6 +44,10 @@ class TrainerConfig:
     devices: str = "auto"  # "auto", a count ("2") or a list ("0,1")
     num_nodes: int = 1
     strategy: str = "auto"  # auto | ddp | ddp_spawn | fsdp | ...
+    # Expert parallelism (moe_lab.parallel): EP group size N; each of N consecutive ranks holds E / N of every
+    # MoE layer's routed experts. N divides the world size (devices x num_nodes) and the routed expert count;
+    # needs strategy ddp (auto picks it). 1 = off.
+    expert_parallel: int = 1
     deterministic: bool = False
     compile: bool = False  # torch.compile the model
     activation_checkpointing: bool = False  # recompute each block in the backward
@@ -80,7 +84,25 @@ class MonitorConfig:
     router_grad_every_n_steps: int = 50
     dead_router_max_grad_norm: float = 1e-8
     sample_tokens: int = 200  # length of the text sample generated at each validation; 0 disables
+    # Routing traces: at the first validation after every n optimizer steps (0: never) the experts chosen for
+    # each token of a fixed evaluation set (the first validation batch) go to RUN/traces/step_<N>.parquet, with
+    # the consistency with the previous trace and the token-class specialisation logged (moe_lab.traces).
+    trace_every_n_steps: int = 0
     sample_prompt: str = "ROMEO:\n"
+
+
+@dataclass
+class UpcycleConfig:
+    """Start the MoE model from a trained dense one (sparse upcycling, moe_lab.model.upcycle). A top-level
+    section, not `model.init_from` + `model.upcycle`: ModelConfig is pure architecture, exported with every
+    model, and how a run started is no property of the model."""
+
+    method: str = ""  # "" (off) | copy | copy_noise | drop (UPCYCLE_METHODS)
+    # The dense model: a moe_lab pretrained directory, a trainer checkpoint (*.ckpt), or a run directory
+    # (its checkpoints/best.ckpt, else last.ckpt).
+    source: str = ""
+    noise_std: float = 0.01  # copy_noise: Gaussian noise std, relative to the std of each dense matrix
+    drop_ratio: float = 0.5  # drop: fraction of each expert's hidden units re-initialised (Drop-Upcycling)
 
 
 @dataclass
@@ -89,8 +111,12 @@ class ExperimentConfig:
     seed: int = 0
     output_dir: str = "runs"
     version: str = ""  # run directory name under <output_dir>/<name>/; "" picks version_N
-    # A moe_lab pretrained directory (moe_lab_model.yaml + model.safetensors) to start from.
+    # The model to start from, with its architecture (the experiment's model keys change only what they
+    # name): a moe_lab pretrained directory (moe_lab_model.yaml + model.safetensors), a trainer checkpoint
+    # (*.ckpt) or a run directory (its checkpoints/best.ckpt, else last.ckpt).
     model_init: str = ""
+    # Used only at step 0, as model_init: the experiment's own model section describes the MoE.
+    upcycle: UpcycleConfig = field(default_factory=UpcycleConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)

@@ -19,6 +19,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from moe_lab.artifacts.atomic import atomic_file
+from moe_lab.artifacts.run_dir import BEST_CKPT, CHECKPOINTS, LAST_CKPT
 from moe_lab.artifacts.yaml_file import read_yaml_mapping
 from moe_lab.config import PRETRAINED_MODEL_FILE
 from moe_lab.errors import ConfigError, MoELabError, first_line
@@ -176,3 +177,24 @@ def load_lightning_checkpoint(path: str | Path) -> tuple[ModelConfig, dict[str, 
     cfg = model_config_from_dict(model_section, str(path))
     check_state_dict(cfg, state_dict, str(path))
     return cfg, state_dict
+
+
+def load_model_source(path: str | Path) -> tuple[ModelConfig, dict[str, torch.Tensor], Path]:
+    """Model config, state dict and the file or directory they were read from, of a moe_lab pretrained
+    directory, a trainer checkpoint (*.ckpt) or a run directory (its best checkpoint, else its last)."""
+    path = Path(path)
+    if path.is_dir() and (path / CONFIG_FILE).is_file():
+        return (*load_pretrained(path), path)
+    if path.is_dir() and (path / CHECKPOINTS).is_dir():
+        ckpt = next(
+            (path / CHECKPOINTS / n for n in (BEST_CKPT, LAST_CKPT) if (path / CHECKPOINTS / n).is_file()), None
+        )
+        if ckpt is None:
+            raise CheckpointError(f"{path}: a run directory without {CHECKPOINTS}/{BEST_CKPT} or {LAST_CKPT}")
+        return (*load_lightning_checkpoint(ckpt), ckpt)
+    if path.is_file() and path.suffix == ".ckpt":
+        return (*load_lightning_checkpoint(path), path)
+    raise CheckpointError(
+        f"{path}: not a moe_lab model directory ({CONFIG_FILE}), a trainer checkpoint (*.ckpt) "
+        f"or a run directory ({CHECKPOINTS}/{BEST_CKPT} or {LAST_CKPT})"
+    )

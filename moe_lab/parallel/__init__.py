@@ -15,15 +15,19 @@ stay per rank, because the trainer already sums them over all ranks (`reduce_rou
 the loss-free bias update and the load monitors read. Every router works: expert choice picks among
 the rank's own tokens, as under data parallelism.
 
-Done: `parallelize_experts(model, ep_group)` shards every MoE layer in place; `gather_experts` rebuilds
-a full stack from the shards; the process-group plumbing is plain `torch.distributed`, the same code
-for gloo (CPU, the tests) and NCCL.
+Modules: `expert_parallel` (the sharded layer: `parallelize_experts(model, ep_group)` shards every MoE
+layer in place, `gather_experts` rebuilds a full stack), `ep_training` (what training adds: the groups, the
+shards' gradient reduction, the clipping norm over all shards, checkpoints in the single-device layout),
+`ep_bench` (`python -m moe_lab.bench ep`). Plain `torch.distributed`: the same code for gloo (CPU, the
+tests) and NCCL.
 
-Remaining for the scale-out issue: Lightning integration (ModelParallelStrategy: build the 2-D
-DeviceMesh (dp_shard, ep) and call `parallelize_experts` with the ep sub-group in `configure_model`;
-reduce expert-shard gradients over the dp dim only), distributed checkpoint save/load with resharding
-across EP sizes (DCP + DTensor Shard(0) placements for w_in/w_out), an EP mode in `python -m
-moe_lab.bench`, and the README section.
+Training (`trainer.expert_parallel: N`, moe_lab.training.lit): Lightning's DDP strategy as it is. In
+`configure_model`, once the process group exists, the experts are sharded and named in
+`_ddp_params_and_buffers_to_ignore`, so DDP broadcasts and averages only the replicated parameters; the
+shards' gradients are reduced in `on_before_optimizer_step` (sum over the replicas, / W: DDP's mean), the
+clipping norm counts every shard once (`configure_gradient_clipping`), and checkpoints are gathered on save
+and sharded on load (`on_save_checkpoint` / `on_load_checkpoint`), Adam state included, so any N (1 too,
+and the export) reads them.
 """
 
 from moe_lab.parallel.expert_parallel import ExpertParallelExperts, gather_experts, parallelize_experts

@@ -20,7 +20,14 @@ from pathlib import Path
 
 from moe_lab.artifacts.atomic import write_text_atomic
 from moe_lab.artifacts.run_dir import CONFIG, ENV
-from moe_lab.artifacts.study_dir import PER_SEED_CSV, RESULTS_CSV, RESULTS_MD, RESULTS_TEX, SWEEP_COPY
+from moe_lab.artifacts.study_dir import (
+    PER_SEED_CSV,
+    PREREQUISITES,
+    RESULTS_CSV,
+    RESULTS_MD,
+    RESULTS_TEX,
+    SWEEP_COPY,
+)
 from moe_lab.report.ablation_claims import Verdict, overall_line, verdicts
 from moe_lab.report.ablation_curves import claim_curves, curve_lines
 from moe_lab.report.ablation_data import AblationData, load_ablation_data, recorded_tokens_per_step
@@ -37,7 +44,7 @@ from moe_lab.report.ablation_tables import (
     reuse_lines,
     seed_notes,
 )
-from moe_lab.report.common import matching_means
+from moe_lab.report.common import matching_means, run_metrics
 from moe_lab.report.stats import CONFIDENCE, INDICATIVE_N
 
 CLAIMS_METHOD = (
@@ -171,6 +178,7 @@ def results_markdown(
             for arm in data.arms
         ],
         "",
+        *prerequisite_lines(data),
         "## Results",
         "",
         "Mean ± sample std over the completed seeds (n = completed / expected); tokens/s is the mean; "
@@ -213,6 +221,28 @@ def results_markdown(
     ]
     lines += [f"- {key.replace('_', ' ')}: skipped ({why})" for key, why in skipped.items()]
     return "\n".join(lines) + "\n"
+
+
+def prerequisite_lines(data: AblationData) -> list[str]:
+    """The runs the arms start from (moe_lab.sweep.prerequisites), with each seed's final validation loss."""
+    runs = data.spec.get("prerequisites") or {}
+    if not runs:
+        return []
+    lines = [
+        "## Prerequisites",
+        "",
+        f"Trained per seed before the arms, in `{PREREQUISITES}/<name>/seed<S>`; an arm's value `@name` is that run "
+        "of the arm's own seed.",
+        "",
+    ]
+    for name, overrides in runs.items():
+        losses = []
+        for seed in data.seeds:
+            loss = run_metrics(data.study_dir / PREREQUISITES / str(name) / f"seed{seed}").get("val_loss")
+            losses.append(f"{seed}: {loss:.4f}" if isinstance(loss, float) else f"{seed}: -")
+        described = ", ".join(f"`{o}`" for o in overrides or []) or "the base experiment"
+        lines.append(f"- `{name}`: {described}; final val loss by seed: {', '.join(losses)}")
+    return [*lines, ""]
 
 
 def _distinct(values: list[str]) -> str:

@@ -44,6 +44,7 @@ from moe_lab.report.sweep_plots import (
 from moe_lab.report.sweep_study import STATE_ORDER, ConfigRow, StudyData, StudyInfo, best_row, load_study_data
 from moe_lab.report.sweep_tables import LOAD_CAVEAT, format_objective, format_table, markdown_table, write_trials_csv
 from moe_lab.report.tb_link import answer_lines
+from moe_lab.report.trace_plots import write_specialisation_plots
 
 
 def write_study_report(
@@ -72,7 +73,7 @@ def write_study_report(
     write_mean_runs(data)
     curve_plots, skipped_curves = write_curve_plots(data, plots_dir, colours)
     load_plot, skipped_load = write_load_balance(data, plots_dir, colours)
-    plots = {**optuna_plots, **curve_plots, **load_plot}
+    plots = {**optuna_plots, **curve_plots, **load_plot, **write_specialisation_plots(data, plots_dir)}
     skipped = {**skipped, **skipped_curves, **skipped_load}
     paths = {"summary": data.study_dir / SUMMARY, "trials_csv": data.study_dir / TRIALS_CSV}
     write_trials_csv(paths["trials_csv"], data.rows, data.param_keys)

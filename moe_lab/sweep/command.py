@@ -97,17 +97,25 @@ def dry_run(sweep: Sweep, workers: int = 1, gflops: float | None = None) -> None
     threads = worker_threads(workers)
     concurrent = min(workers, max(1, (os.cpu_count() or 1) // threads))  # workers training at once here
     units, rows, end_bytes, live_bytes, measured, taken = [], [], 0, 0, [], {}
-    for i, params in enumerate(planned):
-        cfg, matched = sweep.experiment(params)
-        counts = count_model(cfg.model, cfg.data.block_size)
+
+    def times_of(cfg, threads: int, concurrent: int) -> estimate.StepTimes:
         if gflops:  # the old rule of thumb, on request: FLOPs (3x forward) at an assumed rate
             # One micro-batch, as the measured step times are; run_seconds counts the accumulation.
             micro_batch = step_tokens(cfg.data.batch_size, cfg.data.block_size)
             train_s = training_flops_per_token(cfg) * micro_batch / (gflops * 1e9)
-            times = estimate.StepTimes(train_s=train_s, eval_s=train_s / 3, threads=threads)
-        else:
-            times = estimate.step_times(cfg, threads, concurrent, taken)
-            measured.append(times)
+            return estimate.StepTimes(train_s=train_s, eval_s=train_s / 3, threads=threads)
+        measured.append(estimate.step_times(cfg, threads, concurrent, taken))
+        return measured[-1]
+
+    first_s = 0.0  # prerequisite runs: trained before the configurations, one at a time
+    if sweep.prerequisites is not None:
+        from moe_lab.sweep import prerequisite_runs
+
+        rows, first_s = prerequisite_runs.plan(sweep, times_of)
+    for i, params in enumerate(planned):
+        cfg, matched = sweep.experiment(params)
+        counts = count_model(cfg.model, cfg.data.block_size)
+        times = times_of(cfg, threads, concurrent)
         seconds = estimate.run_seconds(cfg, times)
         state = "done" if done is not None and i not in todo else f"{seconds:5.0f} s/run"
         if i in todo and len(todo[i]) < len(sweep.cfg.seeds):
@@ -128,7 +136,7 @@ def dry_run(sweep: Sweep, workers: int = 1, gflops: float | None = None) -> None
     print("\n".join(rows))
     if done:
         print(f"{len(done)} configurations already finished in {sweep.study_dir}; the estimate is for the rest")
-    wall = estimate.makespan(units, workers)
+    wall = first_s + estimate.makespan(units, workers)
     how = (
         f"assuming {gflops:g} GFLOP/s"
         if gflops
@@ -143,6 +151,8 @@ def dry_run(sweep: Sweep, workers: int = 1, gflops: float | None = None) -> None
             "; NOTE: other processes kept the cores busy while timing, so this estimate is too long and those"
             " times were not cached: dry-run again on a quiet machine"
         )
+    if first_s:
+        how += f"; the first {first_s / 60:.0f} min train the prerequisite runs one at a time"
     if stops := sweep.stops_early():
         how += f"; every run to the end: an upper bound, as {stops} may stop some early"
     print(f"estimated time: about {wall / 60:.0f} min with {workers} worker{'s' * (workers > 1)} ({how})")
@@ -301,6 +311,10 @@ def cli(argv, prog: str, doc: str, loader, reporter, epilog: str = "") -> int:
             f"output goes to its train.log",
             flush=True,
         )
+        if sweep.prerequisites is not None:  # before any worker: the arms start from them
+            from moe_lab.sweep import prerequisite_runs
+
+            prerequisite_runs.train(sweep, log=lambda msg: print(msg, flush=True))
         gpu_ids, per_trial = visible_gpus(sweep) if args.workers > 1 else ([], 1)
         groups = device_groups(args.workers, per_trial, gpu_ids)
         from moe_lab.sweep.console import SweepConsole

@@ -39,6 +39,7 @@ from moe_lab.config import (
 )
 from moe_lab.errors import ConfigError, MoELabError
 from moe_lab.sweep.matching import Matched, match_expert_hidden
+from moe_lab.sweep.prerequisites import Prerequisites
 
 SAMPLERS = ("grid", "random", "tpe")
 # Bounds a study has: past them a typo (a range to 1e9, n_trials 1e9) would fill memory or enqueue forever.
@@ -124,6 +125,7 @@ class Sweep:
     path: Path
     params: list[Param]
     arms: dict[str, list[str]] | None = None
+    prerequisites: Prerequisites | None = None  # runs the arms start from, named `@name` in their values
     # Validated configurations without placement, by parameters: checks, estimates and the console
     # ask for them again.
     _configurations: dict[str, tuple] = field(default_factory=dict, init=False, repr=False)
@@ -197,7 +199,7 @@ class Sweep:
         key = json.dumps(params, sort_keys=True, default=str)
         if placement is None and key in self._configurations:
             return self._configurations[key]
-        source = self.source.extended(self.arms[params["arm"]]) if self.arms is not None else self.source
+        source = self.source.extended(self.arm_overrides(params["arm"], placement) if self.arms is not None else [])
         values = merged_values(nested(params) if self.arms is None else {}, self.run_values(), placement)
         matched = self._matched(source, values)
         if matched is not None:
@@ -206,6 +208,13 @@ class Sweep:
         if placement is None:
             self._configurations[key] = result
         return result
+
+    def arm_overrides(self, arm: str, placement: dict[str, Any] | None = None) -> list[str]:
+        """An arm's overrides, each `@name` bound to prerequisite `name`'s run of the placement's seed."""
+        overrides = self.arms[arm]
+        if self.prerequisites is None:
+            return list(overrides)
+        return self.prerequisites.bind(overrides, placement["seed"] if placement else None)
 
     def _matched(self, source: ExperimentSource, values: dict[str, Any]) -> Matched | None:
         if self.cfg.compute_matching == "none":

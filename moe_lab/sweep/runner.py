@@ -141,6 +141,8 @@ IDENTITY_KEYS = (
 def study_identity(sweep: Sweep) -> str:
     values = OmegaConf.to_container(OmegaConf.structured(sweep.cfg))
     described = {k: values.get(k) for k in IDENTITY_KEYS} | {"base": sweep.cfg.base}
+    if values.get("prerequisites"):  # only where set: the identities of studies without any stay as they were
+        described["prerequisites"] = values["prerequisites"]
     return hashlib.sha256(json.dumps(described, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

@@ -28,6 +28,7 @@ from moe_lab.artifacts.metrics import (
 )
 from moe_lab.config import ExperimentConfig, config_from_dict, to_dict, to_yaml
 from moe_lab.model import MoETransformer, RoutingStats
+from moe_lab.parallel.ep_training import ExpertParallelTraining, new_groups
 
 LN2 = math.log(2.0)
 
@@ -93,9 +94,21 @@ class MoELitModule(pl.LightningModule):
         self._router_grad_step = -1  # global step of the last router-health measurement
         self.last_val: dict[str, float] = {}
         self.last_val_logged_step: int | None = None  # the logger step of last_val (see on_validation_epoch_end)
+        self.expert_parallel: ExpertParallelTraining | None = None  # set in configure_model
+        self._optimizer_states_to_shard: list[dict] = []  # a resumed checkpoint's, full stacks (on_load_checkpoint)
 
     def configure_model(self) -> None:
+        # Called again by every fit/validate: the experts are sharded once, when the process group exists.
+        ep_size = self.cfg.trainer.expert_parallel
+        if ep_size > 1 and self.expert_parallel is None:
+            self.expert_parallel = ExpertParallelTraining(self, new_groups(ep_size))
+            # DDP (construction broadcast, gradient all-reduce) leaves the shards alone: they differ per rank.
+            self._ddp_params_and_buffers_to_ignore = list(self.expert_parallel.shards)
         if self.cfg.trainer.compile and self._forward is self.model:
+            if self.expert_parallel is not None:
+                # The all-to-alls split the compiled model into several graphs whose backwards donate their
+                # buffers, and the router-health backward (retain_graph=True) then fails; torch's own advice.
+                torch._functorch.config.donated_buffer = False
             object.__setattr__(self, "_forward", torch.compile(self.model))
 
     # ------------------------------------------------------------------ training
@@ -162,11 +175,42 @@ class MoELitModule(pl.LightningModule):
         self.model.update_router_biases(self._step_counts)
         self._step_counts = {}
 
+    def on_before_optimizer_step(self, optimizer) -> None:
+        # Once per optimizer step, after the last micro-batch's backward and before clipping (the callbacks'
+        # own on_before_optimizer_step run earlier: they see the shards' gradients unreduced).
+        if self.expert_parallel is not None:
+            self.expert_parallel.reduce_gradients()
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        if self.expert_parallel is None or not gradient_clip_val:
+            return super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
+        # By the norm of the whole model's gradient, not of this rank's shards (the config clips by norm only).
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        self.expert_parallel.clip_grad_norm_(params, gradient_clip_val)
+
+    def on_save_checkpoint(self, checkpoint):
+        # Checkpoints hold the single-device layout whatever the EP size: full expert stacks, gathered on
+        # every rank (a collective; Lightning dumps a checkpoint on every rank, rank 0 writes it).
+        if self.expert_parallel is not None:
+            self.expert_parallel.gather_state_dict(checkpoint["state_dict"])
+            for optimizer, saved in zip(self.trainer.optimizers, checkpoint.get("optimizer_states", []), strict=False):
+                self.expert_parallel.gather_optimizer_state(optimizer, saved)
+
     def on_load_checkpoint(self, checkpoint):
         # Checkpoints written before `_forward` stopped being a submodule hold a second copy of the weights.
         state = checkpoint.get("state_dict", {})
         for key in [k for k in state if k.startswith("_forward.")]:
             del state[key]
+        if self.expert_parallel is not None:  # called before Lightning loads the weights
+            self.expert_parallel.shard_state_dict(state)
+            # The optimizer state is loaded from this dict once the optimizer exists (after on_fit_start).
+            self._optimizer_states_to_shard = checkpoint.get("optimizer_states", [])
+
+    def on_fit_start(self) -> None:
+        if self._optimizer_states_to_shard:  # a resumed checkpoint's (weights-only ones have none)
+            for optimizer, saved in zip(self.trainer.optimizers, self._optimizer_states_to_shard, strict=True):
+                self.expert_parallel.shard_optimizer_state(optimizer, saved)
+        self._optimizer_states_to_shard = []
 
     def configure_optimizers(self):
         decay, no_decay = [], []
@@ -207,10 +251,11 @@ class MoELitModule(pl.LightningModule):
 
     def _log_sample(self) -> None:
         m = self.cfg.monitor
-        if self.tokenizer is None or m.sample_tokens == 0 or self.global_rank != 0 or self.logger is None:
+        # Decided alike on every rank: under expert parallelism each rank takes part in every forward of its
+        # EP group (the all-to-alls), so all ranks generate and rank 0 writes.
+        if self.tokenizer is None or m.sample_tokens == 0 or not self._tensorboard_loggers():
             return
-        experiment = getattr(self.logger, "experiment", None)
-        if not hasattr(experiment, "add_text"):
+        if self.global_rank != 0 and self.expert_parallel is None:
             return
         prompt = torch.tensor([self.tokenizer.encode(m.sample_prompt)], device=self.device)
         # A generator of its own: sampling must not move the global RNG that training draws from.
@@ -222,7 +267,9 @@ class MoELitModule(pl.LightningModule):
         """`text` as an entry of TensorBoard's Text tab at this step (the other loggers have no such tab)."""
         if self.global_rank != 0:
             return
-        for logger in self.loggers:
-            if isinstance(logger, TensorBoardLogger):
-                # TensorBoard renders Markdown: indent by four spaces so line breaks survive.
-                logger.experiment.add_text(tag, "    " + text.replace("\n", "\n    "), self.global_step)
+        for logger in self._tensorboard_loggers():
+            # TensorBoard renders Markdown: indent by four spaces so line breaks survive.
+            logger.experiment.add_text(tag, "    " + text.replace("\n", "\n    "), self.global_step)
+
+    def _tensorboard_loggers(self) -> list[TensorBoardLogger]:
+        return [logger for logger in self.loggers if isinstance(logger, TensorBoardLogger)]

@@ -35,12 +35,14 @@ from moe_lab.callbacks.checkpoint import RotatingCheckpoint
 from moe_lab.callbacks.nonfinite import NonFiniteLossError, NonFiniteLossGuard
 from moe_lab.callbacks.progress import ProgressBar
 from moe_lab.callbacks.progress_file import ProgressFile
+from moe_lab.callbacks.routing_trace import RoutingTraceMonitor
 from moe_lab.callbacks.throughput import Throughput
+from moe_lab.checks import require
 from moe_lab.config import ExperimentConfig, derive, to_yaml
 from moe_lab.config.budget import training_flops_per_step
 from moe_lab.data.datamodule import TextDataModule
 from moe_lab.errors import ConfigError, DataError, Interrupted, first_line
-from moe_lab.interop.checkpoint import CheckpointError, check_state_dict, load_pretrained
+from moe_lab.interop.checkpoint import CheckpointError, check_state_dict, load_model_source
 from moe_lab.model.summary import model_summary
 from moe_lab.training.lit import MoELitModule
 from moe_lab.training.loggers import build_loggers
@@ -56,6 +58,7 @@ from moe_lab.training.results import (
 )
 from moe_lab.training.resume_check import check_resume_checkpoint
 from moe_lab.training.run_callbacks import RunCallbacks
+from moe_lab.training.upcycling import upcycle_from_dense
 
 
 @dataclass
@@ -109,6 +112,7 @@ def build_callbacks(cfg: ExperimentConfig, run_dir: Path, resume_ckpt: Path | No
         nan_guard=NonFiniteLossGuard(),
         progress=ProgressFile(run_dir / PROGRESS, training_flops_per_step(cfg)),
         throughput=Throughput(),
+        routing_trace=RoutingTraceMonitor(run_dir, m.trace_every_n_steps) if m.trace_every_n_steps else None,
     )
 
 
@@ -146,7 +150,7 @@ def build_trainer(
             accelerator=t.accelerator,
             devices=_devices(t.devices),
             num_nodes=t.num_nodes,
-            strategy=t.strategy,
+            strategy="ddp" if t.expert_parallel > 1 and t.strategy == "auto" else t.strategy,
             deterministic=t.deterministic,
             gradient_clip_val=cfg.optim.grad_clip or None,
             logger=logger,
@@ -169,6 +173,11 @@ def build_trainer(
             f"(accelerator={t.accelerator}, devices={t.devices}, strategy={t.strategy}): "
             f"{reason}",
         ) from None
+    require(
+        trainer.world_size % t.expert_parallel == 0,
+        "trainer.expert_parallel",
+        f"{t.expert_parallel} does not divide the world size {trainer.world_size} (devices x num_nodes)",
+    )
     # Lightning moves the checkpoint callbacks to the end of the list; Throughput must come after them and
     # after the extra callbacks and the progress bar, to time each step with all their hooks inside.
     trainer.callbacks.sort(key=lambda callback: isinstance(callback, Throughput))  # stable: others keep order
@@ -239,12 +248,17 @@ def _train(
     lit = MoELitModule(cfg, val_bytes_per_token=data.bytes_per_token["val"])
     lit.tokenizer = data.tokenizer
     if cfg.model_init:
-        _, state = load_pretrained(cfg.model_init)
+        try:
+            _, state, read_from = load_model_source(cfg.model_init)
+        except CheckpointError as err:
+            raise ConfigError("model_init", str(err)) from None
         try:  # the experiment's own model keys (its bases' included) may have changed a shape
-            check_state_dict(cfg.model, state, cfg.model_init)
+            check_state_dict(cfg.model, state, str(read_from))
         except CheckpointError as err:
             raise ConfigError("model_init", f"{err}; the experiment's model keys must keep its shapes") from None
         lit.model.load_state_dict(state, strict=True)
+    # A resumed run takes its weights from its checkpoint: the dense model is read at step 0 only.
+    upcycled = upcycle_from_dense(cfg, lit.model) if cfg.upcycle.method and resume_ckpt is None else ""
     # Claimed only now, so a refused run leaves no directory; two runs of one name never share one.
     claim = claim_run_dir(experiment_dir, version)
     held.callback(claim.release)
@@ -262,6 +276,8 @@ def _train(
         claim.release(remove_if_unused=True)  # devices or strategy refused: the run never started
         raise
     _print(f"run directory: {run_dir}" + (f" (resuming {resume_ckpt})" if resume_ckpt else ""), quiet)
+    if upcycled:
+        _print(upcycled, quiet)
     summary = model_summary(cfg.model, cfg.data.block_size)
     _print(summary, quiet)
     write_record(run_dir, CONFIG, to_yaml(cfg))

@@ -11,6 +11,7 @@ from moe_lab.callbacks import ExpertCollapseDetector, ExpertLoadMonitor
 from moe_lab.callbacks.checkpoint import RotatingCheckpoint
 from moe_lab.callbacks.nonfinite import NonFiniteLossGuard
 from moe_lab.callbacks.progress_file import ProgressFile
+from moe_lab.callbacks.routing_trace import RoutingTraceMonitor
 from moe_lab.callbacks.stop import StopOnSignal
 from moe_lab.callbacks.throughput import Throughput
 
@@ -26,10 +27,12 @@ class RunCallbacks:
     nan_guard: NonFiniteLossGuard
     progress: ProgressFile
     throughput: Throughput  # build_trainer puts it after every other callback (see Throughput)
+    routing_trace: RoutingTraceMonitor | None = None  # only with monitor.trace_every_n_steps > 0
 
     def __post_init__(self):
         self.stop_on_signal = StopOnSignal(self.last_checkpoint)
 
     def as_list(self) -> list[pl.Callback]:
-        """The callbacks in field order (not dataclasses.astuple: it would copy them)."""
-        return [getattr(self, f.name) for f in fields(self)]
+        """The callbacks in field order, those the run does not use (None) left out (not dataclasses.astuple:
+        it would copy them)."""
+        return [callback for f in fields(self) if (callback := getattr(self, f.name)) is not None]
