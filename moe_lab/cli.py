@@ -98,6 +98,9 @@ KNOWN_HARMLESS_WARNINGS = (
     (r"`isinstance\(treespec, LeafSpec\)` is deprecated", FutureWarning),
     # We claim trials under a lock and run Optuna's heartbeat thread ourselves (moe_lab.sweep.claims).
     (r"Heartbeat of storage is supposed to be used with Study\.optimize", UserWarning),
+    # Under DDP: the validation metrics come from a torchmetrics mean that is already synchronised over the
+    # ranks before it is logged (MoELitModule.on_validation_epoch_end); sync_dist would reduce it twice.
+    (r"It is recommended to use `self\.log\('val/\w+', \.\.\., sync_dist=True\)`", UserWarning),
 )
 
 

@@ -102,10 +102,9 @@ def train_ddp(overrides: list[str], out: Path, n_ranks: int) -> tuple[Path, list
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     records = [json.loads((out / f"record_rank{r}.json").read_text()) for r in range(n_ranks)]
-    # Rank 0's run directory: the other ranks claim directories of their own (config and log only).
-    (run_dir,) = [
-        d for d in Path(overrides[0].removeprefix("output_dir=")).glob("ep/*") if (d / "metrics.json").exists()
-    ]
+    # One run directory, rank 0's: the ranks Lightning starts train in it and claim none of their own.
+    (run_dir,) = Path(overrides[0].removeprefix("output_dir=")).glob("ep/*")
+    assert (run_dir / "metrics.json").exists()
     return run_dir, records
 
 
@@ -351,6 +350,14 @@ SLOW_CASES = {
         "ep": 2,
         "reference": "accumulated",
         "overrides": ["model.moe.capacity_factor=1.0", "model.moe.aux_loss_scope=batch"],
+    },
+    # Megatron's global scope: the load fractions are the global batch's, so the ranks' mean loss (and DDP's
+    # mean gradient) is the one-process loss on the global batch, the reference a per-rank scope cannot meet
+    "topk, global-scope aux": {
+        "ranks": 2,
+        "ep": 2,
+        "reference": "global batch",
+        "overrides": ["model.moe.aux_loss_scope=global", "model.moe.aux_loss_coef=0.5"],
     },
     "sigmoid_bias": {
         "ranks": 2,

@@ -25,7 +25,7 @@ BAD = [
     (dict(activation="tanh"), "model.activation", "swiglu"),
     (dict(norm="batchnorm"), "model.norm", "rmsnorm"),
     (dict(capacity_factor=-1.0), "model.moe.capacity_factor", ">= 0"),
-    (dict(aux_loss_scope="global"), "model.moe.aux_loss_scope", "sequence"),
+    (dict(aux_loss_scope="micro"), "model.moe.aux_loss_scope", "sequence"),
     (dict(router_jitter=1.5), "model.moe.router_jitter", "< 1"),
     (dict(n_experts=0), "model.moe.n_experts", ">= 1"),
     (dict(qk_norm="layer"), "model.qk_norm", "head"),

@@ -3,8 +3,11 @@ the file names every writer and reader of a run uses."""
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
+import os
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field, make_dataclass
 from pathlib import Path
 from typing import IO
@@ -25,6 +28,7 @@ TOKENIZER_DIR = "tokenizer"  # the tokenizer in use (its file names: moe_lab.dat
 PROGRESS = "progress.json"  # a running run's step, losses and throughput, for watchers outside the process
 TRACES = "traces"  # routing traces, step_<N>.parquet (monitor.trace_every_n_steps; moe_lab.callbacks.routing_trace)
 LOCK = ".lock"  # locked by the process that writes into the run directory (claim_run_dir)
+RUN_DIR_ENV = "MOE_LAB_RUN_DIR"  # rank 0's run directory, for the ranks it launches (launching_rank_run_dir)
 VERSION_PREFIX = "version_"  # <output_dir>/<name>/version_N: Lightning's run numbering
 
 
@@ -153,3 +157,31 @@ def resolve_resume(experiment_dir: Path, version: str, resume: str) -> tuple[str
     run_dir = ckpt.parent.parent
     ours = run_dir.parent.resolve() == experiment_dir.resolve()
     return (run_dir.name if ours else (version or None)), ckpt
+
+
+def launching_rank_run_dir() -> Path | None:
+    """The run directory of the rank-0 process that started this one, or None.
+
+    Lightning starts ranks 1.. of a one-host DDP run by running the same command again, with LOCAL_RANK set,
+    in the environment rank 0's process has at that moment. Rank 0 names its claimed directory there
+    (`shared_with_launched_ranks`), and those ranks train in it instead of claiming directories of their own
+    (they write nothing there themselves: Lightning's checkpoints and loggers are rank 0's). Ranks that a
+    launcher such as torchrun or SLURM starts never see it and claim their own, on their own hosts."""
+    if os.environ.get("LOCAL_RANK", "0") == "0":
+        return None
+    value = os.environ.get(RUN_DIR_ENV)
+    return Path(value) if value else None
+
+
+@contextlib.contextmanager
+def shared_with_launched_ranks(run_dir: Path) -> Iterator[None]:
+    """Name `run_dir` to the ranks this process launches while the block runs; the environment as it was after."""
+    previous = os.environ.get(RUN_DIR_ENV)
+    os.environ[RUN_DIR_ENV] = str(run_dir)
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(RUN_DIR_ENV, None)
+        else:
+            os.environ[RUN_DIR_ENV] = previous

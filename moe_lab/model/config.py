@@ -17,7 +17,7 @@ from moe_lab.model.routers import ROUTER_REGISTRY
 PLACEMENTS = ("all", "none", "every_n", "last_half", "first_k_dense", "list")
 ACTIVATIONS = ("swiglu", "gelu", "relu")
 NORMS = ("rmsnorm", "layernorm")
-AUX_LOSS_SCOPES = ("batch", "sequence")
+AUX_LOSS_SCOPES = ("batch", "sequence", "global")
 ROUTER_LOSS_REDUCTIONS = ("sum", "mean")
 QK_NORMS = ("none", "head", "full")
 
@@ -52,6 +52,10 @@ class MoEConfig:
     shared_expert_gate: bool = False
     # Loss coefficients (0 disables the term in the training loss; the value is still logged).
     aux_loss_coef: float = 0.01
+    # Where the load fractions f_i of the aux loss are counted: "batch" (the rank's micro-batch), "sequence"
+    # (per sequence, DeepSeek-V3) or "global" (all data-parallel ranks' micro-batches: Megatron's global
+    # scope, which balances the global batch; in training only: evaluation counts the rank's batch, since a
+    # rank may evaluate alone). On one process "global" is "batch".
     aux_loss_scope: str = "batch"
     z_loss_coef: float = 0.001
     # How the MoE layers' aux and z losses enter the training loss. "sum" (Switch Transformer, ST-MoE: each

@@ -51,6 +51,7 @@ class MoELayer(nn.Module):
         self.n_routed_experts, self.routed_top_k = dims.n_routed_experts, dims.routed_top_k
         self.capacity_factor, self.eval_capacity_factor = moe.capacity_factor, moe.eval_capacity_factor
         self.sequence_aux_loss = moe.aux_loss_scope == "sequence"
+        self.global_aux_loss = moe.aux_loss_scope == "global"
         self.router = ROUTER_REGISTRY[moe.router](
             cfg.d_model, dims.n_routed_experts, dims.routed_top_k, **router_options(moe)
         )
@@ -81,6 +82,8 @@ class MoELayer(nn.Module):
             routing.token_idx,
             self.n_routed_experts,
             seq_len=S if self.sequence_aux_loss else None,
+            # a collective: only in training, where every rank runs the same forwards in step
+            across_ranks=self.global_aux_loss and self.training,
         )
         z = router_z_loss(routing.logits)
         stats = self.routing_stats(routing, result.expert_counts, result.n_dropped, aux, z)

@@ -41,13 +41,14 @@ def bench_ep(
             reports = [json.loads(Path(tmp, f"rank{r}.json").read_text()) for r in range(n)]
         step_ms = max(r["step_ms"] for r in reports)
         exchange_ms = statistics.mean(r["exchange_ms"] for r in reports)
+        share = statistics.mean(r["exchange_share"] for r in reports)
         rows.append(
             {
                 "ep": n,
                 "tokens_per_rank": tokens,
                 "step_ms": round(step_ms, 3),
                 "exchange_ms": round(exchange_ms, 3),
-                "dispatch_share": round(exchange_ms / step_ms, 3),
+                "dispatch_share": round(share, 3),
                 "a2a_bytes_per_rank": round(statistics.mean(r["sent_bytes"] for r in reports)),
             }
         )
@@ -97,13 +98,19 @@ def _measure(rank, n, cfg, tokens, dev, dtype, repeats) -> dict:
             times.append(time.perf_counter() - start)
     activities = [torch.profiler.ProfilerActivity.CPU]
     with torch.profiler.profile(activities=activities) as prof:
+        dist.barrier()
+        start = time.perf_counter()
         step()
+        profiled_step_s = time.perf_counter() - start
     exchange_us = sum(
         event.self_cpu_time_total for event in prof.key_averages() if any(k in event.key for k in EXCHANGE_EVENTS)
     )
     return {
         "step_ms": statistics.median(times) * 1e3,
         "exchange_ms": exchange_us / 1e3,
+        # the share divides by the profiled step's own time: the profiler slows a step down, so the unprofiled
+        # median would put the exchange over the wrong denominator (shares over 1 on small layers)
+        "exchange_share": exchange_us / 1e6 / profiled_step_s,
         "sent_bytes": _sent_bytes(layer, x.view(-1, cfg.d_model), rank, n) if n > 1 else 0,
     }
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from moe_lab.artifacts.metrics import VAL_LOSS, layer_tag
+from moe_lab.artifacts.metrics import VAL_LOSS
 from moe_lab.artifacts.study_dir import PLOTS
 from moe_lab.report.ablation_data import AblationData, SeedRun
 
@@ -32,18 +32,12 @@ def _moe_layers(run: SeedRun) -> list[int]:
 
 def layer_load_cv(data: AblationData) -> dict[str, dict[int, list[float]]]:
     """{arm: {layer: the last logged moe/layer{i}/load_cv of each completed seed}}; {} for a dense arm."""
-    from moe_lab.report.tb_scalars import read_scalars
+    from moe_lab.report.tb_scalars import last_per_layer
 
-    out: dict[str, dict[int, list[float]]] = {}
-    for arm in data.arms:
-        per_layer: dict[int, list[float]] = {}
-        for run in arm.completed:
-            for layer in _moe_layers(run):
-                curve = read_scalars(run.run_dir, layer_tag(layer, "load_cv"))
-                if curve:
-                    per_layer.setdefault(layer, []).append(curve[max(curve)])
-        out[arm.name] = dict(sorted(per_layer.items()))
-    return out
+    return {
+        arm.name: last_per_layer(((run.run_dir, _moe_layers(run)) for run in arm.completed), "load_cv")
+        for arm in data.arms
+    }
 
 
 def write_plots(data: AblationData, differences: dict | None = None) -> tuple[dict[str, Path], dict[str, str]]:

@@ -37,7 +37,6 @@ from moe_lab.artifacts.metrics import (
     VAL_BPB,
     VAL_LOSS,
     final_tag,
-    layer_tag,
     metric_named,
 )
 from moe_lab.artifacts.run_dir import HPARAM_METRICS
@@ -255,18 +254,15 @@ def write_curve_plots(data: StudyData, plots_dir: Path, colours: dict[str, str])
 
 def layer_load_cv(data: StudyData) -> dict[str, dict[int, list[float]]]:
     """{configuration label: {MoE layer: the last logged moe/layer{i}/load_cv of each seed run}}."""
-    from moe_lab.report.tb_scalars import read_scalars
+    from moe_lab.report.tb_scalars import last_per_layer
 
-    out: dict[str, dict[int, list[float]]] = {}
-    for row in data.rows:
-        per_layer: dict[int, list[float]] = {}
-        for run_dir in row.run_dirs:
-            metrics = run_metrics(data.study_dir / run_dir)
-            for layer in metrics.get("moe_layers") or []:
-                if curve := read_scalars(data.study_dir / run_dir, layer_tag(layer, "load_cv")):
-                    per_layer.setdefault(int(layer), []).append(curve[max(curve)])
-        out[row.label] = dict(sorted(per_layer.items()))
-    return out
+    return {
+        row.label: last_per_layer(
+            ((data.study_dir / d, run_metrics(data.study_dir / d).get("moe_layers") or []) for d in row.run_dirs),
+            "load_cv",
+        )
+        for row in data.rows
+    }
 
 
 def write_load_balance(data: StudyData, plots_dir: Path, colours: dict[str, str]) -> tuple[dict[str, Path], dict]:

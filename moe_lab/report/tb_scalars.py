@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import csv
 import functools
+from collections.abc import Iterable
 from pathlib import Path
 
 from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
 from tensorboard.util import tensor_util
+
+from moe_lab.artifacts.metrics import layer_tag
 
 EVENTS_GLOB = "events.out.tfevents.*"
 CSV_METRICS = "metrics.csv"  # lightning.pytorch.loggers.CSVLogger's file in the run directory
@@ -47,6 +50,17 @@ def read_scalars(run_dir: str | Path, tag: str) -> dict[int, float]:
     # files' sizes and times are part of the cache key, so a file still being written is read again.
     signature = tuple((str(p), p.stat().st_mtime_ns, p.stat().st_size) for p in paths)
     return dict(_all_scalars(signature).get(tag, {}))
+
+
+def last_per_layer(runs: Iterable[tuple[str | Path, Iterable[int]]], name: str) -> dict[int, list[float]]:
+    """{MoE layer: the last logged `moe/layer{i}/<name>` of each run that logged it}, layers in order.
+    `runs`: (run directory, its MoE layers) pairs, e.g. the seeds of one configuration or of one arm."""
+    per_layer: dict[int, list[float]] = {}
+    for run_dir, layers in runs:
+        for layer in layers:
+            if curve := read_scalars(run_dir, layer_tag(layer, name)):
+                per_layer.setdefault(int(layer), []).append(curve[max(curve)])
+    return dict(sorted(per_layer.items()))
 
 
 @functools.lru_cache(maxsize=32)

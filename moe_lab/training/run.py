@@ -26,9 +26,12 @@ from moe_lab.artifacts.run_dir import (
     PROGRESS,
     TOKENIZER_DIR,
     TRAIN_LOG,
+    RunDirClaim,
     RunMetrics,
     claim_run_dir,
+    launching_rank_run_dir,
     resolve_resume,
+    shared_with_launched_ranks,
 )
 from moe_lab.callbacks import ExpertCollapseDetector, ExpertLoadMonitor
 from moe_lab.callbacks.checkpoint import RotatingCheckpoint
@@ -226,6 +229,41 @@ def run(
         return _train(cfg, extra_callbacks, quiet, session, held)
 
 
+def _claim_run_dir(experiment_dir: Path, version: str | None, held: contextlib.ExitStack) -> RunDirClaim | None:
+    """This run's claim on its directory, held until `held` closes; None for a rank that Lightning started
+    from a one-host DDP run's rank 0, which trains in rank 0's directory and writes and prints nothing."""
+    if launching_rank_run_dir() is not None:
+        return None
+    claim = claim_run_dir(experiment_dir, version)
+    held.callback(claim.release)
+    held.enter_context(shared_with_launched_ranks(claim.path))
+    return claim
+
+
+def _start_run_dir(
+    run_dir: Path,
+    cfg: ExperimentConfig,
+    data: TextDataModule,
+    resume_ckpt: Path | None,
+    upcycled: str,
+    quiet: bool,
+    writer: bool,
+) -> None:
+    """Say where the run goes and what it trains; the writer records its config, environment, model summary
+    and tokenizer there."""
+    _print(f"run directory: {run_dir}" + (f" (resuming {resume_ckpt})" if resume_ckpt else ""), quiet)
+    if upcycled:
+        _print(upcycled, quiet)
+    summary = model_summary(cfg.model, cfg.data.block_size)
+    _print(summary, quiet)
+    if not writer:
+        return
+    write_record(run_dir, CONFIG, to_yaml(cfg))
+    write_record(run_dir, ENV, json_text(environment_record(data=data.data_record(), seed=cfg.seed)))
+    write_text_atomic(run_dir / MODEL_SUMMARY, summary + "\n")
+    data.save_tokenizer(run_dir / TOKENIZER_DIR)
+
+
 def _train(
     cfg: ExperimentConfig,
     extra_callbacks: tuple[pl.Callback, ...],
@@ -260,9 +298,9 @@ def _train(
     # A resumed run takes its weights from its checkpoint: the dense model is read at step 0 only.
     upcycled = upcycle_from_dense(cfg, lit.model) if cfg.upcycle.method and resume_ckpt is None else ""
     # Claimed only now, so a refused run leaves no directory; two runs of one name never share one.
-    claim = claim_run_dir(experiment_dir, version)
-    held.callback(claim.release)
-    run_dir = claim.path
+    claim = _claim_run_dir(experiment_dir, version, held)
+    run_dir = claim.path if claim else launching_rank_run_dir()
+    writer, quiet_rank = claim is not None, quiet or claim is None
     loggers = build_loggers(cfg.trainer.loggers, cfg.output_dir, cfg.name, run_dir.name)
     callbacks = build_callbacks(cfg, run_dir, resume_ckpt)
 
@@ -273,17 +311,10 @@ def _train(
             captured = early.enter_context(lightning_output_captured()) if quiet else None
             trainer = build_trainer(cfg, loggers or False, [*callbacks.as_list(), *extra_callbacks], run_dir, quiet)
     except BaseException:
-        claim.release(remove_if_unused=True)  # devices or strategy refused: the run never started
+        if claim:
+            claim.release(remove_if_unused=True)  # devices or strategy refused: the run never started
         raise
-    _print(f"run directory: {run_dir}" + (f" (resuming {resume_ckpt})" if resume_ckpt else ""), quiet)
-    if upcycled:
-        _print(upcycled, quiet)
-    summary = model_summary(cfg.model, cfg.data.block_size)
-    _print(summary, quiet)
-    write_record(run_dir, CONFIG, to_yaml(cfg))
-    write_record(run_dir, ENV, json_text(environment_record(data=data.data_record(), seed=cfg.seed)))
-    write_text_atomic(run_dir / MODEL_SUMMARY, summary + "\n")
-    data.save_tokenizer(run_dir / TOKENIZER_DIR)
+    _start_run_dir(run_dir, cfg, data, resume_ckpt, upcycled, quiet_rank, writer)
 
     # Quiet runs (sweep trials) keep Lightning's own lines in the run's train.log, off the sweep console.
     output = contextlib.ExitStack()
@@ -314,7 +345,7 @@ def _train(
         # At the step of the last validation point, where the final val/* values are plotted.
         final_step = lit.last_val_logged_step if lit.last_val_logged_step is not None else trainer.global_step
         log_final(cfg, loggers, metrics, final_step, session)
-    _print(end_of_run_summary(metrics, run_dir, Path(cfg.output_dir)), quiet)
+    _print(end_of_run_summary(metrics, run_dir, Path(cfg.output_dir)), quiet_rank)
     if error is not None:
         raise NonFiniteLossError(error)
     if interrupted is not None:
