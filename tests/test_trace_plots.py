@@ -43,3 +43,23 @@ def test_classes_without_tokens_are_not_drawn_as_starved():
     present = [classes.names.index(name) for name in shown]  # drawn: share x E (1 = uniform), clipped to the scale
     assert np.allclose(fig.axes[0].images[0].get_array(), np.clip(shares[present] * 6, 1 / 8, 8))
     plt.close("all")
+
+
+def test_the_report_figure_draws_every_layer_as_its_own_tensorboard_image():
+    """The report's one-row figure (one panel per MoE layer, one colour bar) shows each layer's data exactly
+    as the per-layer image TensorBoard gets (specialisation_figure), on the same fixed scale."""
+    from moe_lab.report.trace_plots import layers_side_by_side
+
+    trace = capture_trace(byte_model(), list(TEXT.encode()), 32, checkpoint="run")
+    classes = token_classes(trace.token_ids, ByteTokenizer().decode)
+    shares_LCE = class_expert_shares(trace, classes)
+    fig = layers_side_by_side(trace.layers, shares_LCE, classes.names)
+    panels = [ax for ax in fig.axes if ax.images]
+    assert [ax.get_title() for ax in panels] == [f"layer {layer}" for layer in trace.layers] and len(panels) == 2
+    assert len(fig.axes) == len(panels) + 1  # one shared colour bar
+    for row, ax in enumerate(panels):
+        alone = specialisation_figure(shares_LCE[row], classes.names, "alone")
+        assert np.array_equal(ax.images[0].get_array(), alone.axes[0].images[0].get_array())
+        assert [t.get_text() for t in ax.get_yticklabels()] == [t.get_text() for t in alone.axes[0].get_yticklabels()]
+        assert ax.images[0].norm.vmin == alone.axes[0].images[0].norm.vmin == 1 / 8
+    plt.close("all")

@@ -14,6 +14,8 @@ import logging
 import re
 from pathlib import Path
 
+import numpy as np
+
 from moe_lab.artifacts.run_dir import TOKENIZER_DIR, TRACES
 from moe_lab.errors import MoELabError, first_line
 from moe_lab.report.sweep_study import StudyData
@@ -39,10 +41,8 @@ def _decoder(run_dir: Path):
 
 def write_specialisation_plots(data: StudyData, plots_dir: Path) -> dict[str, Path]:
     """plots/specialisation_<config>.png for each configuration whose first traced seed has a trace."""
-    import matplotlib.pyplot as plt
-
     from moe_lab.report.figures import save_figure
-    from moe_lab.traces.specialisation import class_expert_shares, specialisation_figure, token_classes
+    from moe_lab.traces.specialisation import class_expert_shares, token_classes
     from moe_lab.traces.store import read_trace
 
     written = {}
@@ -56,38 +56,25 @@ def write_specialisation_plots(data: StudyData, plots_dir: Path) -> dict[str, Pa
             log.warning("note: skipped the specialisation plot of %s: %s", row.label, first_line(err))
             continue
         classes = token_classes(trace.token_ids, _decoder(run_dir))
-        shares_LCE = class_expert_shares(trace, classes)
+        fig = layers_side_by_side(trace.layers, class_expert_shares(trace, classes), classes.names)
+        fig.suptitle(f"{row.label} ({run_dir.name}), step {trace.meta.step}: expert share by token class")
         name = "specialisation_" + re.sub(r"[^A-Za-z0-9_.=-]+", "_", row.label)
-        images = []
-        for i, layer in enumerate(trace.layers):
-            title = f"{row.label} ({run_dir.name}), layer {layer}, step {trace.meta.step}"
-            images.append(specialisation_figure(shares_LCE[i], classes.names, title))
-        written[name] = save_figure(_side_by_side(images), plots_dir / f"{name}.png")
-        for fig in images:
-            plt.close(fig)
+        written[name] = save_figure(fig, plots_dir / f"{name}.png")
     return written
 
 
-def _side_by_side(figures):
-    """One figure holding the given ones' rendered images in a row (each layer's panel as drawn)."""
+def layers_side_by_side(layers: list[int], shares_LCE, names: list[str]):
+    """One panel per MoE layer in a row, on the load heatmap's fixed scale, with one colour bar."""
     import matplotlib.pyplot as plt
-    import numpy as np
 
-    images = []
-    for fig in figures:
-        fig.canvas.draw()
-        images.append(np.asarray(fig.canvas.buffer_rgba()))
-    height = max(image.shape[0] for image in images)
-    width = sum(image.shape[1] for image in images)
-    out, ax = plt.subplots(figsize=(width / 100, height / 100), dpi=100)
-    ax.imshow(np.concatenate([_pad(image, height) for image in images], axis=1))
-    ax.set_axis_off()
-    out.subplots_adjust(0, 0, 1, 1)
-    return out
+    from moe_lab.callbacks.heatmap import draw_expert_load, heatmap_size, load_colour_bar
+    from moe_lab.traces.specialisation import present_classes
 
-
-def _pad(image, height: int):
-    import numpy as np
-
-    missing = height - image.shape[0]
-    return np.pad(image, ((0, missing), (0, 0), (0, 0)), constant_values=255) if missing else image
+    width, height = heatmap_size(shares_LCE.shape[-1], len(names))
+    fig, axes = plt.subplots(1, len(layers), figsize=(width * len(layers), height + 0.4), layout="constrained")
+    axes = list(np.atleast_1d(axes))
+    for ax, layer, shares_CE in zip(axes, layers, shares_LCE, strict=True):
+        shown, shares = present_classes(shares_CE, names)
+        image = draw_expert_load(ax, shares, shown, f"layer {layer}", "token class" if ax is axes[0] else "")
+    load_colour_bar(fig, image, axes)
+    return fig

@@ -79,13 +79,17 @@ def class_expert_shares(trace: Trace, classes: TokenClasses) -> np.ndarray:
 
 
 def specialisation_figure(shares_CE: np.ndarray, names: list[str], title: str):
-    """The class x expert image, coloured relative to the uniform share like the load heatmap. Classes
-    without a token in the trace (their row is all 0) are left out: they would read as starved experts."""
+    """The class x expert image, coloured relative to the uniform share like the load heatmap."""
     from moe_lab.callbacks.heatmap import expert_load_heatmap  # matplotlib: only when drawing
 
+    shown, shares = present_classes(shares_CE, names)
+    return expert_load_heatmap(shares, shown, title=title, ylabel="token class")
+
+
+def present_classes(shares_CE: np.ndarray, names: list[str]) -> tuple[list[str], np.ndarray]:
+    """The classes with a token in the trace and their rows: a class's all-0 row would read as starved experts."""
     present = shares_CE.sum(axis=-1) > 0
-    shown = [name for name, keep in zip(names, present, strict=True) if keep]
-    return expert_load_heatmap(shares_CE[present], shown, title=title, ylabel="token class")
+    return [name for name, keep in zip(names, present, strict=True) if keep], shares_CE[present]
 
 
 def format_specialisation(trace: Trace, classes: TokenClasses, shares_LCE: np.ndarray) -> str:
