@@ -101,6 +101,9 @@ KNOWN_HARMLESS_WARNINGS = (
     # Under DDP: the validation metrics come from a torchmetrics mean that is already synchronised over the
     # ranks before it is logged (MoELitModule.on_validation_epoch_end); sync_dist would reduce it twice.
     (r"It is recommended to use `self\.log\('val/\w+', \.\.\., sync_dist=True\)`", UserWarning),
+    # A run directory is claimed by one run only (artifacts.run_dir), so a non-empty checkpoint folder is
+    # that run's own, met again when it resumes.
+    (r"Checkpoint directory .* exists and is not empty", UserWarning),
 )
 
 

@@ -168,6 +168,7 @@ def compare(case: dict, tmp_path: Path, data_cache: Path) -> dict:
     return {
         "steps": len(ref_losses),
         "loss": max(abs(a - b) for a, b in zip(ep_losses, ref_losses, strict=True)),
+        "loss_by_step": [abs(a - b) for a, b in zip(ep_losses, ref_losses, strict=True)],
         "weights": max(max_diff(final_ep[k], final_ref[k]) for k in final_ref),
         "moved": max(max_diff(final_ref[k], recorder.initial[k]) for k in final_ref),
         "clipped_steps": sum(norm > CLIP for norm in recorder.record["grad_norms"]),
@@ -178,7 +179,7 @@ def compare(case: dict, tmp_path: Path, data_cache: Path) -> dict:
 
 def assert_equal_training(result: dict, steps: int) -> None:
     assert result["steps"] == steps
-    print({k: v for k, v in result.items() if not k.endswith("_dir")})  # the figures, with -s
+    print({k: v for k, v in result.items() if not k.endswith("_dir") and k != "loss_by_step"})  # with -s
     assert result["clipped_steps"], "the gradient norm never exceeded optim.grad_clip: clipping went untested"
     assert result["moved"] > 1000 * TOL, "the weights barely moved: the comparison proves nothing"
     assert result["loss"] <= TOL, f"per-step train loss differs by {result['loss']:.2e}"
@@ -343,8 +344,10 @@ def test_expert_parallel_2_of_4_devices_on_2_nodes_is_accepted():
 
 # ---------------------------------------------------------------- slow variants
 
+# Each for 20 optimizer steps, the issue's horizon: equality must survive the updates compounding.
+SLOW_STEPS = 20
 SLOW_CASES = {
-    "topk, 20 steps": {"ranks": 2, "ep": 2, "reference": "global batch", "steps": 20},
+    "topk": {"ranks": 2, "ep": 2, "reference": "global batch"},
     "topk, capacity 1.0, batch-scope aux": {
         "ranks": 2,
         "ep": 2,
@@ -368,11 +371,16 @@ SLOW_CASES = {
     "expert_choice": {"ranks": 2, "ep": 2, "reference": "accumulated", "overrides": ["model.moe.router=expert_choice"]},
     "topk, gradient accumulation 2": {"ranks": 2, "ep": 2, "reference": "global batch", "accumulate": 2},
     "4 ranks, EP 2": {"ranks": 4, "ep": 2, "reference": "global batch"},
+    # 10 steps: measured at 20, the runs agree within 1.2e-7 for 10 steps, then one discrete routing or drop
+    # decision flips under float reassociation (4 ranks' gradient all-reduce against one process's
+    # accumulation) and the trajectories part: loss 6.8e-5 apart at step 11, 4.5e-3 at step 19. Dropping at
+    # capacity is discontinuous; no sum order makes it equal for ever.
     "4 ranks, EP 4, capacity 1.0": {
         "ranks": 4,
         "ep": 4,
         "reference": "accumulated",
         "overrides": ["model.moe.capacity_factor=1.0"],
+        "steps": 10,
     },
 }
 
@@ -380,8 +388,8 @@ SLOW_CASES = {
 @pytest.mark.slow
 @pytest.mark.parametrize("case", SLOW_CASES, ids=list(SLOW_CASES))
 def test_expert_parallel_training_variants_match_one_process(case, tmp_path, data_cache):
-    result = compare(SLOW_CASES[case], tmp_path, data_cache)
-    assert_equal_training(result, steps=SLOW_CASES[case].get("steps", 3))
+    result = compare({"steps": SLOW_STEPS, **SLOW_CASES[case]}, tmp_path, data_cache)
+    assert_equal_training(result, steps=SLOW_CASES[case].get("steps", SLOW_STEPS))
 
 
 @pytest.mark.slow

@@ -53,6 +53,14 @@ def test_train_prints_only_its_own_lines_and_says_why_a_short_run_has_no_best_ch
     assert "best -" not in result.stdout
     assert not (tmp_path / "runs" / "tiny" / "version_0" / "checkpoints" / "best.ckpt").exists()
 
+    # Resumed, the run used to add Lightning's "Checkpoint directory ... exists and is not empty" (and more).
+    resumed = cli(
+        ["-m", "moe_lab.train", *args[:-1], "trainer.max_steps=5", "trainer.resume=auto"], tmp_path, warnings=""
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    assert resumed.stderr == ""
+    assert "completed after 5 steps" in resumed.stdout and "version_0" in resumed.stdout
+
 
 def test_the_tests_write_no_cache_into_the_users_home(tmp_path):
     """What conftest.py sets up, checked from a fresh process: moe_lab's caches and wandb's resolve under the

@@ -91,7 +91,8 @@ def matched_overrides(sweep, params: dict, placement: dict | None = None) -> lis
 def test_sweep_plans_validates_and_its_first_configuration_trains(path, tmp_path, data_cache, capsys):
     from moe_lab.sweep.__main__ import main as sweep_main
 
-    assert sweep_main([str(path), f"output_dir={tmp_path}", "--dry-run"]) == 0
+    # The plan from FLOPs at an assumed rate: timing every shape here is test_sweep_eta's (and costs minutes).
+    assert sweep_main([str(path), f"output_dir={tmp_path}", "--dry-run", "--assume-gflops", "5"]) == 0
     assert "estimated" in capsys.readouterr().out.lower()
     sweep = load_sweep(path, [f"output_dir={tmp_path}"])
     points = space_points(sweep)

@@ -212,7 +212,9 @@ def test_the_resume_command_names_the_run_directory_and_resume_auto():
 
 def test_sigterm_hands_a_sweep_trial_back_and_the_same_command_resumes_it_at_once(tmp_path, data_cache):
     write_tiny_experiment(tmp_path / "tiny.yaml", data_cache, steps=100)
-    grace = 120  # a trial left RUNNING would hold the re-run this long, then fail and be retried
+    # A trial left RUNNING would hold the re-run for the grace period, then fail and be retried: an hour,
+    # so a re-run that waited for it runs into its timeout (no wall-clock threshold to trip on a busy machine).
+    grace = 3600
     path = tmp_path / "sweep.yaml"
     path.write_text(
         f"base: tiny.yaml\noutput_dir: {tmp_path / 'out'}\nheartbeat_interval: 1\ngrace_period: {grace}\n"
@@ -236,10 +238,8 @@ def test_sigterm_hands_a_sweep_trial_back_and_the_same_command_resumes_it_at_onc
     assert stopped["status"] == "interrupted"
     assert last_checkpoint(seed_dir)["global_step"] == stopped["steps"]
 
-    began = time.time()
-    rerun = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    rerun = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=grace / 6)
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
-    assert time.time() - began < grace / 2
     trials = study.get_trials()
     assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.COMPLETE]  # no failure, no retry
     assert [t.user_attrs["attempt"] for t in trials] == [0, 0]
