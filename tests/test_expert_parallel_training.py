@@ -182,7 +182,8 @@ def assert_equal_training(result: dict, steps: int) -> None:
     print({k: v for k, v in result.items() if not k.endswith("_dir") and k != "loss_by_step"})  # with -s
     assert result["clipped_steps"], "the gradient norm never exceeded optim.grad_clip: clipping went untested"
     assert result["moved"] > 1000 * TOL, "the weights barely moved: the comparison proves nothing"
-    assert result["loss"] <= TOL, f"per-step train loss differs by {result['loss']:.2e}"
+    first = next((k + 1 for k, d in enumerate(result["loss_by_step"]) if d > TOL), None)
+    assert result["loss"] <= TOL, f"per-step train loss differs by {result['loss']:.2e}, first at step {first}"
     assert result["weights"] <= TOL, f"final weights differ by {result['weights']:.2e}"
 
 
